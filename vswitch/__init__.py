@@ -1,0 +1,3 @@
+"""vswitch: a userspace virtual switch and router for Linux network namespaces."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,140 @@
+"""The whole pipeline in one place: ports, segments (each a MAC-learning switch) and the router.
+
+`receive(port, pkt, now)` is the single entry for a packet. Its verdict is shaped for the IO shell's
+hot path, so the common cases allocate nothing:
+- an ``int``: write pkt, unchanged, to that port;
+- a ``tuple`` of ints: write pkt, unchanged, to each (a flood);
+- a ``list`` of (port, bytes): write each buffer to its port (the router made or changed them);
+- ``None``: nothing to send; a drop was counted with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .counters import Counters, Drop
+from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
+from .switch import Switch
+from .wire import VNET_HDR_LEN
+
+Transmit = tuple[int, bytes]
+Verdict = int | tuple[int, ...] | list[Transmit] | None
+
+
+class L3Engine(Protocol):
+    """What the datapath needs of a router. Interfaces are numbered by segment index."""
+
+    def receive(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
+        """A frame that reached the router's MAC (or a broadcast) on segment iface; returns frames
+        (virtio-net header included) to send out of router interfaces, as (segment index, buffer)."""
+        ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def on_timer(self, now: float) -> list[Transmit]: ...
+
+
+@dataclass
+class Segment:
+    name: str
+    switch: Switch
+    ports: list[int] = field(default_factory=list)
+
+
+class Datapath:
+    def __init__(self, ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_ENTRIES) -> None:
+        self.ageing = ageing
+        self.fdb_max = fdb_max
+        self.counters = Counters()
+        self.segments: list[Segment] = []
+        self.port_switch: list[Switch] = []
+        self.port_segment: list[int] = []
+        self.router: L3Engine | None = None
+
+    # --- building ----------------------------------------------------------------------------------
+    def add_segment(self, name: str) -> int:
+        fdb = Fdb(self.ageing, self.fdb_max, events=self.counters.events)
+        self.segments.append(Segment(name, Switch(fdb)))
+        return len(self.segments) - 1
+
+    def add_port(self, name: str, segment: int) -> int:
+        seg = self.segments[segment]
+        port = self.counters.add_port(name)
+        seg.switch.add_port(port)
+        seg.ports.append(port)
+        self.port_switch.append(seg.switch)
+        self.port_segment.append(segment)
+        return port
+
+    def attach_router(self, router: L3Engine, macs: dict[int, bytes]) -> None:
+        """Give the router an interface (a port with no fd) on each segment in macs."""
+        self.router = router
+        for segment, mac in macs.items():
+            seg = self.segments[segment]
+            port = self.counters.add_port(f"router:{seg.name}")
+            seg.switch.set_router_port(port, mac)
+            self.port_switch.append(seg.switch)
+            self.port_segment.append(segment)
+
+    # --- the packet path ---------------------------------------------------------------------------
+    def receive(self, in_port: int, pkt: bytes, now: float) -> Verdict:
+        counters = self.counters
+        counters.rx_packets[in_port] += 1
+        counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
+        switch = self.port_switch[in_port]
+        decision = switch.decide(in_port, pkt, now)
+        if decision.__class__ is int:
+            if decision != switch.router_port:
+                return decision  # type: ignore[return-value]
+            return self._route(in_port, pkt, now)
+        if decision.__class__ is tuple:
+            if switch.router_port is None:
+                return decision  # type: ignore[return-value]
+            sent: list[Transmit] = [(p, pkt) for p in decision]  # type: ignore[union-attr]
+            sent.extend(self._route(in_port, pkt, now))
+            return sent
+        counters.drops[in_port][decision] += 1  # type: ignore[index]
+        return None
+
+    def _route(self, in_port: int, pkt: bytes, now: float) -> list[Transmit]:
+        assert self.router is not None
+        return self.from_router(self.router.receive(self.port_segment[in_port], pkt, now), now)
+
+    def from_router(self, frames: list[Transmit], now: float) -> list[Transmit]:
+        """Switch the router's frames into their segments, as if they arrived on its ports."""
+        sent: list[Transmit] = []
+        for segment, frame in frames:
+            switch = self.segments[segment].switch
+            port = switch.router_port
+            assert port is not None
+            self.counters.tx_packets[port] += 1
+            self.counters.tx_bytes[port] += len(frame) - VNET_HDR_LEN
+            decision = switch.decide(port, frame, now)
+            if decision.__class__ is int:
+                sent.append((decision, frame))  # type: ignore[arg-type]
+            elif decision.__class__ is tuple:
+                sent.extend((p, frame) for p in decision)  # type: ignore[union-attr]
+            else:
+                self.counters.drops[port][decision] += 1  # type: ignore[index]
+        return sent
+
+    # --- time --------------------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        deadlines = [s.switch.fdb.next_deadline() for s in self.segments]
+        if self.router is not None:
+            deadlines.append(self.router.next_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def on_timer(self, now: float) -> list[Transmit]:
+        for seg in self.segments:
+            seg.switch.fdb.age(now)
+        if self.router is None:
+            return []
+        return self.from_router(self.router.on_timer(now), now)
+
+    def drop_reasons(self) -> dict[str, int]:
+        return dict(self.counters.total_drops())
+
+
+__all__ = ["Datapath", "Drop", "L3Engine", "Segment", "Transmit", "Verdict"]

@@ -1,0 +1,110 @@
+"""The forwarding database: MAC -> port, learned from sources, aged, bounded.
+
+Like the kernel bridge (net/bridge/br_fdb.c): learning refreshes a timestamp, ageing is one pass that
+reschedules itself rather than a timer per entry, a full table refuses new learned entries (as the
+kernel's fdb_max_learned does) so a MAC flood cannot evict the hosts already known, and static entries
+(the switch's own MACs) never age or move.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+DEFAULT_AGEING = 300.0
+DEFAULT_MAX_ENTRIES = 8192
+# An ageing pass runs at most this often, so staggered entries cost one pass a second, not one each.
+MIN_AGEING_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class FdbEntry:
+    port: int
+    seen: float
+    static: bool = False
+
+
+class Fdb:
+    def __init__(
+        self,
+        ageing: float = DEFAULT_AGEING,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        events: Counter[str] | None = None,
+    ) -> None:
+        if ageing <= 0:
+            raise ValueError("ageing must be positive")
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.ageing = ageing
+        self.max_entries = max_entries
+        self.entries: dict[bytes, FdbEntry] = {}
+        self.events: Counter[str] = events if events is not None else Counter()
+        self._learned = 0  # entries that count against max_entries (static ones do not)
+        self._next_pass: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, mac: bytes) -> int | None:
+        entry = self.entries.get(mac)
+        return None if entry is None else entry.port
+
+    def add_static(self, mac: bytes, port: int) -> None:
+        """An address the switch owns (a router interface): never aged, never moved by learning."""
+        old = self.entries.get(mac)
+        if old is not None and not old.static:
+            self._learned -= 1
+        self.entries[mac] = FdbEntry(port, 0.0, static=True)
+
+    def learn(self, mac: bytes, port: int, now: float) -> bool:
+        """Record that mac was seen on port. False when the source belongs to the switch itself."""
+        entry = self.entries.get(mac)
+        if entry is not None:
+            if entry.static:
+                return entry.port == port
+            if entry.port != port:
+                entry.port = port
+                self.events["fdb-moves"] += 1
+            entry.seen = now
+            return True
+        if self._learned >= self.max_entries:
+            self.events["fdb-full"] += 1
+            return True
+        self.entries[mac] = FdbEntry(port, now)
+        self._learned += 1
+        self.events["fdb-learned"] += 1
+        if self._next_pass is None:
+            self._next_pass = now + self.ageing
+        return True
+
+    def forget_port(self, port: int) -> None:
+        """Flush what was learned on a port that went away (as the kernel does on port removal)."""
+        for mac in [m for m, e in self.entries.items() if e.port == port and not e.static]:
+            del self.entries[mac]
+            self._learned -= 1
+
+    def next_deadline(self) -> float | None:
+        return self._next_pass
+
+    def age(self, now: float) -> int:
+        """Remove entries not seen for `ageing` seconds; return how many went."""
+        if self._next_pass is None or now < self._next_pass:
+            return 0
+        limit = now - self.ageing
+        stale = [m for m, e in self.entries.items() if not e.static and e.seen <= limit]
+        for mac in stale:
+            del self.entries[mac]
+        self._learned -= len(stale)
+        self.events["fdb-aged"] += len(stale)
+        oldest = min((e.seen for e in self.entries.values() if not e.static), default=None)
+        self._next_pass = (
+            None if oldest is None else max(oldest + self.ageing, now + MIN_AGEING_INTERVAL)
+        )
+        return len(stale)
+
+    def table(self, now: float) -> list[tuple[bytes, int, float, bool]]:
+        """(mac, port, age in seconds, static) for every entry, for display."""
+        return [
+            (mac, e.port, 0.0 if e.static else now - e.seen, e.static)
+            for mac, e in self.entries.items()
+        ]
