@@ -1,0 +1,237 @@
+"""A running switch: builds the kernel side from a Topology, runs the shell, tears down what it made.
+
+Start-up records every object in the ledger the moment it exists; a failure half-way rolls back
+newest-first; a clean stop (SIGINT, SIGTERM) undoes the same list. `down()` undoes a dead
+instance's ledger after a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Interface
+from typing import Any
+
+from . import kernel
+from .control import ControlServer
+from .datapath import Datapath
+from .kernel import KernelError
+from .shell import Shell
+from .state import Ledger, pid_alive, socket_path, state_path
+from .tap import Tap, TapError, open_tap
+from .topology import PortSpec, Topology
+
+
+class StartError(Exception):
+    """Start-up could not finish; everything already made has been removed."""
+
+
+@dataclass
+class LivePort:
+    """A port as it runs: where it is, what the kernel gave it, and its fd."""
+
+    id: int
+    label: str
+    namespace: str | None
+    ifname: str
+    address: IPv4Interface | None
+    mac: str
+    segment: str
+    tap: Tap
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "port": self.label,
+            "namespace": self.namespace,
+            "interface": self.ifname,
+            "mac": self.mac,
+            "address": str(self.address) if self.address else None,
+            "segment": self.segment,
+        }
+
+
+def _tap_name(instance: str) -> str:
+    """A fresh root-namespace name: 'vs' + 12 hex, well under IFNAMSIZ, never an existing link."""
+    for _ in range(16):
+        name = f"vs{secrets.token_hex(6)}"
+        if not kernel.link_exists(None, name):
+            return name
+    raise StartError("could not find a free interface name")
+
+
+class Instance:
+    def __init__(self, topology: Topology, log: Callable[[str], None] | None = None) -> None:
+        self.topology = topology
+        self.ledger = Ledger(topology.name)
+        self.datapath = Datapath(topology.ageing, topology.fdb_max)
+        self.ports: list[LivePort] = []
+        self.started_at = time.time()
+        self.log = log or (lambda _msg: None)
+        self._taps: list[Tap] = []
+        self._stop: asyncio.Event | None = None
+
+    # --- start-up ----------------------------------------------------------------------------------
+    def build(self) -> None:
+        """Make every namespace, tap, address; on any failure undo all of it and raise StartError."""
+        self._claim()
+        try:
+            for segment in self.topology.segments:
+                seg_index = self.datapath.add_segment(segment.name)
+                for spec in segment.ports:
+                    self._add_port(spec, seg_index, segment.name)
+        except (KernelError, TapError, OSError) as exc:
+            self.teardown()
+            raise StartError(str(exc)) from None
+        except BaseException:
+            self.teardown()
+            raise
+
+    def _claim(self) -> None:
+        old = Ledger.load(self.topology.name)
+        if old is not None:
+            if pid_alive(old.pid) and old.pid != os.getpid():
+                raise StartError(f"instance {self.topology.name} is already running (pid {old.pid})")
+            raise StartError(
+                f"instance {self.topology.name} left state behind (pid {old.pid} is gone): "
+                f"run 'vswitch down --name {self.topology.name}' first"
+            )
+        try:
+            self.ledger.claim()
+        except FileExistsError:
+            raise StartError(f"instance {self.topology.name} is starting elsewhere") from None
+        except PermissionError:
+            raise StartError(f"cannot write {state_path(self.topology.name)}: run as root") from None
+
+    def _add_port(self, spec: PortSpec, seg_index: int, seg_name: str) -> None:
+        namespace = spec.namespace
+        if kernel.netns_inode(namespace) is None:
+            inode = kernel.create_netns(namespace)
+            self.ledger.record("netns", name=namespace, inode=inode)
+        kernel.set_lo_up(namespace)
+        tap = open_tap(_tap_name(self.topology.name))
+        self._taps.append(tap)
+        self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
+        mac = kernel.place_tap(tap.name, namespace, spec.ifname, spec.address)
+        port_id = self.datapath.add_port(spec.label, seg_index)
+        self.ports.append(
+            LivePort(port_id, spec.label, namespace, spec.ifname, spec.address, mac, seg_name, tap)
+        )
+
+    # --- running -----------------------------------------------------------------------------------
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Forward until SIGINT/SIGTERM (or stop()); the caller tears down afterwards."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        shell = Shell(self.datapath, loop)
+        for port in self.ports:
+            shell.attach(port.id, port.tap.fd)
+        shell.start_timer()
+        control = ControlServer(self, socket_path(self.topology.name))
+        await control.start()
+        self.ledger.record("socket", path=str(control.path))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            if ready is not None:
+                ready()
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            shell.detach_all()
+            await control.close()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    # --- teardown ----------------------------------------------------------------------------------
+    def teardown(self) -> None:
+        """Close every tap (the kernel deletes them), then undo the ledger newest-first."""
+        for tap in self._taps:
+            tap.close()
+        self._taps.clear()
+        undo(self.ledger)
+
+    # --- views for the control socket --------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "instance": self.topology.name,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started_at, 3),
+            "ports": [p.describe() for p in self.ports],
+            "segments": [
+                {"name": s.name, "subnet": str(s.subnet), "ports": [p.label for p in s.ports]}
+                for s in self.topology.segments
+            ],
+            "fdb_entries": sum(len(s.switch.fdb) for s in self.datapath.segments),
+            "ageing": self.topology.ageing,
+            "fdb_max": self.topology.fdb_max,
+        }
+
+    def fdb(self, now: float) -> list[dict[str, Any]]:
+        from .wire import mac_str
+
+        names = self.datapath.counters.names
+        rows = []
+        for seg in self.datapath.segments:
+            for mac, port, age, static in seg.switch.fdb.table(now):
+                rows.append(
+                    {
+                        "segment": seg.name,
+                        "mac": mac_str(mac),
+                        "port": names[port],
+                        "age": round(age, 1),
+                        "static": static,
+                    }
+                )
+        return rows
+
+
+def undo(ledger: Ledger) -> list[str]:
+    """Undo every record newest-first; return what could not be undone (and keep it in the ledger)."""
+    problems: list[str] = []
+    for entry in ledger.newest_first():
+        kind = entry["kind"]
+        try:
+            if kind == "netns":
+                kernel.remove_netns(entry["name"], int(entry["inode"]))
+            elif kind == "socket":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry["path"])
+            # "tap": a non-persistent tap dies with its last fd; nothing to do once we are closed.
+        except (OSError, KernelError) as exc:
+            problems.append(f"{kind} {entry.get('name') or entry.get('path')}: {exc}")
+            continue
+        ledger.forget(entry)
+    if not problems:
+        ledger.release()
+    return problems
+
+
+def down(instance: str, timeout: float = 10.0) -> list[str]:
+    """Remove what a dead instance left; stop a live one first. Returns what was removed."""
+    ledger = Ledger.load(instance)
+    if ledger is None:
+        return []
+    if pid_alive(ledger.pid) and ledger.pid != os.getpid():
+        os.kill(ledger.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(ledger.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(ledger.pid):
+            raise StartError(f"instance {instance} (pid {ledger.pid}) did not stop within {timeout:.0f}s")
+        ledger = Ledger.load(instance)
+        if ledger is None:
+            return ["stopped the running instance"]
+    removed = [f"{e['kind']} {e.get('name') or e.get('path')}" for e in ledger.records if e["kind"] != "tap"]
+    problems = undo(ledger)
+    if problems:
+        raise StartError("could not remove: " + "; ".join(problems))
+    return removed

@@ -1,0 +1,125 @@
+"""Kernel plumbing through pyroute2 (netlink): namespaces, links, addresses, routes.
+
+Startup and teardown only; nothing here runs per packet. Errors become KernelError with a sentence a
+user can act on. Every function that creates something returns what teardown needs to remove it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+NETNS_DIR = "/run/netns"
+
+
+class KernelError(Exception):
+    """The kernel refused a step of the plumbing."""
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def netns_inode(name: str) -> int | None:
+    """The identity of a named namespace, so we never remove a same-named one we did not make."""
+    try:
+        return os.stat(netns_path(name)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def create_netns(name: str) -> int:
+    try:
+        netns.create(name)
+    except OSError as exc:
+        raise KernelError(f"cannot create namespace {name}: {exc.strerror or exc}") from None
+    inode = netns_inode(name)
+    if inode is None:
+        raise KernelError(f"namespace {name} vanished right after it was created")
+    return inode
+
+
+def remove_netns(name: str, inode: int) -> bool:
+    """Remove namespace name if it is still the one we created; True when it was removed."""
+    if netns_inode(name) != inode:
+        return False
+    try:
+        netns.remove(name)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return False
+    return True
+
+
+def _ipr(namespace: str | None) -> IPRoute:
+    return IPRoute() if namespace is None else IPRoute(netns=namespace)
+
+
+def link_index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def link_exists(namespace: str | None, ifname: str) -> bool:
+    with _ipr(namespace) as ipr:
+        return link_index(ipr, ifname) is not None
+
+
+def set_lo_up(namespace: str) -> None:
+    with _ipr(namespace) as ipr:
+        index = link_index(ipr, "lo")
+        if index is not None:
+            ipr.link("set", index=index, state="up")
+
+
+def place_tap(
+    tap_name: str,
+    namespace: str | None,
+    ifname: str,
+    address: IPv4Interface | None,
+    txqueuelen: int = 1000,
+) -> str:
+    """Move a root-namespace tap into namespace as ifname, address it, bring it up; return its MAC."""
+    try:
+        with IPRoute() as root:
+            index = link_index(root, tap_name)
+            if index is None:
+                raise KernelError(f"tap {tap_name} disappeared before it could be placed")
+            root.link("set", index=index, txqlen=txqueuelen)
+            if namespace is not None:
+                root.link("set", index=index, net_ns_fd=namespace)
+        with _ipr(namespace) as ipr:
+            index = link_index(ipr, tap_name)
+            if index is None:
+                raise KernelError(f"tap {tap_name} did not arrive in namespace {namespace}")
+            if ifname != tap_name:
+                if link_index(ipr, ifname) is not None:
+                    where = f"namespace {namespace}" if namespace else "the root namespace"
+                    raise KernelError(f"{where} already has an interface named {ifname}")
+                ipr.link("set", index=index, ifname=ifname)
+            if address is not None:
+                ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+            ipr.link("set", index=index, state="up")
+            link = ipr.get_links(index)[0]
+            return str(link.get("IFLA_ADDRESS") or link.get("address"))
+    except NetlinkError as exc:
+        raise KernelError(f"configuring {ifname} in {namespace or 'root'}: {os.strerror(exc.code)}") from None
+
+
+def add_route(namespace: str | None, dst: IPv4Network, gateway: IPv4Address | None, ifname: str) -> None:
+    with _ipr(namespace) as ipr:
+        index = link_index(ipr, ifname)
+        if index is None:
+            raise KernelError(f"no interface {ifname} in {namespace or 'the root namespace'}")
+        kwargs: dict[str, object] = {"dst": str(dst), "oif": index}
+        if gateway is not None:
+            kwargs["gateway"] = str(gateway)
+        try:
+            ipr.route("add", **kwargs)
+        except NetlinkError as exc:
+            raise KernelError(f"adding route {dst} in {namespace or 'root'}: {os.strerror(exc.code)}") from None

@@ -1,0 +1,97 @@
+"""The ownership ledger: everything an instance creates, written down the moment it exists.
+
+Teardown, start-up rollback and `vswitch down` after a SIGKILL all undo exactly the ledger, newest
+first, and nothing else. The file is rewritten atomically (write, fsync, rename) on every change, so a
+kill at any instant leaves a ledger that names everything that outlives the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+RUN_DIR_ENV = "VSWITCH_RUN_DIR"
+DEFAULT_RUN_DIR = Path("/run/vswitch")
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
+
+
+def state_path(instance: str) -> Path:
+    return run_dir() / f"{instance}.json"
+
+
+def socket_path(instance: str) -> Path:
+    return run_dir() / f"{instance}.sock"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Ledger:
+    """An append-and-remove list of records ({"kind": ..., fields}) persisted as JSON."""
+
+    def __init__(self, instance: str, pid: int | None = None, records: list[dict[str, Any]] | None = None):
+        self.instance = instance
+        self.pid = os.getpid() if pid is None else pid
+        self.records: list[dict[str, Any]] = list(records or [])
+        self.path = state_path(instance)
+
+    @classmethod
+    def load(cls, instance: str) -> Ledger | None:
+        try:
+            data = json.loads(state_path(instance).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise OSError(f"state file {state_path(instance)} is unreadable: {exc}") from None
+        return cls(instance, int(data.get("pid", 0)), list(data.get("records", [])))
+
+    def claim(self) -> None:
+        """Create the state file, exclusively: a second instance of the same name fails here."""
+        directory = self.path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        self._save()
+
+    def record(self, kind: str, **fields: Any) -> dict[str, Any]:
+        entry = {"kind": kind, **fields}
+        self.records.append(entry)
+        self._save()
+        return entry
+
+    def forget(self, entry: dict[str, Any]) -> None:
+        self.records.remove(entry)
+        self._save()
+
+    def newest_first(self) -> Iterator[dict[str, Any]]:
+        yield from reversed(list(self.records))
+
+    def release(self) -> None:
+        """Remove the state file once everything it names is gone."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        body = json.dumps({"instance": self.instance, "pid": self.pid, "records": self.records}, indent=1)
+        with open(tmp, "w") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
