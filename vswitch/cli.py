@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, topology
 from .control import ControlError, request
 from .instance import Instance, StartError, down
 from .state import socket_path
 from .tap import TUN_PATH
-from .topology import ConfigError, Topology, check_instance, parse_ports, parse_subnet, single_segment
+from .topology import ConfigError, Topology, check_instance
+
+# Modules that add subcommands: each has register(subparsers) -> {command: handler(args) -> int}.
+# They import heavy libraries (scapy, matplotlib) inside their handlers, so `vswitch up` starts fast.
+EXTENSIONS: tuple[str, ...] = ()
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+EXTENSION_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,11 +65,37 @@ def build_parser() -> Parser:
     sub.required = True
 
     up = sub.add_parser("up", help="create the ports and run the switch until Ctrl-C or SIGTERM")
-    up.add_argument("--ports", metavar="NS[,NS...]", help="namespaces to connect: ns, ns:ifname or ns:ifname=ADDR/PREFIX")
-    up.add_argument("--subnet", default="10.0.0.0/24", help="addresses for --ports (default 10.0.0.0/24)")
-    up.add_argument("--ageing", type=positive_float, default=300.0, help="FDB ageing time in seconds (default 300)")
-    up.add_argument("--fdb-max", type=positive_int, default=8192, help="FDB size limit (default 8192)")
-    up.add_argument("--name", default="default", help="instance name, to run several side by side")
+    up.add_argument("-c", "--config", metavar="FILE", help="a TOML topology (options below add to it)")
+    up.add_argument(
+        "--ports", metavar="NS[,NS...]", help="one L2 segment: ns, ns:ifname or ns:ifname=ADDR/PREFIX"
+    )
+    up.add_argument("--subnet", help="addresses for --ports (default 10.0.0.0/24)")
+    up.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="NAME=NS,NS[@SUBNET]",
+        help="a routed L2 segment (repeatable); the router owns its .1",
+    )
+    up.add_argument(
+        "--uplink", metavar="NS[=ADDR/PREFIX][,via=GW]", help="a port to the outside, masqueraded"
+    )
+    up.add_argument(
+        "--forward", action="append", default=[], metavar="PROTO:PORT=NS:PORT", help="DNAT from the uplink"
+    )
+    up.add_argument("--route", action="append", default=[], metavar="PREFIX=via GW", help="a static route")
+    up.add_argument(
+        "--host",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ADDR/PREFIX",
+        help="a port in the root namespace on the first segment",
+    )
+    up.add_argument("--host-routes", action="store_true", help="routes from the host to the other segments")
+    up.add_argument("--ageing", type=positive_float, help="FDB ageing time in seconds (default 300)")
+    up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
+    up.add_argument("--name", help="instance name, to run several side by side (default: default)")
     up.add_argument("--json", action="store_true", help="print the port table as JSON")
 
     dn = sub.add_parser("down", help="stop an instance, or remove what a killed one left behind")
@@ -71,23 +105,51 @@ def build_parser() -> Parser:
         ("status", "ports and settings of a running instance"),
         ("fdb", "the MAC table"),
         ("stats", "per-port packets, bytes and drops by reason"),
+        ("routes", "the router's table (routed topologies)"),
+        ("arp", "the router's neighbour cache"),
+        ("conntrack", "tracked connections and their NAT mappings"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--name", default="default")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    for module in EXTENSIONS:
+        EXTENSION_COMMANDS.update(importlib.import_module(module).register(sub))
     return parser
 
 
 def topology_from_args(args: argparse.Namespace) -> Topology:
-    if not args.ports:
-        raise ConfigError("nothing to connect: give --ports ns1,ns2,...")
-    return single_segment(
-        args.name,
-        parse_ports(args.ports),
-        parse_subnet(args.subnet),
-        ageing=args.ageing,
-        fdb_max=args.fdb_max,
-    )
+    """The TOML file first (if any), then the command line on top of it."""
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                req = topology.request_from_toml(handle.read())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.config}: {exc.strerror}") from None
+    else:
+        req = topology.Request()
+    if args.name is not None:
+        req.name = args.name
+    if args.ports:
+        req.ports = topology.parse_ports(args.ports)
+    elif args.ports is not None:
+        raise ConfigError("--ports needs a comma-separated list of namespaces, e.g. ns1,ns2,ns3")
+    if args.subnet is not None:
+        req.subnet = topology.parse_subnet(args.subnet)
+    req.segments.extend(topology.parse_segment(text) for text in args.segment)
+    if args.uplink is not None:
+        req.uplink = topology.parse_uplink(args.uplink)
+    req.forwards.extend(topology.parse_forward(text) for text in args.forward)
+    req.routes.extend(topology.parse_route(text) for text in args.route)
+    if args.host is not None:
+        req.host = True
+        if isinstance(args.host, str):
+            req.host_address = topology.parse_interface(args.host, "host address")
+    req.host_routes = req.host_routes or args.host_routes
+    if args.ageing is not None:
+        req.ageing = args.ageing
+    if args.fdb_max is not None:
+        req.fdb_max = args.fdb_max
+    return topology.build(req)
 
 
 def preflight() -> None:
@@ -113,20 +175,29 @@ def cmd_up(args: argparse.Namespace) -> int:
         fail(str(exc), 2)
     preflight()
     instance = Instance(topology)
+    # SIGINT/SIGTERM stay blocked while the kernel side is built and torn down: a signal then waits
+    # until the switch serves (it stops at once) or is ignored (teardown always finishes). Blocking,
+    # not a Python handler, because pyroute2 forks helpers that would run the handler too.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         instance.build()
     except StartError as exc:
         fail(str(exc))
     loop = new_loop()
     try:
-        loop.run_until_complete(instance.serve(ready=lambda: print_ports(instance, args.json)))
-    except KeyboardInterrupt:
-        pass
+        loop.run_until_complete(instance.serve(ready=lambda: serving(instance, args.json)))
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         instance.teardown()
         loop.close()
     print(f"vswitch {topology.name}: stopped, removed what it created", flush=True)
     return 0
+
+
+def serving(instance: Instance, as_json: bool) -> None:
+    """The loop's signal handlers are in place: show the ports, then let signals through."""
+    print_ports(instance, as_json)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def print_ports(instance: Instance, as_json: bool) -> None:
@@ -137,7 +208,10 @@ def print_ports(instance: Instance, as_json: bool) -> None:
     table(
         f"vswitch {instance.topology.name}: forwarding (Ctrl-C to stop)",
         ["port", "namespace", "interface", "mac", "address"],
-        [[r["port"], r["namespace"], r["interface"], r["mac"], r["address"] or "-"] for r in rows],
+        [
+            [r["port"], r["namespace"] or "(root)", r["interface"], r["mac"], r["address"] or "-"]
+            for r in rows
+        ],
     )
 
 
@@ -187,11 +261,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"instance {result['instance']}  pid {result['pid']}  up {result['uptime']:.0f}s  "
-          f"fdb {result['fdb_entries']}/{result['fdb_max']} (ageing {result['ageing']:g}s)")
-    table("ports", ["port", "namespace", "interface", "mac", "address", "segment"],
-          [[p["port"], p["namespace"] or "(root)", p["interface"], p["mac"], p["address"] or "-", p["segment"]]
-           for p in result["ports"]])
+    print(
+        f"instance {result['instance']}  pid {result['pid']}  up {result['uptime']:.0f}s  "
+        f"fdb {result['fdb_entries']}/{result['fdb_max']} (ageing {result['ageing']:g}s)"
+    )
+    table(
+        "ports",
+        ["port", "namespace", "interface", "mac", "address", "segment"],
+        [
+            [
+                p["port"],
+                p["namespace"] or "(root)",
+                p["interface"],
+                p["mac"],
+                p["address"] or "-",
+                p["segment"],
+            ]
+            for p in result["ports"]
+        ],
+    )
     return 0
 
 
@@ -200,8 +288,11 @@ def cmd_fdb(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table("forwarding database", ["segment", "mac", "port", "age (s)", "type"],
-          [[r["segment"], r["mac"], r["port"], r["age"], "static" if r["static"] else "learned"] for r in rows])
+    table(
+        "forwarding database",
+        ["segment", "mac", "port", "age (s)", "type"],
+        [[r["segment"], r["mac"], r["port"], r["age"], "static" if r["static"] else "learned"] for r in rows],
+    )
     return 0
 
 
@@ -220,7 +311,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(cmd: str, title: str) -> Callable[[argparse.Namespace], int]:
+    """A command that prints a list of flat dicts from the router as a table (or JSON)."""
+
+    def run(args: argparse.Namespace) -> int:
+        rows = query(args, cmd)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        columns = list(rows[0]) if rows else []
+        table(title, columns, [[row.get(c, "") for c in columns] for row in rows])
+        if not rows:
+            print("(empty)")
+        return 0
+
+    return run
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "routes": cmd_table("routes", "routes"),
+    "arp": cmd_table("arp", "neighbours (ARP)"),
+    "conntrack": cmd_table("conntrack", "connections"),
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,
@@ -232,7 +343,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = COMMANDS.get(args.command) or EXTENSION_COMMANDS[args.command]
+        return handler(args)
     except BrokenPipeError:
         return 0
 

@@ -43,7 +43,38 @@ def _fdb(instance: Instance, _req: dict[str, Any]) -> Any:
 
 @command("stats")
 def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
-    return instance.datapath.counters.snapshot()
+    snapshot = instance.datapath.counters.snapshot()
+    if instance.router is not None:
+        snapshot["router"] = {
+            "drops": dict(sorted(instance.router.drops.items())),
+            "events": dict(sorted(instance.router.events.items())),
+        }
+    return snapshot
+
+
+class CommandError(Exception):
+    """A request the running instance cannot answer; the message goes back to the client."""
+
+
+def _router(instance: Instance) -> Any:
+    if instance.router is None:
+        raise CommandError("this instance has no router: start it with --segment or --uplink")
+    return instance.router
+
+
+@command("routes")
+def _routes(instance: Instance, _req: dict[str, Any]) -> Any:
+    return _router(instance).routes_table()
+
+
+@command("arp")
+def _arp(instance: Instance, _req: dict[str, Any]) -> Any:
+    return _router(instance).arp_table(asyncio.get_running_loop().time())
+
+
+@command("conntrack")
+def _conntrack(instance: Instance, _req: dict[str, Any]) -> Any:
+    return _router(instance).conntrack_table(asyncio.get_running_loop().time())
 
 
 class ControlServer:
@@ -96,6 +127,8 @@ class ControlServer:
             if asyncio.iscoroutine(result):
                 result = await result
             return {"ok": True, "result": result}
+        except CommandError as exc:
+            return {"ok": False, "error": str(exc)}
         except ValueError as exc:
             return {"ok": False, "error": f"bad request: {exc}"}
 

@@ -27,6 +27,37 @@ class Drop(StrEnum):
     TX_QUEUE_FULL = "tx-queue-full"  # the destination tap would block (EAGAIN); the kernel drops too
     TX_ERROR = "tx-error"  # the kernel refused the write (EINVAL, EIO, ...)
     TRUNCATED = "truncated"  # a read filled the whole buffer: the frame may have been cut
+    HOOK = "hook"  # a packet hook (Python API) returned None
+    # L3 and NAT
+    UNSUPPORTED_ETHERTYPE = "unsupported-ethertype"  # to the router's MAC, neither IPv4 nor ARP
+    ARP_MALFORMED = "arp-malformed"  # not Ethernet/IPv4 ARP (RFC 826), short, or bad sender
+    ARP_QUEUE_FULL = "arp-queue-full"  # oldest packet waiting on one next hop pushed out
+    ARP_PENDING_FULL = "arp-pending-full"  # too many distinct next hops being resolved at once
+    ARP_FAILED = "arp-failed"  # next hop did not answer (or is in the negative cache)
+    IP_TRUNCATED = "ip-truncated"  # shorter than a minimal IPv4 header (RFC 1812 5.2.2)
+    IP_BAD_VERSION = "ip-bad-version"  # version field is not 4
+    IP_BAD_IHL = "ip-bad-ihl"  # header length below 5 words or beyond the frame
+    IP_BAD_LENGTH = "ip-bad-length"  # total length below the header or beyond the frame
+    IP_BAD_CHECKSUM = "ip-bad-checksum"  # header checksum does not verify
+    IP_MARTIAN_SOURCE = "ip-martian-source"  # 0/8, 127/8, multicast or broadcast source
+    IP_BROADCAST = "ip-broadcast"  # limited or directed broadcast: never forwarded (RFC 1812 5.3.5)
+    IP_MULTICAST = "ip-multicast"  # multicast destination: we do not route multicast
+    TTL_EXCEEDED = "ttl-exceeded"  # would leave with TTL 0 (RFC 1812 5.3.1)
+    NO_ROUTE = "no-route"  # no route to the destination
+    FRAG_NEEDED = "fragmentation-needed"  # too big for the egress MTU with DF set (RFC 1191)
+    FRAG_UNSUPPORTED = "fragmentation-unsupported"  # too big without DF: we do not fragment
+    TO_ROUTER = "to-router"  # addressed to the router and not something it answers
+    L4_TRUNCATED = "l4-truncated"  # transport header cut short where the router must read it
+    NAT_NO_FLOW = "nat-no-flow"  # TCP that is not a SYN and matches no tracked flow
+    NAT_UNSOLICITED = "nat-unsolicited"  # inbound to the NAT address, no flow and no forward
+    NAT_PORTS_EXHAUSTED = "nat-ports-exhausted"  # no free external port for a new mapping
+    NAT_FRAGMENT = "nat-fragment"  # a non-first fragment needing NAT: no ports to translate
+    NAT_ICMP_NO_FLOW = "nat-icmp-no-flow"  # ICMP error to the NAT address about no known flow
+    NAT_UNSUPPORTED = "nat-unsupported"  # would need masquerading, but not TCP, UDP or ICMP echo
+    NAT_CLASH = "nat-clash"  # the translated tuple is already tracked by another flow
+    IP_MARTIAN_DESTINATION = "ip-martian-destination"  # 0/8, 127/8, 240/4 (RFC 1812 5.3.7)
+    L4_BAD_CHECKSUM = "l4-bad-checksum"  # an ICMP message to the router that does not verify
+    CONNTRACK_FULL = "conntrack-full"  # table full and every flow is established (assured)
 
 
 class Counters:

@@ -81,17 +81,18 @@ class Datapath:
     def receive(self, in_port: int, pkt: bytes, now: float) -> Verdict:
         counters = self.counters
         counters.rx_packets[in_port] += 1
-        counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
+        if len(pkt) > VNET_HDR_LEN:  # a runt shorter than the vnet header must not count negative bytes
+            counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
         switch = self.port_switch[in_port]
         decision = switch.decide(in_port, pkt, now)
         if decision.__class__ is int:
             if decision != switch.router_port:
-                return decision  # type: ignore[return-value]
+                return decision
             return self._route(in_port, pkt, now)
         if decision.__class__ is tuple:
             if switch.router_port is None:
-                return decision  # type: ignore[return-value]
-            sent: list[Transmit] = [(p, pkt) for p in decision]  # type: ignore[union-attr]
+                return decision
+            sent: list[Transmit] = [(p, pkt) for p in decision]
             sent.extend(self._route(in_port, pkt, now))
             return sent
         counters.drops[in_port][decision] += 1  # type: ignore[index]
@@ -112,9 +113,9 @@ class Datapath:
             self.counters.tx_bytes[port] += len(frame) - VNET_HDR_LEN
             decision = switch.decide(port, frame, now)
             if decision.__class__ is int:
-                sent.append((decision, frame))  # type: ignore[arg-type]
+                sent.append((decision, frame))
             elif decision.__class__ is tuple:
-                sent.extend((p, frame) for p in decision)  # type: ignore[union-attr]
+                sent.extend((p, frame) for p in decision)
             else:
                 self.counters.drops[port][decision] += 1  # type: ignore[index]
         return sent

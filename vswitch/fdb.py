@@ -90,21 +90,17 @@ class Fdb:
         """Remove entries not seen for `ageing` seconds; return how many went."""
         if self._next_pass is None or now < self._next_pass:
             return 0
-        limit = now - self.ageing
-        stale = [m for m, e in self.entries.items() if not e.static and e.seen <= limit]
+        # seen + ageing <= now, the very sum that set the deadline: (now - ageing) can round below seen.
+        ageing = self.ageing
+        stale = [m for m, e in self.entries.items() if not e.static and e.seen + ageing <= now]
         for mac in stale:
             del self.entries[mac]
         self._learned -= len(stale)
         self.events["fdb-aged"] += len(stale)
         oldest = min((e.seen for e in self.entries.values() if not e.static), default=None)
-        self._next_pass = (
-            None if oldest is None else max(oldest + self.ageing, now + MIN_AGEING_INTERVAL)
-        )
+        self._next_pass = None if oldest is None else max(oldest + self.ageing, now + MIN_AGEING_INTERVAL)
         return len(stale)
 
     def table(self, now: float) -> list[tuple[bytes, int, float, bool]]:
         """(mac, port, age in seconds, static) for every entry, for display."""
-        return [
-            (mac, e.port, 0.0 if e.static else now - e.seen, e.static)
-            for mac, e in self.entries.items()
-        ]
+        return [(mac, e.port, 0.0 if e.static else now - e.seen, e.static) for mac, e in self.entries.items()]

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
 from . import kernel
@@ -23,9 +23,9 @@ from .control import ControlServer
 from .datapath import Datapath
 from .kernel import KernelError
 from .shell import Shell
-from .state import Ledger, pid_alive, socket_path, state_path
+from .state import Ledger, socket_path, state_path
 from .tap import Tap, TapError, open_tap
-from .topology import PortSpec, Topology
+from .topology import UPLINK_SEGMENT, PortSpec, Topology
 
 
 class StartError(Exception):
@@ -56,6 +56,13 @@ class LivePort:
         }
 
 
+def random_mac() -> bytes:
+    """A random unicast, locally administered MAC (IEEE 802 section 8.2: I/G bit 0, U/L bit 1)."""
+    raw = bytearray(secrets.token_bytes(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return bytes(raw)
+
+
 def _tap_name(instance: str) -> str:
     """A fresh root-namespace name: 'vs' + 12 hex, well under IFNAMSIZ, never an existing link."""
     for _ in range(16):
@@ -74,17 +81,29 @@ class Instance:
         self.started_at = time.time()
         self.log = log or (lambda _msg: None)
         self._taps: list[Tap] = []
+        self.router: Any = None
+        self.shell: Shell | None = None  # set while serving
+        self.router_macs: dict[int, bytes] = {}
         self._stop: asyncio.Event | None = None
 
     # --- start-up ----------------------------------------------------------------------------------
     def build(self) -> None:
-        """Make every namespace, tap, address; on any failure undo all of it and raise StartError."""
+        """Make every namespace, tap, address, route; on any failure undo all of it, raise StartError."""
         self._claim()
         try:
             for segment in self.topology.segments:
                 seg_index = self.datapath.add_segment(segment.name)
                 for spec in segment.ports:
                     self._add_port(spec, seg_index, segment.name)
+            uplink = self.topology.uplink
+            if uplink is not None:
+                seg_index = self.datapath.add_segment(UPLINK_SEGMENT)
+                outside = IPv4Interface(f"{uplink.upstream}/{uplink.address.network.prefixlen}")
+                spec = PortSpec(uplink.namespace, uplink.ifname, outside)
+                self._add_port(spec, seg_index, UPLINK_SEGMENT)
+            if self.topology.routed:
+                self._add_router()
+                self._add_namespace_routes()
         except (KernelError, TapError, OSError) as exc:
             self.teardown()
             raise StartError(str(exc)) from None
@@ -95,7 +114,7 @@ class Instance:
     def _claim(self) -> None:
         old = Ledger.load(self.topology.name)
         if old is not None:
-            if pid_alive(old.pid) and old.pid != os.getpid():
+            if old.owner_alive():
                 raise StartError(f"instance {self.topology.name} is already running (pid {old.pid})")
             raise StartError(
                 f"instance {self.topology.name} left state behind (pid {old.pid} is gone): "
@@ -110,11 +129,14 @@ class Instance:
 
     def _add_port(self, spec: PortSpec, seg_index: int, seg_name: str) -> None:
         namespace = spec.namespace
-        if kernel.netns_inode(namespace) is None:
-            inode = kernel.create_netns(namespace)
-            self.ledger.record("netns", name=namespace, inode=inode)
-        kernel.set_lo_up(namespace)
-        tap = open_tap(_tap_name(self.topology.name))
+        if namespace is not None:
+            if kernel.netns_inode(namespace) is None:
+                inode = kernel.create_netns(namespace)
+                self.ledger.record("netns", name=namespace, inode=inode)
+            kernel.set_lo_up(namespace)
+            tap = open_tap(_tap_name(self.topology.name))
+        else:
+            tap = open_tap(spec.ifname)  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
         self._taps.append(tap)
         self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
         mac = kernel.place_tap(tap.name, namespace, spec.ifname, spec.address)
@@ -123,12 +145,64 @@ class Instance:
             LivePort(port_id, spec.label, namespace, spec.ifname, spec.address, mac, seg_name, tap)
         )
 
+    def _add_router(self) -> None:
+        """One router interface per segment (the gateway), one on the uplink, NAT toward it."""
+        from .nat import NatConfig, PortForward
+        from .router import Interface, Router
+        from .routes import Route
+
+        topo = self.topology
+        interfaces: list[Interface] = []
+        macs: dict[int, bytes] = {}
+        for index, segment in enumerate(topo.segments):
+            assert segment.gateway is not None
+            macs[index] = random_mac()
+            interfaces.append(Interface(index, segment.name, macs[index], segment.gateway))
+        routes: list[Route] = []
+        nat = None
+        if topo.uplink is not None:
+            index = len(topo.segments)
+            macs[index] = random_mac()
+            interfaces.append(Interface(index, UPLINK_SEGMENT, macs[index], topo.uplink.address, uplink=True))
+            routes.append(Route(IPv4Network("0.0.0.0/0"), topo.uplink.upstream, index))
+            forwards = []
+            for fwd in topo.forwards:
+                target = topo.port(fwd.namespace)
+                assert target is not None and target.address is not None
+                forwards.append(PortForward(fwd.proto, fwd.port, target.address.ip, fwd.target_port))
+            nat = NatConfig(
+                uplink=index,
+                address=topo.uplink.address.ip,
+                inside=[s.subnet for s in topo.segments],
+                forwards=forwards,
+            )
+        routes.extend(Route(r.prefix, r.via, None) for r in topo.routes)
+        self.router = Router(interfaces, routes, nat)
+        self.router_macs = macs
+        self.datapath.attach_router(self.router, macs)
+
+    def _add_namespace_routes(self) -> None:
+        """Each namespace: a default route via its gateway. The host: only what --host-routes asks."""
+        for segment in self.topology.segments:
+            assert segment.gateway is not None
+            for spec in segment.ports:
+                if spec.namespace is not None:
+                    kernel.add_route(
+                        spec.namespace, IPv4Network("0.0.0.0/0"), segment.gateway.ip, spec.ifname
+                    )
+                elif self.topology.host_routes:
+                    for other in self.topology.segments:
+                        if other is not segment:
+                            kernel.add_route(None, other.subnet, segment.gateway.ip, spec.ifname)
+                            # Routes through our tap die with it; recorded so `status` can show them.
+                            self.ledger.record("route", dst=str(other.subnet), via=str(segment.gateway.ip))
+
     # --- running -----------------------------------------------------------------------------------
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         """Forward until SIGINT/SIGTERM (or stop()); the caller tears down afterwards."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        shell = Shell(self.datapath, loop)
+        shell = self.shell = Shell(self.datapath, loop)
         for port in self.ports:
             shell.attach(port.id, port.tap.fd)
         shell.start_timer()
@@ -142,8 +216,10 @@ class Instance:
                 ready()
             await self._stop.wait()
         finally:
+            # A second Ctrl-C or SIGTERM must not cut teardown short: from here until the loop is
+            # closed (after teardown) both signals are caught and ignored.
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+                loop.add_signal_handler(sig, _ignore_signal)
             shell.detach_all()
             await control.close()
 
@@ -167,9 +243,22 @@ class Instance:
             "uptime": round(time.time() - self.started_at, 3),
             "ports": [p.describe() for p in self.ports],
             "segments": [
-                {"name": s.name, "subnet": str(s.subnet), "ports": [p.label for p in s.ports]}
+                {
+                    "name": s.name,
+                    "subnet": str(s.subnet),
+                    "gateway": str(s.gateway) if s.gateway else None,
+                    "ports": [p.label for p in s.ports],
+                }
                 for s in self.topology.segments
             ],
+            "routed": self.topology.routed,
+            "uplink": None
+            if self.topology.uplink is None
+            else {
+                "namespace": self.topology.uplink.namespace,
+                "address": str(self.topology.uplink.address),
+                "upstream": str(self.topology.uplink.upstream),
+            },
             "fdb_entries": sum(len(s.switch.fdb) for s in self.datapath.segments),
             "ageing": self.topology.ageing,
             "fdb_max": self.topology.fdb_max,
@@ -192,6 +281,10 @@ class Instance:
                     }
                 )
         return rows
+
+
+def _ignore_signal() -> None:
+    """Teardown is under way; it removes everything whatever the user presses."""
 
 
 def undo(ledger: Ledger) -> list[str]:
@@ -220,12 +313,12 @@ def down(instance: str, timeout: float = 10.0) -> list[str]:
     ledger = Ledger.load(instance)
     if ledger is None:
         return []
-    if pid_alive(ledger.pid) and ledger.pid != os.getpid():
+    if ledger.owner_alive():
         os.kill(ledger.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while pid_alive(ledger.pid) and time.monotonic() < deadline:
+        while ledger.owner_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid_alive(ledger.pid):
+        if ledger.owner_alive():
             raise StartError(f"instance {instance} (pid {ledger.pid}) did not stop within {timeout:.0f}s")
         ledger = Ledger.load(instance)
         if ledger is None:

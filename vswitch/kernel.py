@@ -122,4 +122,6 @@ def add_route(namespace: str | None, dst: IPv4Network, gateway: IPv4Address | No
         try:
             ipr.route("add", **kwargs)
         except NetlinkError as exc:
-            raise KernelError(f"adding route {dst} in {namespace or 'root'}: {os.strerror(exc.code)}") from None
+            raise KernelError(
+                f"adding route {dst} in {namespace or 'root'}: {os.strerror(exc.code)}"
+            ) from None

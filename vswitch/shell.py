@@ -23,6 +23,12 @@ READ_SIZE: Final = 65536 + VNET_HDR_LEN
 PacketHook = Callable[[int, bytes, float], None]
 
 
+# An observer sees every frame a port receives ("rx") or is sent ("tx"), virtio-net header included.
+Observer = Callable[[str, bytes], None]
+# A hook sees every received frame before the datapath: return it (changed or not) or None to drop it.
+Hook = Callable[[int, bytes, float], "bytes | None"]
+
+
 class Shell:
     """Binds a Datapath to open fds on an event loop."""
 
@@ -33,6 +39,9 @@ class Shell:
         self._fd_list: list[int] = []  # port id -> fd, -1 for ports with no fd (router)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._observers: dict[int, list[Observer]] = {}
+        self.hook: Hook | None = None
+        self._write = self._write_plain
 
     def attach(self, port: int, fd: int) -> None:
         self.fds[port] = fd
@@ -49,11 +58,27 @@ class Shell:
             self._timer.cancel()
             self._timer = None
 
+    # --- observers: capture and live trace wrap a port, at no cost while there are none -----------
+    def observe(self, port: int, observer: Observer) -> None:
+        self._observers.setdefault(port, []).append(observer)
+        self._write = self._write_observed
+
+    def unobserve(self, port: int, observer: Observer) -> None:
+        observers = self._observers.get(port, [])
+        if observer in observers:
+            observers.remove(observer)
+        if not observers:
+            self._observers.pop(port, None)
+        if not self._observers:
+            self._write = self._write_plain
+
     # --- the hot path ------------------------------------------------------------------------------
     def _drain(self, port: int, fd: int) -> None:
         receive = self.datapath.receive
         write = self._write
         read = os.read
+        observers = self._observers.get(port)
+        hook = self.hook
         now = self.loop.time()
         for _ in range(BATCH):
             try:
@@ -67,36 +92,57 @@ class Shell:
             if len(pkt) >= READ_SIZE:
                 self.datapath.counters.drop(port, Drop.TRUNCATED)
                 continue
+            if observers is not None:
+                for observer in observers:
+                    observer("rx", pkt)
+            if hook is not None:
+                hooked = hook(port, pkt, now)
+                if hooked is None:
+                    self.datapath.counters.drop(port, Drop.HOOK)
+                    continue
+                pkt = hooked
             verdict = receive(port, pkt, now)
             if verdict is None:
                 continue
             if verdict.__class__ is int:
-                write(verdict, pkt)  # type: ignore[arg-type]
+                write(verdict, pkt)
             elif verdict.__class__ is tuple:
-                for out in verdict:  # type: ignore[union-attr]
+                for out in verdict:
                     write(out, pkt)
             else:
                 for out, data in verdict:  # type: ignore[misc,union-attr]
                     write(out, data)
         self._rearm(now)
 
-    def _write(self, port: int, data: bytes) -> None:
+    def _write_plain(self, port: int, data: bytes) -> bool:
         fd = self._fd_list[port]
         counters = self.datapath.counters
         try:
             os.write(fd, data)
         except BlockingIOError:
             counters.drops[port][Drop.TX_QUEUE_FULL] += 1
-            return
+            return False
         except OSError:
             counters.drops[port][Drop.TX_ERROR] += 1
-            return
+            return False
         counters.tx_packets[port] += 1
         counters.tx_bytes[port] += len(data) - VNET_HDR_LEN
+        return True
+
+    def _write_observed(self, port: int, data: bytes) -> bool:
+        sent = self._write_plain(port, data)
+        if sent:
+            for observer in self._observers.get(port, ()):
+                observer("tx", data)
+        return sent
 
     def send(self, frames: list[Transmit]) -> None:
         for port, data in frames:
             self._write(port, data)
+
+    def inject(self, port: int, data: bytes) -> bool:
+        """Deliver a crafted buffer (virtio-net header + frame) into the namespace behind port."""
+        return self._write(port, data)
 
     # --- the one timer -----------------------------------------------------------------------------
     def _rearm(self, now: float) -> None:

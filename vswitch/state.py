@@ -7,6 +7,7 @@ kill at any instant leaves a ledger that names everything that outlives the proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -29,22 +30,37 @@ def socket_path(instance: str) -> Path:
     return run_dir() / f"{instance}.sock"
 
 
-def pid_alive(pid: int) -> bool:
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """True while that very process runs: a recycled pid with another start time does not count."""
+    now_started = process_start(pid) if pid > 0 else None
+    if now_started is None:
         return False
-    except PermissionError:
-        return True
-    return True
+    return started is None or started == now_started
 
 
 class Ledger:
     """An append-and-remove list of records ({"kind": ..., fields}) persisted as JSON."""
 
-    def __init__(self, instance: str, pid: int | None = None, records: list[dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        instance: str,
+        pid: int | None = None,
+        records: list[dict[str, Any]] | None = None,
+        started: int | None = None,
+    ):
         self.instance = instance
         self.pid = os.getpid() if pid is None else pid
+        self.started = process_start(self.pid) if pid is None else started
         self.records: list[dict[str, Any]] = list(records or [])
         self.path = state_path(instance)
 
@@ -56,7 +72,16 @@ class Ledger:
             return None
         except (OSError, ValueError) as exc:
             raise OSError(f"state file {state_path(instance)} is unreadable: {exc}") from None
-        return cls(instance, int(data.get("pid", 0)), list(data.get("records", [])))
+        started = data.get("started")
+        return cls(
+            instance,
+            int(data.get("pid", 0)),
+            list(data.get("records", [])),
+            None if started is None else int(started),
+        )
+
+    def owner_alive(self) -> bool:
+        return self.pid != os.getpid() and pid_alive(self.pid, self.started)
 
     def claim(self) -> None:
         """Create the state file, exclusively: a second instance of the same name fails here."""
@@ -81,14 +106,15 @@ class Ledger:
 
     def release(self) -> None:
         """Remove the state file once everything it names is gone."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        body = json.dumps({"instance": self.instance, "pid": self.pid, "records": self.records}, indent=1)
+        body = json.dumps(
+            {"instance": self.instance, "pid": self.pid, "started": self.started, "records": self.records},
+            indent=1,
+        )
         with open(tmp, "w") as handle:
             handle.write(body)
             handle.flush()

@@ -88,6 +88,8 @@ class Switch:
 
     def _flood(self, in_port: int) -> tuple[int, ...] | Drop:
         targets = self.flood_sets[in_port]
-        if targets or self.router_port is not None:
+        # An empty flood from a real port still reaches the router (the datapath hands it its copy);
+        # from the router's own port it reaches nothing and must be counted, not silently lost.
+        if targets or (self.router_port is not None and in_port != self.router_port):
             return targets
         return Drop.NO_DESTINATION

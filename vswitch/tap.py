@@ -22,6 +22,7 @@ IFF_TAP: Final = 0x0002
 IFF_MULTI_QUEUE: Final = 0x0100
 IFF_NO_PI: Final = 0x1000
 IFF_VNET_HDR: Final = 0x4000
+IFF_TUN_EXCL: Final = 0x8000  # fail with EBUSY rather than attach to an existing tap
 
 TUN_F_CSUM: Final = 0x01
 TUN_F_TSO4: Final = 0x02
@@ -78,7 +79,9 @@ def open_tap(name: str) -> Tap:
         raise TapError(f"cannot open {TUN_PATH}: run as root (CAP_NET_ADMIN)") from None
     try:
         try:
-            fcntl.ioctl(fd, TUNSETIFF, IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+            fcntl.ioctl(
+                fd, TUNSETIFF, IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL)
+            )
         except OSError as exc:
             if exc.errno == errno.EBUSY:
                 raise TapError(f"interface {name} already exists") from None

@@ -1,22 +1,37 @@
 """What the user asked for, validated and resolved to concrete names and addresses. Pure: no IO.
 
 The command line and the TOML file both produce a `Topology`; everything downstream (the kernel
-plumbing, the datapath) reads only this. A bad value raises ConfigError with one sentence for the user.
+plumbing, the datapath, the router) reads only this. A bad value raises ConfigError with one sentence
+for the user.
+
+Two shapes:
+- switched: `--ports ns1,ns2` alone is one L2 segment, hosts numbered .1, .2, ... in order;
+- routed: several `--segment`s and/or an `--uplink`: the router owns the gateway (.1 by default) of
+  every segment, hosts start at .2 and get a default route via their gateway, and traffic leaving
+  through the uplink is masqueraded to the uplink address.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
 
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from .tap import valid_ifname
 
 DEFAULT_SUBNET = IPv4Network("10.0.0.0/24")
 DEFAULT_IFNAME = "eth0"
+HOST = "host"  # the word that puts the root namespace on a segment (the host port)
+UPLINK_SEGMENT = "wan"
+DEFAULT_UPLINK_ADDRESS = IPv4Interface("198.18.0.2/24")
+DEFAULT_UPSTREAM = IPv4Address("198.18.0.1")
 NAMESPACE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 INSTANCE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,11}")
+SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
+PROTOCOLS = {"tcp": 6, "udp": 17}
 
 
 class ConfigError(Exception):
@@ -25,16 +40,16 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class PortSpec:
-    """One namespace's port: the interface vswitch puts in it and its address."""
+    """One port: a namespace's interface (or, with namespace None, the host's) and its address."""
 
-    namespace: str
+    namespace: str | None
     ifname: str = DEFAULT_IFNAME
     address: IPv4Interface | None = None  # None until resolved: the next free host of the subnet
 
     @property
     def label(self) -> str:
-        """How the user names this port in other commands (capture, trace): the namespace."""
-        return self.namespace
+        """How the user names this port in other commands: its namespace, or 'host'."""
+        return self.namespace if self.namespace is not None else HOST
 
 
 @dataclass
@@ -42,12 +57,45 @@ class SegmentSpec:
     name: str
     subnet: IPv4Network
     ports: list[PortSpec] = field(default_factory=list)
+    gateway: IPv4Interface | None = None  # the router's address here (routed topologies only)
+
+
+@dataclass(frozen=True)
+class UplinkSpec:
+    """The port to the outside: `namespace` plays the upstream router at `upstream`."""
+
+    namespace: str
+    address: IPv4Interface = DEFAULT_UPLINK_ADDRESS  # the router's own uplink address (NAT source)
+    upstream: IPv4Address = DEFAULT_UPSTREAM  # the outside namespace's address, our default route
+    ifname: str = DEFAULT_IFNAME
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """DNAT: proto/port on the uplink address -> a namespace's address, target_port."""
+
+    proto: int
+    port: int
+    namespace: str
+    target_port: int
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    prefix: IPv4Network
+    via: IPv4Address
 
 
 @dataclass
 class Topology:
     name: str = "default"
     segments: list[SegmentSpec] = field(default_factory=list)
+    uplink: UplinkSpec | None = None
+    forwards: list[ForwardSpec] = field(default_factory=list)
+    routes: list[RouteSpec] = field(default_factory=list)
+    routed: bool = False
+    host_routes: bool = False
+    host_ifname: str | None = None  # default: vs-NAME
     ageing: float = DEFAULT_AGEING
     fdb_max: int = DEFAULT_MAX_ENTRIES
 
@@ -55,55 +103,216 @@ class Topology:
     def ports(self) -> list[PortSpec]:
         return [p for s in self.segments for p in s.ports]
 
+    def segment_of(self, label: str) -> SegmentSpec | None:
+        return next((s for s in self.segments if any(p.label == label for p in s.ports)), None)
 
+    def port(self, label: str) -> PortSpec | None:
+        return next((p for p in self.ports if p.label == label), None)
+
+
+# --- small parsers (one value each) ----------------------------------------------------------------
 def check_namespace(name: str) -> str:
-    if not NAMESPACE_RE.fullmatch(name):
-        raise ConfigError(
-            f"invalid namespace name {name!r}: use 1-64 letters, digits, '_', '.', '-'"
-        )
+    if not NAMESPACE_RE.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"invalid namespace name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
     return name
 
 
 def check_instance(name: str) -> str:
     if not INSTANCE_RE.fullmatch(name):
-        raise ConfigError(
-            f"invalid instance name {name!r}: use 1-12 lower-case letters, digits, '_', '-'"
-        )
+        raise ConfigError(f"invalid instance name {name!r}: use 1-12 lower-case letters, digits, '_', '-'")
     return name
 
 
-def parse_port(text: str) -> PortSpec:
-    """`ns`, `ns:ifname` or `ns:ifname=10.0.0.7/24`."""
-    text = text.strip()
-    address: IPv4Interface | None = None
-    if "=" in text:
-        text, addr_text = text.split("=", 1)
-        try:
-            address = IPv4Interface(addr_text)
-        except ValueError:
-            raise ConfigError(f"invalid address {addr_text!r} for port {text!r}") from None
-        if "/" not in addr_text:
-            raise ConfigError(f"address {addr_text!r} needs a prefix length, e.g. {addr_text}/24")
-    namespace, _, ifname = text.partition(":")
-    check_namespace(namespace)
-    ifname = ifname or DEFAULT_IFNAME
-    if not valid_ifname(ifname):
-        raise ConfigError(f"invalid interface name {ifname!r}: 1-15 characters, no '/', ':' or space")
-    return PortSpec(namespace, ifname, address)
+def check_ifname(name: str) -> str:
+    if not valid_ifname(name):
+        raise ConfigError(f"invalid interface name {name!r}: 1-15 characters, no '/', ':' or space")
+    return name
 
 
-def parse_ports(text: str) -> list[PortSpec]:
-    items = [item for item in text.split(",")]
-    if not text.strip() or any(not item.strip() for item in items):
-        raise ConfigError("--ports needs a comma-separated list of namespaces, e.g. ns1,ns2,ns3")
-    return [parse_port(item) for item in items]
+def parse_interface(text: str, what: str) -> IPv4Interface:
+    if "/" not in text:
+        raise ConfigError(f"{what} {text!r} needs a prefix length, e.g. {text}/24")
+    try:
+        return IPv4Interface(text)
+    except ValueError:
+        raise ConfigError(f"invalid {what} {text!r}") from None
+
+
+def parse_address(text: str, what: str) -> IPv4Address:
+    try:
+        return IPv4Address(text.strip())
+    except ValueError:
+        raise ConfigError(f"invalid {what} {text!r}") from None
 
 
 def parse_subnet(text: str) -> IPv4Network:
     try:
-        return IPv4Network(text, strict=False)
+        return IPv4Network(text.strip(), strict=False)
     except ValueError:
         raise ConfigError(f"invalid subnet {text!r}, e.g. 10.0.0.0/24") from None
+
+
+def parse_port(text: str) -> PortSpec:
+    """`ns`, `ns:ifname`, `ns:ifname=10.0.0.7/24`, or `host[=ADDR/PREFIX]` (the root namespace)."""
+    text = text.strip()
+    address: IPv4Interface | None = None
+    if "=" in text:
+        text, addr_text = text.split("=", 1)
+        address = parse_interface(addr_text, f"address for port {text}")
+    name, colon, ifname = text.partition(":")
+    if name == HOST:
+        return PortSpec(None, check_ifname(ifname) if colon else "", address)
+    check_namespace(name)
+    return PortSpec(name, check_ifname(ifname) if colon else DEFAULT_IFNAME, address)
+
+
+def parse_ports(text: str, option: str = "--ports") -> list[PortSpec]:
+    items = text.split(",")
+    if not text.strip() or any(not item.strip() for item in items):
+        raise ConfigError(f"{option} needs a comma-separated list of namespaces, e.g. ns1,ns2,ns3")
+    return [parse_port(item) for item in items]
+
+
+def parse_segment(text: str) -> tuple[str, list[PortSpec], IPv4Network | None]:
+    """`NAME=ns1,ns2[@10.1.0.0/24]`."""
+    name, eq, rest = text.partition("=")
+    if not eq or not SEGMENT_RE.fullmatch(name):
+        raise ConfigError(f"--segment {text!r}: expected NAME=ns1,ns2[@SUBNET] with a simple NAME")
+    subnet = None
+    if "@" in rest:
+        rest, subnet_text = rest.rsplit("@", 1)
+        subnet = parse_subnet(subnet_text)
+    return name, parse_ports(rest, f"--segment {name}"), subnet
+
+
+def parse_uplink(text: str) -> UplinkSpec:
+    """`NS[=ADDR/PREFIX][,via=GW]`."""
+    head, *options = text.split(",")
+    namespace, eq, addr_text = head.partition("=")
+    check_namespace(namespace.strip())
+    address = parse_interface(addr_text, "uplink address") if eq else DEFAULT_UPLINK_ADDRESS
+    upstream = None
+    for option in options:
+        key, _, value = option.partition("=")
+        if key.strip() != "via":
+            raise ConfigError(f"--uplink: unknown option {option!r} (expected via=GATEWAY)")
+        upstream = parse_address(value, "uplink gateway")
+    if upstream is None:
+        upstream = DEFAULT_UPSTREAM if not eq else next(h for h in address.network.hosts() if h != address.ip)
+    if upstream not in address.network or upstream == address.ip:
+        raise ConfigError(f"uplink gateway {upstream} must be another address in {address.network}")
+    return UplinkSpec(namespace.strip(), address, upstream)
+
+
+def parse_forward(text: str) -> ForwardSpec:
+    """`PROTO:PORT=NS:PORT`, e.g. tcp:8080=ns3:80."""
+    match = re.fullmatch(r"(tcp|udp):(\d+)=([^:]+):(\d+)", text.strip())
+    if not match:
+        raise ConfigError(f"--forward {text!r}: expected PROTO:PORT=NS:PORT, e.g. tcp:8080=ns3:80")
+    proto, port, namespace, target = match.groups()
+    for number in (port, target):
+        if not 0 < int(number) < 65536:
+            raise ConfigError(f"--forward {text!r}: port {number} is outside 1-65535")
+    return ForwardSpec(PROTOCOLS[proto], int(port), check_namespace(namespace), int(target))
+
+
+def parse_route(text: str) -> RouteSpec:
+    """`PREFIX=via GW` (or `PREFIX=GW`)."""
+    prefix, eq, via = text.partition("=")
+    if not eq:
+        raise ConfigError(f"--route {text!r}: expected PREFIX=via GATEWAY, e.g. 10.9.0.0/16=via 10.1.0.254")
+    via = via.strip()
+    if via.startswith("via"):
+        via = via[3:].strip(" =")
+    return RouteSpec(parse_subnet(prefix), parse_address(via, "route gateway"))
+
+
+# --- building the whole picture --------------------------------------------------------------------
+@dataclass
+class Request:
+    """The raw options, from the command line or a TOML file, before resolution."""
+
+    name: str = "default"
+    ports: list[PortSpec] = field(default_factory=list)
+    subnet: IPv4Network | None = None
+    segments: list[tuple[str, list[PortSpec], IPv4Network | None]] = field(default_factory=list)
+    uplink: UplinkSpec | None = None
+    forwards: list[ForwardSpec] = field(default_factory=list)
+    routes: list[RouteSpec] = field(default_factory=list)
+    host: bool = False
+    host_address: IPv4Interface | None = None
+    host_ifname: str | None = None
+    host_routes: bool = False
+    ageing: float = DEFAULT_AGEING
+    fdb_max: int = DEFAULT_MAX_ENTRIES
+
+
+def build(request: Request) -> Topology:
+    """Resolve a Request to a Topology: segments, subnets, gateways, addresses; then validate."""
+    check_instance(request.name)
+    if request.ports and request.segments:
+        raise ConfigError("--ports is the one-segment shorthand: use it or --segment, not both")
+    routed = bool(request.segments) or request.uplink is not None
+    raw = list(request.segments)
+    if request.ports:
+        raw = [("lan", list(request.ports), request.subnet or (None if routed else DEFAULT_SUBNET))]
+    elif request.subnet is not None:
+        raise ConfigError("--subnet goes with --ports; give a segment's subnet as NAME=ns1,ns2@SUBNET")
+    if not raw:
+        raise ConfigError("nothing to connect: give --ports ns1,ns2,... or --segment NAME=ns1,ns2")
+    if request.host:
+        first = raw[0]
+        if any(p.namespace is None for p in first[1]):
+            raise ConfigError("the host port is listed twice")
+        raw[0] = (first[0], [*first[1], PortSpec(None, "", request.host_address)], first[2])
+    names = [name for name, _, _ in raw]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"segment names must differ: {', '.join(names)}")
+    if request.uplink is not None and UPLINK_SEGMENT in names:
+        raise ConfigError(f"segment name {UPLINK_SEGMENT!r} is reserved for the uplink")
+
+    used = [s for _, _, s in raw if s is not None]
+    if request.uplink is not None:
+        used.append(request.uplink.address.network)
+    segments: list[SegmentSpec] = []
+    for name, ports, subnet in raw:
+        if subnet is None:
+            subnet = _next_free_subnet(used)
+            used.append(subnet)
+        segment = SegmentSpec(name, subnet, list(ports))
+        if routed:
+            segment.gateway = IPv4Interface(f"{next(subnet.hosts())}/{subnet.prefixlen}")
+        segments.append(segment)
+
+    host_ifname = request.host_ifname or f"vs-{request.name}"
+    for segment in segments:
+        segment.ports = [
+            PortSpec(None, host_ifname, p.address) if p.namespace is None else p for p in segment.ports
+        ]
+        assign_addresses(segment, {segment.gateway.ip} if segment.gateway else set())
+
+    topology = Topology(
+        name=request.name,
+        segments=segments,
+        uplink=request.uplink,
+        forwards=list(request.forwards),
+        routes=list(request.routes),
+        routed=routed,
+        host_routes=request.host_routes,
+        host_ifname=host_ifname,
+        ageing=request.ageing,
+        fdb_max=request.fdb_max,
+    )
+    return validate(topology)
+
+
+def _next_free_subnet(used: list[IPv4Network]) -> IPv4Network:
+    """The next 10.N.0.0/24 (N = 1, 2, ...) that overlaps nothing already used."""
+    for n in range(1, 256):
+        candidate = IPv4Network(f"10.{n}.0.0/24")
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+    raise ConfigError("no free 10.N.0.0/24 subnet left: give subnets explicitly")
 
 
 def assign_addresses(segment: SegmentSpec, reserved: set[IPv4Address] | None = None) -> None:
@@ -118,57 +327,155 @@ def assign_addresses(segment: SegmentSpec, reserved: set[IPv4Address] | None = N
             if host is None:
                 raise ConfigError(
                     f"subnet {segment.subnet} is too small for {len(segment.ports)} ports"
+                    + (" and a gateway" if reserved else "")
                 )
             port = PortSpec(port.namespace, port.ifname, IPv4Interface(f"{host}/{segment.subnet.prefixlen}"))
+        elif port.address.ip not in segment.subnet and segment.gateway is not None:
+            raise ConfigError(f"address {port.address} of {port.label} is outside segment {segment.name}")
         resolved.append(port)
     segment.ports = resolved
 
 
 def validate(topology: Topology) -> Topology:
-    """Checks that need the whole picture: duplicates, overlaps, sizes."""
+    """Checks that need the whole picture: duplicates, overlaps, references."""
     check_instance(topology.name)
     ports = topology.ports
     if not ports:
         raise ConfigError("no ports: give --ports ns1,ns2,...")
-    seen: set[tuple[str, str]] = set()
-    for port in ports:
-        key = (port.namespace, port.ifname)
-        if key in seen:
-            raise ConfigError(f"port {port.namespace}:{port.ifname} is listed twice")
-        seen.add(key)
+    namespaces = [p.namespace for p in ports if p.namespace is not None]
+    if topology.uplink is not None:
+        namespaces.append(topology.uplink.namespace)
+    seen: set[str] = set()
+    for namespace in namespaces:
+        if namespace in seen:
+            raise ConfigError(f"namespace {namespace} is listed twice")
+        seen.add(namespace)
+    if sum(p.namespace is None for p in ports) > 1:
+        raise ConfigError("the host port is listed twice")
     addresses: set[IPv4Address] = set()
-    for port in ports:
-        assert port.address is not None
-        if port.address.ip in addresses:
-            raise ConfigError(f"address {port.address.ip} is given to two ports")
-        addresses.add(port.address.ip)
+    for segment in topology.segments:
+        for port in segment.ports:
+            assert port.address is not None
+            if port.address.ip in addresses or (segment.gateway and port.address.ip == segment.gateway.ip):
+                raise ConfigError(f"address {port.address.ip} is given twice")
+            addresses.add(port.address.ip)
+    if topology.routed:
+        nets = [s.subnet for s in topology.segments]
+        if topology.uplink is not None:
+            nets.append(topology.uplink.address.network)
+        for i, a in enumerate(nets):
+            for b in nets[i + 1 :]:
+                if a.overlaps(b):
+                    raise ConfigError(f"subnets {a} and {b} overlap: a router needs them apart")
+    for forward in topology.forwards:
+        if topology.uplink is None:
+            raise ConfigError("--forward needs an --uplink to forward from")
+        if topology.port(forward.namespace) is None:
+            raise ConfigError(f"--forward target {forward.namespace} is not a port")
+    if topology.routes and not topology.routed:
+        raise ConfigError("--route needs a routed topology (--segment or --uplink)")
+    if topology.host_routes and not any(p.namespace is None for p in ports):
+        raise ConfigError("--host-routes needs a host port (--host)")
     if topology.ageing <= 0:
-        raise ConfigError("--ageing must be a positive number of seconds")
+        raise ConfigError("ageing must be a positive number of seconds")
     if topology.fdb_max < 1:
-        raise ConfigError("--fdb-max must be at least 1")
+        raise ConfigError("fdb-max must be at least 1")
     return topology
 
 
 def single_segment(
     name: str, ports: list[PortSpec], subnet: IPv4Network = DEFAULT_SUBNET, **options: float
 ) -> Topology:
-    """The `--ports` shorthand: one L2 segment, hosts numbered .1, .2, ... in order."""
-    segment = SegmentSpec("lan", subnet, list(ports))
-    assign_addresses(segment)
-    topo = Topology(name=name, segments=[segment])
-    if "ageing" in options:
-        topo.ageing = float(options["ageing"])
-    if "fdb_max" in options:
-        topo.fdb_max = int(options["fdb_max"])
-    return validate(topo)
+    """The `--ports` shorthand with defaults, for tests and the Python API."""
+    return build(
+        Request(
+            name=name,
+            ports=ports,
+            subnet=subnet,
+            ageing=float(options.get("ageing", DEFAULT_AGEING)),
+            fdb_max=int(options.get("fdb_max", DEFAULT_MAX_ENTRIES)),
+        )
+    )
 
 
-__all__ = [
-    "ConfigError",
-    "PortSpec",
-    "SegmentSpec",
-    "Topology",
-    "parse_ports",
-    "parse_subnet",
-    "single_segment",
-]
+# --- TOML ------------------------------------------------------------------------------------------
+TOML_KEYS = {
+    "name",
+    "ports",
+    "subnet",
+    "segment",
+    "uplink",
+    "forward",
+    "route",
+    "host",
+    "host_routes",
+    "ageing",
+    "fdb_max",
+}
+
+
+def request_from_toml(text: str) -> Request:
+    """The same options as the command line, as a TOML document (see README)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}") from None
+    unknown = set(data) - TOML_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in the config file: {', '.join(sorted(unknown))}")
+    req = Request()
+    req.name = _str(data, "name", "default")
+    if "ports" in data:
+        req.ports = [parse_port(p) for p in _list(data, "ports")]
+    if "subnet" in data:
+        req.subnet = parse_subnet(_str(data, "subnet", ""))
+    for seg in data.get("segment", []):
+        if not isinstance(seg, dict) or "name" not in seg or "ports" not in seg:
+            raise ConfigError("each [[segment]] needs name and ports")
+        subnet = parse_subnet(str(seg["subnet"])) if "subnet" in seg else None
+        ports = [parse_port(str(p)) for p in _list(seg, "ports")]
+        if not SEGMENT_RE.fullmatch(str(seg["name"])):
+            raise ConfigError(f"invalid segment name {seg['name']!r}")
+        req.segments.append((str(seg["name"]), ports, subnet))
+    if "uplink" in data:
+        up = data["uplink"]
+        if isinstance(up, str):
+            req.uplink = parse_uplink(up)
+        elif isinstance(up, dict) and "namespace" in up:
+            text = str(up["namespace"])
+            if "address" in up:
+                text += f"={up['address']}"
+            if "via" in up:
+                text += f",via={up['via']}"
+            req.uplink = parse_uplink(text)
+        else:
+            raise ConfigError("uplink is a string (NS[=ADDR/PREFIX][,via=GW]) or a table with namespace")
+    req.forwards = [parse_forward(f) for f in _list(data, "forward")]
+    req.routes = [parse_route(r) for r in _list(data, "route")]
+    host = data.get("host", False)
+    if isinstance(host, str):
+        req.host, req.host_address = True, parse_interface(host, "host address")
+    elif isinstance(host, bool):
+        req.host = host
+    else:
+        raise ConfigError("host is true, false or an address like 10.0.0.100/24")
+    req.host_routes = bool(data.get("host_routes", False))
+    req.ageing = float(data.get("ageing", DEFAULT_AGEING))
+    req.fdb_max = int(data.get("fdb_max", DEFAULT_MAX_ENTRIES))
+    return req
+
+
+def _str(data: dict[str, Any], key: str, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string")
+    return value
+
+
+def _list(data: dict[str, Any], key: str) -> list[str]:
+    value = data.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of strings")
+    return [str(v) for v in value]

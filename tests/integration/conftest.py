@@ -1,0 +1,346 @@
+"""Real-kernel harness: uniquely named namespaces, a `vswitch up` process per switch, bounded peers.
+
+Every test gets its own namespace prefix (`vsi` + 6 hex), its own instance names and its own
+VSWITCH_RUN_DIR, so tests cannot see each other. The finalizers stop what the test started (SIGTERM,
+then SIGKILL and `vswitch down`), kill leftover peers and remove every namespace with the test's prefix,
+even when the test failed. Nothing waits by sleeping: `wait_for` polls a predicate against a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vswitch.control import ControlError, request
+
+NETNS_DIR = Path("/run/netns")
+PEER = Path(__file__).with_name("peer.py")
+VSWITCH = [sys.executable, "-m", "vswitch"]
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 15.0
+CLI_TIMEOUT = 15.0
+
+T = TypeVar("T")
+
+
+# --- polling -----------------------------------------------------------------------------------------
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll until predicate() is truthy and return its value; fail the test with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- kernel views ------------------------------------------------------------------------------------
+def namespaces(prefix: str = "") -> set[str]:
+    try:
+        return {n for n in os.listdir(NETNS_DIR) if n.startswith(prefix)}
+    except FileNotFoundError:
+        return set()
+
+
+def links(ns: str | None = None) -> dict[str, dict[str, Any]]:
+    """Interfaces of a namespace (None: root) by name, as `ip -j link` reports them."""
+    argv = ["ip", "-j"] + (["-n", ns] if ns else []) + ["addr", "show"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=True).stdout
+    return {entry["ifname"]: entry for entry in json.loads(out or "[]")}
+
+
+def ipv4_addresses(link: dict[str, Any]) -> list[str]:
+    return [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a["family"] == "inet"]
+
+
+def remove_namespace(name: str) -> None:
+    """Remove one namespace, tolerating only 'already gone'."""
+    try:
+        netns.remove(name)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def create_namespace(name: str, extra_links: Sequence[tuple[str, str]] = ()) -> None:
+    """A namespace the test owns (not vswitch), with lo up and extra (ifname, address/prefix) links.
+
+    Extra links are dummies, or empty bridges where this kernel has no dummy driver; either way an
+    interface that vswitch must neither touch nor remove.
+    """
+    netns.create(name)
+    with IPRoute(netns=name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        for ifname, address in extra_links:
+            try:
+                ipr.link("add", ifname=ifname, kind="dummy")
+            except NetlinkError as exc:
+                if exc.code not in (errno.EOPNOTSUPP, errno.ENODEV, errno.ENOENT):
+                    raise
+                ipr.link("add", ifname=ifname, kind="bridge")
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ip, prefixlen = address.split("/")
+            ipr.addr("add", index=index, address=ip, prefixlen=int(prefixlen))
+            ipr.link("set", index=index, state="up")
+
+
+# --- processes -----------------------------------------------------------------------------------------
+def netns_exec(
+    ns: str, argv: Sequence[str], timeout: float = 30.0, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run argv inside namespace ns, bounded in time; raise with its stderr when check and it fails."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout, input=input
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} in {ns} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
+    """The next stdout line of proc, within timeout (select, so a silent child cannot hang us)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        readable, _, _ = select.select([proc.stdout], [], [], left)
+        if readable:
+            line = proc.stdout.readline()
+            if not line:
+                err = proc.stderr.read() if proc.stderr else ""
+                pytest.fail(f"{what}: process exited ({proc.wait(5)}) without a line: {err.strip()}")
+            return line.rstrip("\n")
+
+
+def finish(proc: subprocess.Popen[str], timeout: float, what: str) -> dict[str, Any]:
+    """Wait for a peer to exit 0 and return the JSON it printed last."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=5)
+        pytest.fail(f"{what} did not finish within {timeout:g}s")
+    if proc.returncode != 0:
+        pytest.fail(f"{what} exited {proc.returncode}: {err.strip()}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def sigterm_then_kill(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+@dataclass
+class Env:
+    """One test's world: its namespace prefix, its run dir, and everything to clean up afterwards."""
+
+    prefix: str
+    run_dir: Path
+    tmp: Path
+    switches: list[Switch] = field(default_factory=list)
+    peers: list[subprocess.Popen[str]] = field(default_factory=list)
+    _names: int = 0
+
+    def ns(self, tag: str) -> str:
+        """A namespace name owned by this test: prefix + tag."""
+        return f"{self.prefix}{tag}"
+
+    def instance_name(self) -> str:
+        self._names += 1
+        return f"t{self.prefix[3:]}{self._names}"
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
+
+    def vswitch(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run a one-shot `vswitch ...` command with this test's run dir."""
+        return subprocess.run(
+            [*VSWITCH, *args], capture_output=True, text=True, timeout=timeout, env=self.environ
+        )
+
+    def switch(self, *ports: str, args: Sequence[str] = (), name: str | None = None) -> Switch:
+        """Start `vswitch up --ports ...` and wait until its control socket answers."""
+        sw = Switch(self, name or self.instance_name(), list(ports), list(args))
+        self.switches.append(sw)
+        sw.start()
+        return sw
+
+    def peer(self, ns: str, *args: str) -> subprocess.Popen[str]:
+        """Start peer.py inside ns in the background; killed in teardown if still running."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(PEER), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.peers.append(proc)
+        return proc
+
+    def run_peer(self, ns: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+        proc = netns_exec(ns, [sys.executable, str(PEER), *args], timeout=timeout)
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return result
+
+    def cleanup(self) -> list[str]:
+        problems: list[str] = []
+        for proc in self.peers:
+            sigterm_then_kill(proc)
+        for sw in self.switches:
+            problems.extend(sw.cleanup())
+        for name in sorted(namespaces(self.prefix)):
+            remove_namespace(name)
+        return problems
+
+
+class Switch:
+    """One `vswitch up` process in the foreground, as a person would run it."""
+
+    def __init__(self, env: Env, name: str, ports: list[str], args: list[str]) -> None:
+        self.env = env
+        self.name = name
+        self.argv = [*VSWITCH, "up", "--ports", ",".join(ports), "--name", name, "--json", *args]
+        self.stdout_path = env.tmp / f"{name}.stdout"
+        self.stderr_path = env.tmp / f"{name}.stderr"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.table: dict[str, Any] = {}
+
+    @property
+    def socket_path(self) -> Path:
+        return self.env.run_dir / f"{self.name}.sock"
+
+    @property
+    def state_path(self) -> Path:
+        return self.env.run_dir / f"{self.name}.json"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err, env=self.env.environ)
+        wait_for(self._ready, START_TIMEOUT, f"vswitch {self.name} to answer status")
+        self.table = json.loads(self.stdout().splitlines()[0])
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"vswitch up exited {self.proc.returncode} before it was ready: {self.stderr()}")
+        try:
+            request(self.socket_path, "status", timeout=2.0)
+        except (ControlError, OSError, ValueError):
+            return False
+        return True
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def request(self, cmd: str) -> Any:
+        """Ask the control socket directly (no CLI process): cheap, for polling."""
+        return request(self.socket_path, cmd)
+
+    def query(self, cmd: str) -> Any:
+        """`vswitch CMD --name NAME --json`, through the real CLI, parsed."""
+        proc = self.env.vswitch(cmd, "--name", self.name, "--json")
+        if proc.returncode != 0:
+            pytest.fail(f"vswitch {cmd} exited {proc.returncode}: {proc.stderr.strip()}")
+        return json.loads(proc.stdout)
+
+    def ledger(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.state_path.read_text())
+        return result
+
+    def tap_names(self) -> list[str]:
+        """Root-namespace names vswitch gave its taps before moving them (from the state file)."""
+        return [r["name"] for r in self.ledger()["records"] if r["kind"] == "tap"]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Send sig and wait for the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"vswitch {self.name} did not exit within {timeout:g}s of signal {sig}")
+
+    def cleanup(self) -> list[str]:
+        """Finalizer: make sure the process is gone and its ledger undone, whatever the test did."""
+        problems: list[str] = []
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                problems.append(f"vswitch {self.name} ignored SIGTERM; killed")
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        if self.state_path.exists():
+            down = self.env.vswitch("down", "--name", self.name)
+            if down.returncode != 0:
+                problems.append(f"vswitch down --name {self.name}: {down.stderr.strip()}")
+        return problems
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    """This test's namespaces, run dir and processes; all removed afterwards, pass or fail."""
+    world = Env(prefix=f"vsi{secrets.token_hex(3)}", run_dir=tmp_path / "run", tmp=tmp_path)
+    try:
+        yield world
+    finally:
+        problems = world.cleanup()
+        assert not problems, problems
+
+
+def pings(src: str, dst_ip: str, count: int = 1) -> bool:
+    """A real `ping -c N -W 2` from namespace src (0.2 s apart); True when every reply came back."""
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", dst_ip]
+    proc = netns_exec(src, argv, check=False)
+    return proc.returncode == 0
+
+
+def mac_of(ns: str, ifname: str = "eth0") -> str:
+    return str(links(ns)[ifname]["address"])
+
+
+def new_root_links(before: set[str]) -> set[str]:
+    """Root-namespace links that appeared since `before` and look like vswitch taps."""
+    return {n for n in links(None) if n.startswith("vs") and n not in before}
+
+
+def signal_name(sig: int) -> str:
+    return signal.Signals(sig).name

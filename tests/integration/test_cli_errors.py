@@ -1,0 +1,57 @@
+"""Bad command lines for `vswitch up`: one error line, exit status 2, nothing made in the kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import Env, namespaces
+
+pytestmark = pytest.mark.root
+
+# Each case builds `vswitch up` arguments from a namespace-name maker, so any namespace a buggy
+# start-up created would carry the test's prefix and be caught (and removed).
+Case = Callable[[Callable[[str], str]], list[str]]
+CASES: dict[str, Case] = {
+    "empty-ports": lambda ns: ["--ports", ""],
+    "empty-item": lambda ns: ["--ports", f"{ns('a')},,{ns('b')}"],
+    "duplicate-ports": lambda ns: ["--ports", f"{ns('a')},{ns('b')},{ns('a')}"],
+    "namespace-with-slash": lambda ns: ["--ports", f"{ns('a')},bad/name"],
+    "namespace-dotdot": lambda ns: ["--ports", f"{ns('a')},.."],
+    "interface-too-long": lambda ns: ["--ports", f"{ns('a')}:abcdefghijklmnop,{ns('b')}"],
+    "subnet-too-small": lambda ns: ["--ports", f"{ns('a')},{ns('b')},{ns('c')}", "--subnet", "10.0.0.0/30"],
+    "subnet-invalid": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--subnet", "10.0.0.300/24"],
+    "address-without-prefix": lambda ns: ["--ports", f"{ns('a')}:eth0=10.0.0.9,{ns('b')}"],
+    "missing-ports": lambda ns: [],
+    "ageing-zero": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--ageing", "0"],
+    "ageing-negative": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--ageing", "-5"],
+    "ageing-not-a-number": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--ageing", "soon"],
+    "fdb-max-zero": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--fdb-max", "0"],
+    "bad-instance-name": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--name", "Has Space"],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_up_command_line(env: Env, case: str) -> None:
+    args = CASES[case](env.ns)
+    if "--name" not in args:
+        args += ["--name", env.instance_name()]
+    proc = env.vswitch("up", *args)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("vswitch: error: ")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert namespaces(env.prefix) == set()
+    assert not env.run_dir.exists() or list(env.run_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["status", "fdb", "stats"])
+def test_query_without_a_running_instance(env: Env, command: str) -> None:
+    proc = env.vswitch(command, "--name", env.instance_name(), "--json")
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vswitch: error: "), proc.stderr
+    assert "no running instance" in lines[0]
+    assert proc.returncode != 0
+    assert proc.stdout == ""

@@ -1,0 +1,142 @@
+"""Start-up, stop and clean-up of `vswitch up` against the real kernel: it removes exactly what it made."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    Env,
+    Switch,
+    create_namespace,
+    ipv4_addresses,
+    links,
+    namespaces,
+    new_root_links,
+    pings,
+)
+
+pytestmark = pytest.mark.root
+
+KEEP_IF, KEEP_ADDR = "keep0", "192.0.2.1/24"
+
+
+@dataclass
+class Started:
+    """A running switch over two namespaces it created and one the test made beforehand."""
+
+    sw: Switch
+    created: list[str]
+    existing: str
+    existing_before: dict[str, Any]
+    root_before: set[str]
+    taps: list[str]
+
+
+def start_with_existing(env: Env) -> Started:
+    root_before = set(links(None))
+    existing = env.ns("pre")
+    create_namespace(existing, [(KEEP_IF, KEEP_ADDR)])
+    existing_before = links(existing)
+    created = [env.ns("a"), env.ns("b")]
+    sw = env.switch(created[0], existing, created[1])
+    assert namespaces(env.prefix) == {*created, existing}
+    assert "eth0" in links(existing)
+    assert pings(created[0], "10.0.0.2") and pings(created[1], "10.0.0.2")
+    taps = sw.tap_names()
+    assert len(taps) == 3
+    return Started(sw, created, existing, existing_before, root_before, taps)
+
+
+def assert_all_gone(env: Env, s: Started) -> None:
+    """Nothing vswitch made is left; the pre-existing namespace and its own interface are untouched."""
+    assert namespaces(env.prefix) == {s.existing}, "created namespaces must go, the test's must stay"
+    after = links(s.existing)
+    assert set(after) == {"lo", KEEP_IF}, "vswitch's eth0 must be gone, nothing else touched"
+    keep, keep_before = after[KEEP_IF], s.existing_before[KEEP_IF]
+    assert (keep["ifindex"], keep["address"]) == (keep_before["ifindex"], keep_before["address"])
+    assert ipv4_addresses(keep) == [KEEP_ADDR]
+    assert "UP" in keep["flags"]
+    root = set(links(None))
+    assert not set(s.taps) & root, "a tap came back to the root namespace"
+    assert new_root_links(s.root_before) == set()
+    assert not s.sw.socket_path.exists()
+    assert not s.sw.state_path.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_removes_everything_it_created(env: Env, sig: signal.Signals) -> None:
+    s = start_with_existing(env)
+    assert s.sw.stop(sig) == 0
+    assert "stopped" in s.sw.stdout()
+    assert s.sw.stderr() == ""
+    assert_all_gone(env, s)
+
+
+def test_sigkill_then_down_removes_the_leftovers(env: Env) -> None:
+    s = start_with_existing(env)
+    pid = s.sw.pid
+    assert s.sw.stop(signal.SIGKILL) == -signal.SIGKILL
+    # The kernel closed the taps with the process; the namespaces and the ledger outlive it.
+    assert namespaces(env.prefix) == {*s.created, s.existing}
+    assert s.sw.state_path.exists()
+    ledger = s.sw.ledger()
+    assert ledger["pid"] == pid
+    assert {r["name"] for r in ledger["records"] if r["kind"] == "netns"} == set(s.created)
+
+    down = env.vswitch("down", "--name", s.sw.name)
+    assert down.returncode == 0, down.stderr
+    assert down.stderr == ""
+    for ns in s.created:
+        assert f"netns {ns}" in down.stdout
+    assert s.existing not in down.stdout
+    assert_all_gone(env, s)
+
+
+def test_down_with_nothing_to_do_succeeds(env: Env) -> None:
+    down = env.vswitch("down", "--name", env.instance_name())
+    assert down.returncode == 0, down.stderr
+    assert down.stderr == ""
+    assert "nothing to remove" in down.stdout
+
+
+def test_second_instance_with_the_same_name_fails_and_leaves_the_first_alone(env: Env) -> None:
+    first_ns = [env.ns("a"), env.ns("b")]
+    first = env.switch(*first_ns)
+    ledger_before = first.ledger()
+    other = [env.ns("x"), env.ns("y")]
+    proc = env.vswitch("up", "--ports", ",".join(other), "--name", first.name)
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vswitch: error:"), proc.stderr
+    assert "already running" in lines[0]
+    assert namespaces(env.prefix) == set(first_ns), "the failed start must not create namespaces"
+    assert first.alive()
+    assert first.ledger() == ledger_before
+    assert first.query("status")["pid"] == first.pid
+    assert pings(first_ns[0], "10.0.0.2")
+
+
+def test_failure_half_way_rolls_back(env: Env) -> None:
+    """The second port's namespace already has an eth0: start-up fails after making the first port."""
+    root_before = set(links(None))
+    first, clash, third = env.ns("a"), env.ns("pre"), env.ns("c")
+    create_namespace(clash, [("eth0", KEEP_ADDR)])
+    clash_before = links(clash)
+    name = env.instance_name()
+    proc = env.vswitch("up", "--ports", f"{first},{clash},{third}", "--name", name)
+    assert proc.returncode != 0
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vswitch: error:"), proc.stderr
+    assert "eth0" in lines[0]
+    assert namespaces(env.prefix) == {clash}, "the namespace vswitch made must be removed again"
+    after = links(clash)
+    assert set(after) == {"lo", "eth0"}
+    assert after["eth0"]["ifindex"] == clash_before["eth0"]["ifindex"]
+    assert ipv4_addresses(after["eth0"]) == [KEEP_ADDR]
+    assert new_root_links(root_before) == set()
+    assert not (env.run_dir / f"{name}.json").exists()
+    assert not (env.run_dir / f"{name}.sock").exists()

@@ -1,0 +1,82 @@
+"""Shared helpers for unit tests: addresses and scapy-built buffers as the tap hands them over.
+
+Every buffer is ``[virtio_net_hdr (10 bytes)][Ethernet frame]``. The helpers are plain functions
+(``from conftest import frame, mac``) so a test reads as the packet it sends.
+"""
+
+from __future__ import annotations
+
+from scapy.compat import raw
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Packet, Raw
+
+from vswitch.wire import BROADCAST_MAC, VNET_HDR, ZERO_VNET_HDR, mac_str
+
+BROADCAST = BROADCAST_MAC
+
+
+def mac(n: int) -> bytes:
+    """A locally administered unicast MAC, 02:00:00:00:xx:xx, distinct for each n < 65536."""
+    return bytes((0x02, 0, 0, 0, n >> 8 & 0xFF, n & 0xFF))
+
+
+def ip_of(n: int) -> str:
+    """An IPv4 address in 10.0.0.0/8 that goes with mac(n)."""
+    return f"10.0.{n >> 8 & 0xFF}.{n & 0xFF}"
+
+
+def vnet_header(
+    flags: int = 0,
+    gso_type: int = 0,
+    hdr_len: int = 0,
+    gso_size: int = 0,
+    csum_start: int = 0,
+    csum_offset: int = 0,
+) -> bytes:
+    """A virtio_net_hdr with the given fields (all zero: a plain frame, nothing to finish)."""
+    header: bytes = VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+    return header
+
+
+def _text(address: bytes | str) -> str:
+    return address if isinstance(address, str) else mac_str(address)
+
+
+def ether(
+    src: bytes | str, dst: bytes | str, inner: Packet, vlan: int | None = None, size: int | None = None
+) -> bytes:
+    """raw(Ether(...)/[Dot1Q/]inner), padded with zeros to ``size`` bytes when given."""
+    head = Ether(src=_text(src), dst=_text(dst))
+    pkt = head / Dot1Q(vlan=vlan) / inner if vlan is not None else head / inner
+    data = raw(pkt)
+    if size is not None:
+        if size < len(data):
+            raise ValueError(f"size {size} is below the {len(data)} bytes the headers need")
+        data += bytes(size - len(data))
+    return data
+
+
+def frame(
+    src: bytes | str,
+    dst: bytes | str,
+    payload: bytes = b"",
+    vnet: bytes = ZERO_VNET_HDR,
+    vlan: int | None = None,
+    size: int | None = None,
+) -> bytes:
+    """A vnet header plus Ether/[Dot1Q]/IP/UDP/payload; ``size`` is the Ethernet frame's length."""
+    inner = IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1024, dport=4789) / Raw(payload)
+    return vnet + ether(src, dst, inner, vlan=vlan, size=size)
+
+
+def arp_request(src: bytes | str, sender_ip: str, target_ip: str, vnet: bytes = ZERO_VNET_HDR) -> bytes:
+    """A broadcast ARP who-has, as a host sends before its first packet."""
+    inner = ARP(op=1, hwsrc=_text(src), psrc=sender_ip, pdst=target_ip)
+    return vnet + ether(src, BROADCAST, inner)
+
+
+def payload_of(buffer: bytes) -> bytes:
+    """The UDP payload of a buffer built by frame(), without any padding after it."""
+    udp = Ether(buffer[len(ZERO_VNET_HDR) :])[UDP]
+    return raw(udp)[8 : udp.len]

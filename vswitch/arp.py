@@ -1,0 +1,247 @@
+"""The neighbour cache (RFC 826, with the bounds RFC 1122 2.3.2.2 asks for) and ARP frame building.
+
+Pure: time comes in as ``now``. Three tables, each bounded so a flood cannot grow them:
+- resolved entries (ip -> MAC), aged after ``timeout`` by one self-rescheduling pass;
+- pending resolutions, each with a small queue of frames waiting for the MAC (oldest pushed out
+  when full, RFC 1122 2.3.2.2 "SHOULD save at least one (the latest) packet"), retried every
+  ``retry_interval`` up to ``retries`` requests;
+- a negative cache of next hops that did not answer, so a stream of packets to a dead host costs one
+  dict probe each, not an ARP request each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Final
+
+from .counters import Drop
+from .wire import (
+    ARP,
+    ARP_REPLY,
+    ARP_REQUEST,
+    BROADCAST_MAC,
+    ETH_HDR,
+    ETHERTYPE_ARP,
+    ZERO_MAC,
+    ZERO_VNET_HDR,
+    mac_str,
+)
+
+MIN_SWEEP_INTERVAL: Final = 1.0
+ARP_HEADER: Final = (1, 0x0800, 6, 4)  # htype Ethernet, ptype IPv4, hlen, plen (RFC 826)
+ETH_PAD: Final = bytes(18)  # 14 + 28 = 42 bytes; pad to the 60-byte Ethernet minimum
+
+Waiting = tuple[bytearray, int]  # (routed frame awaiting its destination MAC, ingress iface)
+
+
+@dataclass(slots=True)
+class Neighbour:
+    mac: bytes
+    iface: int
+    updated: float
+
+
+@dataclass(slots=True)
+class Pending:
+    iface: int
+    tries: int
+    next_try: float
+    queue: deque[Waiting] = field(default_factory=deque)
+
+
+# enqueue() outcomes
+QUEUED: Final = 0
+QUEUED_SEND_REQUEST: Final = 1
+REJECTED: Final = 2
+
+
+class ArpCache:
+    def __init__(
+        self,
+        timeout: float = 300.0,
+        retries: int = 3,
+        retry_interval: float = 1.0,
+        queue_max: int = 16,
+        cache_max: int = 4096,
+        pending_max: int = 256,
+        negative_timeout: float = 5.0,
+        drops: Counter[str] | None = None,
+        events: Counter[str] | None = None,
+    ) -> None:
+        if timeout <= 0 or retry_interval <= 0 or negative_timeout < 0:
+            raise ValueError("ARP timeouts must be positive")
+        if retries < 1 or queue_max < 1 or cache_max < 1 or pending_max < 1:
+            raise ValueError("ARP bounds must be at least 1")
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_interval = retry_interval
+        self.queue_max = queue_max
+        self.cache_max = cache_max
+        self.pending_max = pending_max
+        self.negative_timeout = negative_timeout
+        self.drops: Counter[str] = drops if drops is not None else Counter()
+        self.events: Counter[str] = events if events is not None else Counter()
+        # Insertion order is refresh order (refresh re-inserts), so the first entry is the oldest.
+        self.entries: dict[int, Neighbour] = {}
+        self.pending: dict[int, Pending] = {}
+        self.failed: dict[int, float] = {}  # ip -> negative entry expiry
+        self._next_sweep: float | None = None
+
+    def lookup(self, ip: int, now: float) -> bytes | None:
+        """The MAC of a fresh entry, else None (an expired entry is resolved again)."""
+        entry = self.entries.get(ip)
+        if entry is None or now - entry.updated >= self.timeout:
+            return None
+        return entry.mac
+
+    def is_failed(self, ip: int, now: float) -> bool:
+        until = self.failed.get(ip)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.failed[ip]
+        return False
+
+    def known(self, ip: int) -> bool:
+        """In the table, for RFC 826's merge rule (pending resolutions count too)."""
+        return ip in self.entries or ip in self.pending
+
+    def learn(self, ip: int, mac: bytes, iface: int, now: float) -> list[Waiting]:
+        """Record ip -> mac; return the frames that were waiting for it."""
+        entry = self.entries.pop(ip, None)
+        if entry is None:
+            if len(self.entries) >= self.cache_max:
+                self.sweep(now)
+                if len(self.entries) >= self.cache_max:
+                    del self.entries[next(iter(self.entries))]
+                    self.events["arp-evicted"] += 1
+            self.entries[ip] = Neighbour(mac, iface, now)
+            self.events["arp-learned"] += 1
+        else:
+            if entry.mac != mac:
+                self.events["arp-changed"] += 1
+            entry.mac, entry.iface, entry.updated = mac, iface, now
+            self.entries[ip] = entry
+        if self._next_sweep is None:
+            self._next_sweep = now + self.timeout
+        self.failed.pop(ip, None)
+        pending = self.pending.pop(ip, None)
+        if pending is None:
+            return []
+        self.events["arp-resolved"] += 1
+        return list(pending.queue)
+
+    def enqueue(self, ip: int, iface: int, frame: bytearray, in_iface: int, now: float) -> int:
+        """Park a frame until ip resolves. QUEUED_SEND_REQUEST: the caller sends the first request."""
+        pending = self.pending.get(ip)
+        if pending is None:
+            if len(self.pending) >= self.pending_max:
+                return REJECTED
+            pending = Pending(iface, 1, now + self.retry_interval)
+            pending.queue.append((frame, in_iface))
+            self.pending[ip] = pending
+            return QUEUED_SEND_REQUEST
+        if len(pending.queue) >= self.queue_max:
+            pending.queue.popleft()
+            self.drops[Drop.ARP_QUEUE_FULL] += 1
+        pending.queue.append((frame, in_iface))
+        return QUEUED
+
+    def next_deadline(self) -> float | None:
+        deadline = self._next_sweep
+        for pending in self.pending.values():
+            if deadline is None or pending.next_try < deadline:
+                deadline = pending.next_try
+        return deadline
+
+    def on_timer(self, now: float) -> tuple[list[tuple[int, int]], list[Waiting]]:
+        """Retries due: ((iface, ip) to ask again, frames whose next hop failed)."""
+        requests: list[tuple[int, int]] = []
+        failed: list[Waiting] = []
+        for ip, pending in list(self.pending.items()):
+            if now < pending.next_try:
+                continue
+            if pending.tries >= self.retries:
+                del self.pending[ip]
+                self._remember_failure(ip, now)
+                failed.extend(pending.queue)
+                self.events["arp-failed"] += 1
+            else:
+                pending.tries += 1
+                pending.next_try = now + self.retry_interval
+                requests.append((pending.iface, ip))
+        if self._next_sweep is not None and now >= self._next_sweep:
+            self.sweep(now)
+        return requests, failed
+
+    def _remember_failure(self, ip: int, now: float) -> None:
+        if len(self.failed) >= self.pending_max * 4:
+            del self.failed[next(iter(self.failed))]
+        self.failed[ip] = now + self.negative_timeout
+
+    def sweep(self, now: float) -> None:
+        """Remove expired entries; one pass, rescheduled for the next oldest entry."""
+        limit = now - self.timeout
+        stale = [ip for ip, e in self.entries.items() if e.updated <= limit]
+        for ip in stale:
+            del self.entries[ip]
+        self.events["arp-aged"] += len(stale)
+        for ip in [ip for ip, until in self.failed.items() if until <= now]:
+            del self.failed[ip]
+        oldest = next(iter(self.entries.values()), None)
+        self._next_sweep = (
+            None if oldest is None else max(oldest.updated + self.timeout, now + MIN_SWEEP_INTERVAL)
+        )
+
+    def table(self, now: float) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = [
+            {
+                "ip": str(IPv4Address(ip)),
+                "mac": mac_str(e.mac),
+                "iface": e.iface,
+                "state": "reachable" if now - e.updated < self.timeout else "expired",
+                "age": round(now - e.updated, 3),
+            }
+            for ip, e in self.entries.items()
+        ]
+        rows.extend(
+            {
+                "ip": str(IPv4Address(ip)),
+                "mac": None,
+                "iface": p.iface,
+                "state": "incomplete",
+                "queued": len(p.queue),
+            }
+            for ip, p in self.pending.items()
+        )
+        rows.extend(
+            {"ip": str(IPv4Address(ip)), "mac": None, "iface": None, "state": "failed"}
+            for ip, until in self.failed.items()
+            if until > now
+        )
+        return rows
+
+
+def build_arp(
+    op: int, src_mac: bytes, src_ip: bytes, eth_dst: bytes, target_mac: bytes, target_ip: bytes
+) -> bytes:
+    """A complete ARP frame with an all-zero virtio-net header, padded to 60 bytes."""
+    return b"".join(
+        (
+            ZERO_VNET_HDR,
+            ETH_HDR.pack(eth_dst, src_mac, ETHERTYPE_ARP),
+            ARP.pack(*ARP_HEADER, op, src_mac, src_ip, target_mac, target_ip),
+            ETH_PAD,
+        )
+    )
+
+
+def build_request(src_mac: bytes, src_ip: bytes, target_ip: bytes) -> bytes:
+    return build_arp(ARP_REQUEST, src_mac, src_ip, BROADCAST_MAC, ZERO_MAC, target_ip)
+
+
+def build_reply(src_mac: bytes, src_ip: bytes, target_mac: bytes, target_ip: bytes) -> bytes:
+    return build_arp(ARP_REPLY, src_mac, src_ip, target_mac, target_mac, target_ip)

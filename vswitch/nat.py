@@ -1,0 +1,464 @@
+"""NAT: masquerade, port forwards and hairpin over connection tracking (RFC 4787, 5382, 5508).
+
+Policy, in one place:
+- Mapping is endpoint-independent (RFC 4787 REQ-1, RFC 5382 REQ-1): one internal (proto, address,
+  port) keeps one external port for as long as any flow uses it; the internal port is kept when it
+  is free (port preservation), else the next free port after a cursor.
+- Filtering is address-and-port dependent, like the kernel's conntrack: inbound packets reach the
+  inside only as replies of a tracked flow or through a port forward (RFC 4787 REQ-8 allows it).
+  Anything else to the NAT address is dropped silently ("nat-unsolicited"; RFC 5382 REQ-4 allows a
+  silent drop of an unsolicited SYN).
+- TCP flows start only with a SYN (no mid-stream pickup); ICMP flows only with an echo request.
+- A flow from inside to a port forward is masqueraded too (hairpin, RFC 4787 REQ-9, RFC 5382 REQ-8),
+  so the target's reply comes back through us even when client and target share a segment.
+- Inbound routed (non-NAT) traffic from the uplink to the inside is tracked with an identity flow so
+  its replies are not masqueraded.
+- ICMP errors about a tracked flow are translated outer and inner (RFC 5508 4.1, 4.2).
+
+Checksums (design.md): the IPv4 header is always updated incrementally (RFC 1624). The L4 field of a
+NEEDS_CSUM frame holds the uncomplemented pseudo-header sum: only address changes touch it. A
+complete L4 checksum gets RFC 1624 for addresses and ports; UDP 0 stays 0, a computed 0 is 0xFFFF.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Final
+
+from .checksum import delta, fold, update_complete, update_partial
+from .conntrack import KEY, ORIGINAL, REPLY, Conntrack, Flow, Timeouts
+from .counters import Drop
+from .icmp import ECHO_REPLY, ECHO_REQUEST, ERROR_TYPES
+from .routes import NextHop
+from .wire import (
+    IP_CSUM,
+    IP_FRAG_OFFSET_MASK,
+    L3,
+    PORTS,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_CSUM_OFF,
+    TCP_FLAGS_OFF,
+    TCP_MIN_LEN,
+    TCP_RST,
+    TCP_SYN,
+    U16,
+    UDP_CSUM_OFF,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR_LEN,
+)
+
+ICMP_ID_OFF: Final = 4
+ICMP_CSUM: Final = 2
+MAPPING: Final = struct.Struct("!B4sH")  # endpoint-independent mapping key: proto, address, port
+_L4_MIN: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: 8, PROTO_ICMP: 8}
+_IP_ADDRS: Final = slice(L3 + 12, L3 + 20)
+
+Xlate = tuple[bytes, bytes, bytes, int, int]  # new src, new dst, new ports, addr delta, port delta
+
+
+@dataclass(frozen=True)
+class PortForward:
+    proto: int
+    port: int
+    target: IPv4Address
+    target_port: int
+
+
+@dataclass
+class NatConfig:
+    uplink: int
+    address: IPv4Address
+    inside: list[IPv4Network] = field(default_factory=list)
+    forwards: list[PortForward] = field(default_factory=list)
+    port_range: tuple[int, int] = (1024, 65535)
+    max_flows: int = 65536
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+class PortAllocator:
+    """External ports of one protocol: preservation first, then a cursor over the range.
+
+    A new allocation scans from the cursor only past ports in use, so its cost grows with the load
+    (1 / (1 - load)), not with the range; a full range is refused at once by a count.
+    """
+
+    def __init__(self, low: int, high: int, reserved: set[int]) -> None:
+        if not 0 <= low <= high <= 65535:
+            raise ValueError(f"bad port range {low}-{high}")
+        self.low = low
+        self.high = high
+        self.used: set[int] = {p for p in reserved if low <= p <= high}
+        self.reserved = frozenset(reserved)
+        self.cursor = low
+
+    def allocate(self, preferred: int) -> int | None:
+        used = self.used
+        if preferred not in used and self.low <= preferred <= self.high:
+            used.add(preferred)
+            return preferred
+        if len(used) > self.high - self.low:
+            return None
+        port = self.cursor
+        while port in used:
+            port = port + 1 if port < self.high else self.low
+        used.add(port)
+        self.cursor = port + 1 if port < self.high else self.low
+        return port
+
+    def free(self, port: int) -> None:
+        if port not in self.reserved:
+            self.used.discard(port)
+
+
+def _xlate(old: bytes, new: bytes) -> Xlate | None:
+    """The rewrite from one KEY to another: new fields and their checksum deltas."""
+    if old == new:
+        return None
+    _, osrc, osp, odst, odp = KEY.unpack(old)
+    _, nsrc, nsp, ndst, ndp = KEY.unpack(new)
+    old_ports, new_ports = PORTS.pack(osp, odp), PORTS.pack(nsp, ndp)
+    return nsrc, ndst, new_ports, delta(osrc + odst, nsrc + ndst), delta(old_ports, new_ports)
+
+
+def _invert(key: bytes) -> bytes:
+    proto, src, sport, dst, dport = KEY.unpack(key)
+    return KEY.pack(proto, dst, dport, src, sport)
+
+
+def _partial(pkt: bytes | bytearray, l4: int) -> bool:
+    """NEEDS_CSUM with csum_start at this L4 header: the field holds the pseudo-header sum."""
+    return bool(pkt[0] & VNET_F_NEEDS_CSUM) and pkt[6] | pkt[7] << 8 == l4 - VNET_HDR_LEN
+
+
+def rewrite(buf: bytearray, l4: int, proto: int, x: Xlate, partial: bool) -> None:
+    """Apply a translation to a packet in place (headers only: TSO super-frames go through whole)."""
+    nsrc, ndst, ports, addr_delta, port_delta = x
+    buf[_IP_ADDRS] = nsrc + ndst
+    buf[IP_CSUM : IP_CSUM + 2] = U16.pack(update_complete(U16.unpack_from(buf, IP_CSUM)[0], addr_delta))
+    if proto == PROTO_ICMP:
+        # An echo carries the identifier where the flow key has its source (request) or
+        # destination (reply) port. ICMP has no pseudo-header: a partial sum needs nothing.
+        buf[l4 + ICMP_ID_OFF : l4 + ICMP_ID_OFF + 2] = ports[:2] if buf[l4] == ECHO_REQUEST else ports[2:]
+        if not partial:
+            off = l4 + ICMP_CSUM
+            buf[off : off + 2] = U16.pack(update_complete(U16.unpack_from(buf, off)[0], port_delta))
+        return
+    buf[l4 : l4 + 4] = ports
+    off = l4 + (TCP_CSUM_OFF if proto == PROTO_TCP else UDP_CSUM_OFF)
+    csum = U16.unpack_from(buf, off)[0]
+    if partial:
+        csum = update_partial(csum, addr_delta)
+    elif proto == PROTO_UDP and csum == 0:
+        return  # RFC 768: no checksum was sent, and none is added
+    else:
+        csum = update_complete(csum, fold(addr_delta + port_delta))
+        if csum == 0 and proto == PROTO_UDP:
+            csum = 0xFFFF
+    buf[off : off + 2] = U16.pack(csum)
+
+
+class Nat:
+    def __init__(
+        self,
+        config: NatConfig,
+        drops: Counter[str] | None = None,
+        events: Counter[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.uplink = config.uplink
+        self.address = config.address.packed
+        self.inside = [(int(n.network_address), int(n.netmask)) for n in config.inside]
+        self.drops: Counter[str] = drops if drops is not None else Counter()
+        self.events: Counter[str] = events if events is not None else Counter()
+        self.forwards: dict[tuple[int, int], tuple[bytes, int]] = {}
+        reserved: dict[int, set[int]] = {PROTO_TCP: set(), PROTO_UDP: set(), PROTO_ICMP: set()}
+        for fwd in config.forwards:
+            if fwd.proto not in (PROTO_TCP, PROTO_UDP):
+                raise ValueError(f"port forward for protocol {fwd.proto}: only TCP and UDP")
+            self.forwards[(fwd.proto, fwd.port)] = (fwd.target.packed, fwd.target_port)
+            reserved[fwd.proto].add(fwd.port)
+        low, high = config.port_range
+        # ICMP identifiers are not ports: the whole 16-bit space, so ids are mostly preserved.
+        self.ports = {
+            PROTO_TCP: PortAllocator(low, high, reserved[PROTO_TCP]),
+            PROTO_UDP: PortAllocator(low, high, reserved[PROTO_UDP]),
+            PROTO_ICMP: PortAllocator(0, 0xFFFF, set()),
+        }
+        self.mappings: dict[bytes, list[int]] = {}  # MAPPING key -> [external port, flows]
+        self.conntrack = Conntrack(
+            config.max_flows, config.timeouts, on_remove=self._release, events=self.events
+        )
+
+    def is_inside(self, address: bytes) -> bool:
+        value = int.from_bytes(address, "big")
+        return any(value & mask == net for net, mask in self.inside)
+
+    def _release(self, flow: Flow) -> None:
+        if flow.mapping is None:
+            return
+        mapping = self.mappings[flow.mapping]
+        mapping[1] -= 1
+        if mapping[1] == 0:
+            del self.mappings[flow.mapping]
+            self.ports[flow.proto].free(mapping[0])
+            self.events["nat-mapping-freed"] += 1
+
+    # --- the packet path ---------------------------------------------------------------------------
+    def process(
+        self,
+        pkt: bytes,
+        in_iface: int,
+        l4: int,
+        end: int,
+        proto: int,
+        frag: int,
+        src: bytes,
+        dst: bytes,
+        route: Callable[[bytes], NextHop | None],
+        now: float,
+    ) -> bytearray | Drop | None:
+        """Translate a validated IPv4 packet before routing.
+
+        None: not NAT's business (route it as it is). A Drop: count and drop it. A bytearray: the
+        translated copy, to be routed by its new destination.
+        """
+        need = _L4_MIN.get(proto)
+        if need is None or frag & IP_FRAG_OFFSET_MASK or l4 + need > end:
+            if not self._needs_nat(in_iface, src, dst, route):
+                return None
+            if need is None:
+                return Drop.NAT_UNSUPPORTED
+            return Drop.NAT_FRAGMENT if frag & IP_FRAG_OFFSET_MASK else Drop.L4_TRUNCATED
+        flags = 0
+        if proto == PROTO_ICMP:
+            icmp_type = pkt[l4]
+            if icmp_type == ECHO_REQUEST:
+                sport, dport = U16.unpack_from(pkt, l4 + ICMP_ID_OFF)[0], 0
+            elif icmp_type == ECHO_REPLY:
+                sport, dport = 0, U16.unpack_from(pkt, l4 + ICMP_ID_OFF)[0]
+            elif icmp_type in ERROR_TYPES:
+                return self._icmp_error(pkt, in_iface, l4, end, dst, now)
+            else:
+                return Drop.NAT_UNSUPPORTED if self._needs_nat(in_iface, src, dst, route) else None
+        else:
+            sport, dport = PORTS.unpack_from(pkt, l4)
+            if proto == PROTO_TCP:
+                flags = pkt[l4 + TCP_FLAGS_OFF]
+        key = KEY.pack(proto, src, sport, dst, dport)
+        conntrack = self.conntrack
+        found = conntrack.get(key, now)
+        if found is not None:
+            flow, direction = found
+            conntrack.update(flow, direction, flags, now)
+            x = flow.xlate[direction]
+            if x is None:
+                return None
+            buf = bytearray(pkt)
+            rewrite(buf, l4, proto, x, _partial(pkt, l4))
+            return buf
+        return self._new_flow(pkt, in_iface, l4, proto, flags, key, src, dst, dport, route, now)
+
+    def _needs_nat(
+        self, in_iface: int, src: bytes, dst: bytes, route: Callable[[bytes], NextHop | None]
+    ) -> bool:
+        if dst == self.address:
+            return True
+        if not self.is_inside(src):
+            return False
+        hop = route(dst)
+        return hop is not None and hop[0] == self.uplink
+
+    def _new_flow(
+        self,
+        pkt: bytes,
+        in_iface: int,
+        l4: int,
+        proto: int,
+        flags: int,
+        key: bytes,
+        src: bytes,
+        dst: bytes,
+        dport: int,
+        route: Callable[[bytes], NextHop | None],
+        now: float,
+    ) -> bytearray | Drop | None:
+        dnat: tuple[bytes, int] | None = None
+        if dst == self.address:
+            dnat = self.forwards.get((proto, dport))
+            if dnat is None:
+                if in_iface != self.uplink or proto == PROTO_ICMP:
+                    return None  # for the router itself (echo, or UDP it will refuse)
+                return Drop.NAT_UNSOLICITED
+        inside = self.is_inside(src)
+        if dnat is not None:
+            snat = inside  # hairpin: the target must answer through us
+        elif inside:
+            hop = route(dst)
+            snat = hop is not None and hop[0] == self.uplink
+        else:
+            snat = False
+        identity = not snat and dnat is None
+        if identity and not (in_iface == self.uplink and self.is_inside(dst)):
+            return None  # plain routing, not tracked
+        # New flows start only with a SYN, or an echo request (RFC 5382 REQ-2 policy note above).
+        if proto == PROTO_TCP and flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
+            return None if identity else Drop.NAT_NO_FLOW
+        if proto == PROTO_ICMP and pkt[l4] != ECHO_REQUEST:
+            return None if identity else Drop.NAT_NO_FLOW
+        conntrack = self.conntrack
+        if not conntrack.make_room(now):
+            return Drop.CONNTRACK_FULL
+        _, _, sport, _, _ = KEY.unpack(key)
+        new_src, new_sport = src, sport
+        mapping_key: bytes | None = None
+        if snat:
+            mapping_key = MAPPING.pack(proto, src, sport)
+            mapping = self.mappings.get(mapping_key)
+            if mapping is None:
+                port = self.ports[proto].allocate(sport)
+                if port is None:
+                    return Drop.NAT_PORTS_EXHAUSTED
+                mapping = self.mappings[mapping_key] = [port, 0]
+                self.events["nat-mapping-new"] += 1
+            new_src, new_sport = self.address, mapping[0]
+        new_dst, new_dport = dnat if dnat is not None else (dst, dport)
+        reply = KEY.pack(proto, new_dst, new_dport, new_src, new_sport)
+        if reply in conntrack.keys:
+            if mapping_key is not None and self.mappings[mapping_key][1] == 0:
+                self.ports[proto].free(self.mappings.pop(mapping_key)[0])
+            return Drop.NAT_CLASH
+        flow = Flow(proto, key, reply, now)
+        if mapping_key is not None:
+            flow.mapping = mapping_key
+            self.mappings[mapping_key][1] += 1
+        flow.xlate[ORIGINAL] = _xlate(key, _invert(reply))
+        flow.xlate[REPLY] = _xlate(reply, _invert(key))
+        conntrack.insert(flow, now)
+        conntrack.update(flow, ORIGINAL, flags, now)
+        self.events["nat-new-flow" if not identity else "conntrack-routed-flow"] += 1
+        x = flow.xlate[ORIGINAL]
+        if x is None:
+            return None
+        buf = bytearray(pkt)
+        rewrite(buf, l4, proto, x, _partial(pkt, l4))
+        return buf
+
+    def _icmp_error(
+        self, pkt: bytes, in_iface: int, l4: int, end: int, dst: bytes, now: float
+    ) -> bytearray | Drop | None:
+        """RFC 5508 4.1/4.2: find the flow of the quoted packet, translate outer and inner."""
+        found = self._quoted_flow(pkt, l4, end, now)
+        if found is None:
+            if dst == self.address and in_iface == self.uplink:
+                return Drop.NAT_ICMP_NO_FLOW
+            return None
+        flow, direction = found
+        x = flow.xlate[direction]
+        if x is None:
+            return None
+        buf = bytearray(pkt)
+        # The outer header moves like a packet of `direction`, but only the addresses that are
+        # the flow's own: an error from a router on the path keeps that router's address.
+        pre = flow.orig if direction == ORIGINAL else flow.reply
+        _, pre_src, _, pre_dst, _ = KEY.unpack(pre)
+        old_addrs = bytes(buf[_IP_ADDRS])
+        new_src = x[0] if old_addrs[:4] == pre_src else old_addrs[:4]
+        new_dst = x[1] if old_addrs[4:] == pre_dst else old_addrs[4:]
+        new_addrs = new_src + new_dst
+        if new_addrs != old_addrs:
+            buf[_IP_ADDRS] = new_addrs
+            buf[IP_CSUM : IP_CSUM + 2] = U16.pack(
+                update_complete(U16.unpack_from(buf, IP_CSUM)[0], delta(old_addrs, new_addrs))
+            )
+        # The quoted packet went the other way, translated: restore what its sender sent.
+        other = REPLY if direction == ORIGINAL else ORIGINAL
+        back = flow.reply if other == REPLY else flow.orig
+        inner = l4 + 8
+        inner_l4 = inner + (buf[inner] & 0x0F) * 4
+        span = min(inner_l4 + TCP_MIN_LEN, end)  # every byte the translation may touch
+        before = bytes(buf[inner:span])
+        inner_proto = buf[inner + 9]
+        _, bsrc, bsp, bdst, bdp = KEY.unpack(back)
+        old_inner = bytes(buf[inner + 12 : inner + 20])
+        new_inner = bsrc + bdst
+        buf[inner + 12 : inner + 20] = new_inner
+        csum_at = inner + 10
+        addr_delta = delta(old_inner, new_inner)
+        buf[csum_at : csum_at + 2] = U16.pack(update_complete(U16.unpack_from(buf, csum_at)[0], addr_delta))
+        if inner_proto == PROTO_ICMP:
+            id_at = inner_l4 + ICMP_ID_OFF
+            old_id = bytes(buf[id_at : id_at + 2])
+            new_id = U16.pack(bsp if buf[inner_l4] == ECHO_REQUEST else bdp)
+            buf[id_at : id_at + 2] = new_id
+            self._fix_inner(buf, inner_l4 + ICMP_CSUM, end, delta(old_id, new_id), udp=False)
+        else:
+            old_ports = bytes(buf[inner_l4 : inner_l4 + 4])
+            new_ports = PORTS.pack(bsp, bdp)
+            buf[inner_l4 : inner_l4 + 4] = new_ports
+            change = fold(addr_delta + delta(old_ports, new_ports))
+            csum_off = TCP_CSUM_OFF if inner_proto == PROTO_TCP else UDP_CSUM_OFF
+            self._fix_inner(buf, inner_l4 + csum_off, end, change, udp=inner_proto == PROTO_UDP)
+        if not _partial(pkt, l4):
+            after = bytes(buf[inner:span])
+            if len(before) % 2:
+                before, after = before + b"\x00", after + b"\x00"
+            off = l4 + ICMP_CSUM
+            buf[off : off + 2] = U16.pack(update_complete(U16.unpack_from(buf, off)[0], delta(before, after)))
+        self.events["nat-icmp-error-translated"] += 1
+        return buf
+
+    @staticmethod
+    def _fix_inner(buf: bytearray, at: int, end: int, change: int, *, udp: bool) -> None:
+        """Update a quoted L4 checksum, if the quote reaches it (8 bytes of TCP do not)."""
+        if at + 2 > end:
+            return
+        csum = U16.unpack_from(buf, at)[0]
+        if udp and csum == 0:
+            return
+        csum = update_complete(csum, change)
+        buf[at : at + 2] = U16.pack(0xFFFF if udp and csum == 0 else csum)
+
+    def _quoted_flow(self, pkt: bytes, l4: int, end: int, now: float) -> tuple[Flow, int] | None:
+        inner = l4 + 8
+        if inner + 20 > end:
+            return None
+        ihl = (pkt[inner] & 0x0F) * 4
+        inner_l4 = inner + ihl
+        if pkt[inner] >> 4 != 4 or ihl < 20 or inner_l4 + 8 > end:
+            return None
+        proto = pkt[inner + 9]
+        if proto == PROTO_ICMP:
+            icmp_type = pkt[inner_l4]
+            ident = U16.unpack_from(pkt, inner_l4 + ICMP_ID_OFF)[0]
+            if icmp_type == ECHO_REQUEST:
+                sport, dport = ident, 0
+            elif icmp_type == ECHO_REPLY:
+                sport, dport = 0, ident
+            else:
+                return None
+        elif proto in (PROTO_TCP, PROTO_UDP):
+            sport, dport = PORTS.unpack_from(pkt, inner_l4)
+        else:
+            return None
+        src = pkt[inner + 12 : inner + 16]
+        dst = pkt[inner + 16 : inner + 20]
+        # The quoted packet was sent to the error's sender; its inverse is a packet that sender
+        # would send, and that is the direction the error travels in.
+        return self.conntrack.get(KEY.pack(proto, dst, dport, src, sport), now)
+
+    # --- time and display --------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        return self.conntrack.next_deadline()
+
+    def on_timer(self, now: float) -> None:
+        self.conntrack.expire(now)
+
+    def table(self, now: float) -> list[dict[str, object]]:
+        return self.conntrack.table(now)
