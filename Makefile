@@ -45,8 +45,8 @@ test-integration: venv
 	$(BIN)/pytest tests/integration
 
 lint: venv
-	$(BIN)/ruff check vswitch tests bench
-	$(BIN)/ruff format --check vswitch tests bench
+	$(BIN)/ruff check vswitch tests $(wildcard bench)
+	$(BIN)/ruff format --check vswitch tests $(wildcard bench)
 	$(BIN)/mypy vswitch
 
 fuzz: venv
