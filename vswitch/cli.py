@@ -21,7 +21,7 @@ from .topology import ConfigError, Topology, check_instance
 
 # Modules that add subcommands: each has register(subparsers) -> {command: handler(args) -> int}.
 # They import heavy libraries (scapy, matplotlib) inside their handlers, so `vswitch up` starts fast.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("vswitch.debug",)
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 EXTENSION_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -95,8 +95,13 @@ def build_parser() -> Parser:
     up.add_argument("--host-routes", action="store_true", help="routes from the host to the other segments")
     up.add_argument("--ageing", type=positive_float, help="FDB ageing time in seconds (default 300)")
     up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
+    up.add_argument("--txqueuelen", type=positive_int, help="each tap's queue length (default 10000)")
     up.add_argument("--name", help="instance name, to run several side by side (default: default)")
     up.add_argument("--json", action="store_true", help="print the port table as JSON")
+    up.add_argument(
+        "--metrics", metavar="[HOST:]PORT", help="serve Prometheus counters (default host 127.0.0.1)"
+    )
+    up.add_argument("--metrics-public", action="store_true", help="allow a non-loopback --metrics host")
 
     dn = sub.add_parser("down", help="stop an instance, or remove what a killed one left behind")
     dn.add_argument("--name", default="default")
@@ -149,6 +154,8 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.ageing = args.ageing
     if args.fdb_max is not None:
         req.fdb_max = args.fdb_max
+    if args.txqueuelen is not None:
+        req.txqueuelen = args.txqueuelen
     return topology.build(req)
 
 
@@ -175,6 +182,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         fail(str(exc), 2)
     preflight()
     instance = Instance(topology)
+    if args.metrics is not None:
+        from .debug.metrics import parse_listen
+
+        try:
+            instance.metrics = parse_listen(args.metrics, args.metrics_public)
+        except ValueError as exc:
+            fail(str(exc), 2)
     # SIGINT/SIGTERM stay blocked while the kernel side is built and torn down: a signal then waits
     # until the switch serves (it stops at once) or is ignored (teardown always finishes). Blocking,
     # not a Python handler, because pyroute2 forks helpers that would run the handler too.
@@ -186,6 +200,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     loop = new_loop()
     try:
         loop.run_until_complete(instance.serve(ready=lambda: serving(instance, args.json)))
+    except StartError as exc:
+        print(f"vswitch: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         instance.teardown()

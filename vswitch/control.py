@@ -2,6 +2,8 @@
 
 Requests are {"cmd": NAME, ...}; replies are {"ok": true, "result": ...} or {"ok": false, "error": "..."}.
 Commands are looked up in a table, so another module adds one by registering a handler.
+A streaming command (`@stream`) takes the connection over after its request line: its handler gets the
+reader and writer and writes its own JSON lines until it is done or the client goes away.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 MAX_REQUEST = 1 << 20
 Handler = Callable[["Instance", dict[str, Any]], Any | Awaitable[Any]]
 COMMANDS: dict[str, Handler] = {}
+StreamHandler = Callable[
+    ["Instance", dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
+]
+STREAMS: dict[str, StreamHandler] = {}
 
 
 def command(name: str) -> Callable[[Handler], Handler]:
@@ -29,6 +35,24 @@ def command(name: str) -> Callable[[Handler], Handler]:
         return handler
 
     return register
+
+
+def stream(name: str) -> Callable[[StreamHandler], StreamHandler]:
+    def register(handler: StreamHandler) -> StreamHandler:
+        STREAMS[name] = handler
+        return handler
+
+    return register
+
+
+def _streamer(line: bytes) -> tuple[StreamHandler, dict[str, Any]] | None:
+    """The streaming handler a request line asks for, if it asks for one (else the table answers)."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return None
+    handler = STREAMS.get(str(request.get("cmd"))) if isinstance(request, dict) else None
+    return None if handler is None else (handler, request)
 
 
 @command("status")
@@ -107,6 +131,10 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
+                streamer = _streamer(line)
+                if streamer is not None:
+                    await streamer[0](self.instance, streamer[1], reader, writer)
+                    break
                 reply = await self._dispatch(line)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()

@@ -85,6 +85,7 @@ class Instance:
         self.shell: Shell | None = None  # set while serving
         self.router_macs: dict[int, bytes] = {}
         self._stop: asyncio.Event | None = None
+        self.metrics: tuple[str, int] | None = None  # (host, port) of a Prometheus endpoint, if asked
 
     # --- start-up ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -139,7 +140,7 @@ class Instance:
             tap = open_tap(spec.ifname)  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
         self._taps.append(tap)
         self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
-        mac = kernel.place_tap(tap.name, namespace, spec.ifname, spec.address)
+        mac = kernel.place_tap(tap.name, namespace, spec.ifname, spec.address, self.topology.txqueuelen)
         port_id = self.datapath.add_port(spec.label, seg_index)
         self.ports.append(
             LivePort(port_id, spec.label, namespace, spec.ifname, spec.address, mac, seg_name, tap)
@@ -198,8 +199,11 @@ class Instance:
                             self.ledger.record("route", dst=str(other.subnet), via=str(segment.gateway.ip))
 
     # --- running -----------------------------------------------------------------------------------
-    async def serve(self, ready: Callable[[], None] | None = None) -> None:
-        """Forward until SIGINT/SIGTERM (or stop()); the caller tears down afterwards."""
+    async def serve(self, ready: Callable[[], None] | None = None, signals: bool = True) -> None:
+        """Forward until SIGINT/SIGTERM (or stop()); the caller tears down afterwards.
+
+        signals=False leaves signal handling to the caller (the Python API serves from a thread).
+        """
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         shell = self.shell = Shell(self.datapath, loop)
@@ -209,8 +213,21 @@ class Instance:
         control = ControlServer(self, socket_path(self.topology.name))
         await control.start()
         self.ledger.record("socket", path=str(control.path))
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+        metrics: asyncio.AbstractServer | None = None
+        if self.metrics is not None:
+            from .debug.metrics import start_metrics
+
+            try:
+                metrics = await start_metrics(self, *self.metrics)
+            except OSError as exc:
+                shell.detach_all()
+                await control.close()
+                raise StartError(
+                    f"cannot serve metrics on {self.metrics[0]}:{self.metrics[1]}: {exc}"
+                ) from None
+        if signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop.set)
         try:
             if ready is not None:
                 ready()
@@ -218,8 +235,11 @@ class Instance:
         finally:
             # A second Ctrl-C or SIGTERM must not cut teardown short: from here until the loop is
             # closed (after teardown) both signals are caught and ignored.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, _ignore_signal)
+            if signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, _ignore_signal)
+            if metrics is not None:
+                metrics.close()
             shell.detach_all()
             await control.close()
 

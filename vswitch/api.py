@@ -1,0 +1,165 @@
+"""Run a switch inside your own Python process and put a hook on its packet path.
+
+    from vswitch.api import Switch
+
+    def no_icmp(port: str, frame: bytes) -> bytes | None:
+        # frame is Ethernet (no virtio-net header); return it (or new bytes) to forward, None to drop
+        return None if frame[12:14] == b"\\x08\\x00" and frame[23] == 1 else frame
+
+    with Switch(ports=["ns1", "ns2"]) as sw:       # root: makes namespaces ns1, ns2 on 10.0.0.0/24
+        sw.hook = no_icmp                          # ICMP now dies, counted as drop reason "hook"
+        ...                                        # ip netns exec ns1 ping 10.0.0.2 -> fails
+        print(sw.stats()["drops"])                 # {'hook': 3}
+        sw.hook = None                             # back to the full-speed path
+
+The switch is a normal instance (its control socket answers `vswitch status --name NAME`, capture,
+trace ...). Its event loop runs in a background thread; leaving the `with` block stops it and removes
+everything it created. The hook runs on that thread, once per received frame, before the datapath:
+keep it short. A returned frame keeps the original virtio-net header when its length is unchanged (so
+checksum offload stays valid); a frame of another length gets a zero header, so a TSO super-frame must
+not be resized by a hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import topology
+from .instance import Instance, StartError
+from .wire import VNET_HDR_LEN, ZERO_VNET_HDR
+
+PacketHook = Callable[[str, bytes], "bytes | None"]
+
+
+class Switch:
+    """An in-process vswitch: ports=[namespaces] (one L2 segment) or segments={name: [namespaces]}."""
+
+    def __init__(
+        self,
+        ports: Sequence[str] = (),
+        *,
+        segments: dict[str, Sequence[str]] | None = None,
+        uplink: str | None = None,
+        subnet: str | None = None,
+        name: str | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        req = topology.Request()
+        req.name = name or f"api{secrets.token_hex(3)}"
+        if ports:
+            req.ports = topology.parse_ports(",".join(ports))
+        if subnet is not None:
+            req.subnet = topology.parse_subnet(subnet)
+        for seg_name, members in (segments or {}).items():
+            req.segments.append(topology.parse_segment(f"{seg_name}={','.join(members)}"))
+        if uplink is not None:
+            req.uplink = topology.parse_uplink(uplink)
+        self.topology = topology.build(req)
+        self.name = self.topology.name
+        self.start_timeout = start_timeout
+        self.instance: Instance | None = None
+        self._hook: PacketHook | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> Switch:
+        from .cli import new_loop
+
+        instance = Instance(self.topology)
+        instance.build()  # raises StartError with everything undone
+        self.instance = instance
+        ready = threading.Event()
+        loop = self._loop = new_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(instance.serve(ready=ready.set, signals=False))
+            except BaseException as exc:  # reported to the caller of start()
+                self._error = exc
+                ready.set()
+
+        self._thread = threading.Thread(target=run, name=f"vswitch-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(self.start_timeout) or self._error is not None:
+            self.stop()
+            raise StartError(f"in-process switch {self.name} did not start: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        """Stop forwarding and remove every namespace, tap and file this switch created."""
+        instance, loop, thread = self.instance, self._loop, self._thread
+        if instance is None:
+            return
+        if loop is not None and thread is not None and thread.is_alive():
+            loop.call_soon_threadsafe(instance.stop)
+            thread.join(10.0)
+        instance.teardown()
+        if loop is not None and (thread is None or not thread.is_alive()):
+            loop.close()
+        self.instance = None
+
+    def __enter__(self) -> Switch:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # --- the hook ----------------------------------------------------------------------------------
+    @property
+    def hook(self) -> PacketHook | None:
+        return self._hook
+
+    @hook.setter
+    def hook(self, fn: PacketHook | None) -> None:
+        """fn(port label, Ethernet frame) -> frame to forward, or None to drop (counted as 'hook')."""
+        instance = self._running()
+        self._hook = fn
+        shell = instance.shell
+        assert shell is not None
+        if fn is None:
+            shell.hook = None
+            return
+        labels = {p.id: p.label for p in instance.ports}
+
+        def shell_hook(port: int, pkt: bytes, _now: float) -> bytes | None:
+            frame = pkt[VNET_HDR_LEN:]
+            out = fn(labels.get(port, str(port)), frame)
+            if out is None:
+                return None
+            if out == frame:
+                return pkt
+            header = pkt[:VNET_HDR_LEN] if len(out) == len(frame) else ZERO_VNET_HDR
+            return header + bytes(out)
+
+        shell.hook = shell_hook  # one attribute store: the IO thread picks it up on its next batch
+
+    # --- views -------------------------------------------------------------------------------------
+    def _running(self) -> Instance:
+        if self.instance is None or self.instance.shell is None:
+            raise RuntimeError("the switch is not running: use `with Switch(...) as sw:` or start()")
+        return self.instance
+
+    @property
+    def ports(self) -> list[dict[str, Any]]:
+        return [p.describe() for p in self._running().ports]
+
+    def address(self, namespace: str) -> str:
+        """The IPv4 address (no prefix) of the port in namespace."""
+        for port in self._running().ports:
+            if port.label == namespace and port.address is not None:
+                return str(port.address.ip)
+        raise KeyError(namespace)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters (per port, drops by reason); read across threads, so approximate."""
+        return dict(self._running().datapath.counters.snapshot())
+
+
+__all__ = ["PacketHook", "Switch"]

@@ -1,0 +1,189 @@
+"""Shared by the debug commands: port lookup on the server, the streaming client, scapy expressions."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import socket
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..control import CommandError, ControlError, command, request
+from ..state import socket_path
+from ..topology import ConfigError, check_instance
+
+if TYPE_CHECKING:
+    from ..instance import Instance, LivePort
+    from ..shell import Shell
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: Any) -> bytes:
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except ValueError:
+        raise CommandError("data is not base64") from None
+
+
+# --- server side -------------------------------------------------------------------------------------
+def live_port(instance: Instance, label: Any) -> LivePort:
+    for port in instance.ports:
+        if port.label == label:
+            return port
+    known = ", ".join(p.label for p in instance.ports)
+    raise CommandError(f"no port {label!r}: ports are {known}")
+
+
+def shell_of(instance: Instance) -> Shell:
+    if instance.shell is None:
+        raise CommandError("the switch is not forwarding yet")
+    return instance.shell
+
+
+# --- client side -------------------------------------------------------------------------------------
+def instance_socket(args: argparse.Namespace) -> Path:
+    try:
+        check_instance(args.name)
+    except ConfigError as exc:
+        raise ControlError(str(exc)) from None
+    return socket_path(args.name)
+
+
+def call(args: argparse.Namespace, cmd: str, timeout: float = 10.0, **fields: Any) -> Any:
+    return request(instance_socket(args), cmd, timeout=timeout, **fields)
+
+
+def stream(path: Path, cmd: str, **fields: Any) -> Generator[dict[str, Any], None, None]:
+    """Open a streaming command and yield its JSON lines; the first (the reply) is checked, not yielded.
+
+    Closing the generator (or Ctrl-C in the loop around it) closes the socket, which ends the stream on
+    the server.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(f"no running instance at {path}") from None
+        sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        lines = sock.makefile("rb")
+        first = lines.readline()
+        if not first:
+            raise ControlError(f"instance at {path} closed the connection")
+        reply = json.loads(first)
+        if not reply.get("ok"):
+            raise ControlError(str(reply.get("error")))
+        for line in lines:
+            yield json.loads(line)
+    finally:
+        sock.close()
+
+
+def scapy_names() -> dict[str, Any]:
+    """The names a packet expression may use: scapy's layer classes and its Rand* value makers."""
+    import scapy.all as scapy_all
+    from scapy.packet import Packet
+
+    names: dict[str, Any] = {}
+    for name, value in vars(scapy_all).items():
+        if name.startswith("_"):
+            continue
+        if (isinstance(value, type) and issubclass(value, Packet)) or name.startswith("Rand"):
+            names[name] = value
+    return names
+
+
+def evaluate(expression: str) -> Any:
+    """Evaluate the user's own scapy expression, e.g. "Ether()/IP(dst='10.0.0.2')/ICMP()".
+
+    This is not a sandbox: it runs the command line's text as Python, on the user's own machine, with
+    the user's own privileges; builtins are removed only so that typos fail early and plainly.
+    """
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Packet
+
+    try:
+        packet = eval(expression, {"__builtins__": {}}, scapy_names())
+    except Exception as exc:
+        raise ValueError(f"cannot evaluate {expression!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(packet, Packet):
+        raise ValueError(f"{expression!r} is not a scapy packet")
+    if not isinstance(packet, Ether):
+        raise ValueError(f"{expression!r} must start with Ether(...): vswitch ports carry Ethernet frames")
+    return packet
+
+
+@command("debug-info")
+def _debug_info(instance: Instance, _req: dict[str, Any]) -> Any:
+    """status, plus the router's interfaces (their MACs are what a namespace's gateway resolves to)."""
+    info = instance.status()
+    info["router_interfaces"] = [] if instance.router is None else instance.router.interfaces_table()
+    return info
+
+
+def port_info(info: dict[str, Any], label: str) -> dict[str, Any]:
+    for port in info["ports"]:
+        if port["port"] == label:
+            return dict(port)
+    known = ", ".join(p["port"] for p in info["ports"])
+    raise ControlError(f"no port {label!r}: ports are {known}")
+
+
+def gateway_mac(info: dict[str, Any], segment: str) -> str | None:
+    for iface in info.get("router_interfaces", []):
+        if iface["name"] == segment:
+            return str(iface["mac"])
+    return None
+
+
+def next_hop_mac(info: dict[str, Any], label: str, dst_ip: str) -> str:
+    """The MAC a host on port label would send to for dst_ip: the destination itself on its segment,
+    else its gateway (the router's interface), else broadcast."""
+    from ipaddress import IPv4Address, IPv4Interface
+
+    me = port_info(info, label)
+    if me["address"] and IPv4Address(dst_ip) in IPv4Interface(me["address"]).network:
+        for port in info["ports"]:
+            if port["address"] and IPv4Interface(port["address"]).ip == IPv4Address(dst_ip):
+                return str(port["mac"])
+    return gateway_mac(info, me["segment"]) or "ff:ff:ff:ff:ff:ff"
+
+
+def _gateway_ip(info: dict[str, Any], segment: str) -> str | None:
+    for iface in info.get("router_interfaces", []):
+        if iface["name"] == segment:
+            return str(iface["address"]).split("/")[0]
+    return None
+
+
+def fill_ether(packet: Any, info: dict[str, Any], label: str, toward_port: bool) -> Any:
+    """Set the Ether addresses the user left out, so scapy never resolves them on the host's links.
+
+    toward_port=False (trace): the frame comes from the namespace: its MAC, to its next hop.
+    toward_port=True (inject): the frame goes into the namespace: to its MAC, from the gateway's.
+    """
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    me = port_info(info, label)
+    ether = packet[Ether]
+    if packet.haslayer(IP) and "src" not in packet[IP].fields:
+        if not toward_port and me["address"]:
+            packet[IP].src = me["address"].split("/")[0]
+        elif toward_port and (gateway := _gateway_ip(info, me["segment"])):
+            packet[IP].src = gateway
+    if toward_port:
+        ether.dst = ether.fields.get("dst", me["mac"])
+        ether.src = ether.fields.get("src", gateway_mac(info, me["segment"]) or "02:00:00:00:00:01")
+    else:
+        ether.src = ether.fields.get("src", me["mac"])
+        if "dst" not in ether.fields:
+            ether.dst = (
+                next_hop_mac(info, label, packet[IP].dst) if packet.haslayer(IP) else "ff:ff:ff:ff:ff:ff"
+            )
+    return packet
