@@ -324,8 +324,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
         rows.append([name, p["rx_packets"], p["rx_bytes"], p["tx_packets"], p["tx_bytes"], drops])
     table("port counters", ["port", "rx packets", "rx bytes", "tx packets", "tx bytes", "drops"], rows)
     if snap["events"]:
-        print("events: " + ", ".join(f"{k}={v}" for k, v in snap["events"].items()))
+        print("switch events: " + ", ".join(f"{k}={v}" for k, v in snap["events"].items()))
+    router = snap.get("router")
+    if router:
+        print("router drops: " + (", ".join(f"{k}={v}" for k, v in router["drops"].items()) or "-"))
+        print("router events: " + (", ".join(f"{k}={v}" for k, v in router["events"].items()) or "-"))
     return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return "/".join(str(v) for v in value)
+    return str(value)
 
 
 def cmd_table(cmd: str, title: str) -> Callable[[argparse.Namespace], int]:
@@ -337,7 +351,7 @@ def cmd_table(cmd: str, title: str) -> Callable[[argparse.Namespace], int]:
             print(json.dumps(rows, indent=2))
             return 0
         columns = list(rows[0]) if rows else []
-        table(title, columns, [[row.get(c, "") for c in columns] for row in rows])
+        table(title, columns, [[_cell(row.get(c)) for c in columns] for row in rows])
         if not rows:
             print("(empty)")
         return 0

@@ -100,6 +100,10 @@ class Datapath:
 
     def _route(self, in_port: int, pkt: bytes, now: float) -> list[Transmit]:
         assert self.router is not None
+        router_port = self.port_switch[in_port].router_port
+        if router_port is not None:
+            self.counters.rx_packets[router_port] += 1
+            self.counters.rx_bytes[router_port] += len(pkt) - VNET_HDR_LEN
         return self.from_router(self.router.receive(self.port_segment[in_port], pkt, now), now)
 
     def from_router(self, frames: list[Transmit], now: float) -> list[Transmit]:

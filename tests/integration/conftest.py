@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -192,10 +193,19 @@ class Env:
         sw.start()
         return sw
 
-    def peer(self, ns: str, *args: str) -> subprocess.Popen[str]:
-        """Start peer.py inside ns in the background; killed in teardown if still running."""
+    def router(self, *args: str, name: str | None = None) -> Switch:
+        """Start a routed `vswitch up --segment ... [--uplink ...]` (no --ports) and wait until it answers."""
+        return self.switch(args=args, name=name)
+
+    def peer(self, ns: str | None, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
+        """Start peer.py inside ns (None: the root namespace) in the background; killed in teardown.
+
+        With stdin, the test holds a pipe to the peer's stdin (tcp-accept and tcp-hold stop on a line).
+        """
+        prefix = ["ip", "netns", "exec", ns] if ns is not None else []
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(PEER), *args],
+            [*prefix, sys.executable, str(PEER), *args],
+            stdin=subprocess.PIPE if stdin else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -203,8 +213,16 @@ class Env:
         self.peers.append(proc)
         return proc
 
-    def run_peer(self, ns: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
-        proc = netns_exec(ns, [sys.executable, str(PEER), *args], timeout=timeout)
+    def run_peer(self, ns: str | None, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Run peer.py to completion inside ns (None: the root namespace) and return its JSON."""
+        if ns is None:
+            proc = subprocess.run(
+                [sys.executable, str(PEER), *args], capture_output=True, text=True, timeout=timeout
+            )
+            if proc.returncode != 0:
+                pytest.fail(f"peer {' '.join(args)} in root exited {proc.returncode}: {proc.stderr.strip()}")
+        else:
+            proc = netns_exec(ns, [sys.executable, str(PEER), *args], timeout=timeout)
         result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
         return result
 
@@ -225,7 +243,8 @@ class Switch:
     def __init__(self, env: Env, name: str, ports: list[str], args: list[str]) -> None:
         self.env = env
         self.name = name
-        self.argv = [*VSWITCH, "up", "--ports", ",".join(ports), "--name", name, "--json", *args]
+        ports_args = ["--ports", ",".join(ports)] if ports else []  # none: a routed --segment topology
+        self.argv = [*VSWITCH, "up", *ports_args, "--name", name, "--json", *args]
         self.stdout_path = env.tmp / f"{name}.stdout"
         self.stderr_path = env.tmp / f"{name}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -326,9 +345,11 @@ def env(tmp_path: Path) -> Iterator[Env]:
         assert not problems, problems
 
 
-def pings(src: str, dst_ip: str, count: int = 1) -> bool:
-    """A real `ping -c N -W 2` from namespace src (0.2 s apart); True when every reply came back."""
+def pings(src: str | None, dst_ip: str, count: int = 1) -> bool:
+    """A real `ping -c N -W 2` from namespace src (None: root) 0.2 s apart; True when all came back."""
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", dst_ip]
+    if src is None:
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
     proc = netns_exec(src, argv, check=False)
     return proc.returncode == 0
 
@@ -344,3 +365,114 @@ def new_root_links(before: set[str]) -> set[str]:
 
 def signal_name(sig: int) -> str:
     return signal.Signals(sig).name
+
+
+def addresses_of(sw: Switch) -> dict[str, str]:
+    """Port label (namespace, or the host tap's name) -> its IPv4 address without prefix, from `up --json`."""
+    return {
+        (p["namespace"] or p["interface"]): p["address"].split("/")[0]
+        for p in sw.table["ports"]
+        if p["address"]
+    }
+
+
+def stop_peer(proc: subprocess.Popen[str], timeout: float, what: str) -> dict[str, Any]:
+    """Tell a stdin-controlled peer (tcp-accept, tcp-hold) to finish, and return its JSON."""
+    assert proc.stdin is not None
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()  # communicate() in finish() closes it
+    return finish(proc, timeout, what)
+
+
+# --- the root namespace (host port tests) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class RootView:
+    """What the root namespace looks like: links, (ifname, address) pairs, (dst, gateway, oif) routes."""
+
+    links: frozenset[str]
+    addresses: frozenset[tuple[str, str]]
+    routes: frozenset[tuple[str, str | None, str | None]]
+
+    def without(self, ifnames: set[str]) -> RootView:
+        return RootView(
+            self.links - ifnames,
+            frozenset(a for a in self.addresses if a[0] not in ifnames),
+            frozenset(r for r in self.routes if r[2] not in ifnames),
+        )
+
+
+def root_view() -> RootView:
+    """The root namespace's links, IPv4 addresses and main-table IPv4 routes, read with pyroute2."""
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        addresses = {
+            (names.get(a["index"], str(a["index"])), f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(family=2)
+        }
+        routes = set()
+        for r in ipr.get_routes(family=2, table=254):
+            dst = r.get_attr("RTA_DST")
+            oif = r.get_attr("RTA_OIF")
+            routes.add(
+                (
+                    f"{dst}/{r['dst_len']}" if dst else "default",
+                    r.get_attr("RTA_GATEWAY"),
+                    names.get(oif) if oif is not None else None,
+                )
+            )
+    return RootView(frozenset(names.values()), frozenset(addresses), frozenset(routes))
+
+
+def assert_root_restored(before: RootView, after: RootView, ours: str) -> None:
+    """After teardown the root namespace is as before: our tap is gone, nothing else changed.
+
+    Links that exist in only one of the two views and are not ours (another test's taps passing
+    through the root namespace) are churn and ignored, with their addresses and routes.
+    """
+    assert ours not in after.links, f"host port {ours} left in the root namespace"
+    churn = (before.links ^ after.links) - {ours}
+    assert after.without(churn) == before.without(churn)
+
+
+def free_root_subnet(first: str = "10.77") -> tuple[str, int]:
+    """A (first two octets, N) such that FIRST.N.0/24 and the next two N overlap no root route or address."""
+    view = root_view()
+    taken: list[IPv4Network] = []
+    for dst, _, _ in view.routes:
+        if dst != "default":
+            taken.append(IPv4Network(dst, strict=False))
+    for _, address in view.addresses:
+        taken.append(IPv4Network(address, strict=False))
+    for n in range(secrets.randbelow(200) + 10, 250):
+        candidates = [IPv4Network(f"{first}.{n + i}.0/24") for i in range(3)]
+        if not any(c.overlaps(t) for c in candidates for t in taken if t.prefixlen > 0):
+            return first, n
+    pytest.fail(f"no free {first}.N.0/24 subnet in the root namespace")
+
+
+# --- the routed reference topology (issue 3) ------------------------------------------------------------
+UPLINK_ADDRESS = "198.18.0.2"  # the router's uplink address: what the outside sees (masquerade source)
+UPSTREAM_ADDRESS = "198.18.0.1"  # the outside namespace
+
+
+@dataclass
+class Routed:
+    """lan = ns1, ns2 (10.1.0.0/24), dmz = ns3 (10.2.0.0/24), uplink `wan`, tcp:8080 -> ns3:80."""
+
+    sw: Switch
+    ns1: str
+    ns2: str
+    ns3: str
+    wan: str
+    ip: dict[str, str]
+
+
+def start_routed(env: Env, *extra: str) -> Routed:
+    ns1, ns2, ns3, wan = (env.ns(t) for t in ("1", "2", "3", "w"))
+    sw = env.router(
+        "--segment", f"lan={ns1},{ns2}", "--segment", f"dmz={ns3}", "--uplink", wan,
+        "--forward", f"tcp:8080={ns3}:80", *extra,
+    )  # fmt: skip
+    ip = addresses_of(sw)
+    assert ip == {ns1: "10.1.0.2", ns2: "10.1.0.3", ns3: "10.2.0.2", wan: UPSTREAM_ADDRESS}
+    return Routed(sw, ns1, ns2, ns3, wan, ip)

@@ -7,13 +7,18 @@ prints one JSON line with what it saw, and bounds itself in time with --timeout.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
+import http.server
 import json
 import random
+import select
 import socket
+import socketserver
 import struct
 import sys
 import time
+import urllib.request
 
 CHUNK = 1 << 20
 STAMP = struct.Struct("!HI")  # payload size, index: a wrong, reordered or missing datagram shows up
@@ -105,6 +110,135 @@ def udp_send(args: argparse.Namespace) -> dict[str, object]:
     return {"sent": sent}
 
 
+class QuietHTTPServer(http.server.HTTPServer):
+    """HTTPServer without its reverse DNS lookup of the bind address (10 s in a namespace with no DNS)."""
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+def http_serve(args: argparse.Namespace) -> dict[str, object]:
+    """Answer --count GET requests with 'hello from BIND', then report each client's address."""
+    clients: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            clients.append(self.client_address[0])
+            body = f"hello from {args.bind}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *items: object) -> None:
+            print(f"{self.client_address[0]} {format % items}", file=sys.stderr, flush=True)
+
+    server = QuietHTTPServer((args.bind, args.port), Handler)
+    server.timeout = args.timeout
+    deadline = time.monotonic() + args.timeout
+    ready()
+    with server:
+        while len(clients) < args.count and time.monotonic() < deadline:
+            server.handle_request()
+    return {"clients": clients}
+
+
+def http_get(args: argparse.Namespace) -> dict[str, object]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy from the env
+    with opener.open(args.url, timeout=args.timeout) as response:
+        return {"status": response.status, "body": response.read().decode()}
+
+
+def udp_echo(args: argparse.Namespace) -> dict[str, object]:
+    """Echo --count datagrams back to their sender; report who sent them."""
+    peers: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((args.bind, args.port))
+        ready()
+        deadline = time.monotonic() + args.timeout
+        while len(peers) < args.count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            try:
+                data, peer = sock.recvfrom(65536)
+            except TimeoutError:
+                break
+            peers.append(f"{peer[0]}:{peer[1]}")
+            sock.sendto(data, peer)
+    return {"peers": peers}
+
+
+def udp_ask(args: argparse.Namespace) -> dict[str, object]:
+    """Send one datagram on a connected socket and wait for the answer, or for the ICMP error."""
+    payload = args.payload.encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((args.host, args.port))
+        host, port = sock.getsockname()
+        local = f"{host}:{port}"
+        sock.settimeout(args.timeout)
+        sock.send(payload)
+        try:
+            data = sock.recv(65536)
+        except ConnectionRefusedError:
+            return {"local": local, "reply": None, "error": "ConnectionRefusedError"}
+        except TimeoutError:
+            return {"local": local, "reply": None, "error": "timeout"}
+    return {"local": local, "reply": data.decode(errors="replace"), "error": None}
+
+
+def tcp_connect(args: argparse.Namespace) -> dict[str, object]:
+    """Try one TCP connection; report how it ended and how long that took."""
+    start = time.monotonic()
+    try:
+        with socket.create_connection((args.host, args.port), timeout=args.timeout) as conn:
+            local = conn.getsockname()
+            result, detail = "connected", f"{local[0]}:{local[1]}"
+    except ConnectionRefusedError:
+        result, detail = "refused", ""
+    except TimeoutError:
+        result, detail = "timeout", ""
+    except OSError as exc:
+        result = "unreachable" if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "error"
+        detail = str(exc)
+    return {"result": result, "detail": detail, "elapsed": round(time.monotonic() - start, 3)}
+
+
+def tcp_accept(args: argparse.Namespace) -> dict[str, object]:
+    """Accept (and close) connections until a line arrives on stdin or --timeout; report the peers.
+
+    The test decides when the observation ends (it writes a line), so nothing waits on a guess.
+    """
+    peers: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((args.bind, args.port))
+        srv.listen(16)
+        ready()
+        deadline = time.monotonic() + args.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([srv, sys.stdin], [], [], left)
+            if srv in readable:
+                conn, peer = srv.accept()
+                conn.close()
+                peers.append(peer[0])
+                print(f"accepted {peer[0]}", file=sys.stderr, flush=True)
+            if sys.stdin in readable:
+                break
+    return {"peers": peers}
+
+
+def tcp_hold(args: argparse.Namespace) -> dict[str, object]:
+    """Connect, print the local address, keep the connection open until a line on stdin (or timeout)."""
+    with socket.create_connection((args.host, args.port), timeout=args.timeout) as conn:
+        local = conn.getsockname()
+        print(f"connected {local[0]}:{local[1]}", flush=True)
+        select.select([sys.stdin], [], [], args.timeout)
+    return {"local": f"{local[0]}:{local[1]}"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -125,10 +259,43 @@ def main() -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sizes", required=True)
     p.add_argument("--count", type=int, required=True)
+    p = sub.add_parser("http-serve")
+    p.add_argument("--bind", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=1)
+    p = sub.add_parser("http-get")
+    p.add_argument("--url", required=True)
+    p = sub.add_parser("udp-echo")
+    p.add_argument("--bind", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=1)
+    p = sub.add_parser("udp-ask")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--payload", default="ping")
+    for mode in ("tcp-connect", "tcp-hold"):
+        p = sub.add_parser(mode)
+        p.add_argument("--host", required=True)
+        p.add_argument("--port", type=int, required=True)
+    p = sub.add_parser("tcp-accept")
+    p.add_argument("--bind", required=True)
+    p.add_argument("--port", type=int, required=True)
     for p in sub.choices.values():
         p.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
-    modes = {"tcp-recv": tcp_recv, "tcp-send": tcp_send, "udp-recv": udp_recv, "udp-send": udp_send}
+    modes = {
+        "tcp-recv": tcp_recv,
+        "tcp-send": tcp_send,
+        "udp-recv": udp_recv,
+        "udp-send": udp_send,
+        "http-serve": http_serve,
+        "http-get": http_get,
+        "udp-echo": udp_echo,
+        "udp-ask": udp_ask,
+        "tcp-connect": tcp_connect,
+        "tcp-accept": tcp_accept,
+        "tcp-hold": tcp_hold,
+    }
     print(json.dumps(modes[args.mode](args)), flush=True)
     return 0
 
