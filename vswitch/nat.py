@@ -14,6 +14,10 @@ Policy, in one place:
 - Inbound routed (non-NAT) traffic from the uplink to the inside is tracked with an identity flow so
   its replies are not masqueraded.
 - ICMP errors about a tracked flow are translated outer and inner (RFC 5508 4.1, 4.2).
+- Fragments (RFC 4787 REQ-14): the first fragment carries the ports and is translated with its flow;
+  the translation is remembered by (protocol, source, destination, IP id) for FRAGMENT_TIMEOUT, and
+  the later fragments of that datagram get the same address rewrite. A later fragment that arrives
+  before its first is dropped ("nat-fragment"); Linux sends fragments in order, so this is rare.
 
 Checksums (design.md): the IPv4 header is always updated incrementally (RFC 1624). The L4 field of a
 NEEDS_CSUM frame holds the uncomplemented pseudo-header sum: only address changes touch it. A
@@ -37,6 +41,7 @@ from .routes import NextHop
 from .wire import (
     IP_CSUM,
     IP_FRAG_OFFSET_MASK,
+    IP_MF,
     L3,
     PORTS,
     PROTO_ICMP,
@@ -59,6 +64,10 @@ ICMP_CSUM: Final = 2
 MAPPING: Final = struct.Struct("!B4sH")  # endpoint-independent mapping key: proto, address, port
 _L4_MIN: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: 8, PROTO_ICMP: 8}
 _IP_ADDRS: Final = slice(L3 + 12, L3 + 20)
+IP_ID_OFF: Final = L3 + 4
+FRAGMENT_KEY: Final = struct.Struct("!B4s4sH")  # proto, source, destination, IP identification
+FRAGMENT_TIMEOUT: Final = 30.0  # the kernel's ipfrag_time: how long the pieces of one datagram may take
+FRAGMENT_MAX: Final = 1024  # datagrams whose later fragments we still expect; the oldest goes first
 
 Xlate = tuple[bytes, bytes, bytes, int, int]  # new src, new dst, new ports, addr delta, port delta
 
@@ -192,6 +201,8 @@ class Nat:
             PROTO_ICMP: PortAllocator(0, 0xFFFF, set()),
         }
         self.mappings: dict[bytes, list[int]] = {}  # MAPPING key -> [external port, flows]
+        # FRAGMENT_KEY before translation -> (the address rewrite of its first fragment, expiry)
+        self.fragments: dict[bytes, tuple[Xlate, float]] = {}
         self.conntrack = Conntrack(
             config.max_flows, config.timeouts, on_remove=self._release, events=self.events
         )
@@ -230,12 +241,12 @@ class Nat:
         translated copy, to be routed by its new destination.
         """
         need = _L4_MIN.get(proto)
-        if need is None or frag & IP_FRAG_OFFSET_MASK or l4 + need > end:
+        if frag & IP_FRAG_OFFSET_MASK:
+            return self._later_fragment(pkt, proto, src, dst, in_iface, route, now)
+        if need is None or l4 + need > end:
             if not self._needs_nat(in_iface, src, dst, route):
                 return None
-            if need is None:
-                return Drop.NAT_UNSUPPORTED
-            return Drop.NAT_FRAGMENT if frag & IP_FRAG_OFFSET_MASK else Drop.L4_TRUNCATED
+            return Drop.NAT_UNSUPPORTED if need is None else Drop.L4_TRUNCATED
         flags = 0
         if proto == PROTO_ICMP:
             icmp_type = pkt[l4]
@@ -262,8 +273,48 @@ class Nat:
                 return None
             buf = bytearray(pkt)
             rewrite(buf, l4, proto, x, _partial(pkt, l4))
-            return buf
-        return self._new_flow(pkt, in_iface, l4, proto, flags, key, src, dst, dport, route, now)
+        else:
+            result = self._new_flow(pkt, in_iface, l4, proto, flags, key, src, dst, dport, route, now)
+            if not isinstance(result, tuple):
+                return result
+            buf, x = result
+        if frag & IP_MF:
+            self._remember_fragments(pkt, proto, src, dst, x, now)
+        return buf
+
+    # --- fragments (RFC 4787 REQ-14) ----------------------------------------------------------------
+    def _remember_fragments(
+        self, pkt: bytes, proto: int, src: bytes, dst: bytes, x: Xlate, now: float
+    ) -> None:
+        """A first fragment was translated: its datagram's later fragments get the same addresses."""
+        fragments = self.fragments
+        key = FRAGMENT_KEY.pack(proto, src, dst, U16.unpack_from(pkt, IP_ID_OFF)[0])
+        fragments.pop(key, None)
+        while len(fragments) >= FRAGMENT_MAX:
+            del fragments[next(iter(fragments))]
+            self.events["nat-fragment-evicted"] += 1
+        fragments[key] = (x, now + FRAGMENT_TIMEOUT)
+
+    def _later_fragment(
+        self,
+        pkt: bytes,
+        proto: int,
+        src: bytes,
+        dst: bytes,
+        in_iface: int,
+        route: Callable[[bytes], NextHop | None],
+        now: float,
+    ) -> bytearray | Drop | None:
+        """A non-first fragment has no ports: rewrite the addresses its first fragment got."""
+        entry = self.fragments.get(FRAGMENT_KEY.pack(proto, src, dst, U16.unpack_from(pkt, IP_ID_OFF)[0]))
+        if entry is None or entry[1] <= now:
+            return Drop.NAT_FRAGMENT if self._needs_nat(in_iface, src, dst, route) else None
+        nsrc, ndst, _, addr_delta, _ = entry[0]
+        buf = bytearray(pkt)
+        buf[_IP_ADDRS] = nsrc + ndst
+        buf[IP_CSUM : IP_CSUM + 2] = U16.pack(update_complete(U16.unpack_from(buf, IP_CSUM)[0], addr_delta))
+        self.events["nat-fragment-translated"] += 1
+        return buf
 
     def _needs_nat(
         self, in_iface: int, src: bytes, dst: bytes, route: Callable[[bytes], NextHop | None]
@@ -288,7 +339,7 @@ class Nat:
         dport: int,
         route: Callable[[bytes], NextHop | None],
         now: float,
-    ) -> bytearray | Drop | None:
+    ) -> tuple[bytearray, Xlate] | Drop | None:
         dnat: tuple[bytes, int] | None = None
         if dst == self.address:
             dnat = self.forwards.get((proto, dport))
@@ -348,7 +399,7 @@ class Nat:
             return None
         buf = bytearray(pkt)
         rewrite(buf, l4, proto, x, _partial(pkt, l4))
-        return buf
+        return buf, x
 
     def _icmp_error(
         self, pkt: bytes, in_iface: int, l4: int, end: int, dst: bytes, now: float
@@ -459,6 +510,12 @@ class Nat:
 
     def on_timer(self, now: float) -> None:
         self.conntrack.expire(now)
+        fragments = self.fragments
+        while fragments:
+            key = next(iter(fragments))
+            if fragments[key][1] > now:
+                break
+            del fragments[key]
 
     def table(self, now: float) -> list[dict[str, object]]:
         return self.conntrack.table(now)

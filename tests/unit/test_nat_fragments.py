@@ -1,0 +1,96 @@
+"""Fragments through NAT (RFC 4787 REQ-14): the first fragment's translation reaches the others."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from scapy.layers.inet import IP, UDP, defragment, fragment
+from scapy.layers.l2 import Ether
+from test_fuzz import HOST_A, R_LAN, R_WAN, UPSTREAM, mac, routed_datapath
+
+from vswitch.datapath import Datapath
+
+PAYLOAD = bytes(range(256)) * 12  # 3072 bytes: three fragments at MTU 1500
+
+
+def frames_to(dp: Datapath, port: int, pkt: bytes, now: float) -> list[tuple[int, bytes]]:
+    verdict = dp.receive(port, bytes(10) + pkt, now)
+    assert isinstance(verdict, list), verdict
+    return verdict
+
+
+def setup() -> tuple[Datapath, dict[str, int]]:
+    dp, router = routed_datapath()
+    router.arp.learn(int(IPv4Address("198.18.0.1")), mac(UPSTREAM), 2, 0.0)
+    router.arp.learn(int(IPv4Address("10.1.0.2")), mac(HOST_A), 0, 0.0)
+    ports = {name: i for i, name in enumerate(dp.counters.names)}
+    return dp, ports
+
+
+def test_outbound_fragments_all_get_the_nat_address_and_reassemble() -> None:
+    dp, ports = setup()
+    datagram = IP(src="10.1.0.2", dst="198.18.0.1", id=4242) / UDP(sport=5000, dport=7) / PAYLOAD
+    pieces = fragment(datagram, fragsize=1480)
+    assert len(pieces) == 3
+    out = []
+    for piece in pieces:
+        sent = frames_to(dp, ports["a"], bytes(Ether(src=HOST_A, dst=R_LAN) / piece), 1.0)
+        assert [port for port, _ in sent] == [ports["up"]]
+        out.append(Ether(sent[0][1][10:])[IP])
+    assert {p.src for p in out} == {"198.18.0.2"}
+    whole = defragment(out)[0]
+    checked = IP(bytes(whole))
+    assert bytes(checked[UDP].payload) == PAYLOAD
+    assert checked[UDP].sport == 5000
+    recomputed = IP(bytes(checked))
+    del recomputed[UDP].chksum
+    assert IP(bytes(recomputed))[UDP].chksum == checked[UDP].chksum  # the L4 checksum still holds
+
+
+def test_inbound_reply_fragments_reach_the_inside_host() -> None:
+    dp, ports = setup()
+    frames_to(
+        dp,
+        ports["a"],
+        bytes(
+            Ether(src=HOST_A, dst=R_LAN)
+            / IP(src="10.1.0.2", dst="198.18.0.1")
+            / UDP(sport=5000, dport=7)
+            / b"hi"
+        ),
+        1.0,
+    )
+    reply = IP(src="198.18.0.1", dst="198.18.0.2", id=99) / UDP(sport=7, dport=5000) / PAYLOAD
+    out = []
+    for piece in fragment(reply, fragsize=1480):
+        sent = frames_to(dp, ports["up"], bytes(Ether(src=UPSTREAM, dst=R_WAN) / piece), 2.0)
+        assert [port for port, _ in sent] == [ports["a"]]
+        out.append(Ether(sent[0][1][10:])[IP])
+    assert {p.dst for p in out} == {"10.1.0.2"}
+    assert bytes(defragment(out)[0][UDP].payload) == PAYLOAD
+
+
+def test_a_later_fragment_before_its_first_is_a_named_drop() -> None:
+    dp, ports = setup()
+    pieces = fragment(
+        IP(src="10.1.0.2", dst="198.18.0.1", id=7) / UDP(sport=5001, dport=7) / PAYLOAD, fragsize=1480
+    )
+    verdict = dp.receive(ports["a"], bytes(10) + bytes(Ether(src=HOST_A, dst=R_LAN) / pieces[1]), 1.0)
+    assert verdict == []
+    assert dp.router is not None
+    assert dp.router.drops["nat-fragment"] == 1  # type: ignore[attr-defined]
+
+
+def test_fragment_memory_expires() -> None:
+    dp, ports = setup()
+    pieces = fragment(
+        IP(src="10.1.0.2", dst="198.18.0.1", id=8) / UDP(sport=5002, dport=7) / PAYLOAD, fragsize=1480
+    )
+    frames_to(dp, ports["a"], bytes(Ether(src=HOST_A, dst=R_LAN) / pieces[0]), 1.0)
+    router = dp.router
+    assert router is not None
+    assert len(router.nat.fragments) == 1  # type: ignore[attr-defined]
+    dp.on_timer(1.0 + 31.0)
+    assert not router.nat.fragments  # type: ignore[attr-defined]
+    verdict = dp.receive(ports["a"], bytes(10) + bytes(Ether(src=HOST_A, dst=R_LAN) / pieces[1]), 32.5)
+    assert verdict == []
