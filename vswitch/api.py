@@ -100,8 +100,14 @@ class Switch:
         if loop is not None and thread is not None and thread.is_alive():
             loop.call_soon_threadsafe(instance.stop)
             thread.join(10.0)
+            if thread.is_alive():
+                # Closing the taps under a loop that still reads them could hand their fd numbers to
+                # something else mid-read: leave them to the process's exit (or `vswitch down`).
+                raise RuntimeError(
+                    f"in-process switch {self.name} did not stop within 10 s (a hook that never returns?)"
+                )
         instance.teardown()
-        if loop is not None and (thread is None or not thread.is_alive()):
+        if loop is not None:
             loop.close()
         self.instance = None
 

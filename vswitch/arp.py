@@ -33,7 +33,12 @@ MIN_SWEEP_INTERVAL: Final = 1.0
 ARP_HEADER: Final = (1, 0x0800, 6, 4)  # htype Ethernet, ptype IPv4, hlen, plen (RFC 826)
 ETH_PAD: Final = bytes(18)  # 14 + 28 = 42 bytes; pad to the 60-byte Ethernet minimum
 
-Waiting = tuple[bytearray, int]  # (routed frame awaiting its destination MAC, ingress iface)
+# (routed frame awaiting its destination MAC, ingress iface, the packet as it arrived: an ICMP error
+# about a frame that never left must quote the original, not its NAT-translated copy, RFC 5508 4.1)
+Waiting = tuple[bytearray, int, bytes]
+# All frames parked behind unresolved next hops together, in bytes: TSO frames are up to 64 KB each,
+# and one host could otherwise fill pending_max x queue_max of them (Linux: unres_qlen_bytes).
+QUEUE_BYTES_MAX: Final = 4 << 20
 
 
 @dataclass(slots=True)
@@ -41,6 +46,7 @@ class Neighbour:
     mac: bytes
     iface: int
     updated: float
+    probed: float = float("-inf")  # when we last asked it to confirm itself (a unicast request)
 
 
 @dataclass(slots=True)
@@ -54,7 +60,8 @@ class Pending:
 # enqueue() outcomes
 QUEUED: Final = 0
 QUEUED_SEND_REQUEST: Final = 1
-REJECTED: Final = 2
+REJECTED: Final = 2  # too many next hops pending: the caller counts arp-pending-full
+REJECTED_COUNTED: Final = 3  # the byte budget is spent: already counted as arp-queue-full
 
 
 class ArpCache:
@@ -87,13 +94,33 @@ class ArpCache:
         self.entries: dict[int, Neighbour] = {}
         self.pending: dict[int, Pending] = {}
         self.failed: dict[int, float] = {}  # ip -> negative entry expiry
+        self.queued_bytes = 0
         self._next_sweep: float | None = None
 
     def lookup(self, ip: int, now: float) -> bytes | None:
-        """The MAC of a fresh entry, else None (an expired entry is resolved again)."""
+        """The MAC to use for ip, or None when it must be resolved.
+
+        Like Linux's STALE/PROBE states, an entry past its timeout is still used while it is asked
+        to confirm itself (`probe_due`); only when the confirmation window also passes is it forgotten,
+        so an active flow never stalls behind a broadcast request every `timeout` seconds.
+        """
         entry = self.entries.get(ip)
-        if entry is None or now - entry.updated >= self.timeout:
+        if entry is None or now - entry.updated >= self.timeout + self.confirm_window:
             return None
+        return entry.mac
+
+    @property
+    def confirm_window(self) -> float:
+        return self.retries * self.retry_interval
+
+    def probe_due(self, ip: int, now: float) -> bytes | None:
+        """For a stale entry in use: the MAC to send a unicast request to, at most once a retry
+        interval; None while the entry is fresh or a probe is already out."""
+        entry = self.entries.get(ip)
+        if entry is None or now - entry.updated < self.timeout or now - entry.probed < self.retry_interval:
+            return None
+        entry.probed = now
+        self.events["arp-probe"] += 1
         return entry.mac
 
     def is_failed(self, ip: int, now: float) -> bool:
@@ -124,31 +151,45 @@ class ArpCache:
             if entry.mac != mac:
                 self.events["arp-changed"] += 1
             entry.mac, entry.iface, entry.updated = mac, iface, now
+            entry.probed = float("-inf")
             self.entries[ip] = entry
         if self._next_sweep is None:
-            self._next_sweep = now + self.timeout
+            self._next_sweep = now + self.timeout + self.confirm_window
         self.failed.pop(ip, None)
         pending = self.pending.pop(ip, None)
         if pending is None:
             return []
         self.events["arp-resolved"] += 1
+        self._forget_queue(pending)
         return list(pending.queue)
 
-    def enqueue(self, ip: int, iface: int, frame: bytearray, in_iface: int, now: float) -> int:
+    def enqueue(
+        self, ip: int, iface: int, frame: bytearray, in_iface: int, original: bytes, now: float
+    ) -> int:
         """Park a frame until ip resolves. QUEUED_SEND_REQUEST: the caller sends the first request."""
+        size = len(frame) + len(original)
+        if self.queued_bytes + size > QUEUE_BYTES_MAX:
+            self.drops[Drop.ARP_QUEUE_FULL] += 1
+            return REJECTED_COUNTED
         pending = self.pending.get(ip)
         if pending is None:
             if len(self.pending) >= self.pending_max:
                 return REJECTED
             pending = Pending(iface, 1, now + self.retry_interval)
-            pending.queue.append((frame, in_iface))
             self.pending[ip] = pending
-            return QUEUED_SEND_REQUEST
-        if len(pending.queue) >= self.queue_max:
-            pending.queue.popleft()
-            self.drops[Drop.ARP_QUEUE_FULL] += 1
-        pending.queue.append((frame, in_iface))
-        return QUEUED
+            outcome = QUEUED_SEND_REQUEST
+        else:
+            outcome = QUEUED
+            if len(pending.queue) >= self.queue_max:
+                old_frame, _, old_original = pending.queue.popleft()
+                self.queued_bytes -= len(old_frame) + len(old_original)
+                self.drops[Drop.ARP_QUEUE_FULL] += 1
+        pending.queue.append((frame, in_iface, original))
+        self.queued_bytes += size
+        return outcome
+
+    def _forget_queue(self, pending: Pending) -> None:
+        self.queued_bytes -= sum(len(frame) + len(original) for frame, _, original in pending.queue)
 
     def next_deadline(self) -> float | None:
         deadline = self._next_sweep
@@ -166,6 +207,7 @@ class ArpCache:
                 continue
             if pending.tries >= self.retries:
                 del self.pending[ip]
+                self._forget_queue(pending)
                 self._remember_failure(ip, now)
                 failed.extend(pending.queue)
                 self.events["arp-failed"] += 1
@@ -184,7 +226,7 @@ class ArpCache:
 
     def sweep(self, now: float) -> None:
         """Remove expired entries; one pass, rescheduled for the next oldest entry."""
-        limit = now - self.timeout
+        limit = now - self.timeout - self.confirm_window
         stale = [ip for ip, e in self.entries.items() if e.updated <= limit]
         for ip in stale:
             del self.entries[ip]
@@ -193,7 +235,9 @@ class ArpCache:
             del self.failed[ip]
         oldest = next(iter(self.entries.values()), None)
         self._next_sweep = (
-            None if oldest is None else max(oldest.updated + self.timeout, now + MIN_SWEEP_INTERVAL)
+            None
+            if oldest is None
+            else max(oldest.updated + self.timeout + self.confirm_window, now + MIN_SWEEP_INTERVAL)
         )
 
     def table(self, now: float) -> list[dict[str, object]]:
@@ -202,7 +246,7 @@ class ArpCache:
                 "ip": str(IPv4Address(ip)),
                 "mac": mac_str(e.mac),
                 "iface": e.iface,
-                "state": "reachable" if now - e.updated < self.timeout else "expired",
+                "state": "reachable" if now - e.updated < self.timeout else "stale",
                 "age": round(now - e.updated, 3),
             }
             for ip, e in self.entries.items()

@@ -28,6 +28,8 @@ class Drop(StrEnum):
     TX_ERROR = "tx-error"  # the kernel refused the write (EINVAL, EIO, ...)
     TRUNCATED = "truncated"  # a read filled the whole buffer: the frame may have been cut
     HOOK = "hook"  # a packet hook (Python API) returned None
+    RX_ERROR = "rx-error"  # the kernel failed one read (the frame is lost; the port keeps going)
+    INTERNAL_ERROR = "internal-error"  # a bug in vswitch raised on this frame; logged, port keeps going
     # L3 and NAT
     UNSUPPORTED_ETHERTYPE = "unsupported-ethertype"  # to the router's MAC, neither IPv4 nor ARP
     ARP_MALFORMED = "arp-malformed"  # not Ethernet/IPv4 ARP (RFC 826), short, or bad sender

@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Final
 
-from .arp import ARP_HEADER, QUEUED_SEND_REQUEST, REJECTED, ArpCache, build_reply, build_request
+from .arp import (
+    ARP_HEADER,
+    QUEUED_SEND_REQUEST,
+    REJECTED,
+    REJECTED_COUNTED,
+    ArpCache,
+    Waiting,
+    build_arp,
+    build_reply,
+    build_request,
+)
 from .checksum import fold, ones_sum, update_complete
 from .counters import Drop
 from .icmp import (
@@ -192,11 +202,12 @@ class Router:
         requests, failed = self.arp.on_timer(now)
         for iface, ip in requests:
             out.append((iface, build_request(self._mac[iface], self._addr[iface], _U32.pack(ip))))
-        for frame, in_iface in failed:
-            # RFC 1812 4.3.3.1 / RFC 1122 3.2.2.1: the next hop is unreachable; tell the source.
+        for _frame, in_iface, original in failed:
+            # RFC 1812 4.3.3.1 / RFC 1122 3.2.2.1: the next hop is unreachable; tell the source,
+            # quoting the packet as it arrived (before NAT), so it reaches and means something to it.
             self.drops[Drop.ARP_FAILED] += 1
             if in_iface != _NO_IFACE:
-                out.extend(self._icmp_error(in_iface, frame, DEST_UNREACH, HOST_UNREACH, 0, now))
+                out.extend(self._icmp_error(in_iface, original, DEST_UNREACH, HOST_UNREACH, 0, now))
         if self.nat is not None:
             self.nat.on_timer(now)
         return out
@@ -221,7 +232,7 @@ class Router:
         network, mask = self._subnet[iface]
         on_link = sender & mask == network and spa not in self._broadcasts
         arp = self.arp
-        waiting: list[tuple[bytearray, int]] = []
+        waiting: list[Waiting] = []
         merged = False
         # RFC 826 "Packet Reception": update the sender if it is already in the table ...
         if on_link and arp.known(sender):
@@ -235,7 +246,7 @@ class Router:
             if op == ARP_REQUEST:
                 out.append((iface, build_reply(self._mac[iface], own, sha, spa)))
                 self.events["arp-replied"] += 1
-        for frame, _ in waiting:
+        for frame, _, _ in waiting:
             frame[ETH_DST] = sha
             out.append((iface, bytes(frame)))
         return out
@@ -275,7 +286,8 @@ class Router:
         dst = pkt[IP_DST]
         src_int = _U32.unpack(src)[0]
         dst_int = _U32.unpack(dst)[0]
-        if _martian_source(src_int) or src in self._broadcasts:
+        # RFC 1812 5.3.7: martian sources, including our own addresses (a looped or spoofed packet).
+        if _martian_source(src_int) or src in self._broadcasts or src in self._local:
             drops[Drop.IP_MARTIAN_SOURCE] += 1
             return []
         # RFC 1812 5.3.5: limited and directed broadcasts are not forwarded; 5.3.4: nor is a
@@ -294,6 +306,11 @@ class Router:
         frag = pkt[IP_FLAGS_FRAG] << 8 | pkt[IP_FLAGS_FRAG + 1]
         l4 = L3 + ihl
         buf: bytearray | None = None
+        # RFC 1812 5.3.1, checked before NAT so a packet that dies here (a traceroute probe) leaves no
+        # conntrack entry or port mapping behind, as in the kernel, where NAT commits after forwarding.
+        if pkt[IP_TTL] <= 1 and dst not in self._local and self.routes.lookup(dst_int) is not None:
+            drops[Drop.TTL_EXCEEDED] += 1
+            return self._icmp_error(iface, pkt, TIME_EXCEEDED, 0, 0, now)
         if self.nat is not None:
             verdict = self.nat.process(pkt, iface, l4, end, proto, frag, src, dst, self._route_bytes, now)
             if isinstance(verdict, bytearray):
@@ -329,7 +346,7 @@ class Router:
         buf[IP_CSUM : IP_CSUM + 2] = U16.pack(
             update_complete(U16.unpack_from(buf, IP_CSUM)[0], _TTL_DECREMENT_CHANGE)
         )
-        return self._output(buf, out_iface, dst_int if gateway is None else gateway, iface, now)
+        return self._output(buf, out_iface, dst_int if gateway is None else gateway, iface, now, pkt)
 
     @staticmethod
     def _wire_size(pkt: bytes, l4: int, end: int) -> int:
@@ -389,23 +406,41 @@ class Router:
 
     # --- output ------------------------------------------------------------------------------------
     def _output(
-        self, buf: bytearray, out_iface: int, next_hop: int, in_iface: int, now: float
+        self,
+        buf: bytearray,
+        out_iface: int,
+        next_hop: int,
+        in_iface: int,
+        now: float,
+        original: bytes = b"",
     ) -> list[Transmit]:
-        """Resolve the next hop's MAC, or park the frame until ARP answers."""
+        """Resolve the next hop's MAC, or park the frame until ARP answers.
+
+        original is the packet as it arrived (before NAT and TTL), for an ICMP error if ARP fails.
+        """
         arp = self.arp
         buf[ETH_SRC] = self._mac[out_iface]
         mac = arp.lookup(next_hop, now)
         if mac is not None:
             buf[ETH_DST] = mac
-            return [(out_iface, bytes(buf))]
+            sent = [(out_iface, bytes(buf))]
+            probe = arp.probe_due(next_hop, now)
+            if probe is not None:
+                # A stale neighbour in use: confirm it with a unicast request (RFC 1122 2.3.2.1).
+                request = build_arp(ARP_REQUEST, self._mac[out_iface], self._addr[out_iface], probe, ZERO_MAC,
+                                    _U32.pack(next_hop))  # fmt: skip
+                sent.append((out_iface, request))
+            return sent
         if arp.is_failed(next_hop, now):
             self.drops[Drop.ARP_FAILED] += 1
             if in_iface == _NO_IFACE:
                 return []
-            return self._icmp_error(in_iface, buf, DEST_UNREACH, HOST_UNREACH, 0, now)
-        outcome = arp.enqueue(next_hop, out_iface, buf, in_iface, now)
+            return self._icmp_error(in_iface, original or buf, DEST_UNREACH, HOST_UNREACH, 0, now)
+        outcome = arp.enqueue(next_hop, out_iface, buf, in_iface, original[: L3 + 576], now)
         if outcome == REJECTED:
             self.drops[Drop.ARP_PENDING_FULL] += 1
+            return []
+        if outcome == REJECTED_COUNTED:
             return []
         if outcome == QUEUED_SEND_REQUEST:
             request = build_request(self._mac[out_iface], self._addr[out_iface], _U32.pack(next_hop))

@@ -8,7 +8,9 @@ batch.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import logging
 import os
 from collections.abc import Callable
 from typing import Final
@@ -22,6 +24,10 @@ BATCH: Final = 64
 READ_SIZE: Final = 65536 + VNET_HDR_LEN
 
 PacketHook = Callable[[int, bytes, float], None]
+# Read errors that mean the tap itself is gone; any other one costs a single frame.
+LINK_GONE: Final = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.EIO})
+INTERNAL_ERRORS_LOGGED: Final = 10
+log = logging.getLogger("vswitch")
 
 
 # An observer sees every frame a port receives ("rx") or is sent ("tx"), virtio-net header included.
@@ -87,10 +93,15 @@ class Shell:
         for _ in range(BATCH):
             try:
                 pkt = read(READ_SIZE)
-            except OSError:
-                # The link went away under us (namespace removed): stop reading this fd.
-                self.loop.remove_reader(reader.fileno())
-                break
+            except OSError as exc:
+                if exc.errno in LINK_GONE:
+                    # The link went away under us (its namespace was removed): stop reading it.
+                    self.loop.remove_reader(reader.fileno())
+                    self.datapath.counters.events["port-gone"] += 1
+                    log.warning("port %s: link gone (%s); no longer reading it", port, exc.strerror)
+                    break
+                self.datapath.counters.drop(port, Drop.RX_ERROR)  # one bad read loses one frame
+                continue
             if pkt is None:
                 break
             if len(pkt) >= READ_SIZE:
@@ -105,7 +116,11 @@ class Shell:
                     self.datapath.counters.drop(port, Drop.HOOK)
                     continue
                 pkt = hooked
-            verdict = receive(port, pkt, now)
+            try:
+                verdict = receive(port, pkt, now)
+            except Exception:  # a bug must cost one frame, never the port (try is free in 3.11)
+                self._internal_error(port)
+                continue
             if verdict is None:
                 continue
             if verdict.__class__ is int:
@@ -117,6 +132,12 @@ class Shell:
                 for out, data in verdict:  # type: ignore[misc,union-attr]
                     write(out, data)
         self._rearm(now)
+
+    def _internal_error(self, port: int) -> None:
+        counters = self.datapath.counters
+        counters.drop(port, Drop.INTERNAL_ERROR)
+        if counters.total_drops()[Drop.INTERNAL_ERROR] <= INTERNAL_ERRORS_LOGGED:
+            log.exception("port %s: internal error while deciding a frame (dropped)", port)
 
     def _write_plain(self, port: int, data: bytes) -> bool:
         fd = self._fd_list[port]

@@ -184,18 +184,40 @@ def test_pending_bound() -> None:
 
 
 def test_ageing_expires_entries() -> None:
-    router = make_router(arp_timeout=30.0)
+    """Fresh for arp_timeout, then stale (still used) for retries x interval, then forgotten."""
+    router = make_router(arp_timeout=30.0)  # retries 3 x 1 s: the confirmation window is 3 s
     learn_h1(router, 0.0)
     assert router.arp.lookup(ipn("10.0.1.2"), 29.0) == H1
-    assert router.arp.lookup(ipn("10.0.1.2"), 30.0) is None
+    assert router.arp.lookup(ipn("10.0.1.2"), 30.0) == H1  # stale, still in use
+    assert router.arp.lookup(ipn("10.0.1.2"), 33.0) is None
     deadline = router.next_deadline()
-    assert deadline == 30.0
+    assert deadline == 33.0
     router.on_timer(deadline)
     assert router.arp.entries == {}
     assert router.events["arp-aged"] == 1
     # a packet to the aged neighbour triggers a fresh request
-    out = router.receive(1, udp_frame("10.0.2.5", "10.0.1.2", H2, R1), 31.0)
+    out = router.receive(1, udp_frame("10.0.2.5", "10.0.1.2", H2, R1), 34.0)
     assert len(out) == 1 and Ether(out[0][1][10:])[ARP].pdst == "10.0.1.2"
+
+
+def test_stale_neighbour_keeps_forwarding_and_is_asked_to_confirm() -> None:
+    """Linux's STALE -> PROBE: traffic never stalls behind a broadcast request every timeout."""
+    router = make_router(arp_timeout=30.0)
+    learn_h1(router, 0.0)
+    out = router.receive(1, udp_frame("10.0.2.5", "10.0.1.2", H2, R1), 31.0)
+    kinds = [Ether(frame[10:]) for _, frame in out]
+    assert kinds[0].haslayer(UDP) and kinds[0].dst == mac(H1)
+    probe = kinds[1]
+    assert probe[ARP].op == 1 and probe[ARP].pdst == "10.0.1.2"
+    assert probe.dst == mac(H1)  # unicast to the MAC we hold, not a broadcast
+    # no second probe within the retry interval
+    again = router.receive(1, udp_frame("10.0.2.5", "10.0.1.2", H2, R1), 31.5)
+    assert len(again) == 1
+    # the neighbour answers: fresh again, no more probes
+    router.receive(0, arp_frame(2, H1, "10.0.1.2", "10.0.1.1", dst=R0), 32.0)
+    fresh = router.receive(1, udp_frame("10.0.2.5", "10.0.1.2", H2, R1), 40.0)
+    assert len(fresh) == 1
+    assert router.arp.lookup(ipn("10.0.1.2"), 61.0) == H1
 
 
 def test_cache_bound_evicts_oldest() -> None:
