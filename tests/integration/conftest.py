@@ -32,7 +32,7 @@ from vswitch.control import ControlError, request
 NETNS_DIR = Path("/run/netns")
 PEER = Path(__file__).with_name("peer.py")
 VSWITCH = [sys.executable, "-m", "vswitch"]
-START_TIMEOUT = 15.0
+START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 15.0
 
