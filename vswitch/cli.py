@@ -21,7 +21,7 @@ from .topology import ConfigError, Topology, check_instance
 
 # Modules that add subcommands: each has register(subparsers) -> {command: handler(args) -> int}.
 # They import heavy libraries (scapy, matplotlib) inside their handlers, so `vswitch up` starts fast.
-EXTENSIONS: tuple[str, ...] = ("vswitch.debug",)
+EXTENSIONS: tuple[str, ...] = ("vswitch.debug", "vswitch.bench")
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 EXTENSION_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 

@@ -1,0 +1,90 @@
+"""`vswitch bench` plumbing: it builds every contender, measures, writes JSON and PNG, leaves nothing.
+
+A plumbing test, not a performance test: the hidden --tiny mode runs each load for one second, and
+nothing here asserts a speed, only that the figures exist and are positive where traffic flowed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import namespaces
+
+pytestmark = pytest.mark.root
+
+CONTENDERS = ["kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat"]
+BENCH_TIMEOUT = 90.0
+POSITIVE = ["tcp_gbps", "tcp4_gbps", "udp64_pps", "ping_avg_ms", "ping_p99_ms", "offered50k_pps"]
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def vswitch_processes(instance: str) -> list[str]:
+    """Command lines of running `vswitch up --name instance` processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"up" in argv and instance.encode() in argv:
+                found.append(" ".join(a.decode(errors="replace") for a in argv))
+    return found
+
+
+def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = [sys.executable, "-m", "vswitch", "bench", "--tiny", "--out", str(out)]
+    argv += ["--contenders", ",".join(CONTENDERS)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+
+    json_files = list(out.glob("bench-*.json"))
+    png_files = list(out.glob("bench-*.png"))
+    assert len(json_files) == 1 and len(png_files) == 1
+    assert str(json_files[0]) in proc.stdout and str(png_files[0]) in proc.stdout
+    doc: dict[str, Any] = json.loads(json_files[0].read_text())
+
+    for key in ("machine", "figures", "contenders", "samples", "results", "ratios", "skipped", "errors"):
+        assert key in doc, key
+    assert doc["errors"] == []
+    for key in ("cores", "kernel", "python", "cpu_model", "date"):
+        assert doc["machine"][key], key
+    assert doc["prefix"].startswith("vsb")
+    assert set(doc["results"]) == set(CONTENDERS)
+    for name in CONTENDERS:
+        figures = doc["results"][name]
+        for key in doc["figures"]:
+            assert key in figures, (name, key)
+        for key in POSITIVE:
+            assert isinstance(figures[key], float | int) and figures[key] > 0, (name, key, figures[key])
+        assert 0 <= figures["loss50k_pct"] <= 100
+        if name.startswith("vswitch"):
+            assert figures["cpu_us_per_pkt"] is not None and figures["cpu_us_per_pkt"] > 0
+        else:
+            assert figures["cpu_us_per_pkt"] is None  # the kernel's softirq time is not charged
+        assert len(doc["samples"][name]) == 1
+    assert set(doc["ratios"]) == {"vswitch-l2 / kernel-bridge", "vswitch-nat / kernel-nat"}
+    assert doc["ratios"]["vswitch-l2 / kernel-bridge"]["tcp_gbps"] > 0
+
+    png = png_files[0].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+    # Nothing left behind: no namespace with the run's prefix, no switch process, no iperf3 server.
+    assert namespaces(doc["prefix"]) == set()
+    for name in CONTENDERS:
+        server = doc["contenders"][name]["iperf3_pid"]
+        assert not alive(server), f"{name}: iperf3 server pid {server} still running"
+    for name in ("vswitch-l2", "vswitch-nat"):
+        info = doc["contenders"][name]
+        assert not alive(info["pid"]), f"{name}: vswitch pid {info['pid']} still running"
+        assert vswitch_processes(info["instance"]) == []

@@ -1,0 +1,51 @@
+"""`vswitch bench`: vswitch against the kernel's bridge and NAT, the same topology side by side.
+
+Only the argument parser lives here; the bench itself (pyroute2 plumbing, rich, matplotlib) is
+imported when the command runs, so registering the subcommand keeps `vswitch up` start-up fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+CONTENDER_NAMES = "kernel-bridge,vswitch-l2,kernel-nat,vswitch-nat"
+
+
+def _rounds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"must be 1 to 20: {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
+    bench = subparsers.add_parser(
+        "bench",
+        help="userspace vs kernel forwarding: TCP, 64-byte pps, CPU/packet, loss, RTT",
+        description=(
+            "Build the same topology on each contender in namespaces of its own, measure them in "
+            "interleaved rounds and report medians (table, JSON, PNG chart). Default: 3 rounds, "
+            "about 7 minutes; --quick: 1 round, about 1 minute."
+        ),
+    )
+    bench.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (short loads, 1 round)")
+    bench.add_argument("--out", metavar="DIR", help="where the JSON and PNG go (default: bench/results)")
+    bench.add_argument("--rounds", type=_rounds, metavar="N", help="interleaved rounds (default 3, quick 1)")
+    bench.add_argument(
+        "--contenders", metavar="LIST", help=f"comma-separated subset of {CONTENDER_NAMES} (default: all)"
+    )
+    # The integration test's plumbing run: 1-second loads, 20 pings. Not for figures.
+    bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    return {"bench": _run}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .run import run
+
+    return run(args)

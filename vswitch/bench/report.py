@@ -1,0 +1,193 @@
+"""What a person sees: a progress display while the bench runs, a table, a JSON file, a PNG chart.
+
+rich and matplotlib are imported inside the functions that use them, so importing the bench package
+(which `vswitch up` does, to register the subcommand) costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .measure import FIGURES, Plan
+
+KERNEL_COLOUR = "#4C72B0"
+VSWITCH_COLOUR = "#DD8452"
+
+
+def fmt(key: str, value: float | None) -> str:
+    """A figure as the table shows it: units implied by the row, precision by the kind of figure."""
+    if value is None:
+        return "n/a"
+    unit = FIGURES[key][1] if key in FIGURES else ""
+    if unit == "packets/s" or key == "offered50k_pps":
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.3f}"
+    if unit == "%" and 0 < value < 0.01:
+        return f"{value:.1g}"
+    return f"{value:.2f}"
+
+
+class Display:
+    """A rich progress bar over every measurement step, with a line per finished contender-round."""
+
+    def __init__(self, names: list[str], rounds: int, plan: Plan) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+            console=Console(width=None if sys.stdout.isatty() else 160),
+        )
+        total = len(names) * rounds * len(plan.steps())
+        self.task = self.progress.add_task("starting", total=total)
+        estimate = len(names) * rounds * plan.seconds_per_round()
+        self.progress.console.print(
+            f"vswitch bench: {', '.join(names)}; {rounds} round(s), about {estimate / 60:.1f} min"
+        )
+
+    def __enter__(self) -> Display:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def status(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
+
+    def advance(self, steps: int = 1) -> None:
+        self.progress.advance(self.task, steps)
+
+    def done(self, round_no: int, name: str, figures: dict[str, float | None]) -> None:
+        self.progress.console.print(
+            f"round {round_no} {name:<14} TCP {fmt('tcp_gbps', figures.get('tcp_gbps'))} Gbit/s  "
+            f"x4 {fmt('tcp4_gbps', figures.get('tcp4_gbps'))}  "
+            f"64B {fmt('udp64_pps', figures.get('udp64_pps'))} pps  "
+            f"CPU {fmt('cpu_us_per_pkt', figures.get('cpu_us_per_pkt'))} µs/pkt  "
+            f"loss@50k {fmt('loss50k_pct', figures.get('loss50k_pct'))}%  "
+            f"ping {fmt('ping_avg_ms', figures.get('ping_avg_ms'))} ms"
+        )
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = list(doc["results"])
+    machine = doc["machine"]
+    table = Table(
+        title=(
+            f"vswitch bench ({doc['mode']}): medians of {doc['rounds']} round(s); "
+            f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}"
+        ),
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("figure")
+    table.add_column("unit")
+    for name in names:
+        table.add_column(name, justify="right")
+    for pair in doc["ratios"]:
+        table.add_column(pair, justify="right", style="bold")
+    for key, (label, unit, _higher) in FIGURES.items():
+        row = [label, unit]
+        row.extend(fmt(key, doc["results"][n].get(key)) for n in names)
+        for ratios in doc["ratios"].values():
+            value = ratios.get(key)
+            row.append("n/a" if value is None else f"{value:.2f}x")
+        table.add_row(*row)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    for name, note in doc["skipped"].items():
+        console.print(f"[dim]{name}: {note}[/dim]")
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def write_chart(doc: dict[str, Any], path: Path) -> None:
+    """One panel per figure: a bar per contender (the median) and a dot per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(doc["results"])
+    keys = list(FIGURES)
+    cols = 4
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.9 * rows), squeeze=False)
+    colours = [VSWITCH_COLOUR if n.startswith("vswitch") else KERNEL_COLOUR for n in names]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        label, unit, higher = FIGURES[key]
+        medians = [doc["results"][n].get(key) for n in names]
+        heights = [m if m is not None else 0.0 for m in medians]
+        bars = ax.bar(range(len(names)), heights, color=colours, width=0.65)
+        top = max(heights, default=0.0) or 1.0
+        for i, name in enumerate(names):
+            points = [s[key] for s in doc["samples"].get(name, []) if s.get(key) is not None]
+            ax.scatter([i + 0.2] * len(points), points, color="black", s=8, zorder=3)
+            top = max([top, *points])
+        for bar, value in zip(bars, medians, strict=True):
+            text = "n/a" if value is None else fmt(key, value)
+            y = bar.get_height() if value is not None else 0.0
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, y),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_ylim(0, max(top * 1.2, 1.0 if unit == "%" else 0.0))
+        ax.set_title(f"{label}\n({unit}, {'higher' if higher else 'lower'} is better)", fontsize=9)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import EngFormatter
+
+    for ax, key in zip(axes.flat, keys, strict=False):
+        if FIGURES[key][1] == "packets/s":
+            ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+    fig.legend(
+        handles=[Patch(color=KERNEL_COLOUR, label="kernel"), Patch(color=VSWITCH_COLOUR, label="vswitch")],
+        loc="upper right",
+        fontsize=9,
+    )
+    machine = doc["machine"]
+    fig.suptitle(
+        f"vswitch bench ({doc['mode']}, medians of {doc['rounds']} round(s); dots: single rounds)\n"
+        f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
+        f"Python {machine['python']}, {machine['date']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

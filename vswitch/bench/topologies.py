@@ -1,0 +1,290 @@
+"""The contenders: the same two-host topology built by the kernel and by vswitch.
+
+Every contender is a client namespace and a server namespace joined by something under test (a
+kernel bridge, a kernel router with nft masquerade, or a `vswitch up` process). Namespaces are named
+``<prefix>-<tag>`` with the bench's random prefix (``vsb`` + hex), so they cannot clash with anything
+else on the machine, and teardown removes exactly the ones this run created. Kernel plumbing goes
+through pyroute2 (netlink); the only commands run are `sysctl` and `nft -f -` inside the router
+namespace, which netlink does not cover.
+
+A vswitch contender is a real `vswitch up` subprocess with its own --name and VSWITCH_RUN_DIR, in a
+session of its own (Ctrl-C reaches the bench, which then stops it in order): SIGTERM first, SIGKILL
+and `vswitch down` if it does not go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+NETNS_DIR = Path("/run/netns")
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+COMMAND_TIMEOUT = 15.0
+OUTSIDE = "198.18.0.1"  # the simulated outside world (RFC 2544 benchmarking range 198.18.0.0/15)
+
+CONTENDERS: tuple[str, ...] = ("kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat")
+# Optional contenders, measured only when installed; absent ones are named in the report.
+OPTIONAL: dict[str, str] = {"vde-l2": "vde_switch", "ovs-l2": "ovs-vswitchd"}
+SHORT: dict[str, str] = {"kernel-bridge": "kb", "vswitch-l2": "l2", "kernel-nat": "kn", "vswitch-nat": "vn"}
+# Which kernel figure a vswitch figure is compared with.
+BASELINE: dict[str, str] = {"vswitch-l2": "kernel-bridge", "vswitch-nat": "kernel-nat"}
+
+
+class BenchError(Exception):
+    """A contender could not be built or measured; str() is one sentence for the user."""
+
+
+@dataclass
+class Contender:
+    """One thing under test, once built: where to send from, where to, and what to watch."""
+
+    name: str
+    prefix: str
+    description: str
+    client_ns: str = ""
+    server_ns: str = ""
+    server_ip: str = ""
+    client_if: str = "eth0"
+    server_if: str = "eth0"
+    namespaces: list[str] = field(default_factory=list)  # the ones this contender created
+    proc: subprocess.Popen[bytes] | None = None  # the vswitch process, if any
+    instance: str | None = None
+    run_dir: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return "vswitch" if self.name.startswith("vswitch") else "kernel"
+
+    @property
+    def pid(self) -> int | None:
+        """The switch process whose CPU time is charged to the packets (None: the kernel forwards)."""
+        return self.proc.pid if self.proc is not None else None
+
+    def ns(self, tag: str) -> str:
+        """prefix-XX-tag: XX tells the contenders apart (kb, l2, kn, vn), so names never collide."""
+        return f"{self.prefix}-{SHORT[self.name]}-{tag}"
+
+    # --- building ----------------------------------------------------------------------------------
+    def build(self) -> None:
+        builders = {
+            "kernel-bridge": self._kernel_bridge,
+            "vswitch-l2": self._vswitch_l2,
+            "kernel-nat": self._kernel_nat,
+            "vswitch-nat": self._vswitch_nat,
+        }
+        try:
+            builders[self.name]()
+        except NetlinkError as exc:
+            raise BenchError(f"{self.name}: netlink refused a step: {os.strerror(exc.code)}") from None
+
+    def _new_ns(self, tag: str) -> str:
+        name = self.ns(tag)
+        netns.create(name)
+        self.namespaces.append(name)
+        with IPRoute(netns=name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        return name
+
+    def _kernel_bridge(self) -> None:
+        """Two hosts with veths to a bridge that lives in a namespace of its own."""
+        a, b, sw = self._new_ns("a"), self._new_ns("b"), self._new_ns("br")
+        with IPRoute(netns=sw) as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            bridge = ipr.link_lookup(ifname="br0")[0]
+            for host, port in ((a, "pa"), (b, "pb")):
+                ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": host})
+                index = ipr.link_lookup(ifname=port)[0]
+                ipr.link("set", index=index, master=bridge, state="up")
+            ipr.link("set", index=bridge, state="up")
+        for host, address in ((a, "10.0.0.1"), (b, "10.0.0.2")):
+            _address(host, "eth0", address, 24)
+        self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
+
+    def _kernel_nat(self) -> None:
+        """client -- veth -- router (ip_forward, nft masquerade) -- veth -- outside (198.18.0.1)."""
+        client, router, outside = self._new_ns("c"), self._new_ns("r"), self._new_ns("o")
+        with IPRoute(netns=router) as ipr:
+            ipr.link("add", ifname="lan0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": client})
+            ipr.link("add", ifname="wan0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": outside})
+        _address(router, "lan0", "10.1.0.1", 24)
+        _address(router, "wan0", "198.18.0.2", 24)
+        _address(client, "eth0", "10.1.0.2", 24)
+        _address(outside, "eth0", OUTSIDE, 24)
+        with IPRoute(netns=client) as ipr:
+            ipr.route("add", dst="0.0.0.0/0", gateway="10.1.0.1")
+        in_netns(router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        rules = (
+            "table ip vsbench {\n"
+            "  chain postrouting {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            '    oifname "wan0" masquerade\n'
+            "  }\n"
+            "}\n"
+        )
+        in_netns(router, ["nft", "-f", "-"], stdin=rules)
+        self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE
+
+    def _vswitch_l2(self) -> None:
+        a, b = self.ns("a"), self.ns("b")
+        self._vswitch_up(["--ports", f"{a},{b}"], [a, b])
+        self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
+
+    def _vswitch_nat(self) -> None:
+        client, outside = self.ns("c"), self.ns("o")
+        self._vswitch_up(["--segment", f"lan={client}", "--uplink", outside], [client, outside])
+        self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE
+
+    def _vswitch_up(self, topology: list[str], created: list[str]) -> None:
+        """Start `vswitch up` in a session of its own; ready once it printed its port table."""
+        assert self.run_dir is not None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.instance = f"b{self.prefix[3:]}{'l2' if self.name.endswith('l2') else 'nat'}"
+        # vswitch creates these namespaces and removes them on exit; listed so a crash is mopped up.
+        self.namespaces.extend(created)
+        out_path = self.run_dir / f"{self.instance}.out"
+        err_path = self.run_dir / f"{self.instance}.err"
+        env = {**os.environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
+        argv = [sys.executable, "-m", "vswitch", "up", *topology, "--name", self.instance, "--json"]
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not out_path.read_bytes().strip():
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.name}: vswitch up exited {self.proc.returncode}: "
+                    f"{err_path.read_text(errors='replace').strip()}"
+                )
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name}: vswitch up was not ready within {START_TIMEOUT:g}s")
+            time.sleep(0.05)
+
+    # --- teardown ----------------------------------------------------------------------------------
+    def teardown(self) -> list[str]:
+        """Stop the switch (if any) and remove every namespace this contender made; return problems."""
+        problems: list[str] = []
+        if self.proc is not None:
+            problems.extend(self._stop_vswitch())
+        for name in reversed(self.namespaces):
+            try:
+                remove_namespace(name)
+            except OSError as exc:
+                problems.append(f"namespace {name}: {exc}")
+        return problems
+
+    def _stop_vswitch(self) -> list[str]:
+        assert self.proc is not None and self.run_dir is not None and self.instance is not None
+        problems: list[str] = []
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                problems.append(f"vswitch {self.instance} ignored SIGTERM; killed")
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        if (self.run_dir / f"{self.instance}.json").exists():
+            env = {**os.environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
+            down = subprocess.run(
+                [sys.executable, "-m", "vswitch", "down", "--name", self.instance],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=COMMAND_TIMEOUT + STOP_TIMEOUT,
+            )
+            if down.returncode != 0:
+                problems.append(f"vswitch down --name {self.instance}: {down.stderr.strip()}")
+        return problems
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def _address(namespace: str, ifname: str, address: str, prefixlen: int) -> None:
+    with IPRoute(netns=namespace) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+        ipr.link("set", index=index, state="up")
+
+
+def in_netns(
+    namespace: str, argv: list[str], stdin: str | None = None, timeout: float = COMMAND_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run argv inside namespace, bounded in time; BenchError with its stderr when it fails."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", namespace, *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} in {namespace} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def remove_namespace(name: str) -> None:
+    """Remove one namespace, tolerating only 'already gone' (vswitch may have removed it itself)."""
+    try:
+        netns.remove(name)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def namespaces_with(prefix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def interface_counters(ipr: Any, ifname: str) -> tuple[int, int]:
+    """(rx_packets, tx_packets) of ifname, from the kernel's 64-bit link statistics."""
+    link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
+    stats = link.get("IFLA_STATS64") or link.get("stats64")
+    return int(stats["rx_packets"]), int(stats["tx_packets"])
+
+
+def optional_notes() -> dict[str, str]:
+    """Optional contenders and why they are not in this run (absent, or no topology for them yet)."""
+    notes: dict[str, str] = {}
+    for name, program in OPTIONAL.items():
+        if shutil.which(program) is None:
+            notes[name] = f"{program} not installed; skipped"
+        else:
+            notes[name] = f"{program} is installed, but the bench has no {name} topology yet; skipped"
+    return notes
+
+
+def cleanup_all(contenders: list[Contender], prefix: str) -> list[str]:
+    """Tear every contender down, newest first, then sweep any namespace left with our prefix."""
+    problems: list[str] = []
+    for contender in reversed(contenders):
+        try:
+            problems.extend(contender.teardown())
+        except Exception as exc:  # one failure must not stop the rest of the clean-up
+            problems.append(f"{contender.name}: {exc}")
+    for name in namespaces_with(f"{prefix}-"):
+        with contextlib.suppress(OSError):
+            remove_namespace(name)
+    return problems
+
+
+DESCRIPTIONS: dict[str, str] = {
+    "kernel-bridge": "2 namespaces, veths to a Linux bridge in its own namespace",
+    "vswitch-l2": "vswitch up --ports a,b (one L2 segment, tap + virtio-net header + TSO)",
+    "kernel-nat": "client - veth - router ns (ip_forward, nft masquerade) - veth - outside 198.18.0.1",
+    "vswitch-nat": "vswitch up --segment lan=c --uplink o (routed, masquerade to 198.18.0.1)",
+}
