@@ -96,6 +96,12 @@ def build_parser() -> Parser:
     up.add_argument("--ageing", type=positive_float, help="FDB ageing time in seconds (default 300)")
     up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
     up.add_argument("--txqueuelen", type=positive_int, help="each tap's queue length (default 10000)")
+    up.add_argument(
+        "--busy-poll",
+        type=positive_int,
+        metavar="USEC",
+        help="after traffic, poll the ports this long instead of sleeping: lower latency, a busy core",
+    )
     up.add_argument("--name", help="instance name, to run several side by side (default: default)")
     up.add_argument("--json", action="store_true", help="print the port table as JSON")
     up.add_argument(
@@ -182,6 +188,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         fail(str(exc), 2)
     preflight()
     instance = Instance(topology)
+    if args.busy_poll is not None:
+        instance.busy_poll = args.busy_poll / 1e6
     if args.metrics is not None:
         from .debug.metrics import parse_listen
 

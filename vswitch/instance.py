@@ -85,6 +85,7 @@ class Instance:
         self.shell: Shell | None = None  # set while serving
         self.router_macs: dict[int, bytes] = {}
         self._stop: asyncio.Event | None = None
+        self.busy_poll = 0.0  # seconds of busy polling after traffic (opt-in, for latency)
         self.metrics: tuple[str, int] | None = None  # (host, port) of a Prometheus endpoint, if asked
 
     # --- start-up ----------------------------------------------------------------------------------
@@ -207,6 +208,7 @@ class Instance:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         shell = self.shell = Shell(self.datapath, loop)
+        shell.busy_poll = self.busy_poll
         for port in self.ports:
             shell.attach(port.id, port.tap.fd)
         shell.start_timer()

@@ -12,6 +12,7 @@ import errno
 import io
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -27,6 +28,7 @@ PacketHook = Callable[[int, bytes, float], None]
 # Read errors that mean the tap itself is gone; any other one costs a single frame.
 LINK_GONE: Final = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.EIO})
 INTERNAL_ERRORS_LOGGED: Final = 10
+SPIN_SLICE: Final = 0.002  # a busy poll hands the event loop its turn this often
 log = logging.getLogger("vswitch")
 
 
@@ -47,6 +49,12 @@ class Shell:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._observers: dict[int, list[Observer]] = {}
+        self._readers: list[tuple[int, io.FileIO]] = []
+        # Opt-in busy polling (seconds): after traffic, keep reading every port for this long instead
+        # of sleeping in epoll, so the next frame skips the wake-up latency. Costs a core while on.
+        self.busy_poll = 0.0
+        self._spinning = False
+        self._spin_handle: asyncio.Handle | None = None
         self.hook: Hook | None = None
         self._write = self._write_plain
 
@@ -58,12 +66,17 @@ class Shell:
         # FileIO.read answers EAGAIN with None instead of raising: each batch ends without building an
         # exception, and a read costs ~0.6 us less than os.read here (measured on this machine).
         reader = io.FileIO(fd, "rb", closefd=False)
-        self.loop.add_reader(fd, self._drain, port, reader)
+        self._readers.append((port, reader))
+        self.loop.add_reader(fd, self._on_readable, port, reader)
 
     def detach_all(self) -> None:
         for fd in self.fds.values():
             self.loop.remove_reader(fd)
         self.fds.clear()
+        self._readers.clear()
+        self.busy_poll = 0.0
+        if self._spin_handle is not None:
+            self._spin_handle.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -83,14 +96,40 @@ class Shell:
             self._write = self._write_plain
 
     # --- the hot path ------------------------------------------------------------------------------
-    def _drain(self, port: int, reader: io.FileIO) -> None:
+    def _on_readable(self, port: int, reader: io.FileIO) -> None:
+        if self._drain(port, reader) and self.busy_poll and not self._spinning:
+            self._spin(time.perf_counter() + self.busy_poll)
+
+    def _spin(self, idle_until: float) -> None:
+        """Busy-poll every port until busy_poll seconds pass with no frame. Every SPIN_SLICE it yields
+        to the event loop (control socket, timers) and resumes without sleeping."""
+        clock = time.perf_counter
+        slice_end = clock() + SPIN_SLICE
+        self._spinning = True
+        try:
+            while True:
+                now = clock()
+                if now >= idle_until:
+                    return
+                if now >= slice_end:
+                    self._spin_handle = self.loop.call_soon(self._spin, idle_until)
+                    return
+                for port, reader in self._readers:
+                    if self._drain(port, reader):
+                        idle_until = clock() + self.busy_poll
+        finally:
+            self._spinning = False
+
+    def _drain(self, port: int, reader: io.FileIO) -> int:
+        """Read and forward up to BATCH frames from one port; return how many were read."""
         receive = self.datapath.receive
         write = self._write
         read = reader.read
         observers = self._observers.get(port)
         hook = self.hook
         now = self.loop.time()
-        for _ in range(BATCH):
+        count = 0
+        for count in range(BATCH):  # noqa: B007 - the count is the result
             try:
                 pkt = read(READ_SIZE)
             except OSError as exc:
@@ -99,6 +138,7 @@ class Shell:
                     self.loop.remove_reader(reader.fileno())
                     self.datapath.counters.events["port-gone"] += 1
                     log.warning("port %s: link gone (%s); no longer reading it", port, exc.strerror)
+                    self._readers = [(p, r) for p, r in self._readers if r is not reader]
                     break
                 self.datapath.counters.drop(port, Drop.RX_ERROR)  # one bad read loses one frame
                 continue
@@ -131,7 +171,10 @@ class Shell:
             else:
                 for out, data in verdict:  # type: ignore[misc,union-attr]
                     write(out, data)
+        else:
+            count = BATCH
         self._rearm(now)
+        return count
 
     def _internal_error(self, port: int) -> None:
         counters = self.datapath.counters

@@ -35,12 +35,23 @@ STOP_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 15.0
 OUTSIDE = "198.18.0.1"  # the simulated outside world (RFC 2544 benchmarking range 198.18.0.0/15)
 
-CONTENDERS: tuple[str, ...] = ("kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat")
+CONTENDERS: tuple[str, ...] = ("kernel-bridge", "vswitch-l2", "vswitch-l2-busy", "kernel-nat", "vswitch-nat")
+BUSY_POLL_USEC = 10_000  # vswitch-l2-busy: --busy-poll, longer than the ping interval (5 ms)
 # Optional contenders, measured only when installed; absent ones are named in the report.
 OPTIONAL: dict[str, str] = {"vde-l2": "vde_switch", "ovs-l2": "ovs-vswitchd"}
-SHORT: dict[str, str] = {"kernel-bridge": "kb", "vswitch-l2": "l2", "kernel-nat": "kn", "vswitch-nat": "vn"}
+SHORT: dict[str, str] = {
+    "kernel-bridge": "kb",
+    "vswitch-l2": "l2",
+    "vswitch-l2-busy": "lb",
+    "kernel-nat": "kn",
+    "vswitch-nat": "vn",
+}
 # Which kernel figure a vswitch figure is compared with.
-BASELINE: dict[str, str] = {"vswitch-l2": "kernel-bridge", "vswitch-nat": "kernel-nat"}
+BASELINE: dict[str, str] = {
+    "vswitch-l2": "kernel-bridge",
+    "vswitch-l2-busy": "kernel-bridge",
+    "vswitch-nat": "kernel-nat",
+}
 
 
 class BenchError(Exception):
@@ -82,6 +93,7 @@ class Contender:
         builders = {
             "kernel-bridge": self._kernel_bridge,
             "vswitch-l2": self._vswitch_l2,
+            "vswitch-l2-busy": self._vswitch_l2_busy,
             "kernel-nat": self._kernel_nat,
             "vswitch-nat": self._vswitch_nat,
         }
@@ -140,6 +152,11 @@ class Contender:
     def _vswitch_l2(self) -> None:
         a, b = self.ns("a"), self.ns("b")
         self._vswitch_up(["--ports", f"{a},{b}"], [a, b])
+        self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
+
+    def _vswitch_l2_busy(self) -> None:
+        a, b = self.ns("a"), self.ns("b")
+        self._vswitch_up(["--ports", f"{a},{b}", "--busy-poll", str(BUSY_POLL_USEC)], [a, b])
         self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
 
     def _vswitch_nat(self) -> None:
@@ -285,6 +302,7 @@ def cleanup_all(contenders: list[Contender], prefix: str) -> list[str]:
 DESCRIPTIONS: dict[str, str] = {
     "kernel-bridge": "2 namespaces, veths to a Linux bridge in its own namespace",
     "vswitch-l2": "vswitch up --ports a,b (one L2 segment, tap + virtio-net header + TSO)",
+    "vswitch-l2-busy": f"the same with --busy-poll {BUSY_POLL_USEC} (latency for a busy core)",
     "kernel-nat": "client - veth - router ns (ip_forward, nft masquerade) - veth - outside 198.18.0.1",
     "vswitch-nat": "vswitch up --segment lan=c --uplink o (routed, masquerade to 198.18.0.1)",
 }
