@@ -56,6 +56,15 @@ def remove_netns(name: str, inode: int) -> bool:
     return True
 
 
+def remove_netns_named(name: str) -> None:
+    """Remove a namespace the caller made itself (the bench, tests), tolerating only 'already gone'."""
+    try:
+        netns.remove(name)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
 def _ipr(namespace: str | None) -> IPRoute:
     return IPRoute() if namespace is None else IPRoute(netns=namespace)
 

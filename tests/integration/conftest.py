@@ -28,6 +28,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vswitch.control import ControlError, request
+from vswitch.kernel import remove_netns_named
 
 NETNS_DIR = Path("/run/netns")
 PEER = Path(__file__).with_name("peer.py")
@@ -69,15 +70,6 @@ def links(ns: str | None = None) -> dict[str, dict[str, Any]]:
 
 def ipv4_addresses(link: dict[str, Any]) -> list[str]:
     return [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a["family"] == "inet"]
-
-
-def remove_namespace(name: str) -> None:
-    """Remove one namespace, tolerating only 'already gone'."""
-    try:
-        netns.remove(name)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
 
 
 def create_namespace(name: str, extra_links: Sequence[tuple[str, str]] = ()) -> None:
@@ -233,7 +225,7 @@ class Env:
         for sw in self.switches:
             problems.extend(sw.cleanup())
         for name in sorted(namespaces(self.prefix)):
-            remove_namespace(name)
+            remove_netns_named(name)
         return problems
 
 

@@ -15,7 +15,6 @@ and `vswitch down` if it does not go.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import signal
@@ -28,6 +27,8 @@ from typing import Any
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
+
+from ..kernel import remove_netns_named
 
 NETNS_DIR = Path("/run/netns")
 START_TIMEOUT = 20.0
@@ -196,7 +197,7 @@ class Contender:
             problems.extend(self._stop_vswitch())
         for name in reversed(self.namespaces):
             try:
-                remove_namespace(name)
+                remove_netns_named(name)
             except OSError as exc:
                 problems.append(f"namespace {name}: {exc}")
         return problems
@@ -251,15 +252,6 @@ def in_netns(
     return proc
 
 
-def remove_namespace(name: str) -> None:
-    """Remove one namespace, tolerating only 'already gone' (vswitch may have removed it itself)."""
-    try:
-        netns.remove(name)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-
-
 def namespaces_with(prefix: str) -> list[str]:
     try:
         return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
@@ -295,7 +287,7 @@ def cleanup_all(contenders: list[Contender], prefix: str) -> list[str]:
             problems.append(f"{contender.name}: {exc}")
     for name in namespaces_with(f"{prefix}-"):
         with contextlib.suppress(OSError):
-            remove_namespace(name)
+            remove_netns_named(name)
     return problems
 
 

@@ -16,10 +16,9 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from ..control import CommandError, stream
+from ..control import stream
 from ..wire import VNET_HDR_LEN
-from .bpf import FilterError, compile_filter
-from .common import b64, instance_socket, live_port, shell_of, unb64
+from .common import b64, instance_socket, port_stream_setup, unb64
 
 if TYPE_CHECKING:
     from ..instance import Instance
@@ -32,13 +31,10 @@ QUEUE_BYTES: Final = 32 << 20
 async def _capture(
     instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    try:
-        port = live_port(instance, req.get("port"))
-        matches = compile_filter(req.get("filter"))
-        shell = shell_of(instance)
-    except (CommandError, FilterError) as exc:
-        writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+    setup = port_stream_setup(instance, req, writer)
+    if setup is None:
         return
+    port, matches, shell = setup
     count = int(req.get("count") or 0)  # 0: until the client goes away
     queue: collections.deque[tuple[str, float, bytes]] = collections.deque()
     state = {"bytes": 0, "dropped": 0}

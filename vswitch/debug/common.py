@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,20 @@ def shell_of(instance: Instance) -> Shell:
 
 
 # --- client side -------------------------------------------------------------------------------------
+def port_stream_setup(
+    instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter
+) -> tuple[LivePort, Callable[[bytes], bool], Shell] | None:
+    """What capture and live trace both need: the port, its filter and the shell; or, for a bad
+    request, an error line already written to the client and None."""
+    from .bpf import FilterError, compile_filter
+
+    try:
+        return live_port(instance, req.get("port")), compile_filter(req.get("filter")), shell_of(instance)
+    except (CommandError, FilterError) as exc:
+        writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+        return None
+
+
 def instance_socket(args: argparse.Namespace) -> Path:
     try:
         check_instance(args.name)

@@ -27,8 +27,17 @@ from ..counters import Drop
 from ..datapath import Datapath, Transmit
 from ..router import Router
 from ..wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
-from .bpf import FilterError, compile_filter
-from .common import b64, call, evaluate, fill_ether, instance_socket, live_port, shell_of, unb64
+from .common import (
+    b64,
+    call,
+    evaluate,
+    fill_ether,
+    instance_socket,
+    live_port,
+    port_stream_setup,
+    shell_of,
+    unb64,
+)
 
 if TYPE_CHECKING:
     from ..instance import Instance
@@ -285,13 +294,10 @@ async def _trace_live(
 ) -> None:
     """Trace the next frames the port receives that match the filter, each on a copy taken just before
     the real datapath sees it."""
-    try:
-        port = live_port(instance, req.get("port"))
-        matches = compile_filter(req.get("filter"))
-        shell = shell_of(instance)
-    except (CommandError, FilterError) as exc:
-        writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+    setup = port_stream_setup(instance, req, writer)
+    if setup is None:
         return
+    port, matches, shell = setup
     count = max(1, int(req.get("count") or 1))
     loop = asyncio.get_running_loop()
     results: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=count)
