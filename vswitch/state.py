@@ -31,13 +31,17 @@ def socket_path(instance: str) -> Path:
 
 
 def process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None."""
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None when
+    there is no such process, or only its zombie (it has exited; its parent has not reaped it yet)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # field 3, the state: zombie or dead
+        return None
+    return int(fields[19])
 
 
 def pid_alive(pid: int, started: int | None = None) -> bool:

@@ -169,7 +169,7 @@ class Contender:
         """Start `vswitch up` in a session of its own; ready once it printed its port table."""
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.instance = f"b{self.prefix[3:]}{'l2' if self.name.endswith('l2') else 'nat'}"
+        self.instance = f"b{self.prefix[3:]}{SHORT[self.name]}"
         # vswitch creates these namespaces and removes them on exit; listed so a crash is mopped up.
         self.namespaces.extend(created)
         out_path = self.run_dir / f"{self.instance}.out"
