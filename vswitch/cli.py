@@ -165,9 +165,25 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
     return topology.build(req)
 
 
+# capabilities(7): taps and links need CAP_NET_ADMIN; naming namespaces (a bind mount) CAP_SYS_ADMIN.
+NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
+
+
+def effective_capabilities() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 def preflight() -> None:
     if os.geteuid() != 0:
         fail("vswitch up needs root (CAP_NET_ADMIN) to create namespaces and taps")
+    held = effective_capabilities()
+    missing = [name for name, bit in NEEDED_CAPABILITIES.items() if not held >> bit & 1]
+    if missing:
+        fail(f"vswitch up needs {' and '.join(missing)}, which this process does not have")
     if not os.path.exists(TUN_PATH):
         fail(f"{TUN_PATH} is missing: load the tun module (modprobe tun)")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 
 import pytest
 
-from .conftest import Env, namespaces
+from .conftest import VSWITCH, Env, namespaces
 
 pytestmark = pytest.mark.root
 
@@ -55,3 +56,30 @@ def test_query_without_a_running_instance(env: Env, command: str) -> None:
     assert "no running instance" in lines[0]
     assert proc.returncode != 0
     assert proc.stdout == ""
+
+
+def test_up_without_capabilities_says_so_and_makes_nothing(env: Env) -> None:
+    """Root with an empty capability bounding set (setpriv) is 'not root' as far as the kernel cares."""
+    argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *VSWITCH, "up", "--ports", env.ns("a")]
+    proc = subprocess.run(
+        [*argv, "--name", env.instance_name()], capture_output=True, text=True, timeout=30, env=env.environ
+    )
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vswitch: error: "), proc.stderr
+    assert "CAP_NET_ADMIN" in lines[0] and "CAP_SYS_ADMIN" in lines[0]
+    assert proc.returncode == 1
+    assert namespaces(env.prefix) == set()
+
+
+def test_up_without_dev_net_tun_says_so_and_makes_nothing(env: Env) -> None:
+    """A private mount namespace where /dev/net is empty: the tun device is really not there."""
+    script = 'mount -t tmpfs none /dev/net && exec "$@"'
+    argv = ["unshare", "--mount", "sh", "-c", script, "sh", *VSWITCH, "up", "--ports", env.ns("a")]
+    proc = subprocess.run(
+        [*argv, "--name", env.instance_name()], capture_output=True, text=True, timeout=30, env=env.environ
+    )
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vswitch: error: "), proc.stderr
+    assert "/dev/net/tun" in lines[0]
+    assert proc.returncode == 1
+    assert namespaces(env.prefix) == set()
