@@ -287,7 +287,8 @@ class Router:
         src_int = _U32.unpack(src)[0]
         dst_int = _U32.unpack(dst)[0]
         # RFC 1812 5.3.7: martian sources, including our own addresses (a looped or spoofed packet).
-        if _martian_source(src_int) or src in self._broadcasts or src in self._local:
+        first = src_int >> 24  # _martian_source, inlined on the per-packet path
+        if first == 0 or first == 127 or first >= 224 or src in self._broadcasts or src in self._local:
             drops[Drop.IP_MARTIAN_SOURCE] += 1
             return []
         # RFC 1812 5.3.5: limited and directed broadcasts are not forwarded; 5.3.4: nor is a
@@ -333,7 +334,7 @@ class Router:
             drops[Drop.TTL_EXCEEDED] += 1
             return self._icmp_error(iface, pkt, TIME_EXCEEDED, 0, 0, now)
         mtu = self._mtu[out_iface]
-        if self._wire_size(pkt, l4, end) > mtu:
+        if (end - L3 if pkt[1] == GSO_NONE else self._wire_size(pkt, l4, end)) > mtu:
             # RFC 1812 5.2.6 / RFC 1191: with DF, say how big the next hop takes; we never fragment.
             if frag & IP_DF:
                 drops[Drop.FRAG_NEEDED] += 1
@@ -420,6 +421,10 @@ class Router:
         """
         arp = self.arp
         buf[ETH_SRC] = self._mac[out_iface]
+        neighbour = arp.entries.get(next_hop)
+        if neighbour is not None and now - neighbour.updated < arp.timeout:
+            buf[ETH_DST] = neighbour.mac  # the common case: a fresh neighbour, no probe due
+            return [(out_iface, bytes(buf))]
         mac = arp.lookup(next_hop, now)
         if mac is not None:
             buf[ETH_DST] = mac
