@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iproute2 iputils-ping iperf3 nftables tshark procps util-linux python3-venv
+APT_PACKAGES := iproute2 iputils-ping iperf3 nftables tshark procps util-linux vde2 python3-venv
 PORTS ?= ns1,ns2,ns3
 
 .PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro clean system venv

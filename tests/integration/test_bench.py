@@ -18,7 +18,8 @@ from .conftest import namespaces
 
 pytestmark = pytest.mark.root
 
-CONTENDERS = ["kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat"]
+# vde-l2 runs when vde_switch is installed (the Makefile installs Debian's vde2).
+CONTENDERS = ["kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat", "vde-l2"]
 BENCH_TIMEOUT = 90.0
 POSITIVE = ["tcp_gbps", "tcp4_gbps", "udp64_pps", "ping_avg_ms", "ping_p99_ms", "offered50k_pps"]
 
@@ -68,12 +69,16 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         for key in POSITIVE:
             assert isinstance(figures[key], float | int) and figures[key] > 0, (name, key, figures[key])
         assert 0 <= figures["loss50k_pct"] <= 100
-        if name.startswith("vswitch"):
+        if not name.startswith("kernel"):  # a switch process (vswitch, vde_switch) is charged
             assert figures["cpu_us_per_pkt"] is not None and figures["cpu_us_per_pkt"] > 0
         else:
             assert figures["cpu_us_per_pkt"] is None  # the kernel's softirq time is not charged
         assert len(doc["samples"][name]) == 1
-    assert set(doc["ratios"]) == {"vswitch-l2 / kernel-bridge", "vswitch-nat / kernel-nat"}
+    assert set(doc["ratios"]) == {
+        "vswitch-l2 / kernel-bridge",
+        "vswitch-nat / kernel-nat",
+        "vde-l2 / kernel-bridge",
+    }
     assert doc["ratios"]["vswitch-l2 / kernel-bridge"]["tcp_gbps"] > 0
 
     png = png_files[0].read_bytes()
@@ -88,3 +93,5 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         info = doc["contenders"][name]
         assert not alive(info["pid"]), f"{name}: vswitch pid {info['pid']} still running"
         assert vswitch_processes(info["instance"]) == []
+    vde = doc["contenders"]["vde-l2"]["pid"]
+    assert not alive(vde), f"vde_switch pid {vde} still running"

@@ -16,6 +16,7 @@ from .measure import FIGURES, Plan
 
 KERNEL_COLOUR = "#4C72B0"
 VSWITCH_COLOUR = "#DD8452"
+OTHER_COLOUR = "#55A868"  # other userspace switches (vde_switch)
 
 
 def fmt(key: str, value: float | None) -> str:
@@ -140,7 +141,14 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
     cols = 4
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.9 * rows), squeeze=False)
-    colours = [VSWITCH_COLOUR if n.startswith("vswitch") else KERNEL_COLOUR for n in names]
+    colours = [
+        VSWITCH_COLOUR
+        if n.startswith("vswitch")
+        else KERNEL_COLOUR
+        if n.startswith("kernel")
+        else OTHER_COLOUR
+        for n in names
+    ]
     for ax, key in zip(axes.flat, keys, strict=False):
         label, unit, higher = FIGURES[key]
         medians = [doc["results"][n].get(key) for n in names]
@@ -177,7 +185,11 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
         if FIGURES[key][1] == "packets/s":
             ax.yaxis.set_major_formatter(EngFormatter(sep=""))
     fig.legend(
-        handles=[Patch(color=KERNEL_COLOUR, label="kernel"), Patch(color=VSWITCH_COLOUR, label="vswitch")],
+        handles=[
+            Patch(color=KERNEL_COLOUR, label="kernel"),
+            Patch(color=VSWITCH_COLOUR, label="vswitch"),
+            Patch(color=OTHER_COLOUR, label="other userspace"),
+        ],
         loc="upper right",
         fontsize=9,
     )

@@ -32,6 +32,7 @@ from .topologies import (
     DESCRIPTIONS,
     BenchError,
     Contender,
+    available_optional,
     cleanup_all,
     optional_notes,
 )
@@ -58,13 +59,14 @@ def choose(args: argparse.Namespace) -> tuple[Plan, int, str]:
 
 
 def parse_contenders(text: str | None) -> list[str]:
+    known = [*CONTENDERS, *available_optional()]
     if not text:
-        return list(CONTENDERS)
+        return known
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONTENDERS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise BenchError(
-            f"unknown contender(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(CONTENDERS)}"
+            f"unknown contender(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(known)}"
         )
     return list(dict.fromkeys(names))
 

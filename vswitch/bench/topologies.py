@@ -40,18 +40,22 @@ CONTENDERS: tuple[str, ...] = ("kernel-bridge", "vswitch-l2", "vswitch-l2-busy",
 BUSY_POLL_USEC = 10_000  # vswitch-l2-busy: --busy-poll, longer than the ping interval (5 ms)
 # Optional contenders, measured only when installed; absent ones are named in the report.
 OPTIONAL: dict[str, str] = {"vde-l2": "vde_switch", "ovs-l2": "ovs-vswitchd"}
+# The optional contenders the bench can build; others are only named as skipped.
+BUILDABLE_OPTIONAL: tuple[str, ...] = ("vde-l2",)
 SHORT: dict[str, str] = {
     "kernel-bridge": "kb",
     "vswitch-l2": "l2",
     "vswitch-l2-busy": "lb",
     "kernel-nat": "kn",
     "vswitch-nat": "vn",
+    "vde-l2": "vd",
 }
 # Which kernel figure a vswitch figure is compared with.
 BASELINE: dict[str, str] = {
     "vswitch-l2": "kernel-bridge",
     "vswitch-l2-busy": "kernel-bridge",
     "vswitch-nat": "kernel-nat",
+    "vde-l2": "kernel-bridge",
 }
 
 
@@ -78,7 +82,9 @@ class Contender:
 
     @property
     def kind(self) -> str:
-        return "vswitch" if self.name.startswith("vswitch") else "kernel"
+        if self.name.startswith("vswitch"):
+            return "vswitch"
+        return "kernel" if self.name.startswith("kernel") else "other"
 
     @property
     def pid(self) -> int | None:
@@ -97,6 +103,7 @@ class Contender:
             "vswitch-l2-busy": self._vswitch_l2_busy,
             "kernel-nat": self._kernel_nat,
             "vswitch-nat": self._vswitch_nat,
+            "vde-l2": self._vde_l2,
         }
         try:
             builders[self.name]()
@@ -165,6 +172,46 @@ class Contender:
         self._vswitch_up(["--segment", f"lan={client}", "--uplink", outside], [client, outside])
         self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE
 
+    def _vde_l2(self) -> None:
+        """vde_switch (Debian vde2) with a tap per host (`-t`), each moved into its namespace.
+
+        vde_switch opens the taps itself, without the virtio-net header, so TCP crosses it in MTU-sized
+        frames; it is the classic userspace switch users compare against.
+        """
+        assert self.run_dir is not None
+        a, b = self._new_ns("a"), self._new_ns("b")
+        ctl = self.run_dir / f"vde-{self.prefix}"
+        ctl.mkdir(parents=True, exist_ok=True)
+        taps = [f"{self.prefix}vd{tag}" for tag in ("a", "b")]
+        argv = ["vde_switch", "-s", str(ctl / "ctl"), "-M", str(ctl / "mgmt")]
+        for tap in taps:
+            argv += ["-t", tap]
+        # The console reads stdin: a pipe we hold open keeps it running until we stop it.
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        with IPRoute() as ipr:
+            while not all(ipr.link_lookup(ifname=tap) for tap in taps):
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    raise BenchError(f"vde-l2: vde_switch exited {self.proc.returncode}: {err.strip()}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"vde-l2: vde_switch made no taps within {START_TIMEOUT:g}s")
+                time.sleep(0.05)
+            for tap, host in zip(taps, (a, b), strict=True):
+                index = ipr.link_lookup(ifname=tap)[0]
+                ipr.link("set", index=index, net_ns_fd=host)
+        for tap, host, address in zip(taps, (a, b), ("10.0.0.1", "10.0.0.2"), strict=True):
+            with IPRoute(netns=host) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname=tap)[0], ifname="eth0")
+            _address(host, "eth0", address, 24)
+        self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
+
     def _vswitch_up(self, topology: list[str], created: list[str]) -> None:
         """Start `vswitch up` in a session of its own; ready once it printed its port table."""
         assert self.run_dir is not None
@@ -193,7 +240,9 @@ class Contender:
     def teardown(self) -> list[str]:
         """Stop the switch (if any) and remove every namespace this contender made; return problems."""
         problems: list[str] = []
-        if self.proc is not None:
+        if self.proc is not None and self.instance is None:
+            problems.extend(self._stop_other())
+        elif self.proc is not None:
             problems.extend(self._stop_vswitch())
         for name in reversed(self.namespaces):
             try:
@@ -201,6 +250,20 @@ class Contender:
             except OSError as exc:
                 problems.append(f"namespace {name}: {exc}")
         return problems
+
+    def _stop_other(self) -> list[str]:
+        """A switch that is not vswitch (vde_switch): SIGTERM, then SIGKILL. Its taps die with it."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            return []
+        self.proc.terminate()
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+            return [f"{self.name} ignored SIGTERM; killed"]
+        return []
 
     def _stop_vswitch(self) -> list[str]:
         assert self.proc is not None and self.run_dir is not None and self.instance is not None
@@ -266,13 +329,18 @@ def interface_counters(ipr: Any, ifname: str) -> tuple[int, int]:
     return int(stats["rx_packets"]), int(stats["tx_packets"])
 
 
+def available_optional() -> list[str]:
+    """The optional contenders this machine can run (their program is installed)."""
+    return [name for name in BUILDABLE_OPTIONAL if shutil.which(OPTIONAL[name]) is not None]
+
+
 def optional_notes() -> dict[str, str]:
     """Optional contenders and why they are not in this run (absent, or no topology for them yet)."""
     notes: dict[str, str] = {}
     for name, program in OPTIONAL.items():
         if shutil.which(program) is None:
             notes[name] = f"{program} not installed; skipped"
-        else:
+        elif name not in BUILDABLE_OPTIONAL:
             notes[name] = f"{program} is installed, but the bench has no {name} topology yet; skipped"
     return notes
 
@@ -297,4 +365,5 @@ DESCRIPTIONS: dict[str, str] = {
     "vswitch-l2-busy": f"the same with --busy-poll {BUSY_POLL_USEC} (latency for a busy core)",
     "kernel-nat": "client - veth - router ns (ip_forward, nft masquerade) - veth - outside 198.18.0.1",
     "vswitch-nat": "vswitch up --segment lan=c --uplink o (routed, masquerade to 198.18.0.1)",
+    "vde-l2": "vde_switch -t tapA -t tapB, the taps moved into the two namespaces (no vnet header, no TSO)",
 }
