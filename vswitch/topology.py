@@ -358,13 +358,6 @@ def validate(topology: Topology) -> Topology:
         seen.add(namespace)
     if sum(p.namespace is None for p in ports) > 1:
         raise ConfigError("the host port is listed twice")
-    addresses: set[IPv4Address] = set()
-    for segment in topology.segments:
-        for port in segment.ports:
-            assert port.address is not None
-            if port.address.ip in addresses or (segment.gateway and port.address.ip == segment.gateway.ip):
-                raise ConfigError(f"address {port.address.ip} is given twice")
-            addresses.add(port.address.ip)
     if topology.routed:
         nets = [s.subnet for s in topology.segments]
         if topology.uplink is not None:
@@ -373,6 +366,13 @@ def validate(topology: Topology) -> Topology:
             for b in nets[i + 1 :]:
                 if a.overlaps(b):
                     raise ConfigError(f"subnets {a} and {b} overlap: a router needs them apart")
+    addresses: set[IPv4Address] = set()
+    for segment in topology.segments:
+        for port in segment.ports:
+            assert port.address is not None
+            if port.address.ip in addresses or (segment.gateway and port.address.ip == segment.gateway.ip):
+                raise ConfigError(f"address {port.address.ip} is given twice")
+            addresses.add(port.address.ip)
     for forward in topology.forwards:
         if topology.uplink is None:
             raise ConfigError("--forward needs an --uplink to forward from")
@@ -380,6 +380,13 @@ def validate(topology: Topology) -> Topology:
             raise ConfigError(f"--forward target {forward.namespace} is not a port")
     if topology.routes and not topology.routed:
         raise ConfigError("--route needs a routed topology (--segment or --uplink)")
+    connected = [s.subnet for s in topology.segments]
+    if topology.uplink is not None:
+        connected.append(topology.uplink.address.network)
+    for route in topology.routes:
+        # RFC 1812 5.2.4.3: a next hop must be reachable on a connected network.
+        if not any(route.via in net for net in connected):
+            raise ConfigError(f"route {route.prefix} via {route.via}: the gateway is on no segment")
     if topology.host_routes and not any(p.namespace is None for p in ports):
         raise ConfigError("--host-routes needs a host port (--host)")
     if topology.ageing <= 0:
@@ -423,6 +430,9 @@ TOML_KEYS = {
 }
 
 
+SEGMENT_KEYS = {"name", "ports", "subnet"}
+
+
 def request_from_toml(text: str) -> Request:
     """The same options as the command line, as a TOML document (see README)."""
     try:
@@ -441,6 +451,13 @@ def request_from_toml(text: str) -> Request:
     for seg in data.get("segment", []):
         if not isinstance(seg, dict) or "name" not in seg or "ports" not in seg:
             raise ConfigError("each [[segment]] needs name and ports")
+        extra = set(seg) - SEGMENT_KEYS
+        if extra:
+            # A top-level key written after a [[segment]] header lands in that table (TOML's rule).
+            raise ConfigError(
+                f"unknown key(s) in [[segment]] {seg['name']}: {', '.join(sorted(extra))} "
+                "(top-level keys go before the first [[segment]])"
+            )
         subnet = parse_subnet(str(seg["subnet"])) if "subnet" in seg else None
         ports = [parse_port(str(p)) for p in _list(seg, "ports")]
         if not SEGMENT_RE.fullmatch(str(seg["name"])):

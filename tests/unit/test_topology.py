@@ -1,0 +1,126 @@
+"""The command line and TOML file resolved to a Topology: addresses, gateways, and one-line errors."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+
+from vswitch.topology import (
+    ConfigError,
+    Request,
+    build,
+    parse_forward,
+    parse_port,
+    parse_ports,
+    parse_route,
+    parse_segment,
+    parse_uplink,
+    request_from_toml,
+)
+
+
+def test_ports_shorthand_numbers_hosts_from_one() -> None:
+    topo = build(Request(ports=parse_ports("a,b,c")))
+    assert not topo.routed
+    assert [str(p.address) for p in topo.ports] == ["10.0.0.1/24", "10.0.0.2/24", "10.0.0.3/24"]
+
+
+def test_port_overrides_keep_their_address_and_others_skip_it() -> None:
+    topo = build(Request(ports=parse_ports("a,b:veth7=10.0.0.1/24,c")))
+    assert [(p.namespace, p.ifname, str(p.address)) for p in topo.ports] == [
+        ("a", "eth0", "10.0.0.2/24"),
+        ("b", "veth7", "10.0.0.1/24"),
+        ("c", "eth0", "10.0.0.3/24"),
+    ]
+
+
+def test_routed_segments_get_free_subnets_gateways_and_hosts_from_two() -> None:
+    topo = build(
+        Request(
+            segments=[parse_segment("lan=a,b"), parse_segment("dmz=c@10.9.0.0/24")],
+            uplink=parse_uplink("w"),
+        )
+    )
+    lan, dmz = topo.segments
+    assert (lan.subnet, lan.gateway) == (IPv4Network("10.1.0.0/24"), IPv4Interface("10.1.0.1/24"))
+    assert (dmz.subnet, dmz.gateway) == (IPv4Network("10.9.0.0/24"), IPv4Interface("10.9.0.1/24"))
+    assert [str(p.address) for p in lan.ports] == ["10.1.0.2/24", "10.1.0.3/24"]
+    assert topo.uplink is not None and topo.uplink.upstream == IPv4Address("198.18.0.1")
+
+
+def test_host_port_takes_the_next_free_address_and_the_instance_name() -> None:
+    topo = build(Request(name="lab", ports=parse_ports("a,b"), host=True))
+    host = topo.port("host")
+    assert host is not None and host.namespace is None
+    assert (host.ifname, str(host.address)) == ("vs-lab", "10.0.0.3/24")
+
+
+def test_uplink_options() -> None:
+    up = parse_uplink("w=198.19.0.2/24,via=198.19.0.254")
+    assert (str(up.address), str(up.upstream)) == ("198.19.0.2/24", "198.19.0.254")
+    with pytest.raises(ConfigError, match="another address"):
+        parse_uplink("w=198.19.0.2/24,via=10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "message"),
+    [
+        (parse_forward, "tcp:8080=ns3", "PROTO:PORT=NS:PORT"),
+        (parse_forward, "sctp:1=ns:2", "PROTO:PORT=NS:PORT"),
+        (parse_forward, "tcp:0=ns:80", "outside 1-65535"),
+        (parse_route, "10.9.0.0/16", "PREFIX=via GATEWAY"),
+        (parse_route, "10.9.0.0/16=via nowhere", "invalid route gateway"),
+        (parse_port, "bad/name", "invalid namespace name"),
+        (parse_port, "ns:eth0=10.0.0.1", "needs a prefix length"),
+        (parse_segment, "=a,b", "NAME=ns1,ns2"),
+    ],
+)
+def test_bad_values_are_one_sentence(parse: object, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(text)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (Request(ports=parse_ports("a,b"), segments=[parse_segment("x=c")]), "not both"),
+        (Request(ports=parse_ports("a,b,c"), subnet=IPv4Network("10.0.0.0/30")), "too small"),
+        (Request(segments=[parse_segment("x=a@10.1.0.0/24"), parse_segment("y=b@10.1.0.0/25")]), "overlap"),
+        (Request(segments=[parse_segment("x=a"), parse_segment("x=b")]), "must differ"),
+        (Request(segments=[parse_segment("x=a,a")]), "listed twice"),
+        (Request(ports=parse_ports("a"), forwards=[parse_forward("tcp:80=a:80")]), "needs an --uplink"),
+        (Request(ports=parse_ports("a"), routes=[parse_route("10.9.0.0/16=via 10.0.0.9")]), "routed"),
+        (Request(), "nothing to connect"),
+        (
+            Request(segments=[parse_segment("x=a")], routes=[parse_route("10.9.0.0/16=via 10.55.0.1")]),
+            "on no segment",
+        ),
+    ],
+)
+def test_inconsistent_requests_are_refused(request_: Request, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build(request_)
+
+
+def test_toml_top_level_key_after_a_segment_header_is_caught() -> None:
+    text = '[[segment]]\nname = "lan"\nports = ["a"]\nuplink = "w"\n'
+    with pytest.raises(ConfigError, match="top-level keys go before"):
+        request_from_toml(text)
+
+
+def test_toml_equals_the_command_line() -> None:
+    text = (
+        'name = "lab"\nuplink = "w"\nforward = ["tcp:8080=c:80"]\n'
+        '[[segment]]\nname = "lan"\nports = ["a", "b"]\n[[segment]]\nname = "dmz"\nports = ["c"]\n'
+    )
+    from_file = build(request_from_toml(text))
+    from_cli = build(
+        Request(
+            name="lab",
+            segments=[parse_segment("lan=a,b"), parse_segment("dmz=c")],
+            uplink=parse_uplink("w"),
+            forwards=[parse_forward("tcp:8080=c:80")],
+        )
+    )
+    assert from_file == from_cli
