@@ -395,8 +395,20 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    # argparse binds an optional positional (trace's PACKET) with the positional before it, so
+    # `trace ns1 --name lab 'Ether()/...'` would leave the expression over: give it its place.
+    if len(extras) == 1 and not extras[0].startswith("-") and getattr(args, "packet", "") is None:
+        args.packet = extras[0]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         handler = COMMANDS.get(args.command) or EXTENSION_COMMANDS[args.command]
         return handler(args)

@@ -1,0 +1,28 @@
+"""The command line as a user types it: options anywhere, one error line for anything unknown."""
+
+from __future__ import annotations
+
+import pytest
+
+from vswitch.cli import parse
+
+
+def test_trace_takes_its_packet_after_an_option() -> None:
+    args = parse(["trace", "ns1", "--name", "lab", "Ether()/IP()"])
+    assert (args.port, args.packet, args.name) == ("ns1", "Ether()/IP()", "lab")
+    args = parse(["trace", "ns1", "Ether()/IP()", "--name", "lab"])
+    assert (args.port, args.packet, args.name) == ("ns1", "Ether()/IP()", "lab")
+
+
+def test_unknown_arguments_are_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["up", "--ports", "a,b", "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["vswitch: error: unrecognized arguments: --bogus (see 'vswitch --help')"]
+
+
+def test_a_second_stray_word_is_still_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(["trace", "ns1", "--name", "lab", "Ether()", "extra"])
+    assert "unrecognized arguments: Ether() extra" in capsys.readouterr().err
