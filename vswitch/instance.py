@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from . import kernel
 from .control import ControlServer
 from .datapath import Datapath
@@ -106,6 +108,9 @@ class Instance:
             if self.topology.routed:
                 self._add_router()
                 self._add_namespace_routes()
+        except NetlinkError as exc:
+            self.teardown()
+            raise StartError(f"the kernel refused a step: {os.strerror(exc.code)}") from None
         except (KernelError, TapError, OSError) as exc:
             self.teardown()
             raise StartError(str(exc)) from None
