@@ -297,10 +297,16 @@ def query(args: argparse.Namespace, cmd: str) -> Any:
         fail(f"instance {args.name}: {exc}")
 
 
+def print_json(args: argparse.Namespace, data: Any) -> bool:
+    """With --json, print data as JSON and say so; otherwise leave the table to the caller."""
+    if args.json:
+        print(json.dumps(data, indent=2))
+    return bool(args.json)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     result = query(args, "status")
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if print_json(args, result):
         return 0
     print(
         f"instance {result['instance']}  pid {result['pid']}  up {result['uptime']:.0f}s  "
@@ -326,8 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_fdb(args: argparse.Namespace) -> int:
     rows = query(args, "fdb")
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if print_json(args, rows):
         return 0
     table(
         "forwarding database",
@@ -339,8 +344,7 @@ def cmd_fdb(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     snap = query(args, "stats")
-    if args.json:
-        print(json.dumps(snap, indent=2))
+    if print_json(args, snap):
         return 0
     rows = []
     for name, p in snap["ports"].items():
@@ -371,8 +375,7 @@ def cmd_table(cmd: str, title: str) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         rows = query(args, cmd)
-        if args.json:
-            print(json.dumps(rows, indent=2))
+        if print_json(args, rows):
             return 0
         columns = list(rows[0]) if rows else []
         table(title, columns, [[_cell(row.get(c)) for c in columns] for row in rows])

@@ -8,6 +8,7 @@ even when the test failed. Nothing waits by sleeping: `wait_for` polls a predica
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -326,15 +327,22 @@ class Switch:
         return problems
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    """This test's namespaces, run dir and processes; all removed afterwards, pass or fail."""
-    world = Env(prefix=f"vsi{secrets.token_hex(3)}", run_dir=tmp_path / "run", tmp=tmp_path)
+@contextlib.contextmanager
+def make_world(tmp_path: Path, family: str) -> Iterator[Env]:
+    """An Env whose namespaces are named family + 6 hex; everything in it removed afterwards."""
+    world = Env(prefix=f"{family}{secrets.token_hex(3)}", run_dir=tmp_path / "run", tmp=tmp_path)
     try:
         yield world
     finally:
         problems = world.cleanup()
         assert not problems, problems
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    """This test's namespaces, run dir and processes; all removed afterwards, pass or fail."""
+    with make_world(tmp_path, "vsi") as world:
+        yield world
 
 
 def pings(src: str | None, dst_ip: str, count: int = 1) -> bool:

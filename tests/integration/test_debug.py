@@ -4,7 +4,6 @@ switch, inject, pingall --explain, doctor, the metrics endpoint, and the in-proc
 from __future__ import annotations
 
 import json
-import secrets
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from .conftest import CLI_TIMEOUT, VSWITCH, Env, Switch, netns_exec, pings, read_line, wait_for
+from .conftest import CLI_TIMEOUT, VSWITCH, Env, Switch, make_world, netns_exec, pings, read_line, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -24,12 +23,8 @@ pytestmark = pytest.mark.root
 @pytest.fixture
 def denv(tmp_path: Path) -> Iterator[Env]:
     """The shared Env harness, with this file's own namespace prefix ("vsd" + 6 hex)."""
-    world = Env(prefix=f"vsd{secrets.token_hex(3)}", run_dir=tmp_path / "run", tmp=tmp_path)
-    try:
+    with make_world(tmp_path, "vsd") as world:
         yield world
-    finally:
-        problems = world.cleanup()
-        assert not problems, problems
 
 
 def routed(env: Env, *extra: str) -> tuple[Switch, dict[str, str]]:
