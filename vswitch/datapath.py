@@ -126,10 +126,13 @@ class Datapath:
 
     # --- time --------------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        deadlines = [s.switch.fdb.next_deadline() for s in self.segments]
-        if self.router is not None:
-            deadlines.append(self.router.next_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
+        """The soonest timer of any table. Asked once per batch: plain loops, no temporary lists."""
+        best = self.router.next_deadline() if self.router is not None else None
+        for seg in self.segments:
+            deadline = seg.switch.fdb.next_deadline()
+            if deadline is not None and (best is None or deadline < best):
+                best = deadline
+        return best
 
     def on_timer(self, now: float) -> list[Transmit]:
         for seg in self.segments:

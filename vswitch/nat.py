@@ -506,7 +506,12 @@ class Nat:
 
     # --- time and display --------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        return self.conntrack.next_deadline()
+        deadline = self.conntrack.next_deadline()
+        if self.fragments:
+            oldest = next(iter(self.fragments.values()))[1]  # insertion order is expiry order
+            if deadline is None or oldest < deadline:
+                deadline = oldest
+        return deadline
 
     def on_timer(self, now: float) -> None:
         self.conntrack.expire(now)

@@ -192,10 +192,12 @@ class Router:
         return []
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.arp.next_deadline()]
+        best = self.arp.next_deadline()
         if self.nat is not None:
-            deadlines.append(self.nat.next_deadline())
-        return min((d for d in deadlines if d is not None), default=None)
+            deadline = self.nat.next_deadline()
+            if deadline is not None and (best is None or deadline < best):
+                best = deadline
+        return best
 
     def on_timer(self, now: float) -> list[Transmit]:
         out: list[Transmit] = []
