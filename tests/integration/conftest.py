@@ -345,6 +345,21 @@ def env(tmp_path: Path) -> Iterator[Env]:
         yield world
 
 
+def transfer(env: Env, src: str, dst: str, dst_ip: str, nbytes: int, seed: int) -> dict[str, Any]:
+    """nbytes of seeded pseudo-random data over TCP from src to a receiver on dst_ip in dst; asserts
+    that the receiver counted the same bytes with the same sha256, and returns what was sent."""
+    receiver = env.peer(dst, "tcp-recv", "--bind", dst_ip, "--port", "5001", "--timeout", "90")
+    assert read_line(receiver, 15, f"TCP receiver in {dst} to listen") == "ready"
+    sent: dict[str, Any] = env.run_peer(
+        src, "tcp-send", "--host", dst_ip, "--port", "5001", "--bytes", str(nbytes),
+        "--seed", str(seed), "--timeout", "90", timeout=120,
+    )  # fmt: skip
+    got = finish(receiver, 30, f"TCP receiver in {dst}")
+    assert sent["bytes"] == nbytes
+    assert got == sent  # same byte count, same sha256
+    return sent
+
+
 def pings(src: str | None, dst_ip: str, count: int = 1) -> bool:
     """A real `ping -c N -W 2` from namespace src (None: root) 0.2 s apart; True when all came back."""
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "2", dst_ip]

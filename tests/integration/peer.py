@@ -19,6 +19,8 @@ import struct
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
 CHUNK = 1 << 20
 STAMP = struct.Struct("!HI")  # payload size, index: a wrong, reordered or missing datagram shows up
@@ -78,23 +80,26 @@ def tcp_send(args: argparse.Namespace) -> dict[str, object]:
     return {"bytes": sent, "sha256": digest.hexdigest()}
 
 
+def datagrams(sock: socket.socket, count: int, timeout: float) -> Iterator[tuple[bytes, Any]]:
+    """(data, sender) for up to count datagrams, until timeout seconds have passed in all."""
+    deadline = time.monotonic() + timeout
+    for _ in range(count):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        sock.settimeout(left)
+        try:
+            yield sock.recvfrom(65536)
+        except TimeoutError:
+            return
+
+
 def udp_recv(args: argparse.Namespace) -> dict[str, object]:
-    got: list[str] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         sock.bind((args.bind, args.port))
         ready()
-        deadline = time.monotonic() + args.timeout
-        while len(got) < args.count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            sock.settimeout(left)
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                break
-            got.append(data.hex())
+        got = [data.hex() for data, _ in datagrams(sock, args.count, args.timeout)]
     return {"datagrams": got}
 
 
@@ -156,16 +161,7 @@ def udp_echo(args: argparse.Namespace) -> dict[str, object]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((args.bind, args.port))
         ready()
-        deadline = time.monotonic() + args.timeout
-        while len(peers) < args.count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            sock.settimeout(left)
-            try:
-                data, peer = sock.recvfrom(65536)
-            except TimeoutError:
-                break
+        for data, peer in datagrams(sock, args.count, args.timeout):
             peers.append(f"{peer[0]}:{peer[1]}")
             sock.sendto(data, peer)
     return {"peers": peers}

@@ -18,6 +18,7 @@ from .conftest import (
     netns_exec,
     pings,
     read_line,
+    transfer,
     wait_for,
 )
 from .peer import udp_payload
@@ -49,15 +50,7 @@ def test_every_ordered_pair_pings(env: Env) -> None:
 def test_100mb_tcp_arrives_intact_in_tso_superframes(env: Env) -> None:
     sw, (ns1, _, ns3) = three_port(env)
     before = port_stats(sw, ns3)
-    receiver = env.peer(ns3, "tcp-recv", "--bind", "10.0.0.3", "--port", "5001", "--timeout", "60")
-    assert read_line(receiver, 15, "TCP receiver to listen") == "ready"
-    sent = env.run_peer(
-        ns1, "tcp-send", "--host", "10.0.0.3", "--port", "5001", "--bytes", str(TCP_BYTES),
-        "--seed", "7", "--timeout", "60", timeout=90,
-    )  # fmt: skip
-    got = finish(receiver, 30, "TCP receiver")
-    assert sent["bytes"] == TCP_BYTES
-    assert got == sent  # same byte count, same sha256
+    transfer(env, ns1, ns3, "10.0.0.3", TCP_BYTES, seed=7)
 
     after = port_stats(sw, ns3)
     frames = after["tx_packets"] - before["tx_packets"]

@@ -16,6 +16,7 @@ from .conftest import (
     read_line,
     start_routed,
     stop_peer,
+    transfer,
 )
 
 pytestmark = pytest.mark.root
@@ -46,15 +47,7 @@ def test_http_server_outside_sees_the_masqueraded_address(env: Env) -> None:
 
 def test_100mb_through_nat_arrive_intact(env: Env) -> None:
     r = start_routed(env)
-    receiver = env.peer(r.wan, "tcp-recv", "--bind", UPSTREAM_ADDRESS, "--port", "5001", "--timeout", "90")
-    assert read_line(receiver, 15, "TCP receiver outside to listen") == "ready"
-    sent = env.run_peer(
-        r.ns1, "tcp-send", "--host", UPSTREAM_ADDRESS, "--port", "5001", "--bytes", str(TCP_BYTES),
-        "--seed", "13", "--timeout", "90", timeout=120,
-    )  # fmt: skip
-    got = finish(receiver, 30, "TCP receiver outside")
-    assert sent["bytes"] == TCP_BYTES
-    assert got == sent  # same byte count, same sha256
+    transfer(env, r.ns1, r.wan, UPSTREAM_ADDRESS, TCP_BYTES, seed=13)
 
 
 def test_udp_request_and_response_through_nat(env: Env) -> None:

@@ -21,6 +21,7 @@ from .conftest import (
     pings,
     read_line,
     start_routed,
+    transfer,
 )
 
 pytestmark = pytest.mark.root
@@ -41,15 +42,7 @@ def test_segments_ping_across_the_router_and_move_100mb_intact(env: Env) -> None
         assert pings(src, r.ip[dst]), f"{src} -> {dst} ({r.ip[dst]})"
     assert pings(r.ns1, "10.1.0.1") and pings(r.ns3, "10.2.0.1"), "the gateways answer echo"
 
-    receiver = env.peer(r.ns3, "tcp-recv", "--bind", r.ip[r.ns3], "--port", "5001", "--timeout", "90")
-    assert read_line(receiver, 15, "TCP receiver to listen") == "ready"
-    sent = env.run_peer(
-        r.ns1, "tcp-send", "--host", r.ip[r.ns3], "--port", "5001", "--bytes", str(TCP_BYTES),
-        "--seed", "11", "--timeout", "90", timeout=120,
-    )  # fmt: skip
-    got = finish(receiver, 30, "TCP receiver")
-    assert sent["bytes"] == TCP_BYTES
-    assert got == sent  # same byte count, same sha256
+    transfer(env, r.ns1, r.ns3, r.ip[r.ns3], TCP_BYTES, seed=11)
 
 
 def test_ttl_1_gets_time_exceeded_from_the_gateway(env: Env) -> None:
