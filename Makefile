@@ -3,7 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iproute2 iputils-ping iperf3 nftables tshark procps util-linux vde2 python3-venv
+# vde2 and openvswitch-switch: the bench's other userspace switches; its integration test runs them.
+APT_PACKAGES := iproute2 iputils-ping iperf3 nftables tshark procps util-linux vde2 openvswitch-switch python3-venv
+# openvswitch-switch's postinst starts the system-wide ovsdb-server and ovs-vswitchd (invoke-rc.d, or
+# deb-systemd-invoke under systemd); we need only its programs (the bench runs a private OVS of its
+# own), so no daemon may be left running. Both ask policy-rc.d first: for the length of the install,
+# one answering 101 ("action forbidden") is put in place and removed afterwards, also on failure or
+# Ctrl-C. A policy-rc.d the machine already has is its owner's (container images ship one that answers
+# 101) and is left alone.
+POLICY_RC_D := /usr/sbin/policy-rc.d
 PORTS ?= ns1,ns2,ns3
 
 .PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro clean system venv
@@ -16,14 +24,18 @@ help:
 	@echo "make bench-micro - per-packet cost of the core (pytest-benchmark)"
 	@echo "make fuzz    - long hypothesis run over the datapath with malformed frames"
 
-# Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have).
-$(VENV)/.system:
+# Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have),
+# checked again when the Makefile (and so perhaps the list) changes; dpkg -s makes that cheap.
+$(VENV)/.system: Makefile
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  if [ ! -e $(POLICY_RC_D) ]; then \
+	    trap 'rm -f $(POLICY_RC_D)' EXIT; printf '#!/bin/sh\nexit 101\n' > $(POLICY_RC_D); chmod 755 $(POLICY_RC_D); \
+	  fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(VENV)/.installed: $(VENV)/.system pyproject.toml
+$(VENV)/.installed: pyproject.toml | $(VENV)/.system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench]'

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from . import __version__, topology
 from .control import ControlError, request
 from .instance import Instance, StartError, down
+from .kernel import STOP_SIGNALS
 from .state import socket_path
 from .tap import TUN_PATH
 from .topology import ConfigError, Topology, check_instance
@@ -22,7 +23,6 @@ from .topology import ConfigError, Topology, check_instance
 # Modules that add subcommands: each has register(subparsers) -> {command: handler(args) -> int}.
 # They import heavy libraries (scapy, matplotlib) inside their handlers, so `vswitch up` starts fast.
 EXTENSIONS: tuple[str, ...] = ("vswitch.debug", "vswitch.bench")
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 EXTENSION_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 

@@ -6,14 +6,35 @@ user can act on. Every function that creates something returns what teardown nee
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_DIR = "/run/netns"
+
+
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (blocked, so they wait) for the length of the block.
+
+    pyroute2 makes a namespace in a forked helper: a Ctrl-C that interrupts the parent while it waits
+    leaves the helper to finish after the caller's clean-up has already swept, and the namespace
+    stays. Held, the signal lands once the caller has recorded what it made.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class KernelError(Exception):

@@ -7,20 +7,25 @@ nothing here asserts a speed, only that the figures exist and are positive where
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import namespaces
+from vswitch.bench import run, topologies
+
+from .conftest import links, namespaces
 
 pytestmark = pytest.mark.root
 
-# vde-l2 runs when vde_switch is installed (the Makefile installs Debian's vde2).
-CONTENDERS = ["kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat", "vde-l2"]
-BENCH_TIMEOUT = 90.0
+# vde-l2 and ovs-l2 run when vde_switch and ovs-vswitchd are installed (the Makefile installs Debian's
+# vde2 and openvswitch-switch), so here they must run: a skip would hide a broken contender.
+CONTENDERS = ["kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat", "vde-l2", "ovs-l2"]
+BENCH_TIMEOUT = 120.0
 POSITIVE = ["tcp_gbps", "tcp4_gbps", "udp64_pps", "ping_avg_ms", "ping_p99_ms", "offered50k_pps"]
 
 
@@ -42,8 +47,24 @@ def vswitch_processes(instance: str) -> list[str]:
     return found
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain text (the run's prefix is in every path and
+    name the bench gives OVS: its private directory, database and sockets)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
 def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results"
+    root_links_before = set(links(None))
     argv = [sys.executable, "-m", "vswitch", "bench", "--tiny", "--out", str(out)]
     argv += ["--contenders", ",".join(CONTENDERS)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
@@ -60,6 +81,8 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     assert doc["errors"] == []
     for key in ("cores", "kernel", "python", "cpu_model", "date"):
         assert doc["machine"][key], key
+    congestion = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    assert doc["machine"]["tcp_congestion_control"] == congestion
     assert doc["prefix"].startswith("vsb")
     assert set(doc["results"]) == set(CONTENDERS)
     for name in CONTENDERS:
@@ -78,8 +101,15 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         "vswitch-l2 / kernel-bridge",
         "vswitch-nat / kernel-nat",
         "vde-l2 / kernel-bridge",
+        "ovs-l2 / kernel-bridge",
     }
     assert doc["ratios"]["vswitch-l2 / kernel-bridge"]["tcp_gbps"] > 0
+    assert doc["ratios"]["ovs-l2 / kernel-bridge"]["tcp_gbps"] > 0
+    assert "ovs-l2" not in doc["skipped"]
+    # OVS's userspace datapath, in its own switch namespace, with the taps opened for TSO.
+    ovs = doc["contenders"]["ovs-l2"]
+    assert ovs["namespaces"] == [f"{doc['prefix']}-ov-{tag}" for tag in ("a", "b", "sw")]
+    assert "Open vSwitch" in ovs["description"] and "TSO on" in ovs["description"], ovs["description"]
 
     png = png_files[0].read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -95,3 +125,25 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         assert vswitch_processes(info["instance"]) == []
     vde = doc["contenders"]["vde-l2"]["pid"]
     assert not alive(vde), f"vde_switch pid {vde} still running"
+    # OVS: neither daemon (ovs-vswitchd was the charged pid; ovsdb-server and any other process would
+    # name the private directory), no private directory, nothing new in the root namespace.
+    assert not alive(ovs["pid"]), f"ovs-vswitchd pid {ovs['pid']} still running"
+    assert processes_mentioning(doc["prefix"]) == []
+    assert list(Path(tempfile.gettempdir()).glob(f"{doc['prefix']}-*")) == []
+    root_links_after = set(links(None))
+    assert {n for n in root_links_after if doc["prefix"] in n} == set()
+    assert "ovs-netdev" not in root_links_after - root_links_before
+
+
+def test_optional_contender_not_installed_is_named_as_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ovs-vswitchd on PATH, ovs-l2 is not offered, is refused by name, and the report says why."""
+    real_which = shutil.which
+
+    def which(program: str, *args: Any, **kwargs: Any) -> str | None:
+        return None if program == "ovs-vswitchd" else real_which(program, *args, **kwargs)
+
+    monkeypatch.setattr(topologies.shutil, "which", which)
+    assert "ovs-l2" not in topologies.available_optional()
+    assert topologies.optional_notes()["ovs-l2"] == "ovs-vswitchd not installed; skipped"
+    with pytest.raises(topologies.BenchError, match="unknown contender"):
+        run.parse_contenders("kernel-bridge,ovs-l2")

@@ -16,7 +16,20 @@ from .measure import FIGURES, Plan
 
 KERNEL_COLOUR = "#4C72B0"
 VSWITCH_COLOUR = "#DD8452"
-OTHER_COLOUR = "#55A868"  # other userspace switches (vde_switch)
+OTHER_COLOUR = "#55A868"  # another userspace switch without a colour of its own
+# Other userspace switches: (colour, legend label), so each one is told apart in the chart.
+OTHERS: dict[str, tuple[str, str]] = {
+    "vde-l2": ("#55A868", "vde_switch"),
+    "ovs-l2": ("#8172B3", "Open vSwitch (userspace)"),
+}
+
+
+def colour(name: str) -> str:
+    if name.startswith("vswitch"):
+        return VSWITCH_COLOUR
+    if name.startswith("kernel"):
+        return KERNEL_COLOUR
+    return OTHERS.get(name, (OTHER_COLOUR, ""))[0]
 
 
 def fmt(key: str, value: float | None) -> str:
@@ -101,7 +114,8 @@ def print_table(doc: dict[str, Any]) -> None:
     table = Table(
         title=(
             f"vswitch bench ({doc['mode']}): medians of {doc['rounds']} round(s); "
-            f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}"
+            f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
+            f"TCP {machine.get('tcp_congestion_control', 'unknown')}"
         ),
         title_justify="left",
         header_style="bold",
@@ -141,14 +155,7 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
     cols = 4
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.9 * rows), squeeze=False)
-    colours = [
-        VSWITCH_COLOUR
-        if n.startswith("vswitch")
-        else KERNEL_COLOUR
-        if n.startswith("kernel")
-        else OTHER_COLOUR
-        for n in names
-    ]
+    colours = [colour(n) for n in names]
     for ax, key in zip(axes.flat, keys, strict=False):
         label, unit, higher = FIGURES[key]
         medians = [doc["results"][n].get(key) for n in names]
@@ -184,22 +191,22 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
     for ax, key in zip(axes.flat, keys, strict=False):
         if FIGURES[key][1] == "packets/s":
             ax.yaxis.set_major_formatter(EngFormatter(sep=""))
-    fig.legend(
-        handles=[
-            Patch(color=KERNEL_COLOUR, label="kernel"),
-            Patch(color=VSWITCH_COLOUR, label="vswitch"),
-            Patch(color=OTHER_COLOUR, label="other userspace"),
-        ],
-        loc="upper right",
-        fontsize=9,
-    )
+    others = [n for n in names if not n.startswith(("vswitch", "kernel"))]
+    handles = [
+        Patch(color=KERNEL_COLOUR, label="kernel"),
+        Patch(color=VSWITCH_COLOUR, label="vswitch"),
+        *(Patch(color=colour(n), label=OTHERS.get(n, ("", n))[1]) for n in others),
+    ]
+    # One row along the bottom: however many other switches there are, it covers no panel.
+    fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=9, frameon=False)
     machine = doc["machine"]
     fig.suptitle(
         f"vswitch bench ({doc['mode']}, medians of {doc['rounds']} round(s); dots: single rounds)\n"
         f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, {machine['date']}",
+        f"Python {machine['python']}, TCP {machine.get('tcp_congestion_control', 'unknown')}, "
+        f"{machine['date']}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 1))  # leave the bottom strip to the legend
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -96,6 +96,10 @@ def machine_info() -> dict[str, Any]:
         iperf_version = iperf.stdout.splitlines()[0].strip() if iperf.stdout else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         iperf_version = "unknown"
+    try:  # bulk TCP figures depend on it (BBR paces, CUBIC fills queues): it is part of the setting
+        congestion = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        congestion = "unknown"
     return {
         "cpu_model": model,
         "cores": os.cpu_count(),
@@ -104,6 +108,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "vswitch": __version__,
         "iperf3": iperf_version,
+        "tcp_congestion_control": congestion,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
