@@ -197,6 +197,93 @@ def test_nat_table_size(benchmark: Any, flows: int) -> None:
     per_second(benchmark)
 
 
+# --- the flow cache: a routed frame through the whole datapath ------------------------------------------
+# Datapath.receive with a router: the ingress L2 decision, then the flow cache (hit) or the router and
+# the egress L2 decision (cache off, the slow path every time). The cache-off figure is what every routed
+# packet cost before the cache.
+CACHE = {"cache-off": 0, "cache-on": 8192}
+
+
+def routed_datapath(flow_cache_max: int) -> tuple[Datapath, int, bytes]:
+    """lan 10.1.0.1/24 (port a) and lan2 10.2.0.1/24 (port b), no NAT; HOST_B resolved and learned."""
+    dp = Datapath(flow_cache_max=flow_cache_max)
+    lan, lan2 = dp.add_segment("lan"), dp.add_segment("lan2")
+    a, b = dp.add_port("a", lan), dp.add_port("b", lan2)
+    router = Router(
+        [
+            Interface(lan, "lan", ROUTER_LAN, IPv4Interface("10.1.0.1/24")),
+            Interface(lan2, "lan2", ROUTER_WAN, IPv4Interface("10.2.0.1/24")),
+        ]
+    )
+    dp.attach_router(router, {lan: ROUTER_LAN, lan2: ROUTER_WAN})
+    router.arp.learn(int(IPv4Address("10.2.0.2")), HOST_B, lan2, NOW)
+    dp.receive(b, udp(HOST_B, ROUTER_WAN, "10.2.0.2", "10.2.0.1"), NOW)  # lan2's FDB learns HOST_B
+    frame = udp(HOST_A, ROUTER_LAN, "10.1.0.2", "10.2.0.2")
+    first = dp.receive(a, frame, NOW)  # the slow path; with the cache on, it installs the entry
+    assert isinstance(first, list) and [port for port, _ in first] == [b]
+    return dp, a, frame
+
+
+@pytest.mark.parametrize("cache", CACHE, ids=list(CACHE))
+def test_routed_datapath(benchmark: Any, cache: str) -> None:
+    dp, a, frame = routed_datapath(CACHE[cache])
+    expected = dp.receive(a, frame, NOW)
+    assert benchmark(dp.receive, a, frame, NOW) == expected
+    assert (dp.counters.flow_cache_hits > 0) == (cache == "cache-on")
+    per_second(benchmark)
+
+
+def nat_datapath(flow_cache_max: int) -> tuple[Datapath, int, int]:
+    """nat_router() in a datapath: lan port a (HOST_A, 10.1.0.2), uplink port up (OUTSIDE_MAC)."""
+    dp = Datapath(flow_cache_max=flow_cache_max)
+    lan, wan = dp.add_segment("lan"), dp.add_segment("wan")
+    a, up = dp.add_port("a", lan), dp.add_port("up", wan)
+    router = nat_router()
+    dp.attach_router(router, {lan: ROUTER_LAN, wan: ROUTER_WAN})
+    router.arp.learn(int(IPv4Address("10.1.0.2")), HOST_A, lan, NOW)
+    dp.receive(up, udp(OUTSIDE_MAC, ROUTER_WAN, "198.18.0.1", "198.18.0.2", 9, 9), NOW)  # FDBs learn
+    dp.receive(a, udp(HOST_A, ROUTER_LAN, "10.1.0.2", "10.1.0.1", 9, 9), NOW)
+    return dp, a, up
+
+
+INBOUND = udp(OUTSIDE_MAC, ROUTER_WAN, "198.18.0.1", "198.18.0.2", sport=5201, dport=40000)
+
+
+@pytest.mark.parametrize("cache", CACHE, ids=list(CACHE))
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_nat_datapath(benchmark: Any, direction: str, cache: str) -> None:
+    """An established UDP flow (it has seen a reply), one direction measured."""
+    dp, a, up = nat_datapath(CACHE[cache])
+    for _ in range(2):  # open the flow both ways: the second round's packets are hits
+        out, back = dp.receive(a, OUTBOUND, NOW), dp.receive(up, INBOUND, NOW)
+        assert isinstance(out, list) and [port for port, _ in out] == [up]
+        assert isinstance(back, list) and [port for port, _ in back] == [a]
+    port, frame, expected = (a, OUTBOUND, out) if direction == "outbound" else (up, INBOUND, back)
+    hits = dp.counters.flow_cache_hits
+    assert benchmark(dp.receive, port, frame, NOW) == expected
+    assert (dp.counters.flow_cache_hits > hits) == (cache == "cache-on")
+    per_second(benchmark)
+
+
+@pytest.mark.parametrize("flow", ["routed", "nat-outbound", "nat-inbound"])
+def test_flow_cache_hit(benchmark: Any, flow: str) -> None:
+    """FlowCache.forward alone: what replaces Router.receive and the egress L2 decision on a hit (to
+    compare with test_routed_packet and test_nat_existing_flow, which leave the L2 decisions out too)."""
+    if flow == "routed":
+        dp, port, frame = routed_datapath(CACHE["cache-on"])
+    else:
+        dp, a, up = nat_datapath(CACHE["cache-on"])
+        for _ in range(2):
+            dp.receive(a, OUTBOUND, NOW)
+            dp.receive(up, INBOUND, NOW)
+        port, frame = (a, OUTBOUND) if flow == "nat-outbound" else (up, INBOUND)
+    assert dp.flows is not None
+    segment = dp.port_segment[port]
+    expected = dp.receive(port, frame, NOW)
+    assert benchmark(dp.flows.forward, segment, frame, NOW) == expected
+    per_second(benchmark)
+
+
 # --- checksums ------------------------------------------------------------------------------------------
 def test_checksum_update(benchmark: Any) -> None:
     """RFC 1624 update of a complete checksum for a source address rewrite (the delta precomputed)."""

@@ -7,11 +7,16 @@ Pure: time comes in as ``now``. Three tables, each bounded so a flood cannot gro
   ``retry_interval`` up to ``retries`` requests;
 - a negative cache of next hops that did not answer, so a stream of packets to a dead host costs one
   dict probe each, not an ARP request each.
+
+``on_change`` is called when a resolved entry changes its MAC or interface or leaves the table (a flow
+cache that put that MAC into frames must forget it). A refresh changes nothing a cache holds: it keeps
+the same ``Neighbour`` object, whose ``updated`` the cache reads to respect freshness.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Final
@@ -96,6 +101,11 @@ class ArpCache:
         self.failed: dict[int, float] = {}  # ip -> negative entry expiry
         self.queued_bytes = 0
         self._next_sweep: float | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def lookup(self, ip: int, now: float) -> bytes | None:
         """The MAC to use for ip, or None when it must be resolved.
@@ -145,11 +155,14 @@ class ArpCache:
                 if len(self.entries) >= self.cache_max:
                     del self.entries[next(iter(self.entries))]
                     self.events["arp-evicted"] += 1
+                    self._changed()
             self.entries[ip] = Neighbour(mac, iface, now)
             self.events["arp-learned"] += 1
         else:
             if entry.mac != mac:
                 self.events["arp-changed"] += 1
+            if entry.mac != mac or entry.iface != iface:
+                self._changed()
             entry.mac, entry.iface, entry.updated = mac, iface, now
             entry.probed = float("-inf")
             self.entries[ip] = entry
@@ -231,6 +244,8 @@ class ArpCache:
         for ip in stale:
             del self.entries[ip]
         self.events["arp-aged"] += len(stale)
+        if stale:
+            self._changed()
         for ip in [ip for ip, until in self.failed.items() if until <= now]:
             del self.failed[ip]
         oldest = next(iter(self.entries.values()), None)

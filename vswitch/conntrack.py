@@ -13,6 +13,10 @@ The rules that govern tracking all live here (h11's ``_state.py`` style):
   one is refused.
 - Expiry is one pass, run at the core's single deadline; a lookup also treats an expired flow as gone,
   so behaviour never depends on when the pass ran.
+- A packet that leaves a flow's state as it was (an ACK-only TCP segment of an ESTABLISHED flow, a UDP
+  packet that does not flip "replied") only counts and refreshes the timeout: ``steady_timeout``
+  says which timeout, ``refresh`` applies it. A flow cache replays such packets without ``update``;
+  ``on_change`` tells it when a flow is inserted, changes state or goes, so the replay stays exact.
 """
 
 from __future__ import annotations
@@ -170,6 +174,8 @@ class Conntrack:
         self.timeouts = timeouts or Timeouts()
         self.on_remove = on_remove
         self.events: Counter[str] = events if events is not None else Counter()
+        # Told about every flow inserted, removed or changing state (a flow cache forgets its entries).
+        self.on_change: Callable[[Flow], None] | None = None
         self.keys: dict[bytes, tuple[Flow, int]] = {}
         self.flows: dict[Flow, None] = {}  # insertion ordered: oldest first
         self._unassured: dict[Flow, None] = {}
@@ -206,6 +212,8 @@ class Conntrack:
         self.flows[flow] = None
         self._unassured[flow] = None
         self.events["conntrack-new"] += 1
+        if self.on_change is not None:
+            self.on_change(flow)  # its keys may have been routed untracked until now
 
     def update(self, flow: Flow, direction: int, tcp_flags: int, now: float) -> bool:
         """Account a packet of the flow; False if the TCP transition is invalid (it still passes)."""
@@ -219,12 +227,16 @@ class Conntrack:
                 valid = False
                 self.events["conntrack-tcp-invalid"] += 1
             else:
+                if after is not flow.state and self.on_change is not None:
+                    self.on_change(flow)
                 flow.state = after
                 if after is TcpState.ESTABLISHED and not flow.assured:
                     self._assure(flow)
             timeout = timeouts.tcp[flow.state]
         else:
             if direction == REPLY and not flow.replied:
+                if self.on_change is not None:
+                    self.on_change(flow)
                 flow.replied = True
                 self._assure(flow)
             if flow.proto == PROTO_UDP:
@@ -235,6 +247,29 @@ class Conntrack:
         if self._next_pass is None or flow.expires < self._next_pass:
             self._next_pass = flow.expires
         return valid
+
+    def steady_timeout(self, flow: Flow, direction: int) -> float | None:
+        """The timeout a routine packet in this direction gives the flow, when that packet changes
+        nothing but the counters and the expiry; None when it would change the flow's state.
+
+        Routine: for TCP an ACK-only segment (no SYN, FIN or RST), which keeps ESTABLISHED as it is
+        in both directions; for UDP any packet, except the first reply (it sets "replied").
+        """
+        if flow.proto == PROTO_TCP:
+            return self.timeouts.tcp[TcpState.ESTABLISHED] if flow.state is TcpState.ESTABLISHED else None
+        if flow.proto == PROTO_UDP:
+            if flow.replied:
+                return self.timeouts.udp_stream
+            return self.timeouts.udp if direction == ORIGINAL else None
+        return None
+
+    def refresh(self, flow: Flow, direction: int, timeout: float, now: float) -> None:
+        """What ``update`` does for a routine packet (see ``steady_timeout``): count it, push the
+        expiry out. The caller has checked that the flow has not expired."""
+        flow.packets[direction] += 1
+        expires = flow.expires = now + timeout
+        if self._next_pass is None or expires < self._next_pass:
+            self._next_pass = expires
 
     def _assure(self, flow: Flow) -> None:
         flow.assured = True
@@ -250,6 +285,8 @@ class Conntrack:
         self.events[event] += 1
         if self.on_remove is not None:
             self.on_remove(flow)
+        if self.on_change is not None:
+            self.on_change(flow)
 
     def next_deadline(self) -> float | None:
         return self._next_pass

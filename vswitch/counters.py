@@ -73,6 +73,9 @@ class Counters:
         self.tx_bytes: list[int] = []
         self.drops: list[Counter[str]] = []
         self.events: Counter[str] = Counter()
+        # The flow cache's lookups (flowcache.py), plain ints on its per-packet path; shown as events.
+        self.flow_cache_hits = 0
+        self.flow_cache_misses = 0
 
     def add_port(self, name: str) -> int:
         """Make room for one more port and return its id."""
@@ -105,5 +108,13 @@ class Counters:
                 for i, name in enumerate(self.names)
             },
             "drops": dict(sorted(self.total_drops().items())),
-            "events": dict(sorted(self.events.items())),
+            "events": dict(sorted(self.all_events().items())),
         }
+
+    def all_events(self) -> Counter[str]:
+        """The events, with the flow cache's hits and misses once it has seen a packet."""
+        events = Counter(self.events)
+        if self.flow_cache_hits or self.flow_cache_misses:
+            events["flow-cache-hits"] = self.flow_cache_hits
+            events["flow-cache-misses"] = self.flow_cache_misses
+        return events

@@ -6,6 +6,9 @@ hot path, so the common cases allocate nothing:
 - a ``tuple`` of ints: write pkt, unchanged, to each (a flood);
 - a ``list`` of (port, bytes): write each buffer to its port (the router made or changed them);
 - ``None``: nothing to send; a drop was counted with its reason.
+
+A frame for the router asks the flow cache (flowcache.py) first; on a miss it takes the router and
+``from_router``, and the cache learns from what they did.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Protocol
 
 from .counters import Counters, Drop
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
+from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
+from .flowcache import FlowCache
+from .router import Router
 from .switch import Switch
 from .wire import VNET_HDR_LEN
 
@@ -43,19 +49,29 @@ class Segment:
 
 
 class Datapath:
-    def __init__(self, ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        ageing: float = DEFAULT_AGEING,
+        fdb_max: int = DEFAULT_MAX_ENTRIES,
+        flow_cache_max: int = FLOW_CACHE_MAX_ENTRIES,
+    ) -> None:
+        """flow_cache_max: entries per segment in the flow cache; 0 turns the cache off."""
         self.ageing = ageing
         self.fdb_max = fdb_max
+        self.flow_cache_max = flow_cache_max
         self.counters = Counters()
         self.segments: list[Segment] = []
         self.port_switch: list[Switch] = []
         self.port_segment: list[int] = []
         self.router: L3Engine | None = None
+        self.flows: FlowCache | None = None  # with a Router attached, unless flow_cache_max is 0
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
         fdb = Fdb(self.ageing, self.fdb_max, events=self.counters.events)
         self.segments.append(Segment(name, Switch(fdb)))
+        if self.flows is not None:
+            self.flows.add_segment(self.segments[-1].switch)
         return len(self.segments) - 1
 
     def add_port(self, name: str, segment: int) -> int:
@@ -76,6 +92,9 @@ class Datapath:
             seg.switch.set_router_port(port, mac)
             self.port_switch.append(seg.switch)
             self.port_segment.append(segment)
+        if isinstance(router, Router) and self.flow_cache_max > 0:
+            switches = [seg.switch for seg in self.segments]
+            self.flows = FlowCache(router, switches, self.counters, self.flow_cache_max)
 
     # --- the packet path ---------------------------------------------------------------------------
     def receive(self, in_port: int, pkt: bytes, now: float) -> Verdict:
@@ -88,7 +107,16 @@ class Datapath:
         if decision.__class__ is int:
             if decision != switch.router_port:
                 return decision
-            return self._route(in_port, pkt, now)
+            flows = self.flows
+            if flows is None:
+                return self._route(in_port, pkt, now)
+            segment = self.port_segment[in_port]
+            hit = flows.forward(segment, pkt, now)
+            if hit is not None:
+                return hit
+            routed = self._route(in_port, pkt, now)
+            flows.install(segment, pkt, routed, now)
+            return routed
         if decision.__class__ is tuple:
             if switch.router_port is None:
                 return decision

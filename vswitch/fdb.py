@@ -4,11 +4,15 @@ Like the kernel bridge (net/bridge/br_fdb.c): learning refreshes a timestamp, ag
 reschedules itself rather than a timer per entry, a full table refuses new learned entries (as the
 kernel's fdb_max_learned does) so a MAC flood cannot evict the hosts already known, and static entries
 (the switch's own MACs) never age or move.
+
+``on_change`` is called whenever an existing entry moves or goes (a flow cache that remembered where a
+MAC was must forget it); learning a new MAC changes no decision already made, so it is not reported.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_AGEING = 300.0
@@ -41,6 +45,11 @@ class Fdb:
         self.events: Counter[str] = events if events is not None else Counter()
         self._learned = 0  # entries that count against max_entries (static ones do not)
         self._next_pass: float | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -55,6 +64,8 @@ class Fdb:
         if old is not None and not old.static:
             self._learned -= 1
         self.entries[mac] = FdbEntry(port, 0.0, static=True)
+        if old is not None:
+            self._changed()
 
     def learn(self, mac: bytes, port: int, now: float) -> bool:
         """Record that mac was seen on port. False when the source belongs to the switch itself."""
@@ -65,6 +76,7 @@ class Fdb:
             if entry.port != port:
                 entry.port = port
                 self.events["fdb-moves"] += 1
+                self._changed()
             entry.seen = now
             return True
         if self._learned >= self.max_entries:
@@ -79,9 +91,12 @@ class Fdb:
 
     def forget_port(self, port: int) -> None:
         """Flush what was learned on a port that went away (as the kernel does on port removal)."""
-        for mac in [m for m, e in self.entries.items() if e.port == port and not e.static]:
+        gone = [m for m, e in self.entries.items() if e.port == port and not e.static]
+        for mac in gone:
             del self.entries[mac]
             self._learned -= 1
+        if gone:
+            self._changed()
 
     def next_deadline(self) -> float | None:
         return self._next_pass
@@ -97,6 +112,8 @@ class Fdb:
             del self.entries[mac]
         self._learned -= len(stale)
         self.events["fdb-aged"] += len(stale)
+        if stale:
+            self._changed()
         oldest = min((e.seen for e in self.entries.values() if not e.static), default=None)
         self._next_pass = None if oldest is None else max(oldest + self.ageing, now + MIN_AGEING_INTERVAL)
         return len(stale)

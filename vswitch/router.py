@@ -109,6 +109,24 @@ def _martian_source(src: int) -> bool:
     return first == 0 or first == 127 or first >= 224
 
 
+def wire_size(pkt: bytes, l4: int, end: int) -> int:
+    """The IP size of the largest packet this frame becomes on the wire.
+
+    For a GSO frame that is one segment: gso_size plus the IP and L4 headers. The headers are
+    measured here rather than taken from hdr_len, which the kernel fills with skb_headlen(), a
+    hint that may include payload (virtio_net_hdr_from_skb).
+    """
+    gso_type = pkt[1] & ~GSO_ECN
+    if gso_type == GSO_NONE:
+        return end - L3
+    gso_size = pkt[4] | pkt[5] << 8
+    if gso_size == 0:
+        return end - L3
+    tcp = gso_type == GSO_TCPV4 and l4 + 13 <= end
+    l4_len = (pkt[l4 + 12] >> 4) * 4 if tcp else UDP_LEN
+    return l4 - L3 + l4_len + gso_size
+
+
 class Router:
     def __init__(
         self,
@@ -169,10 +187,14 @@ class Router:
             raise ValueError(f"NAT uplink {nat.uplink} is not a router interface")
         self.icmp_bucket = TokenBucket(icmp_rate, icmp_burst)
         self._ip_id = 0
+        # (egress iface, next hop) of the IPv4 packet the last receive() routed out, else None: the
+        # decision a flow cache needs to remember it (see flowcache.py).
+        self.forwarded: tuple[int, int] | None = None
 
     # --- entry points ------------------------------------------------------------------------------
     def receive(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
         """A frame seen on segment iface: ours by MAC, or a broadcast/flood copy."""
+        self.forwarded = None
         if len(pkt) < ETH_MIN:
             self.drops[Drop.RUNT] += 1
             return []
@@ -336,7 +358,7 @@ class Router:
             drops[Drop.TTL_EXCEEDED] += 1
             return self._icmp_error(iface, pkt, TIME_EXCEEDED, 0, 0, now)
         mtu = self._mtu[out_iface]
-        if (end - L3 if pkt[1] == GSO_NONE else self._wire_size(pkt, l4, end)) > mtu:
+        if (end - L3 if pkt[1] == GSO_NONE else wire_size(pkt, l4, end)) > mtu:
             # RFC 1812 5.2.6 / RFC 1191: with DF, say how big the next hop takes; we never fragment.
             if frag & IP_DF:
                 drops[Drop.FRAG_NEEDED] += 1
@@ -349,25 +371,9 @@ class Router:
         buf[IP_CSUM : IP_CSUM + 2] = U16.pack(
             update_complete(U16.unpack_from(buf, IP_CSUM)[0], _TTL_DECREMENT_CHANGE)
         )
-        return self._output(buf, out_iface, dst_int if gateway is None else gateway, iface, now, pkt)
-
-    @staticmethod
-    def _wire_size(pkt: bytes, l4: int, end: int) -> int:
-        """The IP size of the largest packet this frame becomes on the wire.
-
-        For a GSO frame that is one segment: gso_size plus the IP and L4 headers. The headers are
-        measured here rather than taken from hdr_len, which the kernel fills with skb_headlen(), a
-        hint that may include payload (virtio_net_hdr_from_skb).
-        """
-        gso_type = pkt[1] & ~GSO_ECN
-        if gso_type == GSO_NONE:
-            return end - L3
-        gso_size = pkt[4] | pkt[5] << 8
-        if gso_size == 0:
-            return end - L3
-        tcp = gso_type == GSO_TCPV4 and l4 + 13 <= end
-        l4_len = (pkt[l4 + 12] >> 4) * 4 if tcp else UDP_LEN
-        return l4 - L3 + l4_len + gso_size
+        next_hop = dst_int if gateway is None else gateway
+        self.forwarded = (out_iface, next_hop)
+        return self._output(buf, out_iface, next_hop, iface, now, pkt)
 
     def _route_bytes(self, dst: bytes) -> NextHop | None:
         return self.routes.lookup(_U32.unpack(dst)[0])

@@ -4,11 +4,12 @@ One dict per prefix length present, keyed by the masked network address as an in
 first: a lookup costs one mask and one dict probe per distinct prefix length (at most 33, usually 2
 or 3), with no per-lookup allocation. Connected routes (from interface addresses) win over a static
 route for the same prefix, as an administrative distance of 0 does (RFC 1812 5.2.4.3).
+Every change is reported to ``on_change`` (a flow cache drops what it derived from the old table).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -32,6 +33,11 @@ class RouteTable:
     def __init__(self) -> None:
         # (prefix length, mask, {network int: (route, next hop, connected)}), longest first
         self._levels: list[tuple[int, int, dict[int, tuple[Route, NextHop, bool]]]] = []
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _level(self, length: int) -> dict[int, tuple[Route, NextHop, bool]]:
         for plen, _, existing in self._levels:
@@ -47,6 +53,7 @@ class RouteTable:
         """The subnet of an interface address: reached directly on iface."""
         route = Route(prefix, None, iface)
         self._level(prefix.prefixlen)[int(prefix.network_address)] = (route, (iface, None), True)
+        self._changed()
 
     def add(self, route: Route) -> None:
         """A static route. A gateway must be on a connected subnet (no recursive lookup)."""
@@ -68,6 +75,7 @@ class RouteTable:
         if existing is not None and existing[2]:
             return  # the connected route stays
         table[key] = (route, hop, False)
+        self._changed()
 
     def _connected(self, address: int) -> int | None:
         for _, mask, table in self._levels:

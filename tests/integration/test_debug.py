@@ -183,6 +183,9 @@ def test_metrics_endpoint_serves_prometheus_text(denv: Env) -> None:
     assert values[f'vswitch_port_tx_bytes_total{{port="{ns["c"]}"}}'] > 0
     assert values["vswitch_fdb_entries"] >= 2
     assert "# TYPE vswitch_router_drops_total counter" in text
+    assert values['vswitch_flow_cache_lookups_total{result="miss"}'] >= 1  # ICMP is never cached
+    assert values['vswitch_flow_cache_lookups_total{result="hit"}'] >= 0
+    assert values["vswitch_flow_cache_entries"] >= 0
     refused = denv.vswitch("up", "--ports", denv.ns("x"), "--metrics", "0.0.0.0:9")
     assert refused.returncode == 2 and "--metrics-public" in refused.stderr
 

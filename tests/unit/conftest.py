@@ -80,3 +80,16 @@ def payload_of(buffer: bytes) -> bytes:
     """The UDP payload of a buffer built by frame(), without any padding after it."""
     udp = Ether(buffer[len(ZERO_VNET_HDR) :])[UDP]
     return raw(udp)[8 : udp.len]
+
+
+def checksums_valid(ip: Packet) -> None:
+    """The IPv4 and L4 checksums of ip are what scapy computes afresh (a UDP checksum of 0: none)."""
+    copy = IP(bytes(ip))
+    del copy.chksum
+    layer = copy.payload
+    if hasattr(layer, "chksum") and not (isinstance(layer, UDP) and layer.chksum == 0):
+        del layer.chksum
+    rebuilt = IP(bytes(copy))
+    assert rebuilt.chksum == ip.chksum
+    if hasattr(ip.payload, "chksum"):
+        assert rebuilt.payload.chksum == ip.payload.chksum

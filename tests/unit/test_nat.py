@@ -7,6 +7,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from conftest import checksums_valid
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
@@ -65,18 +66,6 @@ def one(out: list[tuple[int, bytes]], iface: int) -> Packet:
     assert len(out) == 1, out
     assert out[0][0] == iface
     return Ether(out[0][1][10:])[IP]
-
-
-def checksums_valid(ip: Packet) -> None:
-    copy = IP(bytes(ip))
-    del copy.chksum
-    layer = copy.payload
-    if hasattr(layer, "chksum") and not (isinstance(layer, UDP) and layer.chksum == 0):
-        del layer.chksum
-    rebuilt = IP(bytes(copy))
-    assert rebuilt.chksum == ip.chksum
-    if hasattr(ip.payload, "chksum"):
-        assert rebuilt.payload.chksum == ip.payload.chksum
 
 
 def udp_out(sport: int = 5000, src: str = "10.0.1.2", dst: str = REMOTE) -> Packet:

@@ -140,3 +140,24 @@ def test_trace_leaves_no_trace() -> None:
         pkt = Ether(src=A, dst=R0) / IP(src="10.1.0.2", dst="198.19.5.5") / UDP(sport=1234, dport=53)
         trace(dp, ports["a"], buf(pkt), 1.0)
     assert state(dp) == snapshot
+
+
+def test_trace_says_whether_the_flow_cache_would_forward_it() -> None:
+    dp, ports = build()
+    syn = Ether(src=A, dst=R0) / IP(src="10.1.0.2", dst="198.19.5.5") / TCP(sport=40000, dport=80, flags="S")
+    assert "flow cache   miss" in text_of(dp, ports["a"], syn)
+    # Establish the flow for real: SYN out, SYN-ACK back to the mapped port, then ACKs out.
+    out = dp.receive(ports["a"], buf(syn), 1.0)
+    assert isinstance(out, list)
+    mapped = Ether(out[0][1][10:])[TCP].sport
+    synack = (
+        Ether(src=UP, dst=RW)
+        / IP(src="198.19.5.5", dst="198.18.0.2")
+        / TCP(sport=80, dport=mapped, flags="SA")
+    )
+    dp.receive(ports["up"], buf(synack), 1.0)
+    ack = Ether(src=A, dst=R0) / IP(src="10.1.0.2", dst="198.19.5.5") / TCP(sport=40000, dport=80, flags="A")
+    dp.receive(ports["a"], buf(ack), 1.0)
+    text = text_of(dp, ports["a"], ack)
+    assert "flow cache   hit" in text
+    assert "IP.src 10.1.0.2 -> 198.18.0.2" in next(x for x in text.splitlines() if "-> port up" in x)

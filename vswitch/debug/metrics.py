@@ -66,6 +66,17 @@ def render(instance: Instance) -> str:
     if instance.router is not None:
         for reason, count in sorted(instance.router.drops.items()):
             lines.append(f'vswitch_router_drops_total{{reason="{_label(reason)}"}} {count}')
+    flows = instance.datapath.flows
+    if flows is not None:
+        lines += [
+            "# HELP vswitch_flow_cache_lookups_total routed frames looked up in the flow cache, by result",
+            "# TYPE vswitch_flow_cache_lookups_total counter",
+            f'vswitch_flow_cache_lookups_total{{result="hit"}} {counters.flow_cache_hits}',
+            f'vswitch_flow_cache_lookups_total{{result="miss"}} {counters.flow_cache_misses}',
+            "# HELP vswitch_flow_cache_entries flows with a cached decision",
+            "# TYPE vswitch_flow_cache_entries gauge",
+            f"vswitch_flow_cache_entries {len(flows)}",
+        ]
     entries = sum(len(s.switch.fdb) for s in instance.datapath.segments)
     lines += ["# HELP vswitch_fdb_entries MAC addresses learned", "# TYPE vswitch_fdb_entries gauge"]
     lines.append(f"vswitch_fdb_entries {entries}")

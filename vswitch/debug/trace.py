@@ -149,6 +149,12 @@ class _Tracer:
         if not isinstance(router, Router):
             self.from_router(router.receive(segment, pkt, self.now))
             return
+        flows = self.dp.flows
+        if flows is not None:
+            if flows.forward(segment, pkt, self.now, dry_run=True) is not None:
+                self.note("flow cache", "hit: the cached decision forwards it (the same steps, shown below)")
+            else:
+                self.note("flow cache", "miss: the router decides, and the cache may learn the flow")
         drops0, events0 = Counter(router.drops), Counter(router.events)
         flows0 = {str(row["orig"]): row for row in router.conntrack_table(self.now)}
         frames = router.receive(segment, pkt, self.now)

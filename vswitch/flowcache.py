@@ -1,0 +1,380 @@
+"""The flow cache: an exact-match fast path for the routed packets of established flows.
+
+Why: a routed packet pays for the router's RFC 1812 checks, an LPM lookup, a conntrack lookup and
+state step, NAT's rewrite, the next hop's ARP entry and a second L2 decision on the way out, about
+9 us in Python, and nearly all of it comes out the same for every packet of a flow. Like OVS's exact
+match cache or the kernel's flowtable offload, a flow's first packets take the slow path
+(``Router.receive``, then ``Datapath.from_router``); once the flow is steady the decision is
+remembered, keyed by the ingress segment and the bytes that made it (IPv4 source and destination,
+L4 ports; the protocol is checked), and each later packet only gets what differs per packet: TTL and
+IP checksum, NAT's addresses, ports and L4 checksum, MACs, counters and the conntrack refresh.
+
+What is cached; everything else always takes the slow path, which installs an entry when it can:
+- IPv4 with ihl 5, not a fragment, TTL > 1, TCP or UDP with its whole header in the packet, within
+  the egress MTU (a GSO frame: the wire size of its segments);
+- TCP only as ACK-only segments (no SYN, FIN or RST), and for a tracked flow only in ESTABLISHED;
+  UDP of a tracked flow in any state that its packets leave as it is (``Conntrack.steady_timeout``);
+- a next hop that is fresh in the ARP cache (a stale one takes the slow path, which sends the probe)
+  and whose MAC the egress segment's FDB knows (a flood is never cached).
+An entry is installed only if a dry run of the hit rebuilds the slow path's output for the packet
+that installs it, byte for byte; otherwise the event ``flow-cache-mismatch`` counts a bug.
+
+A hit re-checks what can differ between packets of one flow: ethertype, version and ihl, header
+checksum, total length, fragment bits, TTL, protocol, TCP flags, MTU, the flow's expiry and the
+neighbour's freshness. RFC 1812's martian and broadcast checks are not repeated: they depend on the
+addresses alone, which the key matches exactly. ICMP is never cached (its "ports" hold a checksum).
+
+Invalidation, by the tables themselves (each has an ``on_change`` hook):
+- any change of routes, of ARP entries (new MAC or interface, eviction, ageing) or of FDB placement
+  (move, ageing, port removal) empties the cache (``flush``). Each clear costs at most the installs
+  since the last one, so even a flapping MAC cannot make it expensive;
+- conntrack reports each flow that is inserted, changes state or goes, and the entries under its
+  two keys are dropped at once (an insert also ends an untracked route for those keys);
+- the flow's expiry and the neighbour's freshness are compared with ``now`` on every hit.
+
+Bounded, and no timer: each segment's table holds at most ``max_entries``, and installing into a full
+one evicts its oldest entry (insertion order, like conntrack's early drop); an entry lives until its
+flow changes or goes, the cache is flushed, or it is evicted.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from .arp import Neighbour
+from .checksum import fold
+from .conntrack import KEY, ORIGINAL, Flow
+from .counters import Counters
+from .router import Router, wire_size
+from .wire import (
+    ETHERTYPE_IPV4,
+    GSO_NONE,
+    IP_DST,
+    IP_FLAGS_FRAG,
+    IP_PROTO,
+    IP_SRC,
+    IP_TOTAL_LEN,
+    IPV4_MIN_LEN,
+    L3,
+    PORTS,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_CSUM_OFF,
+    TCP_FIN,
+    TCP_FLAGS_OFF,
+    TCP_MIN_LEN,
+    TCP_RST,
+    TCP_SYN,
+    UDP_CSUM_OFF,
+    UDP_LEN,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR_LEN,
+)
+
+if TYPE_CHECKING:
+    from .switch import Switch
+
+Transmit = tuple[int, bytes]
+
+DEFAULT_MAX_ENTRIES: Final = 8192  # per segment
+
+L4: Final = L3 + IPV4_MIN_LEN  # ihl 5 is all the cache takes
+KEY_BYTES: Final = slice(IP_SRC.start, L4 + 4)  # source, destination, source port, destination port
+VER_IHL_5: Final = 0x45
+FRAGMENT_BITS: Final = 0x3FFF  # MF and the offset; DF only matters beyond the MTU, checked apart
+TCP_DECIDING: Final = TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK  # the flags conntrack's events read
+TCP_FLAGS_AT: Final = L4 + TCP_FLAGS_OFF
+L4_MIN: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: UDP_LEN}
+PARTIAL_CSUM_START: Final = L4 - VNET_HDR_LEN  # NEEDS_CSUM's csum_start counts from the Ethernet header
+TTL_ONE: Final = 0x0100  # TTL is the high byte of the TTL/protocol word
+# RFC 1624: decrementing TTL adds ~m + m' = ~0x0100 = 0xFEFF to the checksum's complement.
+TTL_DECREMENT_CHANGE: Final = 0xFEFF
+ONES: Final = 0xFFFF
+
+# A hit reads a frame with one unpack and writes the routed frame with one pack plus the untouched
+# tail. Read: the virtio-net header (kept as it is), the ethertype, the IPv4 header's words up to its
+# checksum, then past the addresses and ports: the L4 bytes up to the L4 checksum, and that checksum.
+# Written: the same, with new MACs, TTL and checksums, and the NAT's addresses and ports.
+_FRONT: Final = "!10s"
+_IPV4_WORDS: Final = "H6H"  # ethertype; ver/ihl/tos, total length, id, flags/fragment, TTL/protocol, checksum
+TCP_READER: Final = struct.Struct(_FRONT + "12x" + _IPV4_WORDS + "12x12sH")  # seq, ack, offset/flags, window
+UDP_READER: Final = struct.Struct(_FRONT + "12x" + _IPV4_WORDS + "12xHH")  # length
+TCP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "12s12sH")
+UDP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "12sHH")
+PLAIN_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS)  # TTL and checksum: no NAT
+TCP_FLAGS_IN_MIDDLE: Final = TCP_FLAGS_OFF - 4  # in the TCP reader's 12 bytes after the ports
+TAIL_AT: Final = {PROTO_TCP: L4 + TCP_CSUM_OFF + 2, PROTO_UDP: L4 + UDP_CSUM_OFF + 2}
+ADDRESSES: Final = struct.Struct("!4H")
+
+
+def _rebuild_struct(compiled: struct.Struct) -> tuple[type[struct.Struct], tuple[str]]:
+    return struct.Struct, (compiled.format,)
+
+
+# Entries hold compiled Structs, which copy.deepcopy cannot copy by itself; `vswitch trace` deep-copies
+# the whole datapath, cache included. A Struct is immutable: rebuilt from its format, it is the same.
+copyreg.pickle(struct.Struct, _rebuild_struct)
+
+
+class CachedFlow(NamedTuple):
+    """One remembered decision: a tuple, so a hit unpacks it in one step."""
+
+    proto: int
+    reader: struct.Struct  # TCP_READER or UDP_READER
+    writer: struct.Struct  # PLAIN_WRITER without NAT, else the protocol's
+    tail_at: int  # where the bytes the writer does not cover start
+    addr_sum: int  # the header's address words, summed: the checksum check adds the rest
+    min_total: int  # the smallest IPv4 total length that holds the L4 header
+    mtu: int
+    flow: Flow | None  # None: routed untracked (no NAT, or NAT leaves it alone)
+    direction: int
+    timeout: float  # the expiry a packet of the flow gives it (Conntrack.steady_timeout)
+    neighbour: Neighbour
+    out_port: int
+    rx_port: int  # the router's port on the ingress segment
+    tx_port: int  # the router's port on the egress segment
+    macs: bytes  # new Ethernet destination and source
+    ip_change: int  # IP checksum change: TTL decrement plus the address rewrite
+    rewrite: bytes | None  # new source, destination and ports, or None when NAT leaves them
+    partial_change: int  # L4 change for a NEEDS_CSUM frame: addresses only (pseudo-header)
+    complete_change: int  # L4 change for a complete checksum: addresses and ports
+
+
+class FlowCache:
+    """The cache itself: ``forward`` on every routed frame, ``install`` after the slow path."""
+
+    def __init__(
+        self,
+        router: Router,
+        switches: list[Switch],
+        counters: Counters,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.router = router
+        self.switches = switches  # by segment index, which is also the router's interface index
+        self.counters = counters
+        self.max_entries = max_entries
+        self.tables: list[dict[bytes, CachedFlow]] = [{} for _ in switches]
+        self.arp_timeout = router.arp.timeout
+        self.conntrack = None if router.nat is None else router.nat.conntrack
+        # Subscribe to every table a cached decision derives from.
+        router.routes.on_change = self.flush
+        router.arp.on_change = self.flush
+        for switch in switches:
+            switch.fdb.on_change = self.flush
+        self._refresh: Callable[[Flow, int, float, float], None] = _no_conntrack
+        if self.conntrack is not None:
+            self.conntrack.on_change = self.forget_flow
+            self._refresh = self.conntrack.refresh
+
+    def add_segment(self, switch: Switch) -> None:
+        self.switches.append(switch)
+        self.tables.append({})
+        switch.fdb.on_change = self.flush
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self.tables)
+
+    # --- invalidation ------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """A route, neighbour or FDB entry changed: every entry may be void."""
+        for table in self.tables:
+            table.clear()
+        self.counters.events["flow-cache-flushed"] += 1
+
+    def forget_flow(self, flow: Flow) -> None:
+        """A tracked flow came, changed state or went: drop the entries under its keys."""
+        if flow.proto not in L4_MIN:
+            return
+        for key in (flow.orig, flow.reply):
+            # conntrack's KEY is proto, src, sport, dst, dport; ours is src, dst, sport, dport
+            cache_key = key[1:5] + key[7:11] + key[5:7] + key[11:13]
+            for table in self.tables:
+                table.pop(cache_key, None)
+
+    # --- the fast path -----------------------------------------------------------------------------
+    def forward(self, segment: int, pkt: bytes, now: float, dry_run: bool = False) -> list[Transmit] | None:
+        """Route pkt (unicast to the router's MAC on segment) from its cached decision; None: a miss.
+
+        Every check comes before the first side effect. dry_run builds the frame with no side effect
+        at all (install checks a new entry with it).
+        """
+        counters = self.counters
+        entry = self.tables[segment].get(pkt[KEY_BYTES])  # a short frame gives a short key: no match
+        if entry is None:
+            if not dry_run:
+                counters.flow_cache_misses += 1
+            return None
+        (proto, reader, writer, tail_at, addr_sum, min_total, mtu, flow, direction, timeout,
+         neighbour, out_port, rx_port, tx_port, macs, ip_change, rewrite, partial_change,
+         complete_change) = entry  # fmt: skip
+        try:
+            vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum, l4_middle, l4_csum = (
+                reader.unpack_from(pkt)
+            )
+        except struct.error:  # shorter than its L4 header
+            if not dry_run:
+                counters.flow_cache_misses += 1
+            return None
+        size = len(pkt)
+        if (
+            ethertype != ETHERTYPE_IPV4
+            or ver_ihl_tos >> 8 != VER_IHL_5
+            # RFC 1812 5.2.2: a valid header sums to 0xFFFF in one's complement: 0 modulo 0xFFFF
+            or (ver_ihl_tos + total + ident + frag + ttl_proto + csum + addr_sum) % ONES
+            or frag & FRAGMENT_BITS
+            or ttl_proto & 0xFF != proto
+            or ttl_proto < 2 * TTL_ONE  # TTL 0 or 1: time exceeded, in the slow path
+            or (proto == PROTO_TCP and l4_middle[TCP_FLAGS_IN_MIDDLE] & TCP_DECIDING != TCP_ACK)
+            or (
+                not min_total <= total <= mtu or L3 + total > size
+                if vnet[1] == GSO_NONE
+                else not _gso_fits(pkt, size, min_total, mtu)
+            )
+            or (flow is not None and flow.expires <= now)
+            or now - neighbour.updated >= self.arp_timeout  # stale: the slow path probes it
+        ):
+            if not dry_run:
+                counters.flow_cache_misses += 1
+            return None
+        if not dry_run:
+            if flow is not None:
+                self._refresh(flow, direction, timeout, now)
+            counters.flow_cache_hits += 1
+            length = size - VNET_HDR_LEN
+            counters.rx_packets[rx_port] += 1
+            counters.rx_bytes[rx_port] += length
+            counters.tx_packets[tx_port] += 1
+            counters.tx_bytes[tx_port] += length
+        # The frame, as Router._ipv4 and nat.rewrite make it. Sums stay below 2**17: one carry folds.
+        change = (~csum & ONES) + ip_change  # RFC 1624 eqn. 3: TTL and addresses in one update
+        csum = ~((change & ONES) + (change >> 16)) & ONES
+        ttl_proto -= TTL_ONE
+        if rewrite is None:
+            head = writer.pack(vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum)
+            return [(out_port, head + pkt[tail_at:])]
+        if vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == PARTIAL_CSUM_START:
+            # The field holds the uncomplemented pseudo-header sum: only the addresses are in it.
+            change = l4_csum + partial_change
+            l4_csum = (change & ONES) + (change >> 16)
+        elif l4_csum or proto != PROTO_UDP:  # RFC 768: a UDP checksum of 0 is none; none is added
+            change = (~l4_csum & ONES) + complete_change
+            l4_csum = ~((change & ONES) + (change >> 16)) & ONES
+            if not l4_csum and proto == PROTO_UDP:
+                l4_csum = ONES
+        head = writer.pack(
+            vnet,
+            macs,
+            ethertype,
+            ver_ihl_tos,
+            total,
+            ident,
+            frag,
+            ttl_proto,
+            csum,
+            rewrite,
+            l4_middle,
+            l4_csum,
+        )
+        return [(out_port, head + pkt[tail_at:])]
+
+    # --- learning from the slow path ---------------------------------------------------------------
+    def install(self, segment: int, pkt: bytes, sent: list[Transmit], now: float) -> None:
+        """Remember what the slow path just did with pkt, if a later packet may reuse it as it is."""
+        router = self.router
+        forwarded = router.forwarded
+        if forwarded is None or len(sent) != 1:
+            return
+        out_iface, next_hop = forwarded
+        size = len(pkt)
+        proto = pkt[IP_PROTO]
+        need = L4_MIN.get(proto)
+        if need is None or pkt[L3] != VER_IHL_5 or size < L4 + need:
+            return
+        if (pkt[IP_FLAGS_FRAG] << 8 | pkt[IP_FLAGS_FRAG + 1]) & FRAGMENT_BITS:
+            return
+        min_total = IPV4_MIN_LEN + need
+        if pkt[1] == GSO_NONE and (pkt[IP_TOTAL_LEN] << 8 | pkt[IP_TOTAL_LEN + 1]) < min_total:
+            return
+        if proto == PROTO_TCP and pkt[TCP_FLAGS_AT] & TCP_DECIDING != TCP_ACK:
+            return
+        neighbour = router.arp.entries.get(next_hop)
+        if neighbour is None or now - neighbour.updated >= self.arp_timeout:
+            return
+        [(out_port, _)] = sent
+        out_switch = self.switches[out_iface]
+        known = out_switch.fdb.entries.get(neighbour.mac)
+        if known is None or known.port != out_port or out_port == out_switch.router_port:
+            return
+        flow: Flow | None = None
+        direction = ORIGINAL
+        timeout = 0.0
+        rewrite: bytes | None = None
+        addr_delta = port_delta = 0
+        if self.conntrack is not None:
+            sport, dport = PORTS.unpack_from(pkt, L4)
+            found = self.conntrack.keys.get(KEY.pack(proto, pkt[IP_SRC], sport, pkt[IP_DST], dport))
+            if found is not None:
+                flow, direction = found
+                steady = self.conntrack.steady_timeout(flow, direction)
+                if steady is None:
+                    return
+                timeout = steady
+                xlate = flow.xlate[direction]
+                if xlate is not None:
+                    new_src, new_dst, new_ports, addr_delta, port_delta = xlate
+                    rewrite = new_src + new_dst + new_ports
+        rx_port = self.switches[segment].router_port
+        tx_port = out_switch.router_port
+        assert rx_port is not None and tx_port is not None
+        tcp = proto == PROTO_TCP
+        entry = CachedFlow(
+            proto=proto,
+            reader=TCP_READER if tcp else UDP_READER,
+            writer=PLAIN_WRITER if rewrite is None else TCP_WRITER if tcp else UDP_WRITER,
+            tail_at=IP_SRC.start if rewrite is None else TAIL_AT[proto],
+            addr_sum=sum(ADDRESSES.unpack_from(pkt, IP_SRC.start)),
+            min_total=min_total,
+            mtu=router.interfaces[out_iface].mtu,
+            flow=flow,
+            direction=direction,
+            timeout=timeout,
+            neighbour=neighbour,
+            out_port=out_port,
+            rx_port=rx_port,
+            tx_port=tx_port,
+            macs=neighbour.mac + router.interfaces[out_iface].mac,
+            ip_change=fold(TTL_DECREMENT_CHANGE + addr_delta),
+            rewrite=rewrite,
+            partial_change=addr_delta,
+            complete_change=fold(addr_delta + port_delta),
+        )
+        table = self.tables[segment]
+        key = pkt[KEY_BYTES]
+        old = table.pop(key, None)  # re-inserted at the end: insertion order stays install order
+        table[key] = entry
+        if self.forward(segment, pkt, now, dry_run=True) != sent:
+            self.counters.events["flow-cache-mismatch"] += 1
+            del table[key]
+            if old is not None:
+                table[key] = old
+            return
+        if len(table) > self.max_entries:
+            del table[next(iter(table))]
+            self.counters.events["flow-cache-evicted"] += 1
+
+
+def _no_conntrack(flow: Flow, direction: int, timeout: float, now: float) -> None:
+    raise AssertionError("a tracked flow in a cache without conntrack")
+
+
+def _gso_fits(pkt: bytes, size: int, min_total: int, mtu: int) -> bool:
+    """A GSO frame: its L4 header is in the buffer and each segment it becomes fits the MTU
+    (``router.wire_size``, as the slow path measures it)."""
+    return size >= L3 + min_total and wire_size(pkt, L4, size) <= mtu
