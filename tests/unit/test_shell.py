@@ -1,0 +1,143 @@
+"""The IO shell's read-decide-write loop over real kernel fds (AF_UNIX datagram socketpairs).
+
+A datagram socket hands over one frame per read() and takes one per write(), as a tap does, and needs
+no root. Each port's switch side is attached to a Shell; the test holds the other end ("the wire").
+The event loop is never run: the tests call the reader callback the loop would call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import frame, mac
+
+from vswitch.counters import Drop
+from vswitch.datapath import Datapath
+from vswitch.shell import BATCH, Shell
+from vswitch.wire import VNET_HDR_LEN
+
+H = [mac(i) for i in range(3)]  # host i lives behind port i
+
+
+@dataclass
+class Bench:
+    shell: Shell
+    datapath: Datapath
+    wires: list[socket.socket]  # the far end of each port
+    inner: list[socket.socket]  # the ends the shell reads and writes
+
+    def readable(self, port: int) -> None:
+        """What the event loop does when port's fd is readable."""
+        reader = next(r for p, r in self.shell._readers if p == port)
+        self.shell._on_readable(port, reader)
+
+    def received(self, port: int) -> list[bytes]:
+        """Every frame the shell wrote to port so far."""
+        frames = []
+        while True:
+            try:
+                frames.append(self.wires[port].recv(65536))
+            except BlockingIOError:
+                return frames
+
+
+@pytest.fixture
+def bench() -> Iterator[Bench]:
+    loop = asyncio.new_event_loop()
+    datapath = Datapath()
+    segment = datapath.add_segment("lan")
+    shell = Shell(datapath, loop)
+    wires, inner = [], []
+    for i in range(3):
+        assert datapath.add_port(f"p{i}", segment) == i
+        switch_end, wire_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for end in (switch_end, wire_end):
+            end.setblocking(False)
+        shell.attach(i, switch_end.fileno())
+        wires.append(wire_end)
+        inner.append(switch_end)
+    try:
+        yield Bench(shell, datapath, wires, inner)
+    finally:
+        shell.detach_all()
+        loop.close()
+        for end in wires + inner:
+            end.close()
+
+
+def learn(bench: Bench) -> None:
+    """Every host says something once, so the FDB knows where each lives; then forget the copies."""
+    for port, host in enumerate(H):
+        bench.wires[port].send(frame(host, H[(port + 1) % 3]))
+        bench.readable(port)
+    for port in range(3):
+        bench.received(port)
+
+
+def test_unicast_is_written_and_counted(bench: Bench) -> None:
+    learn(bench)
+    before = bench.datapath.counters.tx_packets[1], bench.datapath.counters.tx_bytes[1]
+    sent = frame(H[0], H[1], size=200)
+    bench.wires[0].send(sent)
+    bench.readable(0)
+    assert bench.received(1) == [sent]
+    assert bench.received(2) == []
+    counters = bench.datapath.counters
+    assert counters.tx_packets[1] == before[0] + 1
+    assert counters.tx_bytes[1] == before[1] + len(sent) - VNET_HDR_LEN
+
+
+def test_a_batch_is_bounded(bench: Bench) -> None:
+    learn(bench)
+    for _ in range(BATCH + 5):
+        bench.wires[0].send(frame(H[0], H[1]))
+    bench.readable(0)
+    assert len(bench.received(1)) == BATCH  # the rest waits for the next turn of the loop
+    bench.readable(0)
+    assert len(bench.received(1)) == 5
+
+
+def test_the_answer_already_queued_at_the_destination_goes_out_in_the_same_turn(bench: Bench) -> None:
+    """A namespace's stack answers inside our write (an echo reply, an ACK): the shell reads the port
+    it just wrote to before returning to the loop, and only that port."""
+    learn(bench)
+    request, reply, unrelated = frame(H[0], H[1]), frame(H[1], H[0]), frame(H[2], H[0])
+    bench.wires[1].send(reply)  # stands for the answer the destination queued during our write
+    bench.wires[2].send(unrelated)
+    bench.wires[0].send(request)
+    bench.readable(0)
+    assert bench.received(1) == [request]
+    assert bench.received(0) == [reply]  # read from port 1 without a turn of the loop
+    assert bench.inner[2].recv(65536) == unrelated  # port 2 was not read
+
+
+def test_a_full_destination_is_a_counted_drop(bench: Bench) -> None:
+    learn(bench)
+    bench.inner[1].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    written_before = bench.datapath.counters.tx_packets[1]
+    sent = 0
+    while True:  # fill the far end's receive queue until the kernel refuses (bounded by its buffer)
+        bench.wires[0].send(frame(H[0], H[1], size=1000))
+        before = bench.datapath.counters.drops[1][Drop.TX_QUEUE_FULL]
+        bench.readable(0)
+        sent += 1
+        if bench.datapath.counters.drops[1][Drop.TX_QUEUE_FULL] > before:
+            break
+        assert sent < 10_000
+    # Every frame but the refused one was written and counted as sent; the refused one was not.
+    assert bench.datapath.counters.tx_packets[1] - written_before == len(bench.received(1)) == sent - 1
+
+
+def test_a_dead_destination_is_a_counted_drop_and_the_port_keeps_reading(bench: Bench) -> None:
+    learn(bench)
+    bench.wires[1].close()
+    bench.wires[0].send(frame(H[0], H[1]))
+    bench.readable(0)
+    assert bench.datapath.counters.drops[1][Drop.TX_ERROR] == 1
+    bench.wires[0].send(frame(H[0], H[2]))
+    bench.readable(0)
+    assert len(bench.received(2)) == 1
