@@ -13,6 +13,7 @@ A frame for the router asks the flow cache (flowcache.py) first; on a miss it ta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,10 +23,11 @@ from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
 from .flowcache import FlowCache
 from .router import Router
 from .switch import Switch
-from .wire import VNET_HDR_LEN
+from .wire import VNET_HDR_LEN, Frame
 
 Transmit = tuple[int, bytes]
-Verdict = int | tuple[int, ...] | list[Transmit] | None
+# A list verdict's frames are bytes, or a Gather (flowcache.py: a long payload, written with writev).
+Verdict = int | tuple[int, ...] | Sequence[tuple[int, Frame]] | None
 
 
 class L3Engine(Protocol):

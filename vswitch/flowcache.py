@@ -73,14 +73,20 @@ from .wire import (
     UDP_LEN,
     VNET_F_NEEDS_CSUM,
     VNET_HDR_LEN,
+    Frame,
+    Gather,
 )
 
 if TYPE_CHECKING:
     from .switch import Switch
 
 Transmit = tuple[int, bytes]
+Output = tuple[int, Frame]  # a hit's frame: bytes, or a Gather for a long payload
 
 DEFAULT_MAX_ENTRIES: Final = 8192  # per segment
+# Payloads longer than this leave as a Gather (written with writev, not copied): above about 1 KB the
+# copy costs more than the memoryview and the object (measured: see bench/README.md).
+GATHER_FROM: Final = 1024
 
 L4: Final = L3 + IPV4_MIN_LEN  # ihl 5 is all the cache takes
 KEY_BYTES: Final = slice(IP_SRC.start, L4 + 4)  # source, destination, source port, destination port
@@ -199,7 +205,7 @@ class FlowCache:
                 table.pop(cache_key, None)
 
     # --- the fast path -----------------------------------------------------------------------------
-    def forward(self, segment: int, pkt: bytes, now: float, dry_run: bool = False) -> list[Transmit] | None:
+    def forward(self, segment: int, pkt: bytes, now: float, dry_run: bool = False) -> list[Output] | None:
         """Route pkt (unicast to the router's MAC on segment) from its cached decision; None: a miss.
 
         Every check comes before the first side effect. dry_run builds the frame with no side effect
@@ -258,6 +264,8 @@ class FlowCache:
         ttl_proto -= TTL_ONE
         if rewrite is None:
             head = writer.pack(vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum)
+            if size - tail_at > GATHER_FROM:
+                return [(out_port, Gather(head, memoryview(pkt)[tail_at:]))]
             return [(out_port, head + pkt[tail_at:])]
         if vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == PARTIAL_CSUM_START:
             # The field holds the uncomplemented pseudo-header sum: only the addresses are in it.
@@ -282,6 +290,8 @@ class FlowCache:
             l4_middle,
             l4_csum,
         )
+        if size - tail_at > GATHER_FROM:
+            return [(out_port, Gather(head, memoryview(pkt)[tail_at:]))]
         return [(out_port, head + pkt[tail_at:])]
 
     # --- learning from the slow path ---------------------------------------------------------------

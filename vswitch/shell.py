@@ -13,12 +13,12 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from .counters import Drop
-from .datapath import Datapath, Transmit
-from .wire import VNET_HDR_LEN
+from .datapath import Datapath
+from .wire import VNET_HDR_LEN, Frame, Gather
 
 BATCH: Final = 64
 # 64 KiB TSO super-frame + the virtio-net header; anything smaller silently truncates (design.md).
@@ -144,6 +144,7 @@ class Shell:
         tx_bytes = counters.tx_bytes
         drops = counters.drops
         os_write = os.write
+        os_writev = os.writev
         read = reader.read
         observers = self._observers.get(port)
         hook = self.hook
@@ -203,7 +204,10 @@ class Shell:
                 continue
             # _write_plain, inlined: one frame to one port is the per-packet path of nearly everything.
             try:
-                os_write(fds[out], data)
+                if data.__class__ is bytes:
+                    os_write(fds[out], data)
+                else:
+                    os_writev(fds[out], data.parts)  # type: ignore[union-attr]  # a Gather: a long payload, not copied
             except BlockingIOError:
                 drops[out][Drop.TX_QUEUE_FULL] += 1
                 continue
@@ -224,11 +228,14 @@ class Shell:
         if counters.total_drops()[Drop.INTERNAL_ERROR] <= INTERNAL_ERRORS_LOGGED:
             log.exception("port %s: internal error while deciding a frame (dropped)", port)
 
-    def _write_plain(self, port: int, data: bytes) -> bool:
+    def _write_plain(self, port: int, data: Frame) -> bool:
         fd = self._fd_list[port]
         counters = self.datapath.counters
         try:
-            os.write(fd, data)
+            if isinstance(data, Gather):
+                os.writev(fd, data.parts)
+            else:
+                os.write(fd, data)
         except BlockingIOError:
             counters.drops[port][Drop.TX_QUEUE_FULL] += 1
             return False
@@ -239,14 +246,15 @@ class Shell:
         counters.tx_bytes[port] += len(data) - VNET_HDR_LEN
         return True
 
-    def _write_observed(self, port: int, data: bytes) -> bool:
+    def _write_observed(self, port: int, data: Frame) -> bool:
         sent = self._write_plain(port, data)
         if sent:
+            frame = bytes(data)  # a Gather joined: observers keep frames as bytes
             for observer in self._observers.get(port, ()):
-                observer("tx", data)
+                observer("tx", frame)
         return sent
 
-    def send(self, frames: list[Transmit]) -> None:
+    def send(self, frames: Sequence[tuple[int, Frame]]) -> None:
         for port, data in frames:
             self._write(port, data)
 

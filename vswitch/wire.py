@@ -99,3 +99,38 @@ def parse_mac(text: str) -> bytes:
 def is_multicast(mac: bytes) -> bool:
     """The I/G bit: set for group (multicast and broadcast) addresses (IEEE 802 section 8.2)."""
     return bool(mac[0] & 1)
+
+
+class Gather:
+    """A frame kept as two buffers: a rewritten head and the untouched rest of the received frame.
+
+    The flow cache rewrites only headers; for a 64 KB TSO frame, joining head and payload into new
+    bytes would copy the payload twice in userspace. The shell writes a Gather with one writev(2)
+    instead. len() is the frame's length (counters); bytes() joins it (capture, tests).
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, head: bytes, tail: memoryview) -> None:
+        self.parts = (head, tail)
+        self.size = len(head) + len(tail)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return self.parts[0] + bytes(self.parts[1])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Gather | bytes | bytearray):
+            return bytes(self) == bytes(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to bytes, so it cannot hash like them
+
+    def __repr__(self) -> str:
+        return f"Gather({bytes(self)!r})"
+
+
+# What a port is sent: bytes, or a Gather the shell writes with writev.
+Frame = bytes | Gather

@@ -25,11 +25,11 @@ from scapy.packet import Packet, Raw
 from vswitch.checksum import fold, ones_sum, words
 from vswitch.conntrack import Timeouts
 from vswitch.datapath import Datapath, Verdict
-from vswitch.flowcache import FlowCache
+from vswitch.flowcache import GATHER_FROM, FlowCache
 from vswitch.nat import NatConfig, PortForward
 from vswitch.router import Interface, Router
 from vswitch.routes import Route
-from vswitch.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
+from vswitch.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR, Gather
 
 R_LAN, R_DMZ, R_WAN = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03"
 HOST_A, HOST_B, HOST_C = "02:00:00:00:01:02", "02:00:00:00:01:03", "02:00:00:00:02:02"
@@ -230,8 +230,9 @@ class Twin:
 def one(verdict: Verdict, port: str) -> Packet:
     """The single frame a verdict sends, to port, parsed; its checksums checked by scapy."""
     assert isinstance(verdict, list) and len(verdict) == 1, verdict
-    out_port, buf = verdict[0]
+    out_port, frame = verdict[0]
     assert out_port == PORTS[port]
+    buf = bytes(frame)  # a long payload comes as a Gather
     packet = Ether(buf[10:])
     if buf[0] & VNET_F_NEEDS_CSUM:
         complete_partial(buf)
@@ -291,6 +292,17 @@ def test_nat_tcp_both_directions_every_checksum_form() -> None:
         q = one(twin.send("up", frame("up", tcp(REMOTE, NAT_IP, 80, 40000, "A", size=size), form)), "a")
         assert q[IP].dst == A_IP and q[TCP].dport == 40000 and q.dst == HOST_A
     assert twin.hits == 4 + 3  # the handshake's ACK installed the outbound entry, the first reply the inbound
+
+
+def test_a_long_payload_leaves_as_a_gather_equal_to_the_slow_path() -> None:
+    """Beyond GATHER_FROM bytes the payload is not copied: head + memoryview of the received frame."""
+    twin = Twin.build()
+    handshake(twin, "a", "up", REMOTE, 40000, 80, NAT_IP, 80)
+    for size, gathered in ((GATHER_FROM - 100, False), (GATHER_FROM + 100, True), (60000, True)):
+        pkt = frame("a", tcp(A_IP, REMOTE, 40000, 80, "PA", size=size), "tso")
+        verdict = twin.send("a", pkt)  # which also checks: the same bytes as the router's
+        assert isinstance(verdict, list)
+        assert isinstance(verdict[0][1], Gather) is gathered
 
 
 def test_nat_udp_both_directions_and_zero_checksum() -> None:

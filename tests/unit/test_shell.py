@@ -18,7 +18,7 @@ from conftest import frame, mac
 from vswitch.counters import Drop
 from vswitch.datapath import Datapath
 from vswitch.shell import BATCH, Shell
-from vswitch.wire import VNET_HDR_LEN
+from vswitch.wire import VNET_HDR_LEN, Frame, Gather
 
 H = [mac(i) for i in range(3)]  # host i lives behind port i
 
@@ -141,3 +141,25 @@ def test_a_dead_destination_is_a_counted_drop_and_the_port_keeps_reading(bench: 
     bench.wires[0].send(frame(H[0], H[2]))
     bench.readable(0)
     assert len(bench.received(2)) == 1
+
+
+def test_a_gather_frame_leaves_whole_in_one_write(bench: Bench) -> None:
+    """The flow cache hands over long frames as head + untouched payload (a Gather): one writev."""
+    learn(bench)
+    sent = frame(H[0], H[1], size=3000)
+    head = b"\x00" * VNET_HDR_LEN + H[2] + H[0] + sent[VNET_HDR_LEN + 12 : 60]  # a rewritten head
+
+    def routed(port: int, pkt: bytes, now: float) -> list[tuple[int, Frame]]:
+        return [(1, Gather(head, memoryview(pkt)[60:]))]
+
+    bench.datapath.receive = routed  # type: ignore[method-assign]
+    captured: list[tuple[str, bytes]] = []
+    for observed in (False, True):
+        if observed:
+            bench.shell.observe(1, lambda direction, data: captured.append((direction, data)))
+        before = bench.datapath.counters.tx_bytes[1]
+        bench.wires[0].send(sent)
+        bench.readable(0)
+        assert bench.received(1) == [head + sent[60:]]
+        assert bench.datapath.counters.tx_bytes[1] - before == len(sent) - VNET_HDR_LEN
+    assert captured == [("tx", head + sent[60:])]  # capture sees bytes, as from any other write
