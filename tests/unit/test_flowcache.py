@@ -25,7 +25,7 @@ from scapy.packet import Packet, Raw
 from vswitch.checksum import fold, ones_sum, words
 from vswitch.conntrack import Timeouts
 from vswitch.datapath import Datapath, Verdict
-from vswitch.flowcache import GATHER_FROM, FlowCache
+from vswitch.flowcache import GATHER_FROM, INSERT_WHEN_FULL, FlowCache
 from vswitch.nat import NatConfig, PortForward
 from vswitch.router import Interface, Router
 from vswitch.routes import Route
@@ -569,16 +569,27 @@ def test_fdb_ageing() -> None:
 
 def test_cache_is_bounded() -> None:
     twin = Twin.build(max_entries=4)
-    for sport in range(6000, 6010):
+    for sport in range(6000, 6004):
         for _ in range(2):
             twin.send("a", frame("a", udp(A_IP, C_IP, sport, 7000)))
     cache = cache_of(twin.on)
-    assert len(cache.tables[0]) == 4
-    assert twin.on.counters.events["flow-cache-evicted"] == 6
-    assert twin.hits == 10
-    for sport in range(6006, 6010):  # the newest four are still there
+    assert len(cache.tables[0]) == 4 and twin.hits == 4
+    events = twin.on.counters.events
+    # More flows than it holds: their misses are not installed (each would evict one entry to save
+    # nothing), except one in INSERT_WHEN_FULL, which evicts the oldest.
+    for sport in range(7000, 7000 + INSERT_WHEN_FULL - 1):
         twin.send("a", frame("a", udp(A_IP, C_IP, sport, 7000)))
-    assert twin.hits == 14
+    assert events["flow-cache-full-skip"] == INSERT_WHEN_FULL - 1
+    assert events["flow-cache-evicted"] == 0 and len(cache.tables[0]) == 4
+    twin.send("a", frame("a", udp(A_IP, C_IP, 9999, 7000)))  # the one that gets in
+    assert events["flow-cache-evicted"] == 1 and len(cache.tables[0]) == 4
+    hits = twin.hits
+    twin.send("a", frame("a", udp(A_IP, C_IP, 9999, 7000)))
+    twin.send("a", frame("a", udp(A_IP, C_IP, 6000, 7000)))  # the oldest, evicted: a miss
+    assert twin.hits == hits + 1
+    for sport in range(6001, 6004):  # the other three are still there
+        twin.send("a", frame("a", udp(A_IP, C_IP, sport, 7000)))
+    assert twin.hits == hits + 4
 
 
 def test_timers_keep_the_twins_equal() -> None:
