@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
         description=(
             "Build the same topology on each contender in namespaces of its own, measure them in "
             "interleaved rounds and report medians (table, JSON, PNG chart). Default: 3 rounds, "
-            "about 10 minutes; --quick: 1 round, about 1 minute."
+            "about 12 minutes with vde_switch and Open vSwitch; --quick: 1 round, about 1 minute."
         ),
     )
     bench.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (short loads, 1 round)")
