@@ -28,6 +28,7 @@ PacketHook = Callable[[int, bytes, float], None]
 # Read errors that mean the tap itself is gone; any other one costs a single frame.
 LINK_GONE: Final = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.EIO})
 INTERNAL_ERRORS_LOGGED: Final = 10
+PEER_BACKOFF: Final = 8  # after an empty look for an answer, the next 8 batches to that port skip it
 SPIN_SLICE: Final = 0.002  # a busy poll hands the event loop its turn this often
 log = logging.getLogger("vswitch")
 
@@ -52,6 +53,7 @@ class Shell:
         self._readers: list[tuple[int, io.FileIO]] = []
         self._reader_of: dict[int, io.FileIO] = {}  # port id -> its reader
         self._last_out = -1  # the last port a unicast frame was written to, by _drain
+        self._peer_skip: dict[int, int] = {}  # port id -> answer looks to skip (it had nothing)
         # Opt-in busy polling (seconds): after traffic, keep reading every port for this long instead
         # of sleeping in epoll, so the next frame skips the wake-up latency. Costs a core while on.
         self.busy_poll = 0.0
@@ -107,9 +109,15 @@ class Shell:
         if count < BATCH:
             # The port just emptied. A local stack often answers inside our write (an echo reply, a
             # TCP ACK, an RPC response): read that port now rather than after a trip round the loop.
-            peer = self._reader_of.get(self._last_out)
+            # One-way traffic never answers: after an empty look, skip the next PEER_BACKOFF ones.
+            out = self._last_out
+            peer = self._reader_of.get(out)
             if peer is not None and peer is not reader:
-                self._drain(self._last_out, peer)
+                skip = self._peer_skip.get(out, 0)
+                if skip:
+                    self._peer_skip[out] = skip - 1
+                elif not self._drain(out, peer):
+                    self._peer_skip[out] = PEER_BACKOFF
         if self.busy_poll and not self._spinning:
             self._spin(time.perf_counter() + self.busy_poll)
 

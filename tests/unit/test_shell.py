@@ -17,7 +17,7 @@ from conftest import frame, mac
 
 from vswitch.counters import Drop
 from vswitch.datapath import Datapath
-from vswitch.shell import BATCH, Shell
+from vswitch.shell import BATCH, PEER_BACKOFF, Shell
 from vswitch.wire import VNET_HDR_LEN, Frame, Gather
 
 H = [mac(i) for i in range(3)]  # host i lives behind port i
@@ -113,6 +113,28 @@ def test_the_answer_already_queued_at_the_destination_goes_out_in_the_same_turn(
     assert bench.received(1) == [request]
     assert bench.received(0) == [reply]  # read from port 1 without a turn of the loop
     assert bench.inner[2].recv(65536) == unrelated  # port 2 was not read
+
+
+def test_one_way_traffic_backs_off_from_looking_for_answers(bench: Bench) -> None:
+    """A destination that had nothing to say is not read after each batch (a wasted read each time,
+    for a one-way stream) but once every PEER_BACKOFF + 1; an answer found keeps the looks coming."""
+    learn(bench)
+    bench.wires[0].send(frame(H[0], H[1]))
+    bench.readable(0)  # looked at port 1: nothing there
+    bench.received(1)
+    answer = frame(H[1], H[0])
+    bench.wires[1].send(answer)  # from now on port 1 has something, but the shell backs off
+    for _ in range(PEER_BACKOFF):
+        bench.wires[0].send(frame(H[0], H[1]))
+        bench.readable(0)
+        assert bench.received(0) == []
+    bench.wires[0].send(frame(H[0], H[1]))
+    bench.readable(0)
+    assert bench.received(0) == [answer]  # the next look found it
+    bench.wires[1].send(answer)
+    bench.wires[0].send(frame(H[0], H[1]))
+    bench.readable(0)
+    assert bench.received(0) == [answer]  # and, having found one, it looks again at once
 
 
 def test_a_full_destination_is_a_counted_drop(bench: Bench) -> None:
