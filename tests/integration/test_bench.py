@@ -66,7 +66,7 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results"
     root_links_before = set(links(None))
     argv = [sys.executable, "-m", "vswitch", "bench", "--tiny", "--out", str(out)]
-    argv += ["--contenders", ",".join(CONTENDERS)]
+    argv += ["--contenders", ",".join(CONTENDERS), "--congestion", "cubic"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
 
@@ -82,7 +82,9 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     for key in ("cores", "kernel", "python", "cpu_model", "date"):
         assert doc["machine"][key], key
     congestion = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
-    assert doc["machine"]["tcp_congestion_control"] == congestion
+    assert doc["machine"]["tcp_congestion_control"] == congestion  # the default, recorded
+    assert doc["plan"]["congestion"] == "cubic"  # what the TCP loads used (iperf3 -C)
+    assert "TCP cubic" in proc.stdout
     assert doc["prefix"].startswith("vsb")
     assert set(doc["results"]) == set(CONTENDERS)
     for name in CONTENDERS:
@@ -147,3 +149,14 @@ def test_optional_contender_not_installed_is_named_as_skipped(monkeypatch: pytes
     assert topologies.optional_notes()["ovs-l2"] == "ovs-vswitchd not installed; skipped"
     with pytest.raises(topologies.BenchError, match="unknown contender"):
         run.parse_contenders("kernel-bridge,ovs-l2")
+
+
+def test_an_unavailable_congestion_control_is_one_error_line() -> None:
+    argv = [sys.executable, "-m", "vswitch", "bench", "--tiny", "--congestion", "no-such-cc"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    offered = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    choices = ", ".join(offered)
+    assert proc.stderr.splitlines() == [
+        f"vswitch: error: TCP congestion control 'no-such-cc' is not available here: choose from {choices}"
+    ]

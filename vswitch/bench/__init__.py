@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
         help=f"comma-separated subset of {CONTENDER_NAMES} and, when installed, {OPTIONAL_NAMES} "
         "(default: all)",
     )
+    bench.add_argument(
+        "--congestion",
+        metavar="NAME",
+        help="TCP congestion control for the TCP loads (iperf3 -C), e.g. cubic (default: the machine's)",
+    )
     # The integration test's plumbing run: 1-second loads, 20 pings. Not for figures.
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     return {"bench": _run}

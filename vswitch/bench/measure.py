@@ -64,6 +64,7 @@ class Plan:
     loss: int
     pings: int
     ping_interval: float = 0.005
+    congestion: str | None = None  # iperf3 -C for the TCP loads; None: the machine's default
 
     def steps(self) -> list[tuple[str, str]]:
         """(step key, label) in the order a contender runs them within a round."""
@@ -168,8 +169,10 @@ def run_iperf(c: Contender, duration: int, extra: list[str]) -> dict[str, Any]:
     return _iperf_result(c, proc.stdout, proc.stderr)
 
 
-def tcp_gbps(c: Contender, duration: int, streams: int = 1) -> float:
+def tcp_gbps(c: Contender, duration: int, streams: int = 1, congestion: str | None = None) -> float:
     extra = ["-P", str(streams)] if streams > 1 else []
+    if congestion is not None:
+        extra += ["-C", congestion]
     result = run_iperf(c, duration, extra)
     return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
 
@@ -294,9 +297,9 @@ def wait_reachable(c: Contender, timeout: float = 15.0) -> None:
 def run_step(c: Contender, step: str, plan: Plan, figures: dict[str, float | None]) -> None:
     """One measurement of one contender; its figures go into `figures`."""
     if step == "tcp":
-        figures["tcp_gbps"] = tcp_gbps(c, plan.tcp)
+        figures["tcp_gbps"] = tcp_gbps(c, plan.tcp, congestion=plan.congestion)
     elif step == "tcp4":
-        figures["tcp4_gbps"] = tcp_gbps(c, plan.tcp4, streams=4)
+        figures["tcp4_gbps"] = tcp_gbps(c, plan.tcp4, streams=4, congestion=plan.congestion)
     elif step == "udp":
         figures["udp64_pps"], figures["cpu_us_per_pkt"] = udp_flood(c, plan.udp)
     elif step == "loss":

@@ -32,6 +32,12 @@ def colour(name: str) -> str:
     return OTHERS.get(name, (OTHER_COLOUR, ""))[0]
 
 
+def congestion(doc: dict[str, Any]) -> str:
+    """The TCP congestion control the loads used: --congestion, else the machine's default."""
+    chosen = doc.get("plan", {}).get("congestion")
+    return str(chosen or doc["machine"].get("tcp_congestion_control", "unknown"))
+
+
 def fmt(key: str, value: float | None) -> str:
     """A figure as the table shows it: units implied by the row, precision by the kind of figure."""
     if value is None:
@@ -115,7 +121,7 @@ def print_table(doc: dict[str, Any]) -> None:
         title=(
             f"vswitch bench ({doc['mode']}): medians of {doc['rounds']} round(s); "
             f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
-            f"TCP {machine.get('tcp_congestion_control', 'unknown')}"
+            f"TCP {congestion(doc)}"
         ),
         title_justify="left",
         header_style="bold",
@@ -203,7 +209,7 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
     fig.suptitle(
         f"vswitch bench ({doc['mode']}, medians of {doc['rounds']} round(s); dots: single rounds)\n"
         f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, TCP {machine.get('tcp_congestion_control', 'unknown')}, "
+        f"Python {machine['python']}, TCP {congestion(doc)}, "
         f"{machine['date']}",
         fontsize=10,
     )

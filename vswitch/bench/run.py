@@ -9,6 +9,7 @@ on an error and on Ctrl-C or SIGTERM alike.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -38,6 +39,8 @@ from .topologies import (
 )
 
 TUN_PATH = "/dev/net/tun"
+DEFAULT_CONGESTION = "/proc/sys/net/ipv4/tcp_congestion_control"
+AVAILABLE_CONGESTION = "/proc/sys/net/ipv4/tcp_available_congestion_control"
 
 
 def default_out_dir() -> Path:
@@ -55,7 +58,23 @@ def choose(args: argparse.Namespace) -> tuple[Plan, int, str]:
         plan, rounds, mode = measure.QUICK_PLAN, 1, "quick"
     else:
         plan, rounds, mode = measure.DEFAULT_PLAN, 3, "default"
+    if args.congestion is not None:
+        plan = dataclasses.replace(plan, congestion=args.congestion)
     return plan, args.rounds or rounds, mode
+
+
+def check_congestion(name: str | None) -> None:
+    """The kernel must offer the algorithm (iperf3 would fail each TCP load, one by one)."""
+    if name is None:
+        return
+    try:
+        offered = Path(AVAILABLE_CONGESTION).read_text().split()
+    except OSError:
+        return  # no list to check against: iperf3 says so if it is wrong
+    if name not in offered:
+        raise BenchError(
+            f"TCP congestion control {name!r} is not available here: choose from {', '.join(offered)}"
+        )
 
 
 def parse_contenders(text: str | None) -> list[str]:
@@ -97,7 +116,7 @@ def machine_info() -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired):
         iperf_version = "unknown"
     try:  # bulk TCP figures depend on it (BBR paces, CUBIC fills queues): it is part of the setting
-        congestion = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+        congestion = Path(DEFAULT_CONGESTION).read_text().strip()
     except OSError:
         congestion = "unknown"
     return {
@@ -143,6 +162,7 @@ class Signals:
 def run(args: argparse.Namespace) -> int:
     try:
         names = parse_contenders(args.contenders)
+        check_congestion(args.congestion)
         preflight(names)
     except BenchError as exc:
         print(f"vswitch: error: {exc}", file=sys.stderr)
