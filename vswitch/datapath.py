@@ -4,7 +4,8 @@
 hot path, so the common cases allocate nothing:
 - an ``int``: write pkt, unchanged, to that port;
 - a ``tuple`` of ints: write pkt, unchanged, to each (a flood);
-- a ``list`` of (port, bytes): write each buffer to its port (the router made or changed them);
+- a ``list`` of (port, frame): write each to its port (the router or the flow cache made or changed
+  them); a frame is bytes, or a ``wire.Gather`` (head + untouched payload) that takes one writev;
 - ``None``: nothing to send; a drop was counted with its reason.
 
 A frame for the router asks the flow cache (flowcache.py) first; on a miss it takes the router and
