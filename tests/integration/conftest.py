@@ -28,6 +28,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vswitch.bench.process import terminate
 from vswitch.control import ControlError, request
 from vswitch.kernel import remove_netns_named
 
@@ -140,14 +141,7 @@ def finish(proc: subprocess.Popen[str], timeout: float, what: str) -> dict[str, 
 
 
 def sigterm_then_kill(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
+    terminate(proc, "a test's process", timeout)
 
 
 @dataclass

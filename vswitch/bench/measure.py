@@ -30,6 +30,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from .process import terminate
 from .topologies import BenchError, Contender, interface_counters
 
 UDP_PAYLOAD = 18  # 64-byte frame: 64 - 4 FCS - 14 Ethernet - 20 IPv4 - 8 UDP
@@ -122,14 +123,8 @@ class IperfServer:
         return self.log.read_text(errors="replace").strip()[-300:]
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc, "iperf3 -s", 5)
 
 
 def _client_argv(c: Contender, duration: int, extra: list[str]) -> list[str]:

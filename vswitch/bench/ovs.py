@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .process import terminate
+
 PROGRAMS = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl")
 SCHEMA = "vswitch.ovsschema"
 START_TIMEOUT = 20.0
@@ -201,7 +203,7 @@ class PrivateOvs:
         problems: list[str] = []
         for proc, program in ((self.vswitchd, "ovs-vswitchd"), (self.db_server, "ovsdb-server")):
             if proc is not None:
-                problems.extend(_terminate(proc, program))
+                problems.extend(terminate(proc, program, STOP_TIMEOUT))
         problems.extend(self._stop_strays())
         shutil.rmtree(self.directory, ignore_errors=True)
         return problems
@@ -229,16 +231,3 @@ def _scalar(value: object) -> object:
         items = value[1]
         return items[0] if isinstance(items, list) and len(items) == 1 else None
     return value
-
-
-def _terminate(proc: subprocess.Popen[bytes], program: str) -> list[str]:
-    if proc.poll() is not None:
-        return []
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(STOP_TIMEOUT)
-        return [f"{program} ignored SIGTERM for {STOP_TIMEOUT:g}s; killed"]
-    return []

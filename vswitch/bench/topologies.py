@@ -32,6 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..kernel import remove_netns_named, stop_signals_held
 from .ovs import OvsError, PrivateOvs
 from .ovs import version as ovs_version
+from .process import terminate
 
 NETNS_DIR = Path("/run/netns")
 START_TIMEOUT = 20.0
@@ -312,16 +313,7 @@ class Contender:
     def _stop_other(self) -> list[str]:
         """A switch that is not vswitch (vde_switch): SIGTERM, then SIGKILL. Its taps die with it."""
         assert self.proc is not None
-        if self.proc.poll() is not None:
-            return []
-        self.proc.terminate()
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-            return [f"{self.name} ignored SIGTERM; killed"]
-        return []
+        return terminate(self.proc, self.name, STOP_TIMEOUT)
 
     def _stop_vswitch(self) -> list[str]:
         assert self.proc is not None and self.run_dir is not None and self.instance is not None
