@@ -48,14 +48,23 @@ def positive_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least minimum, or one error line saying why not."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
 
 
 def build_parser() -> Parser:
@@ -96,6 +105,12 @@ def build_parser() -> Parser:
     up.add_argument("--ageing", type=positive_float, help="FDB ageing time in seconds (default 300)")
     up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
     up.add_argument("--txqueuelen", type=positive_int, help="each tap's queue length (default 10000)")
+    up.add_argument(
+        "--flow-cache",
+        type=non_negative_int,
+        metavar="N",
+        help="cached routed/NAT flows per segment; 0 turns the cache off (default 8192)",
+    )
     up.add_argument(
         "--busy-poll",
         type=positive_int,
@@ -162,6 +177,8 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.fdb_max = args.fdb_max
     if args.txqueuelen is not None:
         req.txqueuelen = args.txqueuelen
+    if args.flow_cache is not None:
+        req.flow_cache = args.flow_cache
     return topology.build(req)
 
 
@@ -304,6 +321,12 @@ def print_json(args: argparse.Namespace, data: Any) -> bool:
     return bool(args.json)
 
 
+def flow_cache_summary(status: dict[str, Any]) -> str:
+    if not status["flow_cache_max"]:
+        return "  flow cache off"
+    return f"  flow cache {status['flow_cache_entries']} (at most {status['flow_cache_max']} per segment)"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     result = query(args, "status")
     if print_json(args, result):
@@ -311,6 +334,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"instance {result['instance']}  pid {result['pid']}  up {result['uptime']:.0f}s  "
         f"fdb {result['fdb_entries']}/{result['fdb_max']} (ageing {result['ageing']:g}s)"
+        + (flow_cache_summary(result) if result["routed"] else "")
     )
     table(
         "ports",

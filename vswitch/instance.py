@@ -78,7 +78,7 @@ class Instance:
     def __init__(self, topology: Topology, log: Callable[[str], None] | None = None) -> None:
         self.topology = topology
         self.ledger = Ledger(topology.name)
-        self.datapath = Datapath(topology.ageing, topology.fdb_max)
+        self.datapath = Datapath(topology.ageing, topology.fdb_max, topology.flow_cache)
         self.ports: list[LivePort] = []
         self.started_at = time.time()
         self.log = log or (lambda _msg: None)
@@ -289,6 +289,8 @@ class Instance:
             "fdb_entries": sum(len(s.switch.fdb) for s in self.datapath.segments),
             "ageing": self.topology.ageing,
             "fdb_max": self.topology.fdb_max,
+            "flow_cache_max": self.topology.flow_cache,
+            "flow_cache_entries": 0 if self.datapath.flows is None else len(self.datapath.flows),
         }
 
     def fdb(self, now: float) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
+from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_ENTRIES
 from .tap import valid_ifname
 
 DEFAULT_SUBNET = IPv4Network("10.0.0.0/24")
@@ -35,6 +36,7 @@ PROTOCOLS = {"tcp": 6, "udp": 17}
 # Each tap's queue toward vswitch. The kernel's default of 1000 drops bursts while the event loop is busy
 # with another port; 10,000 delivered 20% more 64-byte packets on a 2-core machine (bench/README.md).
 DEFAULT_TXQUEUELEN = 10000
+FLOW_CACHE_MAX = 1_000_000  # entries per segment: a bound on what --flow-cache may ask for
 
 
 class ConfigError(Exception):
@@ -102,6 +104,7 @@ class Topology:
     ageing: float = DEFAULT_AGEING
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
+    flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
 
     @property
     def ports(self) -> list[PortSpec]:
@@ -250,6 +253,7 @@ class Request:
     ageing: float = DEFAULT_AGEING
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
+    flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
 
 
 def build(request: Request) -> Topology:
@@ -308,6 +312,7 @@ def build(request: Request) -> Topology:
         ageing=request.ageing,
         fdb_max=request.fdb_max,
         txqueuelen=request.txqueuelen,
+        flow_cache=request.flow_cache,
     )
     return validate(topology)
 
@@ -395,6 +400,8 @@ def validate(topology: Topology) -> Topology:
         raise ConfigError("fdb-max must be at least 1")
     if not 1 <= topology.txqueuelen <= 1_000_000:
         raise ConfigError("txqueuelen must be between 1 and 1000000")
+    if not 0 <= topology.flow_cache <= FLOW_CACHE_MAX:
+        raise ConfigError(f"flow-cache must be between 0 (off) and {FLOW_CACHE_MAX}")
     return topology
 
 
@@ -427,6 +434,7 @@ TOML_KEYS = {
     "ageing",
     "fdb_max",
     "txqueuelen",
+    "flow_cache",
 }
 
 
@@ -489,6 +497,7 @@ def request_from_toml(text: str) -> Request:
     req.ageing = float(data.get("ageing", DEFAULT_AGEING))
     req.fdb_max = int(data.get("fdb_max", DEFAULT_MAX_ENTRIES))
     req.txqueuelen = int(data.get("txqueuelen", DEFAULT_TXQUEUELEN))
+    req.flow_cache = int(data.get("flow_cache", FLOW_CACHE_ENTRIES))
     return req
 
 

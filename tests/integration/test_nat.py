@@ -52,6 +52,16 @@ def test_100mb_through_nat_arrive_intact(env: Env) -> None:
     events = r.sw.query("stats")["events"]
     assert events["flow-cache-hits"] > 10 * events["flow-cache-misses"]
     assert events.get("flow-cache-mismatch", 0) == 0
+    # The FIN ended the flow and its cache entries with it.
+    assert r.sw.query("status")["flow_cache_max"] == 8192
+
+
+def test_with_the_flow_cache_off_every_packet_takes_the_router(env: Env) -> None:
+    r = start_routed(env, "--flow-cache", "0")
+    transfer(env, r.ns1, r.wan, UPSTREAM_ADDRESS, 2_000_000, seed=17)
+    assert r.sw.query("stats")["events"].keys().isdisjoint({"flow-cache-hits", "flow-cache-misses"})
+    status = r.sw.query("status")
+    assert (status["flow_cache_max"], status["flow_cache_entries"]) == (0, 0)
 
 
 def test_udp_request_and_response_through_nat(env: Env) -> None:

@@ -34,3 +34,10 @@ def test_bench_help_names_every_contender() -> None:
 
     assert CONTENDER_NAMES.split(",") == list(CONTENDERS)
     assert OPTIONAL_NAMES.split(",") == list(BUILDABLE_OPTIONAL)
+
+
+def test_flow_cache_option_reaches_the_topology() -> None:
+    from vswitch.cli import topology_from_args
+
+    args = parse(["up", "--ports", "a,b", "--flow-cache", "0"])
+    assert topology_from_args(args).flow_cache == 0

@@ -92,6 +92,8 @@ def test_bad_values_are_one_sentence(parse: object, text: str, message: str) -> 
         (Request(ports=parse_ports("a"), forwards=[parse_forward("tcp:80=a:80")]), "needs an --uplink"),
         (Request(ports=parse_ports("a"), routes=[parse_route("10.9.0.0/16=via 10.0.0.9")]), "routed"),
         (Request(), "nothing to connect"),
+        (Request(ports=parse_ports("a"), flow_cache=-1), "flow-cache must be between 0"),
+        (Request(ports=parse_ports("a"), flow_cache=2_000_000), "flow-cache must be between 0"),
         (
             Request(segments=[parse_segment("x=a")], routes=[parse_route("10.9.0.0/16=via 10.55.0.1")]),
             "on no segment",
@@ -124,3 +126,9 @@ def test_toml_equals_the_command_line() -> None:
         )
     )
     assert from_file == from_cli
+
+
+def test_flow_cache_size_from_toml_and_off_with_zero() -> None:
+    assert build(Request(ports=parse_ports("a"))).flow_cache == 8192
+    assert build(request_from_toml('ports = ["a"]\nflow_cache = 0\n')).flow_cache == 0
+    assert build(request_from_toml('ports = ["a"]\nflow_cache = 100\n')).flow_cache == 100
