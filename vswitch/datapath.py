@@ -22,11 +22,10 @@ from .counters import Counters, Drop
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
 from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
 from .flowcache import FlowCache
-from .router import Router
+from .router import Router, Transmit
 from .switch import Switch
 from .wire import VNET_HDR_LEN, Frame
 
-Transmit = tuple[int, bytes]
 # A list verdict's frames are bytes, or a Gather (flowcache.py: a long payload, written with writev).
 Verdict = int | tuple[int, ...] | Sequence[tuple[int, Frame]] | None
 

@@ -48,7 +48,7 @@ from .arp import Neighbour
 from .checksum import fold
 from .conntrack import KEY, ORIGINAL, Flow
 from .counters import Counters
-from .router import Router, wire_size
+from .router import Router, Transmit, wire_size
 from .wire import (
     ETHERTYPE_IPV4,
     GSO_NONE,
@@ -80,7 +80,6 @@ from .wire import (
 if TYPE_CHECKING:
     from .switch import Switch
 
-Transmit = tuple[int, bytes]
 Output = tuple[int, Frame]  # a hit's frame: bytes, or a Gather for a long payload
 
 DEFAULT_MAX_ENTRIES: Final = 8192  # per segment

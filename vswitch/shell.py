@@ -50,8 +50,8 @@ class Shell:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._observers: dict[int, list[Observer]] = {}
-        self._readers: list[tuple[int, io.FileIO]] = []
         self._reader_of: dict[int, io.FileIO] = {}  # port id -> its reader
+        self._readers: list[tuple[int, io.FileIO]] = []  # _reader_of's items, a snapshot to iterate
         self._last_out = -1  # the last port a unicast frame was written to, by _drain
         self._peer_skip: dict[int, int] = {}  # port id -> answer looks to skip (it had nothing)
         # Opt-in busy polling (seconds): after traffic, keep reading every port for this long instead
@@ -70,16 +70,16 @@ class Shell:
         # FileIO.read answers EAGAIN with None instead of raising: each batch ends without building an
         # exception, and a read costs ~0.6 us less than os.read here (measured on this machine).
         reader = io.FileIO(fd, "rb", closefd=False)
-        self._readers.append((port, reader))
         self._reader_of[port] = reader
+        self._readers = list(self._reader_of.items())
         self.loop.add_reader(fd, self._on_readable, port, reader)
 
     def detach_all(self) -> None:
         for fd in self.fds.values():
             self.loop.remove_reader(fd)
         self.fds.clear()
-        self._readers.clear()
         self._reader_of.clear()
+        self._readers = []
         self.busy_poll = 0.0
         if self._spin_handle is not None:
             self._spin_handle.cancel()
@@ -168,8 +168,8 @@ class Shell:
                     self.loop.remove_reader(reader.fileno())
                     self.datapath.counters.events["port-gone"] += 1
                     log.warning("port %s: link gone (%s); no longer reading it", port, exc.strerror)
-                    self._readers = [(p, r) for p, r in self._readers if r is not reader]
                     self._reader_of.pop(port, None)
+                    self._readers = list(self._reader_of.items())  # a new list: _spin may be iterating
                     break
                 self.datapath.counters.drop(port, Drop.RX_ERROR)  # one bad read loses one frame
                 continue
