@@ -107,7 +107,8 @@ class Display:
             f"64B {fmt('udp64_pps', figures.get('udp64_pps'))} pps  "
             f"CPU {fmt('cpu_us_per_pkt', figures.get('cpu_us_per_pkt'))} µs/pkt  "
             f"loss@50k {fmt('loss50k_pct', figures.get('loss50k_pct'))}%  "
-            f"ping {fmt('ping_avg_ms', figures.get('ping_avg_ms'))} ms"
+            f"ping {fmt('ping_avg_ms', figures.get('ping_avg_ms'))} ms "
+            f"(back to back {fmt('ping_b2b_avg_ms', figures.get('ping_b2b_avg_ms'))})"
         )
 
 
