@@ -59,7 +59,7 @@ test-integration: venv
 lint: venv
 	$(BIN)/ruff check vswitch tests $(wildcard bench)
 	$(BIN)/ruff format --check vswitch tests $(wildcard bench)
-	$(BIN)/mypy vswitch
+	$(BIN)/mypy vswitch tests $(wildcard bench)
 
 fuzz: venv
 	$(BIN)/pytest -m slow tests/unit -p no:randomly

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -402,7 +403,7 @@ class RootView:
     addresses: frozenset[tuple[str, str]]
     routes: frozenset[tuple[str, str | None, str | None]]
 
-    def without(self, ifnames: set[str]) -> RootView:
+    def without(self, ifnames: AbstractSet[str]) -> RootView:
         return RootView(
             self.links - ifnames,
             frozenset(a for a in self.addresses if a[0] not in ifnames),

@@ -75,7 +75,8 @@ def nic_complete(buf: bytes) -> Packet:
     end = L3 + total
     csum = ~ones_sum(out[start:end]) & 0xFFFF
     out[start + off : start + off + 2] = (csum or 0xFFFF).to_bytes(2, "big")
-    return Ether(bytes(out[ETH:]))[IP]
+    packet: Packet = Ether(bytes(out[ETH:]))[IP]
+    return packet
 
 
 def checksums_valid(ip: Packet) -> None:

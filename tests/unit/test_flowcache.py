@@ -373,7 +373,10 @@ def test_checks_a_hit_must_still_make() -> None:
     """On a cached flow: a bad IP checksum, TTL 1, DF beyond the MTU, a fragment, IP options and an
     oversize TSO frame all take the slow path and end as it says."""
     twin = Twin.build(mtu=1400)
-    send = lambda ip, form="complete": twin.send("a", frame("a", ip, form))  # noqa: E731
+
+    def send(ip: Packet, form: str = "complete") -> Verdict:
+        return twin.send("a", frame("a", ip, form))
+
     for _ in range(2):
         send(udp(A_IP, REMOTE, 5000, 53))
         send(tcp(A_IP, C_IP, 41000, 22))

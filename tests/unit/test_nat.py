@@ -65,7 +65,8 @@ def send(router: Router, iface: int, l3: Packet, now: float = 0.0) -> list[tuple
 def one(out: list[tuple[int, bytes]], iface: int) -> Packet:
     assert len(out) == 1, out
     assert out[0][0] == iface
-    return Ether(out[0][1][10:])[IP]
+    packet: Packet = Ether(out[0][1][10:])[IP]
+    return packet
 
 
 def udp_out(sport: int = 5000, src: str = "10.0.1.2", dst: str = REMOTE) -> Packet:

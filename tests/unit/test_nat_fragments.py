@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from scapy.layers.inet import IP, UDP, defragment, fragment
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import defragment as scapy_defragment
+from scapy.layers.inet import fragment as scapy_fragment
 from scapy.layers.l2 import Ether
+from scapy.packet import Packet
 from test_fuzz import HOST_A, R_LAN, R_WAN, UPSTREAM, mac, routed_datapath
 
 from vswitch.datapath import Datapath
+
+# scapy's own helpers, typed here: scapy leaves them unannotated.
+fragment: Callable[..., list[Packet]] = scapy_fragment
+defragment: Callable[[list[Packet]], list[Packet]] = scapy_defragment
 
 PAYLOAD = bytes(range(256)) * 12  # 3072 bytes: three fragments at MTU 1500
 

@@ -174,7 +174,7 @@ def test_a_gather_frame_leaves_whole_in_one_write(bench: Bench) -> None:
     def routed(port: int, pkt: bytes, now: float) -> list[tuple[int, Frame]]:
         return [(1, Gather(head, memoryview(pkt)[60:]))]
 
-    bench.datapath.receive = routed  # type: ignore[method-assign]
+    bench.datapath.receive = routed  # type: ignore[method-assign,assignment]
     captured: list[tuple[str, bytes]] = []
     for observed in (False, True):
         if observed:
