@@ -106,6 +106,14 @@ def build_parser() -> Parser:
     up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
     up.add_argument("--txqueuelen", type=positive_int, help="each tap's queue length (default 10000)")
     up.add_argument(
+        "--mtu",
+        action="append",
+        default=[],
+        metavar="[SEGMENT=]N",
+        help="MTU of every port (N) or of one segment's (wan: the uplink's); the router fragments "
+        "between them (default 1500)",
+    )
+    up.add_argument(
         "--flow-cache",
         type=non_negative_int,
         metavar="N",
@@ -179,6 +187,12 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.txqueuelen = args.txqueuelen
     if args.flow_cache is not None:
         req.flow_cache = args.flow_cache
+    for text in args.mtu:
+        segment, mtu = topology.parse_mtu(text)
+        if segment is None:
+            req.mtu = mtu
+        else:
+            req.segment_mtu[segment] = mtu
     return topology.build(req)
 
 
@@ -336,9 +350,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"fdb {result['fdb_entries']}/{result['fdb_max']} (ageing {result['ageing']:g}s)"
         + (flow_cache_summary(result) if result["routed"] else "")
     )
+    mtu = {segment["name"]: segment["mtu"] for segment in result["segments"]}
+    if result["uplink"] is not None:
+        mtu[topology.UPLINK_SEGMENT] = result["uplink"]["mtu"]
     table(
         "ports",
-        ["port", "namespace", "interface", "mac", "address", "segment"],
+        ["port", "namespace", "interface", "mac", "address", "segment", "mtu"],
         [
             [
                 p["port"],
@@ -347,6 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 p["mac"],
                 p["address"] or "-",
                 p["segment"],
+                str(mtu.get(p["segment"], "-")),
             ]
             for p in result["ports"]
         ],

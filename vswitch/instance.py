@@ -98,13 +98,13 @@ class Instance:
             for segment in self.topology.segments:
                 seg_index = self.datapath.add_segment(segment.name)
                 for spec in segment.ports:
-                    self._add_port(spec, seg_index, segment.name)
+                    self._add_port(spec, seg_index, segment.name, segment.mtu)
             uplink = self.topology.uplink
             if uplink is not None:
                 seg_index = self.datapath.add_segment(UPLINK_SEGMENT)
                 outside = IPv4Interface(f"{uplink.upstream}/{uplink.address.network.prefixlen}")
                 spec = PortSpec(uplink.namespace, uplink.ifname, outside)
-                self._add_port(spec, seg_index, UPLINK_SEGMENT)
+                self._add_port(spec, seg_index, UPLINK_SEGMENT, self.topology.uplink_mtu)
             if self.topology.routed:
                 self._add_router()
                 self._add_namespace_routes()
@@ -134,7 +134,7 @@ class Instance:
         except PermissionError:
             raise StartError(f"cannot write {state_path(self.topology.name)}: run as root") from None
 
-    def _add_port(self, spec: PortSpec, seg_index: int, seg_name: str) -> None:
+    def _add_port(self, spec: PortSpec, seg_index: int, seg_name: str, mtu: int) -> None:
         namespace = spec.namespace
         if namespace is not None:
             if kernel.netns_inode(namespace) is None:
@@ -146,7 +146,7 @@ class Instance:
             tap = open_tap(spec.ifname)  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
         self._taps.append(tap)
         self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
-        mac = kernel.place_tap(tap.name, namespace, spec.ifname, spec.address, self.topology.txqueuelen)
+        mac = kernel.place_tap(tap.name, namespace, spec.ifname, spec.address, self.topology.txqueuelen, mtu)
         port_id = self.datapath.add_port(spec.label, seg_index)
         self.ports.append(
             LivePort(port_id, spec.label, namespace, spec.ifname, spec.address, mac, seg_name, tap)
@@ -164,13 +164,17 @@ class Instance:
         for index, segment in enumerate(topo.segments):
             assert segment.gateway is not None
             macs[index] = random_mac()
-            interfaces.append(Interface(index, segment.name, macs[index], segment.gateway))
+            interfaces.append(Interface(index, segment.name, macs[index], segment.gateway, mtu=segment.mtu))
         routes: list[Route] = []
         nat = None
         if topo.uplink is not None:
             index = len(topo.segments)
             macs[index] = random_mac()
-            interfaces.append(Interface(index, UPLINK_SEGMENT, macs[index], topo.uplink.address, uplink=True))
+            interfaces.append(
+                Interface(
+                    index, UPLINK_SEGMENT, macs[index], topo.uplink.address, mtu=topo.uplink_mtu, uplink=True
+                )
+            )
             routes.append(Route(IPv4Network("0.0.0.0/0"), topo.uplink.upstream, index))
             forwards = []
             for fwd in topo.forwards:
@@ -275,6 +279,7 @@ class Instance:
                     "subnet": str(s.subnet),
                     "gateway": str(s.gateway) if s.gateway else None,
                     "ports": [p.label for p in s.ports],
+                    "mtu": s.mtu,
                 }
                 for s in self.topology.segments
             ],
@@ -285,6 +290,7 @@ class Instance:
                 "namespace": self.topology.uplink.namespace,
                 "address": str(self.topology.uplink.address),
                 "upstream": str(self.topology.uplink.upstream),
+                "mtu": self.topology.uplink_mtu,
             },
             "fdb_entries": sum(len(s.switch.fdb) for s in self.datapath.segments),
             "ageing": self.topology.ageing,

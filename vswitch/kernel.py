@@ -113,6 +113,7 @@ def place_tap(
     ifname: str,
     address: IPv4Interface | None,
     txqueuelen: int = 1000,
+    mtu: int = 1500,
 ) -> str:
     """Move a root-namespace tap into namespace as ifname, address it, bring it up; return its MAC."""
     try:
@@ -120,7 +121,7 @@ def place_tap(
             index = link_index(root, tap_name)
             if index is None:
                 raise KernelError(f"tap {tap_name} disappeared before it could be placed")
-            root.link("set", index=index, txqlen=txqueuelen)
+            root.link("set", index=index, txqlen=txqueuelen, mtu=mtu)
             if namespace is not None:
                 root.link("set", index=index, net_ns_fd=namespace)
         with _ipr(namespace) as ipr:

@@ -32,6 +32,7 @@ from .arp import (
 )
 from .checksum import fold, ones_sum, update_complete
 from .counters import Drop
+from .fragment import complete_checksum, fragment
 from .icmp import (
     DEST_UNREACH,
     ECHO_REQUEST,
@@ -358,13 +359,15 @@ class Router:
             drops[Drop.TTL_EXCEEDED] += 1
             return self._icmp_error(iface, pkt, TIME_EXCEEDED, 0, 0, now)
         mtu = self._mtu[out_iface]
-        if (end - L3 if pkt[1] == GSO_NONE else wire_size(pkt, l4, end)) > mtu:
-            # RFC 1812 5.2.6 / RFC 1191: with DF, say how big the next hop takes; we never fragment.
+        too_big = (end - L3 if pkt[1] == GSO_NONE else wire_size(pkt, l4, end)) > mtu
+        if too_big:
+            # RFC 1812 5.2.6 / RFC 1191: with DF, say how big the next hop takes.
             if frag & IP_DF:
                 drops[Drop.FRAG_NEEDED] += 1
                 return self._icmp_error(iface, pkt, DEST_UNREACH, FRAG_NEEDED, mtu & 0xFFFF, now)
-            drops[Drop.FRAG_UNSUPPORTED] += 1
-            return []
+            if pkt[1] != GSO_NONE:  # a super-frame would need segmenting first; senders set DF on these
+                drops[Drop.FRAG_UNSUPPORTED] += 1
+                return []
         if buf is None:
             buf = bytearray(pkt)
         buf[IP_TTL] = ttl - 1
@@ -373,7 +376,36 @@ class Router:
         )
         next_hop = dst_int if gateway is None else gateway
         self.forwarded = (out_iface, next_hop)
+        if too_big:
+            return self._fragment(buf, end, mtu, out_iface, next_hop, iface, now, pkt)
         return self._output(buf, out_iface, next_hop, iface, now, pkt)
+
+    def _fragment(
+        self,
+        buf: bytearray,
+        end: int,
+        mtu: int,
+        out_iface: int,
+        next_hop: int,
+        in_iface: int,
+        now: float,
+        original: bytes,
+    ) -> list[Transmit]:
+        """RFC 1812 5.2.6 / RFC 791 3.2: a packet without DF that the next hop's MTU cannot take
+        leaves in fragments (the same id; the receiver reassembles), each resolved like any packet."""
+        if buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, end):
+            self.drops[Drop.BAD_VNET_HEADER] += 1
+            return []
+        pieces = fragment(buf, end, mtu)
+        if pieces is None:  # an MTU too small for the header and 8 bytes: only a bad config does this
+            self.drops[Drop.FRAG_UNSUPPORTED] += 1
+            return []
+        self.events["ip-fragmented"] += 1
+        self.events["ip-fragments-made"] += len(pieces)
+        sent: list[Transmit] = []
+        for piece in pieces:
+            sent.extend(self._output(piece, out_iface, next_hop, in_iface, now, original))
+        return sent
 
     def _route_bytes(self, dst: bytes) -> NextHop | None:
         return self.routes.lookup(_U32.unpack(dst)[0])

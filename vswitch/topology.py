@@ -37,6 +37,11 @@ PROTOCOLS = {"tcp": 6, "udp": 17}
 # with another port; 10,000 delivered 20% more 64-byte packets on a 2-core machine (bench/README.md).
 DEFAULT_TXQUEUELEN = 10000
 FLOW_CACHE_MAX = 1_000_000  # entries per segment: a bound on what --flow-cache may ask for
+DEFAULT_MTU = 1500
+MTU_MIN = 68  # RFC 791 3.2: every internet module must forward a 68-byte datagram without fragmenting it
+# A read takes 65,536 bytes after the virtio-net header: an MTU-sized packet with its Ethernet and
+# VLAN headers must fit, with room to spare (the tap itself would take up to 65,535).
+MTU_MAX = 65000
 
 
 class ConfigError(Exception):
@@ -63,6 +68,7 @@ class SegmentSpec:
     subnet: IPv4Network
     ports: list[PortSpec] = field(default_factory=list)
     gateway: IPv4Interface | None = None  # the router's address here (routed topologies only)
+    mtu: int = DEFAULT_MTU  # of every port on the segment and of the router's interface on it
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class Topology:
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
+    uplink_mtu: int = DEFAULT_MTU
 
     @property
     def ports(self) -> list[PortSpec]:
@@ -211,6 +218,28 @@ def parse_uplink(text: str) -> UplinkSpec:
     return UplinkSpec(namespace.strip(), address, upstream)
 
 
+def check_mtu(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not MTU_MIN <= value <= MTU_MAX:
+        raise ConfigError(
+            f"{what} must be a whole number of bytes from {MTU_MIN} to {MTU_MAX}, not {value!r}"
+        )
+    return value
+
+
+def parse_mtu(text: str) -> tuple[str | None, int]:
+    """`N` (every segment) or `SEGMENT=N` (one segment; `wan` is the uplink's)."""
+    name, eq, value = text.partition("=")
+    if not eq:
+        name, value = "", name
+    if eq and not SEGMENT_RE.fullmatch(name.strip()):
+        raise ConfigError(f"--mtu {text!r}: expected N or SEGMENT=N, e.g. 9000 or dmz=1280")
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"--mtu {text!r}: expected N or SEGMENT=N, e.g. 9000 or dmz=1280") from None
+    return (name.strip() or None), check_mtu(number, "--mtu")
+
+
 def parse_forward(text: str) -> ForwardSpec:
     """`PROTO:PORT=NS:PORT`, e.g. tcp:8080=ns3:80."""
     match = re.fullmatch(r"(tcp|udp):(\d+)=([^:]+):(\d+)", text.strip())
@@ -254,6 +283,8 @@ class Request:
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
+    mtu: int | None = None  # every segment's, unless segment_mtu names it
+    segment_mtu: dict[str, int] = field(default_factory=dict)
 
 
 def build(request: Request) -> Topology:
@@ -280,6 +311,11 @@ def build(request: Request) -> Topology:
     if request.uplink is not None and UPLINK_SEGMENT in names:
         raise ConfigError(f"segment name {UPLINK_SEGMENT!r} is reserved for the uplink")
 
+    default_mtu = request.mtu or DEFAULT_MTU
+    for name in request.segment_mtu:
+        if name not in names and not (name == UPLINK_SEGMENT and request.uplink is not None):
+            raise ConfigError(f"mtu for segment {name!r}: there is no such segment")
+
     used = [s for _, _, s in raw if s is not None]
     if request.uplink is not None:
         used.append(request.uplink.address.network)
@@ -288,7 +324,7 @@ def build(request: Request) -> Topology:
         if subnet is None:
             subnet = _next_free_subnet(used)
             used.append(subnet)
-        segment = SegmentSpec(name, subnet, list(ports))
+        segment = SegmentSpec(name, subnet, list(ports), mtu=request.segment_mtu.get(name, default_mtu))
         if routed:
             segment.gateway = IPv4Interface(f"{next(subnet.hosts())}/{subnet.prefixlen}")
         segments.append(segment)
@@ -313,6 +349,7 @@ def build(request: Request) -> Topology:
         fdb_max=request.fdb_max,
         txqueuelen=request.txqueuelen,
         flow_cache=request.flow_cache,
+        uplink_mtu=request.segment_mtu.get(UPLINK_SEGMENT, default_mtu),
     )
     return validate(topology)
 
@@ -435,10 +472,11 @@ TOML_KEYS = {
     "fdb_max",
     "txqueuelen",
     "flow_cache",
+    "mtu",
 }
 
 
-SEGMENT_KEYS = {"name", "ports", "subnet"}
+SEGMENT_KEYS = {"name", "ports", "subnet", "mtu"}
 
 
 def request_from_toml(text: str) -> Request:
@@ -471,6 +509,8 @@ def request_from_toml(text: str) -> Request:
         if not SEGMENT_RE.fullmatch(str(seg["name"])):
             raise ConfigError(f"invalid segment name {seg['name']!r}")
         req.segments.append((str(seg["name"]), ports, subnet))
+        if "mtu" in seg:
+            req.segment_mtu[str(seg["name"])] = check_mtu(seg["mtu"], f"mtu of segment {seg['name']}")
     if "uplink" in data:
         up = data["uplink"]
         if isinstance(up, str):
@@ -482,6 +522,8 @@ def request_from_toml(text: str) -> Request:
             if "via" in up:
                 text += f",via={up['via']}"
             req.uplink = parse_uplink(text)
+            if "mtu" in up:
+                req.segment_mtu[UPLINK_SEGMENT] = check_mtu(up["mtu"], "mtu of the uplink")
         else:
             raise ConfigError("uplink is a string (NS[=ADDR/PREFIX][,via=GW]) or a table with namespace")
     req.forwards = [parse_forward(f) for f in _list(data, "forward")]
@@ -498,6 +540,8 @@ def request_from_toml(text: str) -> Request:
     req.fdb_max = int(data.get("fdb_max", DEFAULT_MAX_ENTRIES))
     req.txqueuelen = int(data.get("txqueuelen", DEFAULT_TXQUEUELEN))
     req.flow_cache = int(data.get("flow_cache", FLOW_CACHE_ENTRIES))
+    if "mtu" in data:
+        req.mtu = check_mtu(data["mtu"], "mtu")
     return req
 
 

@@ -115,3 +115,32 @@ def test_teardown_leaves_nothing(env: Env) -> None:
     assert not r.sw.state_path.exists() and not r.sw.socket_path.exists()
     assert new_root_links(root_before) == set()
     assert not set(taps) & set(links(None))
+
+
+def test_segments_with_different_mtus_fragment_or_say_frag_needed(env: Env) -> None:
+    """--mtu dmz=1280: dmz's port gets that MTU, the router's dmz interface too. A 1428-byte echo
+    without DF crosses in fragments (RFC 1812 5.2.6) and the answer comes back whole to ping; with
+    DF the gateway answers "fragmentation needed" with dmz's MTU (RFC 1191)."""
+    r = start_routed(env, "--mtu", "dmz=1280")
+    assert links(r.ns1)["eth0"]["mtu"] == 1500 and links(r.ns3)["eth0"]["mtu"] == 1280
+    status = r.sw.query("status")
+    assert {s["name"]: s["mtu"] for s in status["segments"]} == {"lan": 1500, "dmz": 1280}
+    assert status["uplink"]["mtu"] == 1500
+    assert pings(r.ns1, r.ip[r.ns3])  # ARP resolved: what follows is about size only
+
+    fragmented = netns_exec(
+        r.ns1, ["ping", "-n", "-c", "2", "-W", "2", "-M", "dont", "-s", "1400", r.ip[r.ns3]]
+    )
+    assert "2 received" in fragmented.stdout, fragmented.stdout
+    assert "bytes from" in fragmented.stdout and "1408 bytes from" in fragmented.stdout
+    events = r.sw.query("stats")["router"]["events"]
+    assert events.get("ip-fragmented", 0) >= 2 and events.get("ip-fragments-made", 0) >= 4, events
+
+    refused = netns_exec(
+        r.ns1, ["ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1400", r.ip[r.ns3]], check=False
+    )
+    assert refused.returncode != 0
+    assert re.search(r"From 10\.1\.0\.1 icmp_seq=1 Frag needed and DF set \(mtu = 1280\)", refused.stdout), (
+        refused.stdout
+    )
+    assert r.sw.query("stats")["router"]["drops"].get("fragmentation-needed", 0) >= 1

@@ -41,3 +41,10 @@ def test_flow_cache_option_reaches_the_topology() -> None:
 
     args = parse(["up", "--ports", "a,b", "--flow-cache", "0"])
     assert topology_from_args(args).flow_cache == 0
+
+
+def test_mtu_options_reach_the_topology() -> None:
+    from vswitch.cli import topology_from_args
+
+    args = parse(["up", "--segment", "lan=a", "--segment", "dmz=b", "--mtu", "9000", "--mtu", "dmz=1280"])
+    assert {s.name: s.mtu for s in topology_from_args(args).segments} == {"lan": 9000, "dmz": 1280}

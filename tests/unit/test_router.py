@@ -135,13 +135,6 @@ def test_frag_needed_carries_next_hop_mtu() -> None:
     one(router.receive(0, from_h1(fits), 0.0), 1)
 
 
-def test_too_big_without_df_is_dropped() -> None:
-    router = make_router()
-    big = IP(src="10.0.1.2", dst="10.0.2.5") / UDP() / (b"z" * 1400)
-    assert router.receive(0, from_h1(big), 0.0) == []
-    assert router.drops["fragmentation-unsupported"] == 1
-
-
 def tso(gso_size: int, payload: int) -> bytes:
     pkt = (
         Ether(src=mac(H1), dst=mac(R0))

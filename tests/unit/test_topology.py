@@ -11,6 +11,7 @@ from vswitch.topology import (
     Request,
     build,
     parse_forward,
+    parse_mtu,
     parse_port,
     parse_ports,
     parse_route,
@@ -74,6 +75,11 @@ def test_uplink_options() -> None:
         (parse_port, "bad/name", "invalid namespace name"),
         (parse_port, "ns:eth0=10.0.0.1", "needs a prefix length"),
         (parse_segment, "=a,b", "NAME=ns1,ns2"),
+        (parse_mtu, "jumbo", "expected N or SEGMENT=N"),
+        (parse_mtu, "dmz=", "expected N or SEGMENT=N"),
+        (parse_mtu, "d/z=1280", "expected N or SEGMENT=N"),
+        (parse_mtu, "67", "68 to 65000"),
+        (parse_mtu, "lan=65001", "68 to 65000"),
     ],
 )
 def test_bad_values_are_one_sentence(parse: object, text: str, message: str) -> None:
@@ -94,6 +100,8 @@ def test_bad_values_are_one_sentence(parse: object, text: str, message: str) -> 
         (Request(), "nothing to connect"),
         (Request(ports=parse_ports("a"), flow_cache=-1), "flow-cache must be between 0"),
         (Request(ports=parse_ports("a"), flow_cache=2_000_000), "flow-cache must be between 0"),
+        (Request(segments=[parse_segment("x=a")], segment_mtu={"dmz": 1280}), "no such segment"),
+        (Request(segments=[parse_segment("x=a")], segment_mtu={"wan": 1280}), "no such segment"),
         (
             Request(segments=[parse_segment("x=a")], routes=[parse_route("10.9.0.0/16=via 10.55.0.1")]),
             "on no segment",
@@ -132,3 +140,29 @@ def test_flow_cache_size_from_toml_and_off_with_zero() -> None:
     assert build(Request(ports=parse_ports("a"))).flow_cache == 8192
     assert build(request_from_toml('ports = ["a"]\nflow_cache = 0\n')).flow_cache == 0
     assert build(request_from_toml('ports = ["a"]\nflow_cache = 100\n')).flow_cache == 100
+
+
+def test_mtu_for_all_then_per_segment_from_the_command_line_and_toml() -> None:
+    assert parse_mtu("9000") == (None, 9000) and parse_mtu("dmz=1280") == ("dmz", 1280)
+    plain = build(Request(ports=parse_ports("a,b")))
+    assert [s.mtu for s in plain.segments] == [1500] and plain.uplink_mtu == 1500
+    from_cli = build(
+        Request(
+            segments=[parse_segment("lan=a,b"), parse_segment("dmz=c")],
+            uplink=parse_uplink("w"),
+            mtu=9000,
+            segment_mtu={"dmz": 1280, "wan": 1400},
+        )
+    )
+    assert {s.name: s.mtu for s in from_cli.segments} == {"lan": 9000, "dmz": 1280}
+    assert from_cli.uplink_mtu == 1400
+    text = (
+        'mtu = 9000\n[uplink]\nnamespace = "w"\nmtu = 1400\n'
+        '[[segment]]\nname = "lan"\nports = ["a", "b"]\n'
+        '[[segment]]\nname = "dmz"\nports = ["c"]\nmtu = 1280\n'
+    )
+    assert build(request_from_toml(text)) == from_cli
+    with pytest.raises(ConfigError, match="mtu of segment lan must be a whole number"):
+        request_from_toml('[[segment]]\nname = "lan"\nports = ["a"]\nmtu = "big"\n')
+    with pytest.raises(ConfigError, match="mtu must be a whole number"):
+        request_from_toml('ports = ["a"]\nmtu = 40\n')
