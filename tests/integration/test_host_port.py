@@ -115,6 +115,8 @@ def test_host_routes_let_root_reach_another_segment(env: Env) -> None:
     assert route_oif(ip[env.ns("3")]) == tap
     assert pings(None, ip[env.ns("3")], count=2), "root -> router -> dmz and back"
     assert pings(env.ns("3"), ip[tap]), "and the other way"
+    every_pair = env.vswitch("pingall", "--timeout", "1", "--name", sw.name)
+    assert every_pair.returncode == 0 and "6/6 reachable\n" in every_pair.stdout, every_pair.stdout
     stop_and_check_restored(sw, before, tap)
 
 
@@ -125,4 +127,19 @@ def test_without_host_routes_root_has_no_route_to_other_segments(env: Env) -> No
     # A lookup only: no traffic toward the machine's own default route.
     assert route_oif(ip[env.ns("3")]) != tap
     assert pings(None, ip[env.ns("1")]), "the host port's own segment is still connected"
+    stop_and_check_restored(sw, before, tap)
+
+
+def test_pingall_includes_the_host_port_and_only_where_root_routes_through_it(env: Env) -> None:
+    """Without --host-routes the root namespace has no route to dmz: pingall must not ping dmz from the
+    root, nor the root from dmz (the request, or the reply, would leave by the machine's default
+    route), and says so; every other pair pings."""
+    sw, before, tap, ip, _dmz = routed_with_host(env)
+    ns3 = env.ns("3")
+    out = env.vswitch("pingall", "--explain", "--timeout", "1", "--name", sw.name)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4/4 reachable; 2 with the host not tried" in out.stdout, out.stdout
+    assert f"host -> {ns3} ({ip[ns3]}): not tried" in out.stdout
+    assert f"{ns3} -> host ({ip[tap]}): not tried" in out.stdout
+    assert out.stdout.count(f"no route to {ip[ns3]} via {tap}") == 2
     stop_and_check_restored(sw, before, tap)

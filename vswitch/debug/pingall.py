@@ -1,6 +1,10 @@
 """`vswitch pingall`: real pings between every pair of namespaces, and why the failing ones fail.
 
-The pings are real (`ip netns exec NS ping`, at most PARALLEL at once). --explain checks each failing
+The pings are real (`ip netns exec NS ping`, at most PARALLEL at once). The host port takes part too:
+a pair with the host port is pinged only if the root namespace's routing table sends the other
+port's address through the host port (a FIB lookup first), both for the root's echo requests and for
+its echo replies; so a missing --host-routes shows as "no route" and never sends a packet out of the
+machine's real interface. --explain checks each failing
 pair's namespaces with pyroute2 (doctor.kernel_findings) and traces a synthetic ICMP echo from the
 source port, then the reply from the destination port, through a copy of the switch (no side effects).
 """
@@ -21,12 +25,13 @@ from .doctor import NUD_FAILED, NUD_INCOMPLETE, kernel_findings, neighbour_state
 PARALLEL: Final = 16
 
 
-def ping(ns: str, address: str, count: int, timeout: float) -> bool:
+NO_ROUTE: Final = None  # a host-port pair not pinged: the root namespace routes it elsewhere
+
+
+def ping(ns: str | None, address: str, count: int, timeout: float) -> bool:
+    """ns None: from the root namespace (the host port)."""
     argv = [
-        "ip",
-        "netns",
-        "exec",
-        ns,
+        *(["ip", "netns", "exec", ns] if ns is not None else []),
         "ping",
         "-n",
         "-q",
@@ -124,28 +129,72 @@ def explain(
     return reasons
 
 
+def root_routes_via(address: str, ifname: str) -> bool:
+    """Whether the root namespace's FIB sends address out of ifname (a lookup: nothing is sent)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)
+        try:
+            (answer,) = ipr.route("get", dst=address)
+        except NetlinkError:  # no route at all (ENETUNREACH)
+            return False
+    return bool(index) and answer.get_attr("RTA_OIF") == index[0]
+
+
+def _host_side(src: dict[str, Any], dst: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the host port, the other port) of a pair with the host port in it."""
+    if src["namespace"] is None:
+        return src, dst
+    if dst["namespace"] is None:
+        return dst, src
+    return None
+
+
+def _attempt(src: dict[str, Any], dst: dict[str, Any], count: int, timeout: float) -> bool | None:
+    host = _host_side(src, dst)
+    if host is not None and not root_routes_via(_ip(host[1]), host[0]["interface"]):
+        return NO_ROUTE  # the root would send its request or its reply elsewhere
+    return ping(src["namespace"], _ip(dst), count, timeout)
+
+
 def cmd_pingall(args: argparse.Namespace) -> int:
     info = call(args, "debug-info")
-    nodes = [p for p in info["ports"] if p["namespace"] and p["address"]]
+    nodes = [p for p in info["ports"] if p["address"]]
     pairs = list(itertools.permutations(nodes, 2))
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        results = list(
-            pool.map(lambda sd: ping(sd[0]["namespace"], _ip(sd[1]), args.count, args.timeout), pairs)
-        )
+        results = list(pool.map(lambda sd: _attempt(sd[0], sd[1], args.count, args.timeout), pairs))
     ok = {(s["port"], d["port"]): r for (s, d), r in zip(pairs, results, strict=True)}
     _matrix(nodes, ok)
-    reachable = sum(results)
-    print(f"{reachable}/{len(pairs)} reachable")
+    tried = [r for r in results if r is not NO_ROUTE]
+    reachable = sum(1 for r in tried if r)
+    unrouted = len(results) - len(tried)
+    untried = f"; {unrouted} with the host not tried: the root namespace routes them elsewhere"
+    print(f"{reachable}/{len(tried)} reachable" + (untried if unrouted else ""))
     if args.explain:
         for (s, d), r in zip(pairs, results, strict=True):
-            if not r:
+            host = _host_side(s, d)
+            if r is NO_ROUTE and host is not None:
+                print(f"{s['port']} -> {d['port']} ({_ip(d)}): not tried")
+                print(
+                    f"    root namespace: no route to {_ip(host[1])} via {host[0]['interface']}"
+                    " (see --host-routes)"
+                )
+            elif not r:
                 print(f"{s['port']} -> {d['port']} ({_ip(d)}): unreachable")
                 for line in explain(args, info, s, d):
                     print(f"    {line}")
-    return 0 if reachable == len(pairs) else 1
+    return 0 if reachable == len(tried) else 1
 
 
-def _matrix(nodes: list[dict[str, Any]], ok: dict[tuple[str, str], bool]) -> None:
+def _cell(result: bool | None) -> str:
+    if result is NO_ROUTE:
+        return "[dim]no route[/]"
+    return "[green]ok[/]" if result else "[red]FAIL[/]"
+
+
+def _matrix(nodes: list[dict[str, Any]], ok: dict[tuple[str, str], bool | None]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -156,16 +205,15 @@ def _matrix(nodes: list[dict[str, Any]], ok: dict[tuple[str, str], bool]) -> Non
     for node in nodes:
         table.add_column(node["port"], justify="center")
     for s in nodes:
-        cells = [
-            "-" if s is d else ("[green]ok[/]" if ok[(s["port"], d["port"])] else "[red]FAIL[/]")
-            for d in nodes
-        ]
+        cells = ["-" if s is d else _cell(ok[(s["port"], d["port"])]) for d in nodes]
         table.add_row(s["port"], *cells)
     Console(soft_wrap=True).print(table)
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("pingall", help="ping between every pair of namespaces; --explain the failures")
+    p = sub.add_parser(
+        "pingall", help="ping between every pair of ports (the host port too); --explain the failures"
+    )
     p.add_argument(
         "--explain", action="store_true", help="say where each failing pair's packet stops and why"
     )
