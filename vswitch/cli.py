@@ -350,9 +350,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"fdb {result['fdb_entries']}/{result['fdb_max']} (ageing {result['ageing']:g}s)"
         + (flow_cache_summary(result) if result["routed"] else "")
     )
-    mtu = {segment["name"]: segment["mtu"] for segment in result["segments"]}
+    mtu = {segment["name"]: segment.get("mtu") for segment in result["segments"]}
     if result["uplink"] is not None:
-        mtu[topology.UPLINK_SEGMENT] = result["uplink"]["mtu"]
+        mtu[topology.UPLINK_SEGMENT] = result["uplink"].get("mtu")
     table(
         "ports",
         ["port", "namespace", "interface", "mac", "address", "segment", "mtu"],
@@ -364,7 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 p["mac"],
                 p["address"] or "-",
                 p["segment"],
-                str(mtu.get(p["segment"], "-")),
+                str(mtu.get(p["segment"]) or "-"),
             ]
             for p in result["ports"]
         ],

@@ -48,6 +48,7 @@ class Drop(StrEnum):
     NO_ROUTE = "no-route"  # no route to the destination
     FRAG_NEEDED = "fragmentation-needed"  # too big for the egress MTU with DF set (RFC 1191)
     FRAG_UNSUPPORTED = "fragmentation-unsupported"  # too big without DF, but a GSO frame (or an MTU < 28)
+    IP_BAD_FRAGMENT = "ip-bad-fragment"  # to be fragmented, but its data would end past 65,535 (RFC 791)
     TO_ROUTER = "to-router"  # addressed to the router and not something it answers
     L4_TRUNCATED = "l4-truncated"  # transport header cut short where the router must read it
     NAT_NO_FLOW = "nat-no-flow"  # TCP that is not a SYN and matches no tracked flow

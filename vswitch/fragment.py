@@ -11,14 +11,21 @@ from typing import Final
 
 from .checksum import internet_checksum, ones_sum
 from .wire import (
+    ICMP_CSUM_OFF,
     IP_CSUM,
     IP_FLAGS_FRAG,
     IP_FRAG_OFFSET_MASK,
     IP_MF,
     IP_TOTAL_LEN,
+    IPV4_MAX_LEN,
     IPV4_MIN_LEN,
     L3,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_CSUM_OFF,
     U16,
+    UDP_CSUM_OFF,
     VNET_F_NEEDS_CSUM,
     VNET_HDR,
     VNET_HDR_LEN,
@@ -29,17 +36,18 @@ OPTION_END: Final = 0  # RFC 791 3.1: end of option list (one byte, and what pad
 OPTION_NOP: Final = 1  # one byte
 OPTION_COPIED: Final = 0x80  # the copied flag: the option goes into every fragment, not just the first
 FRAGMENT_UNIT: Final = 8  # the fragment offset counts 8-byte blocks
-RESERVED_FLAG: Final = 0x8000  # kept as it came, like the kernel; DF is clear here and MF is set per piece
+CHECKSUM_AT: Final = {PROTO_TCP: TCP_CSUM_OFF, PROTO_UDP: UDP_CSUM_OFF, PROTO_ICMP: ICMP_CSUM_OFF}
 
 
-def complete_checksum(buf: bytearray, end: int) -> bool:
+def complete_checksum(buf: bytearray, l4: int, end: int, proto: int) -> bool:
     """Fill in the L4 checksum of a NEEDS_CSUM frame in software, as the kernel's skb_checksum_help
     does, and clear the flag. A fragment cannot carry a partial checksum: its L4 header is in the
-    first piece and the data it covers in all of them. False: the offsets point outside the frame."""
+    first piece and the data it covers in all of them. False: the header's offsets are not those of
+    this packet's L4 checksum (they could point into the IP header, checked and routed already)."""
     flags, gso_type, hdr_len, gso_size, start, offset = VNET_HDR.unpack_from(buf)
     start += VNET_HDR_LEN
     at = start + offset
-    if at + 2 > end:
+    if start != l4 or offset != CHECKSUM_AT.get(proto) or at + 2 > end:
         return False
     # The field holds the pseudo-header sum: summing from csum_start over it gives the whole sum.
     checksum = ~ones_sum(buf[start:end]) & 0xFFFF
@@ -77,7 +85,9 @@ def fragment(buf: bytes | bytearray, end: int, mtu: int) -> list[bytearray] | No
     Each piece: a blank virtio-net header, the same Ethernet header, the IP header with its total
     length, MF (set on all but the last, which keeps the original's) and offset (the original's
     plus the piece's), and a new header checksum; the first piece keeps every option, the others
-    only the copied ones. buf's checksum must be complete (see complete_checksum).
+    only the copied ones. Flags are MF alone, as Linux writes them (DF is clear, or we would not be
+    here; the reserved bit must be zero, RFC 791 3.1). buf's checksum must be complete (see
+    complete_checksum). None too when the pieces would reach past offset 65,535.
     """
     ihl = (buf[L3] & 0x0F) * 4
     data_start = L3 + ihl
@@ -91,7 +101,8 @@ def fragment(buf: bytes | bytearray, end: int, mtu: int) -> list[bytearray] | No
         return None
     flags_frag = buf[IP_FLAGS_FRAG] << 8 | buf[IP_FLAGS_FRAG + 1]
     base = (flags_frag & IP_FRAG_OFFSET_MASK) * FRAGMENT_UNIT  # fragmenting a fragment: offsets add
-    reserved = flags_frag & RESERVED_FLAG
+    if base + end - data_start > IPV4_MAX_LEN:
+        return None
     last_mf = flags_frag & IP_MF
     pieces: list[bytearray] = []
     at = data_start
@@ -106,7 +117,7 @@ def fragment(buf: bytes | bytearray, end: int, mtu: int) -> list[bytearray] | No
         more = IP_MF if stop < end else last_mf
         offset = (base + at - data_start) // FRAGMENT_UNIT
         piece[IP_TOTAL_LEN : IP_TOTAL_LEN + 2] = U16.pack(header_len + stop - at)
-        piece[IP_FLAGS_FRAG : IP_FLAGS_FRAG + 2] = U16.pack(reserved | more | offset)
+        piece[IP_FLAGS_FRAG : IP_FLAGS_FRAG + 2] = U16.pack(more | offset)
         piece[IP_CSUM : IP_CSUM + 2] = b"\x00\x00"
         piece[IP_CSUM : IP_CSUM + 2] = U16.pack(internet_checksum(piece[L3 : L3 + header_len]))
         pieces.append(piece)

@@ -58,6 +58,7 @@ from .wire import (
     ETH_MIN,
     ETH_SRC,
     ETH_TYPE_OFF,
+    ETHERTYPE,
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
     GSO_ECN,
@@ -73,6 +74,7 @@ from .wire import (
     IP_SRC,
     IP_TOTAL_LEN,
     IP_TTL,
+    IPV4_MAX_LEN,
     IPV4_MIN_LEN,
     L3,
     PROTO_ICMP,
@@ -91,6 +93,7 @@ _HDR10: Final = struct.Struct("!10H")
 _U32: Final = struct.Struct("!I")
 # RFC 1624: decrementing TTL (high byte of the TTL/protocol word) adds ~m + m' = ~0x0100 = 0xFEFF.
 _TTL_DECREMENT_CHANGE: Final = 0xFEFF
+_IPV4_TYPE: Final = ETHERTYPE.pack(ETHERTYPE_IPV4)
 _NO_IFACE: Final = -1  # waiting frames the router made itself: no ICMP error about them
 
 
@@ -274,7 +277,7 @@ class Router:
         for frame, _, _ in waiting:
             frame[ETH_DST] = sha
             out.append((iface, bytes(frame)))
-        return out
+        return self._fit(out) if waiting else out
 
     # --- IPv4 --------------------------------------------------------------------------------------
     def _ipv4(self, iface: int, pkt: bytes, link_broadcast: bool, now: float) -> list[Transmit]:
@@ -377,35 +380,41 @@ class Router:
         next_hop = dst_int if gateway is None else gateway
         self.forwarded = (out_iface, next_hop)
         if too_big:
-            return self._fragment(buf, end, mtu, out_iface, next_hop, iface, now, pkt)
+            # RFC 1812 5.2.6 / RFC 791 3.2: without DF, the packet leaves in fragments. It is resolved
+            # (or parked for ARP) whole, so one ICMP error speaks for it and the queue holds it as
+            # one; _fit splits it on the way out, here or when ARP answers.
+            if (frag & IP_FRAG_OFFSET_MASK) * 8 + end - l4 > IPV4_MAX_LEN:
+                drops[Drop.IP_BAD_FRAGMENT] += 1  # its pieces' offsets would run past 65,535
+                return []
+            if buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, l4, end, proto):
+                drops[Drop.BAD_VNET_HEADER] += 1
+                return []
+            return self._fit(self._output(buf, out_iface, next_hop, iface, now, pkt))
         return self._output(buf, out_iface, next_hop, iface, now, pkt)
 
-    def _fragment(
-        self,
-        buf: bytearray,
-        end: int,
-        mtu: int,
-        out_iface: int,
-        next_hop: int,
-        in_iface: int,
-        now: float,
-        original: bytes,
-    ) -> list[Transmit]:
-        """RFC 1812 5.2.6 / RFC 791 3.2: a packet without DF that the next hop's MTU cannot take
-        leaves in fragments (the same id; the receiver reassembles), each resolved like any packet."""
-        if buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, end):
-            self.drops[Drop.BAD_VNET_HEADER] += 1
-            return []
-        pieces = fragment(buf, end, mtu)
-        if pieces is None:  # an MTU too small for the header and 8 bytes: only a bad config does this
-            self.drops[Drop.FRAG_UNSUPPORTED] += 1
-            return []
-        self.events["ip-fragmented"] += 1
-        self.events["ip-fragments-made"] += len(pieces)
-        sent: list[Transmit] = []
-        for piece in pieces:
-            sent.extend(self._output(piece, out_iface, next_hop, in_iface, now, original))
-        return sent
+    def _fit(self, frames: list[Transmit]) -> list[Transmit]:
+        """Split each IPv4 frame that its interface's MTU cannot take into fragments (only packets
+        without DF get this far too big; GSO super-frames are measured by their segments before)."""
+        fitted: list[Transmit] = []
+        for iface, frame in frames:
+            mtu = self._mtu[iface]
+            if (
+                len(frame) - L3 <= mtu
+                or frame[1] != GSO_NONE
+                or frame[ETH_TYPE_OFF:L3] != _IPV4_TYPE
+                or frame[IP_FLAGS_FRAG] << 8 & IP_DF
+            ):
+                fitted.append((iface, frame))
+                continue
+            end = L3 + (frame[IP_TOTAL_LEN] << 8 | frame[IP_TOTAL_LEN + 1])
+            pieces = fragment(frame, end, mtu)
+            if pieces is None:  # an MTU below 28 (the API allows it; the command line stops at 68)
+                self.drops[Drop.FRAG_UNSUPPORTED] += 1
+                continue
+            self.events["ip-fragmented"] += 1
+            self.events["ip-fragments-made"] += len(pieces)
+            fitted.extend((iface, bytes(piece)) for piece in pieces)
+        return fitted
 
     def _route_bytes(self, dst: bytes) -> NextHop | None:
         return self.routes.lookup(_U32.unpack(dst)[0])
@@ -501,7 +510,7 @@ class Router:
         out_iface, gateway = hop
         next_hop = _U32.unpack_from(buf, IP_DST.start)[0] if gateway is None else gateway
         buf[ETH_TYPE_OFF : ETH_TYPE_OFF + 2] = U16.pack(ETHERTYPE_IPV4)
-        return self._output(buf, out_iface, next_hop, _NO_IFACE, now)
+        return self._fit(self._output(buf, out_iface, next_hop, _NO_IFACE, now))
 
     def _next_id(self) -> int:
         self._ip_id = (self._ip_id + 1) & 0xFFFF

@@ -233,11 +233,9 @@ def parse_mtu(text: str) -> tuple[str | None, int]:
         name, value = "", name
     if eq and not SEGMENT_RE.fullmatch(name.strip()):
         raise ConfigError(f"--mtu {text!r}: expected N or SEGMENT=N, e.g. 9000 or dmz=1280")
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise ConfigError(f"--mtu {text!r}: expected N or SEGMENT=N, e.g. 9000 or dmz=1280") from None
-    return (name.strip() or None), check_mtu(number, "--mtu")
+    if not value.strip().isascii() or not value.strip().isdigit():
+        raise ConfigError(f"--mtu {text!r}: expected N or SEGMENT=N, e.g. 9000 or dmz=1280")
+    return (name.strip() or None), check_mtu(int(value), "--mtu")
 
 
 def parse_forward(text: str) -> ForwardSpec:

@@ -51,6 +51,7 @@ ARP_REPLY: Final = 2
 # --- IPv4 (RFC 791) ---------------------------------------------------------------------------------
 IPV4: Final = struct.Struct("!BBHHHBBH4s4s")  # ver_ihl tos total_len id flags_frag ttl proto csum src dst
 IPV4_MIN_LEN: Final = 20
+IPV4_MAX_LEN: Final = 0xFFFF  # the total length field's limit, also for a datagram reassembled
 IP_VER_IHL: Final = L3
 IP_TOTAL_LEN: Final = L3 + 2
 IP_FLAGS_FRAG: Final = L3 + 6

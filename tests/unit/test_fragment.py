@@ -9,12 +9,12 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP, IPOption
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
 from scapy.layers.inet import defragment as scapy_defragment
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 from test_checksum_offload import partial
-from test_router import H1, H2, R0, R1, R2, UP, from_h1, mac, make_router, tso
+from test_router import H1, H2, R0, R1, R2, UP, frame, from_h1, mac, make_router, tso
 
 from vswitch.checksum import internet_checksum
 from vswitch.fragment import copied_options, fragment
@@ -26,6 +26,7 @@ from vswitch.wire import L3, VNET_HDR_LEN, ZERO_VNET_HDR
 # scapy's reassembly, typed here: scapy leaves it unannotated.
 defragment: Callable[[list[Packet]], list[Packet]] = scapy_defragment
 
+NEW_HOST = "02:00:00:00:02:09"  # 10.0.2.9 on seg1: not in make_router's ARP cache
 SEG1_MTU = 1400  # make_router's interface 1 (10.0.2.0/24); interface 0 has 1500
 
 
@@ -189,3 +190,76 @@ def test_a_masqueraded_datagram_is_fragmented_after_nat() -> None:
     del rebuilt[UDP].chksum
     assert IP(bytes(rebuilt))[UDP].chksum == whole[UDP].chksum
     assert bytes(whole[UDP].payload) == payload
+
+
+def test_a_packet_waiting_for_arp_is_parked_whole_and_split_when_arp_answers() -> None:
+    """22 pieces would overflow the 16-frame queue of one next hop; parked whole, the packet takes
+    one place, and ARP's answer releases it in pieces that all arrive."""
+    router = make_router()
+    payload = bytes(range(250)) * 120  # 30,000 bytes: 22 pieces at MTU 1400
+    sent = IP(src="10.0.1.2", dst="10.0.2.9", id=31) / UDP(sport=1, dport=2) / payload
+    (request,) = router.receive(0, from_h1(sent), 0.0)
+    assert request[0] == 1 and Ether(request[1][VNET_HDR_LEN:])[ARP].pdst == "10.0.2.9"
+    answer = Ether(src=NEW_HOST, dst=mac(R1)) / ARP(
+        op=2, hwsrc=NEW_HOST, psrc="10.0.2.9", hwdst=mac(R1), pdst="10.0.2.1"
+    )
+    pieces = pieces_of(router.receive(1, frame(answer), 0.5))
+    assert len(pieces) == 22 and all(p.dst == NEW_HOST for p in pieces)
+    assert bytes(reassembled(pieces)[UDP].payload) == payload
+    assert router.drops["arp-queue-full"] == 0
+
+
+def test_arp_failure_for_a_packet_to_fragment_sends_one_icmp_error() -> None:
+    router = make_router()
+    sent = IP(src="10.0.1.2", dst="10.0.2.9") / UDP(sport=1, dport=2) / (b"u" * 5000)
+    router.receive(0, from_h1(sent), 0.0)
+    out: list[tuple[int, bytes]] = []
+    for second in range(1, 30):
+        out += router.on_timer(float(second))
+    errors = [Ether(buf[VNET_HDR_LEN:]) for port, buf in out if port == 0]
+    assert len(errors) == 1 and errors[0][ICMP].type == 3 and errors[0][ICMP].code == 1
+    assert router.drops["arp-failed"] == 1
+
+
+def test_pieces_that_would_reach_past_65535_are_a_named_drop() -> None:
+    router = make_router()
+    sent = IP(src="10.0.1.2", dst="10.0.2.5", flags="MF", frag=8191) / (b"e" * 1480)
+    assert router.receive(0, from_h1(sent), 0.0) == []
+    assert router.drops["ip-bad-fragment"] == 1
+    buf = ZERO_VNET_HDR + bytes(Ether() / sent)
+    assert fragment(buf, len(buf), 1400) is None
+
+
+def test_a_partial_checksum_pointing_into_the_ip_header_is_refused_not_written() -> None:
+    router = make_router()
+    ip = IP(src="10.0.1.2", dst="10.0.2.5") / UDP(sport=1, dport=2) / (b"c" * 2000)
+    buf = bytearray(partial(ip))
+    buf[6:10] = (14).to_bytes(2, "little") + (12).to_bytes(2, "little")  # csum_start/offset: the source
+    assert router.receive(0, bytes(buf), 0.0) == []
+    assert router.drops["bad-vnet-header"] == 1
+
+
+def test_the_reserved_flag_is_not_copied_into_pieces() -> None:
+    router = make_router()
+    sent = IP(src="10.0.1.2", dst="10.0.2.5", flags="evil") / UDP() / (b"r" * 2000)
+    pieces = pieces_of(router.receive(0, from_h1(sent), 0.0))
+    assert len(pieces) == 2 and not any(p[IP].flags.evil for p in pieces)
+
+
+def test_an_icmp_error_bigger_than_a_small_mtu_leaves_in_fragments() -> None:
+    """RFC 1812 4.3.2.3 quotes up to 576 bytes; on a segment with MTU 296 the error itself is split."""
+    router = Router(
+        [
+            Interface(0, "seg0", R0, IPv4Interface("10.0.1.1/24"), mtu=296),
+            Interface(1, "seg1", R1, IPv4Interface("10.0.2.1/24")),
+        ]
+    )
+    router.arp.learn(int(IPv4Address("10.0.1.2")), H1, 0, 0.0)
+    router.arp.learn(int(IPv4Address("10.0.2.5")), H2, 1, 0.0)
+    dying = IP(src="10.0.1.2", dst="10.0.2.5", ttl=1, flags="DF") / UDP(sport=3, dport=4) / (b"t" * 260)
+    pieces = pieces_of(router.receive(0, from_h1(dying), 0.0), iface=0)
+    assert len(pieces) == 2 and all(len(p[IP]) <= 296 for p in pieces)
+    error = reassembled(pieces)
+    assert error[ICMP].type == 11 and error.dst == "10.0.1.2"
+    quoted = bytes(error[ICMP].payload)
+    assert quoted[12:20] == bytes(IP(bytes(dying)))[12:20] and quoted.endswith(b"t" * 40)

@@ -79,6 +79,8 @@ def test_uplink_options() -> None:
         (parse_mtu, "dmz=", "expected N or SEGMENT=N"),
         (parse_mtu, "d/z=1280", "expected N or SEGMENT=N"),
         (parse_mtu, "67", "68 to 65000"),
+        (parse_mtu, "1_500", "expected N or SEGMENT=N"),
+        (parse_mtu, "+1500", "expected N or SEGMENT=N"),
         (parse_mtu, "lan=65001", "68 to 65000"),
     ],
 )
