@@ -29,7 +29,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address
 from typing import Final
 
-from .wire import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from .wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 KEY: Final = struct.Struct("!B4sH4sH")  # proto, src, sport, dst, dport: a flow key, as bytes
 ORIGINAL: Final = 0
@@ -253,7 +253,8 @@ class Conntrack:
         nothing but the counters and the expiry; None when it would change the flow's state.
 
         Routine: for TCP an ACK-only segment (no SYN, FIN or RST), which keeps ESTABLISHED as it is
-        in both directions; for UDP any packet, except the first reply (it sets "replied").
+        in both directions; for UDP and ICMP echo any packet, except the first reply (it sets
+        "replied").
         """
         if flow.proto == PROTO_TCP:
             return self.timeouts.tcp[TcpState.ESTABLISHED] if flow.state is TcpState.ESTABLISHED else None
@@ -261,6 +262,8 @@ class Conntrack:
             if flow.replied:
                 return self.timeouts.udp_stream
             return self.timeouts.udp if direction == ORIGINAL else None
+        if flow.proto == PROTO_ICMP:  # echo: like UDP, one timeout whether answered or not
+            return self.timeouts.icmp if flow.replied or direction == ORIGINAL else None
         return None
 
     def refresh(self, flow: Flow, direction: int, timeout: float, now: float) -> None:

@@ -10,10 +10,11 @@ L4 ports; the protocol is checked), and each later packet only gets what differs
 IP checksum, NAT's addresses, ports and L4 checksum, MACs, counters and the conntrack refresh.
 
 What is cached; everything else always takes the slow path, which installs an entry when it can:
-- IPv4 with ihl 5, not a fragment, TTL > 1, TCP or UDP with its whole header in the packet, within
-  the egress MTU (a GSO frame: the wire size of its segments);
+- IPv4 with ihl 5, not a fragment, TTL > 1, TCP, UDP or an ICMP echo request or reply with its whole
+  header in the packet, within the egress MTU (a GSO frame: the wire size of its segments);
 - TCP only as ACK-only segments (no SYN, FIN or RST), and for a tracked flow only in ESTABLISHED;
-  UDP of a tracked flow in any state that its packets leave as it is (``Conntrack.steady_timeout``);
+  UDP and ICMP echo of a tracked flow in any state that its packets leave as it is
+  (``Conntrack.steady_timeout``);
 - a next hop that is fresh in the ARP cache (a stale one takes the slow path, which sends the probe)
   and whose MAC the egress segment's FDB knows (a flood is never cached).
 An entry is installed only if a dry run of the hit rebuilds the slow path's output for the packet
@@ -22,7 +23,9 @@ that installs it, byte for byte; otherwise the event ``flow-cache-mismatch`` cou
 A hit re-checks what can differ between packets of one flow: ethertype, version and ihl, header
 checksum, total length, fragment bits, TTL, protocol, TCP flags, MTU, the flow's expiry and the
 neighbour's freshness. RFC 1812's martian and broadcast checks are not repeated: they depend on the
-addresses alone, which the key matches exactly. ICMP is never cached (its "ports" hold a checksum).
+addresses alone, which the key matches exactly. An echo's key is its addresses, type, code and
+identifier (where TCP and UDP have ports, ICMP has its type, code and checksum), in a table of its
+own; ICMP errors are never cached (NAT translates the packet they quote).
 
 Invalidation, by the tables themselves (each has an ``on_change`` hook):
 - any change of routes, of ARP entries (new MAC or interface, eviction, ageing) or of FDB placement
@@ -48,10 +51,12 @@ from .arp import Neighbour
 from .checksum import fold
 from .conntrack import KEY, ORIGINAL, Flow
 from .counters import Counters
+from .icmp import ECHO_REPLY, ECHO_REQUEST
 from .router import Router, Transmit, wire_size
 from .wire import (
     ETHERTYPE_IPV4,
     GSO_NONE,
+    ICMP_MIN_LEN,
     IP_DST,
     IP_FLAGS_FRAG,
     IP_PROTO,
@@ -60,6 +65,7 @@ from .wire import (
     IPV4_MIN_LEN,
     L3,
     PORTS,
+    PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
     TCP_ACK,
@@ -94,7 +100,10 @@ VER_IHL_5: Final = 0x45
 FRAGMENT_BITS: Final = 0x3FFF  # MF and the offset; DF only matters beyond the MTU, checked apart
 TCP_DECIDING: Final = TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK  # the flags conntrack's events read
 TCP_FLAGS_AT: Final = L4 + TCP_FLAGS_OFF
-L4_MIN: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: UDP_LEN}
+L4_MIN: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: UDP_LEN, PROTO_ICMP: ICMP_MIN_LEN}
+ICMP_ID_AT: Final = L4 + 4  # an echo's identifier, after type, code and checksum
+ICMP_KEY_END: Final = ICMP_ID_AT + 2
+ECHO_TYPES: Final = (ECHO_REQUEST << 8, ECHO_REPLY << 8)  # type and code 0, as one big-endian word
 PARTIAL_CSUM_START: Final = L4 - VNET_HDR_LEN  # NEEDS_CSUM's csum_start counts from the Ethernet header
 TTL_ONE: Final = 0x0100  # TTL is the high byte of the TTL/protocol word
 # RFC 1624: decrementing TTL adds ~m + m' = ~0x0100 = 0xFEFF to the checksum's complement.
@@ -112,8 +121,15 @@ UDP_READER: Final = struct.Struct(_FRONT + "12x" + _IPV4_WORDS + "12xHH")  # len
 TCP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "12s12sH")
 UDP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "12sHH")
 PLAIN_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS)  # TTL and checksum: no NAT
+# An echo: past the addresses, type and code, then the checksum (the identifier is in the key).
+ICMP_READER: Final = struct.Struct(_FRONT + "12x" + _IPV4_WORDS + "8x2sH")
+ICMP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "8s2sH2s")  # addresses ... identifier
 TCP_FLAGS_IN_MIDDLE: Final = TCP_FLAGS_OFF - 4  # in the TCP reader's 12 bytes after the ports
-TAIL_AT: Final = {PROTO_TCP: L4 + TCP_CSUM_OFF + 2, PROTO_UDP: L4 + UDP_CSUM_OFF + 2}
+TAIL_AT: Final = {
+    PROTO_TCP: L4 + TCP_CSUM_OFF + 2,
+    PROTO_UDP: L4 + UDP_CSUM_OFF + 2,
+    PROTO_ICMP: ICMP_KEY_END,
+}
 ADDRESSES: Final = struct.Struct("!4H")
 
 
@@ -145,9 +161,9 @@ class CachedFlow(NamedTuple):
     tx_port: int  # the router's port on the egress segment
     macs: bytes  # new Ethernet destination and source
     ip_change: int  # IP checksum change: TTL decrement plus the address rewrite
-    rewrite: bytes | None  # new source, destination and ports, or None when NAT leaves them
+    rewrite: bytes | None  # new source, destination and ports (an echo: identifier), or None: no NAT
     partial_change: int  # L4 change for a NEEDS_CSUM frame: addresses only (pseudo-header)
-    complete_change: int  # L4 change for a complete checksum: addresses and ports
+    complete_change: int  # L4 change for a complete checksum: addresses and ports (an echo: identifier)
 
 
 class FlowCache:
@@ -167,6 +183,7 @@ class FlowCache:
         self.counters = counters
         self.max_entries = max_entries
         self.tables: list[dict[bytes, CachedFlow]] = [{} for _ in switches]
+        self.echo_tables: list[dict[bytes, CachedFlow]] = [{} for _ in switches]  # ICMP echo, by segment
         self._full_misses = 0  # installs asked of a full table; one in INSERT_WHEN_FULL is done
         self.arp_timeout = router.arp.timeout
         self.conntrack = None if router.nat is None else router.nat.conntrack
@@ -183,15 +200,16 @@ class FlowCache:
     def add_segment(self, switch: Switch) -> None:
         self.switches.append(switch)
         self.tables.append({})
+        self.echo_tables.append({})
         switch.fdb.on_change = self.flush
 
     def __len__(self) -> int:
-        return sum(len(table) for table in self.tables)
+        return sum(len(table) for table in self.tables) + sum(len(table) for table in self.echo_tables)
 
     # --- invalidation ------------------------------------------------------------------------------
     def flush(self) -> None:
         """A route, neighbour or FDB entry changed: every entry may be void."""
-        for table in self.tables:
+        for table in (*self.tables, *self.echo_tables):
             table.clear()
         self.counters.events["flow-cache-flushed"] += 1
 
@@ -201,6 +219,13 @@ class FlowCache:
             return
         for key in (flow.orig, flow.reply):
             # conntrack's KEY is proto, src, sport, dst, dport; ours is src, dst, sport, dport
+            if flow.proto == PROTO_ICMP:
+                # An echo request's identifier is its key's sport, a reply's its dport (nat.py).
+                addresses = key[1:5] + key[7:11]
+                for cache_key in (addresses + b"\x08\x00" + key[5:7], addresses + b"\x00\x00" + key[11:13]):
+                    for table in self.echo_tables:
+                        table.pop(cache_key, None)
+                continue
             cache_key = key[1:5] + key[7:11] + key[5:7] + key[11:13]
             for table in self.tables:
                 table.pop(cache_key, None)
@@ -215,9 +240,12 @@ class FlowCache:
         counters = self.counters
         entry = self.tables[segment].get(pkt[KEY_BYTES])  # a short frame gives a short key: no match
         if entry is None:
-            if not dry_run:
-                counters.flow_cache_misses += 1
-            return None
+            if len(pkt) >= ICMP_KEY_END and pkt[IP_PROTO] == PROTO_ICMP:
+                entry = self.echo_tables[segment].get(_echo_key(pkt))
+            if entry is None:
+                if not dry_run:
+                    counters.flow_cache_misses += 1
+                return None
         (proto, reader, writer, tail_at, addr_sum, min_total, mtu, flow, direction, timeout,
          neighbour, out_port, rx_port, tx_port, macs, ip_change, rewrite, partial_change,
          complete_change) = entry  # fmt: skip
@@ -268,7 +296,19 @@ class FlowCache:
             if size - tail_at > GATHER_FROM:
                 return [(out_port, Gather(head, memoryview(pkt)[tail_at:]))]
             return [(out_port, head + pkt[tail_at:])]
-        if vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == PARTIAL_CSUM_START:
+        partial = vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == PARTIAL_CSUM_START
+        if proto == PROTO_ICMP:
+            # No pseudo-header: the identifier alone changes the sum, and a partial sum (the
+            # device adds up the whole message) needs nothing (nat.rewrite).
+            if not partial:
+                change = (~l4_csum & ONES) + complete_change
+                l4_csum = ~((change & ONES) + (change >> 16)) & ONES
+            head = writer.pack(
+                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum,
+                rewrite[:8], l4_middle, l4_csum, rewrite[8:],
+            )  # fmt: skip
+            return [(out_port, head + pkt[tail_at:])]
+        if partial:
             # The field holds the uncomplemented pseudo-header sum: only the addresses are in it.
             change = l4_csum + partial_change
             l4_csum = (change & ONES) + (change >> 16)
@@ -323,6 +363,9 @@ class FlowCache:
             return
         if proto == PROTO_TCP and pkt[TCP_FLAGS_AT] & TCP_DECIDING != TCP_ACK:
             return
+        echo = proto == PROTO_ICMP
+        if echo and pkt[L4] << 8 | pkt[L4 + 1] not in ECHO_TYPES:
+            return  # an ICMP error: NAT rewrites the packet it quotes, every time
         neighbour = router.arp.entries.get(next_hop)
         if neighbour is None or now - neighbour.updated >= self.arp_timeout:
             return
@@ -337,7 +380,11 @@ class FlowCache:
         rewrite: bytes | None = None
         addr_delta = port_delta = 0
         if self.conntrack is not None:
-            sport, dport = PORTS.unpack_from(pkt, L4)
+            if echo:  # the identifier stands for the request's source port, the reply's destination
+                ident = PORTS.unpack_from(pkt, ICMP_ID_AT)[0]
+                sport, dport = (ident, 0) if pkt[L4] == ECHO_REQUEST else (0, ident)
+            else:
+                sport, dport = PORTS.unpack_from(pkt, L4)
             found = self.conntrack.keys.get(KEY.pack(proto, pkt[IP_SRC], sport, pkt[IP_DST], dport))
             if found is not None:
                 flow, direction = found
@@ -348,15 +395,19 @@ class FlowCache:
                 xlate = flow.xlate[direction]
                 if xlate is not None:
                     new_src, new_dst, new_ports, addr_delta, port_delta = xlate
-                    rewrite = new_src + new_dst + new_ports
+                    if echo:
+                        new_id = new_ports[:2] if pkt[L4] == ECHO_REQUEST else new_ports[2:]
+                        rewrite = new_src + new_dst + new_id
+                    else:
+                        rewrite = new_src + new_dst + new_ports
         rx_port = self.switches[segment].router_port
         tx_port = out_switch.router_port
         assert rx_port is not None and tx_port is not None
-        tcp = proto == PROTO_TCP
+        reader, writer = READERS[proto], WRITERS[proto]
         entry = CachedFlow(
             proto=proto,
-            reader=TCP_READER if tcp else UDP_READER,
-            writer=PLAIN_WRITER if rewrite is None else TCP_WRITER if tcp else UDP_WRITER,
+            reader=reader,
+            writer=PLAIN_WRITER if rewrite is None else writer,
             tail_at=IP_SRC.start if rewrite is None else TAIL_AT[proto],
             addr_sum=sum(ADDRESSES.unpack_from(pkt, IP_SRC.start)),
             min_total=min_total,
@@ -372,10 +423,11 @@ class FlowCache:
             ip_change=fold(TTL_DECREMENT_CHANGE + addr_delta),
             rewrite=rewrite,
             partial_change=addr_delta,
-            complete_change=fold(addr_delta + port_delta),
+            # ICMP has no pseudo-header: its sum sees the identifier only
+            complete_change=fold(port_delta if echo else addr_delta + port_delta),
         )
-        table = self.tables[segment]
-        key = pkt[KEY_BYTES]
+        table = self.echo_tables[segment] if echo else self.tables[segment]
+        key = _echo_key(pkt) if echo else pkt[KEY_BYTES]
         old = table.pop(key, None)  # re-inserted at the end: insertion order stays install order
         table[key] = entry
         if self.forward(segment, pkt, now, dry_run=True) != sent:
@@ -387,6 +439,15 @@ class FlowCache:
         if len(table) > self.max_entries:
             del table[next(iter(table))]
             self.counters.events["flow-cache-evicted"] += 1
+
+
+READERS: Final = {PROTO_TCP: TCP_READER, PROTO_UDP: UDP_READER, PROTO_ICMP: ICMP_READER}
+WRITERS: Final = {PROTO_TCP: TCP_WRITER, PROTO_UDP: UDP_WRITER, PROTO_ICMP: ICMP_WRITER}
+
+
+def _echo_key(pkt: bytes) -> bytes:
+    """An echo's key: source, destination, type, code and identifier (its checksum left out)."""
+    return pkt[IP_SRC.start : L4 + 2] + pkt[ICMP_ID_AT:ICMP_KEY_END]
 
 
 def _no_conntrack(flow: Flow, direction: int, timeout: float, now: float) -> None:

@@ -270,6 +270,21 @@ def udp(src: str, dst: str, sport: int, dport: int, ttl: int = 64, size: int = 1
     return IP(src=src, dst=dst, ttl=ttl) / UDP(sport=sport, dport=dport) / Raw(b"u" * size)
 
 
+def echo(src: str, dst: str, ident: int, reply: bool = False, ttl: int = 64, seq: int = 1) -> Packet:
+    return IP(src=src, dst=dst, ttl=ttl) / ICMP(type=0 if reply else 8, id=ident, seq=seq) / Raw(b"p" * 48)
+
+
+def echo_frame(host: str, ip: Packet, form: str = "complete") -> bytes:
+    """An echo as a tap hands it over: complete, or partial (NEEDS_CSUM at the ICMP checksum, which
+    then holds 0: ICMP has no pseudo-header)."""
+    raw = bytearray(bytes(Ether(src=HOSTS[host][0], dst=GATEWAY[host][0]) / ip))
+    if form == "complete":
+        return ZERO_VNET_HDR + bytes(raw)
+    l4 = 14 + (raw[14] & 0x0F) * 4
+    raw[l4 + 2 : l4 + 4] = b"\x00\x00"
+    return VNET_HDR.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, l4, 2) + bytes(raw)
+
+
 def handshake(
     twin: Twin, client: str, server: str, to: str, sport: int, dport: int, reply_to: str, answer_from: int
 ) -> None:
@@ -367,6 +382,51 @@ def test_port_forward_hairpin_and_identity_flows() -> None:
         one(twin.send("c", frame("c", udp(C_IP, REMOTE, 4321, 1234))), "up")
     # each: the first packet each way installs; a reply that changes the flow (UDP's first) reinstalls
     assert twin.hits == 3 + 3 + 3 + 3
+
+
+def test_echo_through_nat_and_routed_is_cached_both_ways() -> None:
+    """ping: requests and replies take the cache, masqueraded or routed, each sequence number (a new
+    checksum) under the same entry."""
+    twin = Twin.build()
+    for seq in range(1, 5):
+        p = one(twin.send("a", echo_frame("a", echo(A_IP, REMOTE, 7, seq=seq))), "up")
+        assert p[IP].src == NAT_IP and p[ICMP].id == 7 and p[IP].ttl == 63
+        q = one(twin.send("up", echo_frame("up", echo(REMOTE, NAT_IP, 7, reply=True, seq=seq))), "a")
+        assert q[IP].dst == A_IP and q[ICMP].id == 7 and q[ICMP].seq == seq
+        one(twin.send("a", echo_frame("a", echo(A_IP, C_IP, 9, seq=seq))), "c")
+        one(twin.send("c", echo_frame("c", echo(C_IP, A_IP, 9, reply=True, seq=seq))), "a")
+    # Masqueraded: the first request installs (requests 2-4 would hit), but the first reply marks
+    # the flow answered, which drops that entry: requests 3-4 and replies 2-4 hit. Inside, untracked:
+    # requests 2-4 and replies 2-4.
+    assert twin.hits == (2 + 3) + (3 + 3)
+    assert len(cache_of(twin.on).echo_tables[0]) == 2
+
+
+def test_a_translated_identifier_is_rewritten_on_a_hit() -> None:
+    """Two inside hosts ping out with the same identifier: the second is given another one (NAT),
+    and its hits rewrite it there and back, the checksum with it."""
+    twin = Twin.build()
+    for seq in range(1, 4):
+        one(twin.send("a", echo_frame("a", echo(A_IP, REMOTE, 5, seq=seq))), "up")
+        p = one(twin.send("b", echo_frame("b", echo(B_IP, REMOTE, 5, seq=seq))), "up")
+        assert p[ICMP].id != 5
+        q = one(twin.send("up", echo_frame("up", echo(REMOTE, NAT_IP, p[ICMP].id, reply=True, seq=seq))), "b")
+        assert q[ICMP].id == 5 and q[IP].dst == B_IP
+    assert twin.hits >= 4
+
+
+def test_icmp_errors_are_never_cached() -> None:
+    twin = Twin.build()
+    twin.send("a", frame("a", udp(A_IP, REMOTE, 5000, 53)))
+    error = (
+        IP(src=REMOTE, dst=NAT_IP)
+        / ICMP(type=3, code=3)
+        / IP(src=NAT_IP, dst=REMOTE)
+        / UDP(sport=5000, dport=53)
+    )
+    for _ in range(3):
+        one(twin.send("up", echo_frame("up", error)), "a")
+    assert not any(cache_of(twin.on).echo_tables) and twin.hits == 0
 
 
 def test_checks_a_hit_must_still_make() -> None:
@@ -619,6 +679,9 @@ FLOWS = [
     ("up", "c", 17, 1234, 4321, C_IP, REMOTE),  # identity flow from the uplink
     ("up", "c", 6, 2222, 3333, C_IP, UP_IP),  # the same in TCP: untracked until its SYN
 ]
+# (client, server, address the client pings, address the server answers to): masqueraded, routed
+# inside (tracked, not translated), and an identity flow from the uplink.
+ECHO_FLOWS = [("a", "up", REMOTE, NAT_IP), ("a", "c", C_IP, A_IP), ("up", "c", C_IP, REMOTE)]
 TCP_FLOWS = [0, 3, 4, 5, 7]
 OPENED = [0, 3, 4, 5]  # handshaken before each example
 FLAGS = ["A", "A", "PA", "S", "SA", "FA", "R", "", "U"]
@@ -626,7 +689,19 @@ FLAGS = ["A", "A", "PA", "S", "SA", "FA", "R", "", "U"]
 
 @st.composite
 def steps(draw: st.DrawFn) -> tuple[Any, ...]:
-    kind = draw(st.sampled_from(["packet"] * 6 + ["burst"] * 3 + ["handshake", "time", "arp", "move"]))
+    kind = draw(
+        st.sampled_from(["packet"] * 6 + ["burst"] * 3 + ["echo"] * 2 + ["handshake", "time", "arp", "move"])
+    )
+    if kind == "echo":
+        return (
+            kind,
+            draw(st.integers(0, len(ECHO_FLOWS) - 1)),
+            draw(st.booleans()),  # the reply
+            draw(st.sampled_from([7, 7, 7, 0x7673])),  # identifier
+            draw(st.sampled_from(["complete", "complete", "partial"])),
+            draw(st.sampled_from([64, 64, 64, 1])),
+            draw(st.sampled_from([None] * 6 + list(range(22 * 8)))),
+        )
     if kind == "packet":
         flow = draw(st.integers(0, len(FLOWS) - 1))
         return (
@@ -671,6 +746,16 @@ def play(twin: Twin, step: tuple[Any, ...]) -> None:
         if form == "zero" and proto == 6:
             form = "complete"
         pkt = bytearray(frame(host, ip, form))
+        if flip is not None:
+            pkt[L3 - 2 + flip // 8] ^= 1 << (flip % 8)
+        twin.send(host, bytes(pkt))
+    elif kind == "echo":
+        _, index, reply, ident, form, ttl, flip = step
+        client, server, to, reply_to = ECHO_FLOWS[index]
+        client_ip = REMOTE if client == "up" else HOSTS[client][1]
+        server_ip = REMOTE if server == "up" else HOSTS[server][1]
+        src, dst, host = (server_ip, reply_to, server) if reply else (client_ip, to, client)
+        pkt = bytearray(echo_frame(host, echo(src, dst, ident, reply, ttl), form))
         if flip is not None:
             pkt[L3 - 2 + flip // 8] ^= 1 << (flip % 8)
         twin.send(host, bytes(pkt))
