@@ -54,7 +54,7 @@ class Drop(StrEnum):
     NAT_NO_FLOW = "nat-no-flow"  # TCP that is not a SYN and matches no tracked flow
     NAT_UNSOLICITED = "nat-unsolicited"  # inbound to the NAT address, no flow and no forward
     NAT_PORTS_EXHAUSTED = "nat-ports-exhausted"  # no free external port for a new mapping
-    NAT_FRAGMENT = "nat-fragment"  # a non-first fragment needing NAT: no ports to translate
+    NAT_FRAGMENT = "nat-fragment"  # a later fragment needing NAT whose first never came (or no room to wait)
     NAT_ICMP_NO_FLOW = "nat-icmp-no-flow"  # ICMP error to the NAT address about no known flow
     NAT_UNSUPPORTED = "nat-unsupported"  # would need masquerading, but not TCP, UDP or ICMP echo
     NAT_CLASH = "nat-clash"  # the translated tuple is already tracked by another flow

@@ -17,7 +17,10 @@ Policy, in one place:
 - Fragments (RFC 4787 REQ-14): the first fragment carries the ports and is translated with its flow;
   the translation is remembered by (protocol, source, destination, IP id) for FRAGMENT_TIMEOUT, and
   the later fragments of that datagram get the same address rewrite. A later fragment that arrives
-  before its first is dropped ("nat-fragment"); Linux sends fragments in order, so this is rare.
+  before its first is held (bounded: HELD_DATAGRAMS_MAX datagrams, HELD_BYTES_MAX bytes, expiry as the
+  kernel's ipfrag_time) and routed as if it had just arrived once its first fragment is translated:
+  Linux's conntrack reassembles before NAT and has no order to care about; we keep the fragments as
+  they are and only wait for the one that names the flow.
 
 Checksums (design.md): the IPv4 header is always updated incrementally (RFC 1624). The L4 field of a
 NEEDS_CSUM frame holds the uncomplemented pseudo-header sum: only address changes touch it. A
@@ -68,6 +71,26 @@ IP_ID_OFF: Final = L3 + 4
 FRAGMENT_KEY: Final = struct.Struct("!B4s4sH")  # proto, source, destination, IP identification
 FRAGMENT_TIMEOUT: Final = 30.0  # the kernel's ipfrag_time: how long the pieces of one datagram may take
 FRAGMENT_MAX: Final = 1024  # datagrams whose later fragments we still expect; the oldest goes first
+HELD_DATAGRAMS_MAX: Final = 64  # datagrams with fragments waiting for their first one
+HELD_BYTES_MAX: Final = 1 << 20  # all the fragments waiting together (Linux: ipfrag_high_thresh, 4 MB)
+
+
+class HeldFragments:
+    """Later fragments that came before their first: held, not dropped (see the module docstring)."""
+
+    __slots__ = ("expires", "frames", "in_iface")
+
+    def __init__(self, in_iface: int, expires: float) -> None:
+        self.in_iface = in_iface
+        self.expires = expires
+        self.frames: list[bytes] = []
+
+
+class Held:
+    """The verdict for a fragment kept until its first fragment comes (nothing to send, no drop)."""
+
+
+HELD: Final = Held()
 
 Xlate = tuple[bytes, bytes, bytes, int, int]  # new src, new dst, new ports, addr delta, port delta
 
@@ -203,6 +226,10 @@ class Nat:
         self.mappings: dict[bytes, list[int]] = {}  # MAPPING key -> [external port, flows]
         # FRAGMENT_KEY before translation -> (the address rewrite of its first fragment, expiry)
         self.fragments: dict[bytes, tuple[Xlate, float]] = {}
+        # FRAGMENT_KEY -> later fragments that came first; released: theirs, once the first came
+        self.held: dict[bytes, HeldFragments] = {}
+        self.held_bytes = 0
+        self.released: list[tuple[int, bytes]] = []
         self.conntrack = Conntrack(
             config.max_flows, config.timeouts, on_remove=self._release, events=self.events
         )
@@ -234,11 +261,12 @@ class Nat:
         dst: bytes,
         route: Callable[[bytes], NextHop | None],
         now: float,
-    ) -> bytearray | Drop | None:
+    ) -> bytearray | Drop | Held | None:
         """Translate a validated IPv4 packet before routing.
 
         None: not NAT's business (route it as it is). A Drop: count and drop it. A bytearray: the
-        translated copy, to be routed by its new destination.
+        translated copy, to be routed by its new destination. HELD: a fragment waiting for its first;
+        it comes back through ``released`` (the router routes those again) or expires.
         """
         need = _L4_MIN.get(proto)
         if frag & IP_FRAG_OFFSET_MASK:
@@ -294,6 +322,11 @@ class Nat:
             del fragments[next(iter(fragments))]
             self.events["nat-fragment-evicted"] += 1
         fragments[key] = (x, now + FRAGMENT_TIMEOUT)
+        waiting = self.held.pop(key, None)
+        if waiting is not None:
+            self.held_bytes -= sum(len(frame) for frame in waiting.frames)
+            self.released.extend((waiting.in_iface, frame) for frame in waiting.frames)
+            self.events["nat-fragment-released"] += len(waiting.frames)
 
     def _later_fragment(
         self,
@@ -304,17 +337,39 @@ class Nat:
         in_iface: int,
         route: Callable[[bytes], NextHop | None],
         now: float,
-    ) -> bytearray | Drop | None:
+    ) -> bytearray | Drop | Held | None:
         """A non-first fragment has no ports: rewrite the addresses its first fragment got."""
-        entry = self.fragments.get(FRAGMENT_KEY.pack(proto, src, dst, U16.unpack_from(pkt, IP_ID_OFF)[0]))
+        key = FRAGMENT_KEY.pack(proto, src, dst, U16.unpack_from(pkt, IP_ID_OFF)[0])
+        entry = self.fragments.get(key)
         if entry is None or entry[1] <= now:
-            return Drop.NAT_FRAGMENT if self._needs_nat(in_iface, src, dst, route) else None
+            if not self._needs_nat(in_iface, src, dst, route):
+                return None
+            return self._hold(key, in_iface, pkt, now)
         nsrc, ndst, _, addr_delta, _ = entry[0]
         buf = bytearray(pkt)
         buf[_IP_ADDRS] = nsrc + ndst
         buf[IP_CSUM : IP_CSUM + 2] = U16.pack(update_complete(U16.unpack_from(buf, IP_CSUM)[0], addr_delta))
         self.events["nat-fragment-translated"] += 1
         return buf
+
+    def _hold(self, key: bytes, in_iface: int, pkt: bytes, now: float) -> Held | Drop:
+        """Keep a fragment that came before its first one, within the bounds; else it is dropped."""
+        waiting = self.held.get(key)
+        if self.held_bytes + len(pkt) > HELD_BYTES_MAX or (
+            waiting is None and len(self.held) >= HELD_DATAGRAMS_MAX
+        ):
+            return Drop.NAT_FRAGMENT
+        if waiting is None:
+            waiting = self.held[key] = HeldFragments(in_iface, now + FRAGMENT_TIMEOUT)
+        waiting.frames.append(pkt)
+        self.held_bytes += len(pkt)
+        self.events["nat-fragment-held"] += 1
+        return HELD
+
+    def take_released(self) -> list[tuple[int, bytes]]:
+        """Held fragments whose first fragment has just been translated: (ingress, frame) each."""
+        released, self.released = self.released, []
+        return released
 
     def _needs_nat(
         self, in_iface: int, src: bytes, dst: bytes, route: Callable[[bytes], NextHop | None]
@@ -511,9 +566,14 @@ class Nat:
             oldest = next(iter(self.fragments.values()))[1]  # insertion order is expiry order
             if deadline is None or oldest < deadline:
                 deadline = oldest
+        if self.held:
+            oldest = next(iter(self.held.values())).expires  # insertion order is expiry order
+            if deadline is None or oldest < deadline:
+                deadline = oldest
         return deadline
 
-    def on_timer(self, now: float) -> None:
+    def on_timer(self, now: float) -> int:
+        """Expire flows and fragment state; return how many held fragments expired (dropped)."""
         self.conntrack.expire(now)
         fragments = self.fragments
         while fragments:
@@ -521,6 +581,16 @@ class Nat:
             if fragments[key][1] > now:
                 break
             del fragments[key]
+        expired = 0
+        held = self.held
+        while held:
+            key = next(iter(held))
+            if held[key].expires > now:
+                break
+            frames = held.pop(key).frames
+            self.held_bytes -= sum(len(frame) for frame in frames)
+            expired += len(frames)
+        return expired
 
     def table(self, now: float) -> list[dict[str, object]]:
         return self.conntrack.table(now)

@@ -47,7 +47,7 @@ from .icmp import (
     build_echo_reply,
     build_error,
 )
-from .nat import Nat, NatConfig
+from .nat import Held, Nat, NatConfig
 from .routes import NextHop, Route, RouteTable
 from .wire import (
     ARP,
@@ -208,7 +208,14 @@ class Router:
             return []
         ethertype = pkt[ETH_TYPE_OFF] << 8 | pkt[ETH_TYPE_OFF + 1]
         if ethertype == ETHERTYPE_IPV4:
-            return self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, now)
+            sent = self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, now)
+            if self.nat is not None and self.nat.released:
+                # Fragments that came before their first one, which this packet was: route them
+                # now, as if they had just arrived (they were checked before they were held).
+                for held_iface, held in self.nat.take_released():
+                    sent = sent + self._ipv4(held_iface, held, False, now)
+                self.forwarded = None  # more than one packet went: nothing for the flow cache
+            return sent
         if ethertype == ETHERTYPE_ARP:
             return self._arp(iface, pkt, now)
         if dst_mac == BROADCAST_MAC:
@@ -237,7 +244,9 @@ class Router:
             if in_iface != _NO_IFACE:
                 out.extend(self._icmp_error(in_iface, original, DEST_UNREACH, HOST_UNREACH, 0, now))
         if self.nat is not None:
-            self.nat.on_timer(now)
+            expired = self.nat.on_timer(now)
+            if expired:
+                self.drops[Drop.NAT_FRAGMENT] += expired  # held for a first fragment that never came
         return out
 
     # --- ARP (RFC 826) -----------------------------------------------------------------------------
@@ -346,6 +355,8 @@ class Router:
                 buf = verdict
                 dst = bytes(buf[IP_DST])
                 dst_int = _U32.unpack(dst)[0]
+            elif isinstance(verdict, Held):
+                return []  # a fragment waiting for its first one: NAT routes it back to us
             elif verdict is not None:
                 drops[verdict] += 1
                 return []

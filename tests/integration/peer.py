@@ -1,4 +1,5 @@
-"""A traffic peer run inside a namespace (`ip netns exec NS python peer.py ...`): plain sockets only.
+"""A traffic peer run inside a namespace (`ip netns exec NS python peer.py ...`): plain sockets only
+(and one raw socket, to send fragments in an order no stack would).
 
 Receivers print `ready` once bound, so the test can start the sender without guessing; every mode
 prints one JSON line with what it saw, and bounds itself in time with --timeout.
@@ -113,6 +114,42 @@ def udp_send(args: argparse.Namespace) -> dict[str, object]:
                 sock.send(udp_payload(size, index))
                 sent += 1
     return {"sent": sent}
+
+
+def ones_complement(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of data: written here, not imported, so the peer checks
+    vswitch's arithmetic instead of sharing it."""
+    data += b"\x00" * (len(data) % 2)
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_fragments_reversed(args: argparse.Namespace) -> dict[str, object]:
+    """One UDP datagram of --size bytes, sent as IPv4 fragments of --fragment bytes of data each,
+    last fragment first (a raw socket with IP_HDRINCL: the kernel sends the headers we write)."""
+    src = socket.inet_aton(args.source)
+    dst = socket.inet_aton(args.host)
+    payload = udp_payload(args.size, 0)
+    udp_len = 8 + len(payload)
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_UDP, udp_len)
+    header = struct.pack("!HHHH", args.sport, args.port, udp_len, 0)
+    checksum = ones_complement(pseudo + header + payload) or 0xFFFF
+    datagram = struct.pack("!HHHH", args.sport, args.port, udp_len, checksum) + payload
+    ident = random.randrange(1, 0xFFFF)
+    pieces = []
+    for offset in range(0, len(datagram), args.fragment):
+        data = datagram[offset : offset + args.fragment]
+        more = 0x2000 if offset + args.fragment < len(datagram) else 0
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(data), ident, more | offset // 8, 64,
+                         socket.IPPROTO_UDP, 0, src, dst)  # fmt: skip
+        ip = ip[:10] + struct.pack("!H", ones_complement(ip)) + ip[12:]
+        pieces.append(ip + data)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+        for piece in reversed(pieces):
+            sock.sendto(piece, (args.host, 0))
+    return {"fragments": len(pieces), "expected": payload.hex()}
 
 
 class QuietHTTPServer(http.server.HTTPServer):
@@ -255,6 +292,13 @@ def main() -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sizes", required=True)
     p.add_argument("--count", type=int, required=True)
+    p = sub.add_parser("udp-fragments-reversed")
+    p.add_argument("--source", required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--sport", type=int, required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--fragment", type=int, default=1000, help="data bytes per fragment (a multiple of 8)")
     p = sub.add_parser("http-serve")
     p.add_argument("--bind", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -284,6 +328,7 @@ def main() -> int:
         "tcp-send": tcp_send,
         "udp-recv": udp_recv,
         "udp-send": udp_send,
+        "udp-fragments-reversed": udp_fragments_reversed,
         "http-serve": http_serve,
         "http-get": http_get,
         "udp-echo": udp_echo,

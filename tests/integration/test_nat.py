@@ -76,6 +76,21 @@ def test_udp_request_and_response_through_nat(env: Env) -> None:
     assert got["local"].split(":")[0] == r.ip[r.ns1]
 
 
+def test_fragments_out_of_order_are_masqueraded_and_reassembled_outside(env: Env) -> None:
+    """A datagram's fragments, last first: NAT holds the later ones until the first names the flow,
+    then all of them leave masqueraded, and the outside's kernel reassembles the datagram."""
+    r = start_routed(env)
+    receiver = env.peer(r.wan, "udp-recv", "--bind", UPSTREAM_ADDRESS, "--port", "7007", "--count", "1",
+                        "--timeout", "15")  # fmt: skip
+    assert read_line(receiver, 15, "UDP receiver outside to bind") == "ready"
+    sent = env.run_peer(r.ns1, "udp-fragments-reversed", "--source", r.ip[r.ns1], "--host", UPSTREAM_ADDRESS,
+                        "--sport", "40100", "--port", "7007", "--size", "3500", "--timeout", "5")  # fmt: skip
+    assert sent["fragments"] == 4
+    assert finish(receiver, 15, "UDP receiver")["datagrams"] == [sent["expected"]]
+    events = r.sw.query("stats")["router"]["events"]
+    assert events.get("nat-fragment-held") == 3 and events.get("nat-fragment-released") == 3, events
+
+
 def test_udp_to_a_closed_port_outside_is_refused_inside(env: Env) -> None:
     """The outside's port unreachable is translated back (RFC 5508): connected UDP sees ECONNREFUSED."""
     r = start_routed(env)

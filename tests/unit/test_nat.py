@@ -246,10 +246,13 @@ def test_routed_inbound_flow_is_not_masqueraded() -> None:
     assert one(send(router, 1, synack), 2).src == "10.0.2.5"
 
 
-def test_non_first_fragment_needing_nat_dropped() -> None:
+def test_non_first_fragment_needing_nat_is_held_then_dropped_if_its_first_never_comes() -> None:
     router = make_router()
     frag = IP(src="10.0.1.2", dst=REMOTE, frag=10, proto=17) / (b"x" * 8)
     assert send(router, 0, frag) == []
+    assert router.drops["nat-fragment"] == 0 and router.events["nat-fragment-held"] == 1
+    assert router.on_timer(29.0) == [] and router.drops["nat-fragment"] == 0
+    router.on_timer(31.0)
     assert router.drops["nat-fragment"] == 1
 
 

@@ -13,6 +13,8 @@ from scapy.packet import Packet
 from test_fuzz import HOST_A, R_LAN, R_WAN, UPSTREAM, mac, routed_datapath
 
 from vswitch.datapath import Datapath
+from vswitch.nat import HELD_DATAGRAMS_MAX
+from vswitch.router import Router
 
 # scapy's own helpers, typed here: scapy leaves them unannotated.
 fragment: Callable[..., list[Packet]] = scapy_fragment
@@ -78,15 +80,39 @@ def test_inbound_reply_fragments_reach_the_inside_host() -> None:
     assert bytes(defragment(out)[0][UDP].payload) == PAYLOAD
 
 
-def test_a_later_fragment_before_its_first_is_a_named_drop() -> None:
+def test_later_fragments_before_their_first_wait_for_it_and_follow_it() -> None:
+    """Fragments in reverse order: the later two are held (no ports to find their flow by) and leave
+    translated right behind the first, which names the flow."""
     dp, ports = setup()
     pieces = fragment(
         IP(src="10.1.0.2", dst="198.18.0.1", id=7) / UDP(sport=5001, dport=7) / PAYLOAD, fragsize=1480
     )
-    verdict = dp.receive(ports["a"], bytes(10) + bytes(Ether(src=HOST_A, dst=R_LAN) / pieces[1]), 1.0)
-    assert verdict == []
-    assert dp.router is not None
-    assert dp.router.drops["nat-fragment"] == 1  # type: ignore[attr-defined]
+    for piece in (pieces[2], pieces[1]):
+        assert dp.receive(ports["a"], bytes(10) + bytes(Ether(src=HOST_A, dst=R_LAN) / piece), 1.0) == []
+    router = dp.router
+    assert isinstance(router, Router) and router.nat is not None
+    assert router.events["nat-fragment-held"] == 2 and not router.drops["nat-fragment"]
+    sent = frames_to(dp, ports["a"], bytes(Ether(src=HOST_A, dst=R_LAN) / pieces[0]), 1.5)
+    assert [port for port, _ in sent] == [ports["up"]] * 3
+    out = [Ether(frame[10:])[IP] for _, frame in sent]
+    assert [p.frag for p in out] == [0, pieces[2].frag, pieces[1].frag]
+    assert {p.src for p in out} == {"198.18.0.2"}
+    in_order = sorted(out, key=lambda p: int(p.frag))  # scapy reassembles fragments in order only
+    assert bytes(defragment(in_order)[0][UDP].payload) == PAYLOAD
+    assert not router.nat.held and router.nat.held_bytes == 0
+
+
+def test_held_fragments_are_bounded() -> None:
+    """At most HELD_DATAGRAMS_MAX datagrams wait; a fragment beyond is a named drop at once."""
+    dp, ports = setup()
+    router = dp.router
+    assert isinstance(router, Router) and router.nat is not None
+    for ident in range(HELD_DATAGRAMS_MAX + 1):
+        later = IP(src="10.1.0.2", dst="198.18.0.1", id=ident, frag=185, proto=17) / (b"h" * 64)
+        dp.receive(ports["a"], bytes(10) + bytes(Ether(src=HOST_A, dst=R_LAN) / later), 1.0)
+    assert len(router.nat.held) == HELD_DATAGRAMS_MAX and router.drops["nat-fragment"] == 1
+    dp.on_timer(1.0 + 31.0)
+    assert not router.nat.held and router.drops["nat-fragment"] == 1 + HELD_DATAGRAMS_MAX
 
 
 def test_fragment_memory_expires() -> None:
