@@ -161,6 +161,12 @@ def test_pingall_explains_a_missing_default_route_and_doctor_fixes_it(denv: Env)
     assert f"{ns['b']}: link eth0 is down" in out.stdout
     assert f"fix: ip -n {ns['b']} link set eth0 up" in vs(denv, sw, "doctor").stdout
 
+    with IPRoute(netns=ns["a"]) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="eth0")[0], mtu=9000)
+    mismatch = vs(denv, sw, "doctor").stdout
+    assert f"{ns['a']}: eth0 has MTU 9000, its segment lan has 1500" in mismatch
+    assert f"fix: ip -n {ns['a']} link set eth0 mtu 1500" in mismatch
+
 
 def free_port() -> int:
     with socket.socket() as s:

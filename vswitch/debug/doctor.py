@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from ..topology import UPLINK_SEGMENT
 from .common import call
 
 IFF_UP = 0x1
@@ -54,8 +55,20 @@ def kernel_findings(info: dict[str, Any], port: dict[str, Any], target: str | No
         index = ipr.link_lookup(ifname=ifname)
         if not index:
             return [*found, Finding(ns, f"link {ifname} is missing (the port is gone)", restart)]
-        if not ipr.get_links(index[0])[0]["flags"] & IFF_UP:
+        link = ipr.get_links(index[0])[0]
+        if not link["flags"] & IFF_UP:
             found.append(Finding(ns, f"link {ifname} is down", f"ip -n {ns} link set {ifname} up"))
+        want, have_mtu = segment_mtu(info, port), link.get_attr("IFLA_MTU")
+        if want is not None and have_mtu != want:
+            # Bigger than the segment's: its frames exceed what the others and the router take.
+            # Smaller: it drops what its neighbours send it.
+            found.append(
+                Finding(
+                    ns,
+                    f"{ifname} has MTU {have_mtu}, its segment {port['segment']} has {want}",
+                    f"ip -n {ns} link set {ifname} mtu {want}",
+                )
+            )
         have = {
             f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
             for a in ipr.get_addr(index=index[0], family=socket.AF_INET)
@@ -81,6 +94,18 @@ def kernel_findings(info: dict[str, Any], port: dict[str, Any], target: str | No
             )
         elif target is not None and not has_default and not _covered(routes, target):
             found.append(Finding(ns, f"no route to {target} (no default route)", None))
+    return found
+
+
+def segment_mtu(info: dict[str, Any], port: dict[str, Any]) -> int | None:
+    """The MTU vswitch gave the port's segment (None from a switch too old to say)."""
+    uplink = info.get("uplink")
+    found: int | None = None
+    if uplink is not None and port["segment"] == UPLINK_SEGMENT:
+        found = uplink.get("mtu")
+    for segment in info["segments"]:
+        if segment["name"] == port["segment"]:
+            found = segment.get("mtu")
     return found
 
 
