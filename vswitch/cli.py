@@ -80,6 +80,11 @@ def build_parser() -> Parser:
     )
     up.add_argument("--subnet", help="addresses for --ports (default 10.0.0.0/24)")
     up.add_argument(
+        "--subnet6",
+        metavar="PREFIX",
+        help="IPv6 addresses for --ports too, PREFIX::1, ::2, ... (e.g. fd00:10::/64)",
+    )
+    up.add_argument(
         "--segment",
         action="append",
         default=[],
@@ -169,6 +174,8 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         raise ConfigError("--ports needs a comma-separated list of namespaces, e.g. ns1,ns2,ns3")
     if args.subnet is not None:
         req.subnet = topology.parse_subnet(args.subnet)
+    if args.subnet6 is not None:
+        req.subnet6 = topology.parse_subnet6(args.subnet6)
     req.segments.extend(topology.parse_segment(text) for text in args.segment)
     if args.uplink is not None:
         req.uplink = topology.parse_uplink(args.uplink)
@@ -362,7 +369,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 p["namespace"] or "(root)",
                 p["interface"],
                 p["mac"],
-                p["address"] or "-",
+                " ".join(a for a in (p["address"], p.get("address6")) if a) or "-",
                 p["segment"],
                 str(mtu.get(p["segment"]) or "-"),
             ]

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -46,6 +46,7 @@ class LivePort:
     mac: str
     segment: str
     tap: Tap
+    address6: IPv6Interface | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class LivePort:
             "interface": self.ifname,
             "mac": self.mac,
             "address": str(self.address) if self.address else None,
+            "address6": str(self.address6) if self.address6 else None,
             "segment": self.segment,
         }
 
@@ -146,10 +148,14 @@ class Instance:
             tap = open_tap(spec.ifname)  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
         self._taps.append(tap)
         self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
-        mac = kernel.place_tap(tap.name, namespace, spec.ifname, spec.address, self.topology.txqueuelen, mtu)
+        mac = kernel.place_tap(
+            tap.name, namespace, spec.ifname, spec.address, self.topology.txqueuelen, mtu, spec.address6
+        )
         port_id = self.datapath.add_port(spec.label, seg_index)
         self.ports.append(
-            LivePort(port_id, spec.label, namespace, spec.ifname, spec.address, mac, seg_name, tap)
+            LivePort(
+                port_id, spec.label, namespace, spec.ifname, spec.address, mac, seg_name, tap, spec.address6
+            )
         )
 
     def _add_router(self) -> None:

@@ -10,11 +10,14 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
+
+IFA_F_NODAD = 0x02  # include/uapi/linux/if_addr.h: skip duplicate address detection
 
 NETNS_DIR = "/run/netns"
 
@@ -114,6 +117,7 @@ def place_tap(
     address: IPv4Interface | None,
     txqueuelen: int = 1000,
     mtu: int = 1500,
+    address6: IPv6Interface | None = None,
 ) -> str:
     """Move a root-namespace tap into namespace as ifname, address it, bring it up; return its MAC."""
     try:
@@ -135,6 +139,11 @@ def place_tap(
                 ipr.link("set", index=index, ifname=ifname)
             if address is not None:
                 ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+            if address6 is not None:
+                # No duplicate address detection: the addresses are ours to hand out, and DAD would
+                # leave them tentative (unusable) for a second or two after the link comes up.
+                ipr.addr("add", index=index, address=str(address6.ip), prefixlen=address6.network.prefixlen,
+                         family=socket.AF_INET6, flags=IFA_F_NODAD)  # fmt: skip
             ipr.link("set", index=index, state="up")
             link = ipr.get_links(index)[0]
             return str(link.get("IFLA_ADDRESS") or link.get("address"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Any
 
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
@@ -55,6 +55,7 @@ class PortSpec:
     namespace: str | None
     ifname: str = DEFAULT_IFNAME
     address: IPv4Interface | None = None  # None until resolved: the next free host of the subnet
+    address6: IPv6Interface | None = None  # with --subnet6 (switched topologies): ::N for the Nth port
 
     @property
     def label(self) -> str:
@@ -166,6 +167,17 @@ def parse_subnet(text: str) -> IPv4Network:
         raise ConfigError(f"invalid subnet {text!r}, e.g. 10.0.0.0/24") from None
 
 
+def parse_subnet6(text: str) -> IPv6Network:
+    """An IPv6 prefix for the hosts of a switched topology: global or unique local, room for hosts."""
+    try:
+        subnet = IPv6Network(text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"invalid IPv6 subnet {text!r}, e.g. fd00:10::/64") from None
+    if subnet.is_link_local or subnet.is_multicast or subnet.is_loopback or subnet.prefixlen > 126:
+        raise ConfigError(f"IPv6 subnet {text!r}: give a global or unique-local prefix of /126 or shorter")
+    return subnet
+
+
 def parse_port(text: str) -> PortSpec:
     """`ns`, `ns:ifname`, `ns:ifname=10.0.0.7/24`, or `host[=ADDR/PREFIX]` (the root namespace)."""
     text = text.strip()
@@ -269,6 +281,7 @@ class Request:
     name: str = "default"
     ports: list[PortSpec] = field(default_factory=list)
     subnet: IPv4Network | None = None
+    subnet6: IPv6Network | None = None
     segments: list[tuple[str, list[PortSpec], IPv4Network | None]] = field(default_factory=list)
     uplink: UplinkSpec | None = None
     forwards: list[ForwardSpec] = field(default_factory=list)
@@ -309,6 +322,8 @@ def build(request: Request) -> Topology:
     if request.uplink is not None and UPLINK_SEGMENT in names:
         raise ConfigError(f"segment name {UPLINK_SEGMENT!r} is reserved for the uplink")
 
+    if request.subnet6 is not None and routed:
+        raise ConfigError("--subnet6 goes with --ports (one switched segment): the router is IPv4 only")
     default_mtu = request.mtu or DEFAULT_MTU
     for name in request.segment_mtu:
         if name not in names and not (name == UPLINK_SEGMENT and request.uplink is not None):
@@ -333,6 +348,8 @@ def build(request: Request) -> Topology:
             PortSpec(None, host_ifname, p.address) if p.namespace is None else p for p in segment.ports
         ]
         assign_addresses(segment, {segment.gateway.ip} if segment.gateway else set())
+        if request.subnet6 is not None:
+            assign_addresses6(segment, request.subnet6)
 
     topology = Topology(
         name=request.name,
@@ -378,6 +395,22 @@ def assign_addresses(segment: SegmentSpec, reserved: set[IPv4Address] | None = N
             port = PortSpec(port.namespace, port.ifname, IPv4Interface(f"{host}/{segment.subnet.prefixlen}"))
         elif port.address.ip not in segment.subnet and segment.gateway is not None:
             raise ConfigError(f"address {port.address} of {port.label} is outside segment {segment.name}")
+        resolved.append(port)
+    segment.ports = resolved
+
+
+def assign_addresses6(segment: SegmentSpec, subnet: IPv6Network) -> None:
+    """The Nth namespace port gets subnet::N (the host port is left alone: the root's IPv6 is not ours
+    to change)."""
+    resolved: list[PortSpec] = []
+    number = 0
+    for port in segment.ports:
+        if port.namespace is not None:
+            number += 1
+            if number >= subnet.num_addresses:  # ::0 is the subnet-router anycast (RFC 4291 2.6.1)
+                raise ConfigError(f"IPv6 subnet {subnet} is too small for {len(segment.ports)} ports")
+            address = IPv6Interface(f"{subnet.network_address + number}/{subnet.prefixlen}")
+            port = PortSpec(port.namespace, port.ifname, port.address, address)
         resolved.append(port)
     segment.ports = resolved
 
@@ -460,6 +493,7 @@ TOML_KEYS = {
     "name",
     "ports",
     "subnet",
+    "subnet6",
     "segment",
     "uplink",
     "forward",
@@ -492,6 +526,8 @@ def request_from_toml(text: str) -> Request:
         req.ports = [parse_port(p) for p in _list(data, "ports")]
     if "subnet" in data:
         req.subnet = parse_subnet(_str(data, "subnet", ""))
+    if "subnet6" in data:
+        req.subnet6 = parse_subnet6(_str(data, "subnet6", ""))
     for seg in data.get("segment", []):
         if not isinstance(seg, dict) or "name" not in seg or "ports" not in seg:
             raise ConfigError("each [[segment]] needs name and ports")

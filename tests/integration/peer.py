@@ -46,7 +46,8 @@ def ready() -> None:
 
 
 def tcp_recv(args: argparse.Namespace) -> dict[str, object]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+    family = socket.AF_INET6 if ":" in args.bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as srv:
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind((args.bind, args.port))
         srv.listen(1)

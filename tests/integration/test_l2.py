@@ -47,6 +47,22 @@ def test_every_ordered_pair_pings(env: Env) -> None:
     assert failed == []
 
 
+def test_subnet6_gives_every_namespace_an_ipv6_address_that_pings_and_carries_tcp(env: Env) -> None:
+    """--subnet6: ::1, ::2, ::3 on the ports, usable at once (no DAD wait); ping6 every pair, and
+    TCP over IPv6 in TSO super-frames (TSO6) crosses intact."""
+    sw, names = three_port(env, "--subnet6", "fd00:77::/64")
+    six = {p["namespace"]: p["address6"] for p in sw.table["ports"]}
+    assert six == {names[0]: "fd00:77::1/64", names[1]: "fd00:77::2/64", names[2]: "fd00:77::3/64"}
+    for ns, address in six.items():
+        (entry,) = [
+            a for a in links(ns)["eth0"]["addr_info"] if a["family"] == "inet6" and a["scope"] == "global"
+        ]
+        assert f"{entry['local']}/{entry['prefixlen']}" == address and not entry.get("tentative")
+    failed = [(s, d) for s, d in itertools.permutations(names, 2) if not pings(s, six[d].split("/")[0])]
+    assert failed == []
+    transfer(env, names[0], names[2], "fd00:77::3", 20_000_000, seed=6)
+
+
 def test_100mb_tcp_arrives_intact_in_tso_superframes(env: Env) -> None:
     sw, (ns1, _, ns3) = three_port(env)
     before = port_stats(sw, ns3)

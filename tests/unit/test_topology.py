@@ -168,3 +168,26 @@ def test_mtu_for_all_then_per_segment_from_the_command_line_and_toml() -> None:
         request_from_toml('[[segment]]\nname = "lan"\nports = ["a"]\nmtu = "big"\n')
     with pytest.raises(ConfigError, match="mtu must be a whole number"):
         request_from_toml('ports = ["a"]\nmtu = 40\n')
+
+
+def test_subnet6_numbers_the_namespace_ports_and_refuses_what_cannot_work() -> None:
+    from ipaddress import IPv6Interface, IPv6Network
+
+    from vswitch.topology import parse_subnet6
+
+    topo = build(Request(ports=parse_ports("a,b,c"), subnet6=IPv6Network("fd00:10::/64"), host=True))
+    six = {p.label: p.address6 for p in topo.ports}
+    assert six == {
+        "a": IPv6Interface("fd00:10::1/64"),
+        "b": IPv6Interface("fd00:10::2/64"),
+        "c": IPv6Interface("fd00:10::3/64"),
+        "host": None,  # the root namespace's IPv6 is left alone
+    }
+    assert build(request_from_toml('ports = ["a"]\nsubnet6 = "fd00:10::/64"\n')).ports[0].address6 == six["a"]
+    with pytest.raises(ConfigError, match="router is IPv4 only"):
+        build(Request(segments=[parse_segment("x=a")], subnet6=IPv6Network("fd00::/64")))
+    with pytest.raises(ConfigError, match="too small"):
+        build(Request(ports=parse_ports("a,b,c,d"), subnet6=IPv6Network("fd00::/126")))
+    for bad in ("fe80::/64", "ff02::/64", "fd00::/127", "10.0.0.0/24"):
+        with pytest.raises(ConfigError, match="IPv6 subnet"):
+            parse_subnet6(bad)
