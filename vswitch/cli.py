@@ -251,7 +251,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             instance.metrics = parse_listen(args.metrics, args.metrics_public)
         except ValueError as exc:
             fail(str(exc), 2)
-    # SIGINT/SIGTERM stay blocked while the kernel side is built and torn down: a signal then waits
+    # SIGINT/SIGTERM/SIGHUP stay blocked while the kernel side is built and torn down: a signal waits
     # until the switch serves (it stops at once) or is ignored (teardown always finishes). Blocking,
     # not a Python handler, because pyroute2 forks helpers that would run the handler too.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -316,7 +316,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not removed:
         print(f"vswitch {args.name}: nothing to remove")
     for item in removed:
-        print(f"removed {item}")
+        print(item)
     return 0
 
 

@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import kernel
 from .control import ControlServer
 from .datapath import Datapath
-from .kernel import KernelError
+from .kernel import STOP_SIGNALS, KernelError
 from .shell import Shell
 from .state import Ledger, socket_path, state_path
 from .tap import Tap, TapError, open_tap
@@ -121,7 +121,12 @@ class Instance:
             raise
 
     def _claim(self) -> None:
-        old = Ledger.load(self.topology.name)
+        try:
+            old = Ledger.load(self.topology.name)
+        except OSError as exc:
+            raise StartError(
+                f"{exc}; if no vswitch {self.topology.name} is running, remove that file"
+            ) from None
         if old is not None:
             if old.owner_alive():
                 raise StartError(f"instance {self.topology.name} is already running (pid {old.pid})")
@@ -140,8 +145,8 @@ class Instance:
         namespace = spec.namespace
         if namespace is not None:
             if kernel.netns_inode(namespace) is None:
-                inode = kernel.create_netns(namespace)
-                self.ledger.record("netns", name=namespace, inode=inode)
+                inode, cookie = kernel.create_netns(namespace)
+                self.ledger.record("netns", name=namespace, inode=inode, cookie=cookie)
             kernel.set_lo_up(namespace)
             tap = open_tap(_tap_name(self.topology.name))
         else:
@@ -228,7 +233,13 @@ class Instance:
             shell.attach(port.id, port.tap.fd)
         shell.start_timer()
         control = ControlServer(self, socket_path(self.topology.name))
-        await control.start()
+        try:
+            await control.start()
+        except OSError as exc:
+            shell.detach_all()
+            raise StartError(
+                f"cannot open the control socket {control.path}: {exc.strerror or exc}"
+            ) from None
         self.ledger.record("socket", path=str(control.path))
         metrics: asyncio.AbstractServer | None = None
         if self.metrics is not None:
@@ -242,8 +253,10 @@ class Instance:
                 raise StartError(
                     f"cannot serve metrics on {self.metrics[0]}:{self.metrics[1]}: {exc}"
                 ) from None
+        # SIGHUP too (the terminal went away), unless the user started us under nohup.
+        stop_signals = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
         if signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in stop_signals:
                 loop.add_signal_handler(sig, self._stop.set)
         try:
             if ready is not None:
@@ -253,7 +266,7 @@ class Instance:
             # A second Ctrl-C or SIGTERM must not cut teardown short: from here until the loop is
             # closed (after teardown) both signals are caught and ignored.
             if signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in stop_signals:
                     loop.add_signal_handler(sig, _ignore_signal)
             if metrics is not None:
                 metrics.close()
@@ -328,20 +341,48 @@ def _ignore_signal() -> None:
     """Teardown is under way; it removes everything whatever the user presses."""
 
 
-def undo(ledger: Ledger) -> list[str]:
-    """Undo every record newest-first; return what could not be undone (and keep it in the ledger)."""
+def describe(entry: dict[str, Any]) -> str:
+    """A ledger record in words, for `vswitch down` and its errors."""
+    kind = entry["kind"]
+    if kind == "netns":
+        return f"namespace {entry['name']}"
+    if kind == "socket":
+        return f"control socket {entry['path']}"
+    if kind == "route":
+        return f"host route {entry['dst']} via {entry['via']}"
+    if kind == "tap":
+        return f"tap {entry['name']}"
+    return f"{kind} {entry}"
+
+
+def undo(ledger: Ledger, done: list[str] | None = None) -> list[str]:
+    """Undo every record newest-first; return what could not be undone (and keep it in the ledger).
+    done, if given, gets a line for each thing actually removed or found already gone."""
     problems: list[str] = []
     for entry in ledger.newest_first():
         kind = entry["kind"]
         try:
             if kind == "netns":
-                kernel.remove_netns(entry["name"], int(entry["inode"]))
+                cookie = entry.get("cookie")
+                removed = kernel.remove_netns(entry["name"], int(entry["inode"]), cookie)
+                if done is not None:
+                    name = entry["name"]
+                    if removed:
+                        done.append(f"removed namespace {name}")
+                    elif kernel.netns_inode(name) is None:
+                        done.append(f"namespace {name} was already gone")
+                    else:
+                        done.append(f"kept namespace {name}: it is not the one vswitch made")
             elif kind == "socket":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry["path"])
+                if done is not None:
+                    done.append(f"removed {describe(entry)}")
+            elif kind == "route" and done is not None:
+                done.append(f"{describe(entry)}: went with the host port's tap")
             # "tap": a non-persistent tap dies with its last fd; nothing to do once we are closed.
         except (OSError, KernelError) as exc:
-            problems.append(f"{kind} {entry.get('name') or entry.get('path')}: {exc}")
+            problems.append(f"{describe(entry)}: {exc}")
             continue
         ledger.forget(entry)
     if not problems:
@@ -350,11 +391,15 @@ def undo(ledger: Ledger) -> list[str]:
 
 
 def down(instance: str, timeout: float = 10.0) -> list[str]:
-    """Remove what a dead instance left; stop a live one first. Returns what was removed."""
-    ledger = Ledger.load(instance)
+    """Remove what a dead instance left; stop a live one first. Returns what was done, a line each."""
+    try:
+        ledger = Ledger.load(instance)
+    except OSError as exc:
+        raise StartError(f"{exc}; if no vswitch {instance} is running, remove that file") from None
     if ledger is None:
         return []
     if ledger.owner_alive():
+        stopped = ledger.pid
         os.kill(ledger.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while ledger.owner_alive() and time.monotonic() < deadline:
@@ -363,9 +408,9 @@ def down(instance: str, timeout: float = 10.0) -> list[str]:
             raise StartError(f"instance {instance} (pid {ledger.pid}) did not stop within {timeout:.0f}s")
         ledger = Ledger.load(instance)
         if ledger is None:
-            return ["stopped the running instance"]
-    removed = [f"{e['kind']} {e.get('name') or e.get('path')}" for e in ledger.records if e["kind"] != "tap"]
-    problems = undo(ledger)
+            return [f"stopped instance {instance} (pid {stopped}); it removed what it had made"]
+    done: list[str] = []
+    problems = undo(ledger, done)
     if problems:
         raise StartError("could not remove: " + "; ".join(problems))
-    return removed
+    return done

@@ -7,10 +7,12 @@ user can act on. Every function that creates something returns what teardown nee
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
 
@@ -22,12 +24,12 @@ IFA_F_NODAD = 0x02  # include/uapi/linux/if_addr.h: skip duplicate address detec
 NETNS_DIR = "/run/netns"
 
 
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 @contextlib.contextmanager
 def stop_signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (blocked, so they wait) for the length of the block.
+    """Hold SIGINT, SIGTERM and SIGHUP (blocked, so they wait) for the length of the block.
 
     pyroute2 makes a namespace in a forked helper: a Ctrl-C that interrupts the parent while it waits
     leaves the helper to finish after the caller's clean-up has already swept, and the namespace
@@ -49,14 +51,46 @@ def netns_path(name: str) -> str:
 
 
 def netns_inode(name: str) -> int | None:
-    """The identity of a named namespace, so we never remove a same-named one we did not make."""
+    """Whether a named namespace exists (its inode; the kernel reuses inodes: see netns_cookie)."""
     try:
         return os.stat(netns_path(name)).st_ino
     except FileNotFoundError:
         return None
 
 
-def create_netns(name: str) -> int:
+CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
+SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
+
+
+def netns_cookie(name: str) -> int | None:
+    """The named namespace's cookie: a 64-bit number the kernel gives each namespace and never
+    reuses, unlike its inode (a namespace made after ours was removed can get ours). Read from a
+    socket made inside it, on a thread of its own that ends right after: setns(2) moves only the
+    calling thread. None: no such namespace."""
+    found: list[int] = []
+
+    def probe() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                return
+        finally:
+            os.close(fd)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            found.append(int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little"))
+
+    thread = threading.Thread(target=probe, name=f"netns-cookie-{name}")
+    thread.start()
+    thread.join()
+    return found[0] if found else None
+
+
+def create_netns(name: str) -> tuple[int, int | None]:
+    """Make namespace name; return its inode and cookie (the cookie proves it is ours later)."""
     try:
         netns.create(name)
     except OSError as exc:
@@ -64,12 +98,13 @@ def create_netns(name: str) -> int:
     inode = netns_inode(name)
     if inode is None:
         raise KernelError(f"namespace {name} vanished right after it was created")
-    return inode
+    return inode, netns_cookie(name)
 
 
-def remove_netns(name: str, inode: int) -> bool:
-    """Remove namespace name if it is still the one we created; True when it was removed."""
-    if netns_inode(name) != inode:
+def remove_netns(name: str, inode: int, cookie: int | None = None) -> bool:
+    """Remove namespace name if it is still the one we created; True when it was removed.
+    The cookie decides when it was recorded (a ledger from before it was: the inode)."""
+    if (netns_cookie(name) != cookie) if cookie is not None else (netns_inode(name) != inode):
         return False
     try:
         netns.remove(name)

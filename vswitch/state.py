@@ -88,12 +88,16 @@ class Ledger:
         return self.pid != os.getpid() and pid_alive(self.pid, self.started)
 
     def claim(self) -> None:
-        """Create the state file, exclusively: a second instance of the same name fails here."""
+        """Create the state file, exclusively: a second instance of the same name fails here
+        (FileExistsError). Written whole first, then linked into place: an interruption at any point
+        leaves either no state file or a complete one, never an empty one that blocks the name."""
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        self._save()
+        tmp = self._write_tmp(f".{os.getpid()}.claim")
+        try:
+            os.link(tmp, self.path)
+        finally:
+            os.unlink(tmp)
 
     def record(self, kind: str, **fields: Any) -> dict[str, Any]:
         entry = {"kind": kind, **fields}
@@ -114,14 +118,19 @@ class Ledger:
             self.path.unlink()
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
+        os.replace(self._write_tmp(".tmp"), self.path)
+
+    def _write_tmp(self, suffix: str) -> Path:
+        """The ledger as JSON in a file beside the state file, synced, mode 0600."""
+        tmp = self.path.with_suffix(suffix)
         body = json.dumps(
             {"instance": self.instance, "pid": self.pid, "started": self.started, "records": self.records},
             indent=1,
         )
-        with open(tmp, "w") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover file keeps its mode through O_TRUNC
+        with open(fd, "w") as handle:
             handle.write(body)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        return tmp

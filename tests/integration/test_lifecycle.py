@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pyroute2 import netns
+
+from vswitch.kernel import remove_netns_named
 
 from .conftest import (
+    CLI_TIMEOUT,
+    VSWITCH,
     Env,
     Switch,
     create_namespace,
@@ -67,7 +73,9 @@ def assert_all_gone(env: Env, s: Started) -> None:
     assert not s.sw.state_path.exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_removes_everything_it_created(env: Env, sig: signal.Signals) -> None:
     s = start_with_existing(env)
     assert s.sw.stop(sig) == 0
@@ -91,8 +99,26 @@ def test_sigkill_then_down_removes_the_leftovers(env: Env) -> None:
     assert down.returncode == 0, down.stderr
     assert down.stderr == ""
     for ns in s.created:
-        assert f"netns {ns}" in down.stdout
+        assert f"removed namespace {ns}" in down.stdout
     assert s.existing not in down.stdout
+    assert_all_gone(env, s)
+
+
+def test_down_keeps_a_namespace_of_the_same_name_made_since(env: Env) -> None:
+    """After SIGKILL the user removes one of our namespaces and makes another of that name: the
+    kernel often hands it the same inode, so only the namespace cookie tells it is not ours."""
+    s = start_with_existing(env)
+    assert s.sw.stop(signal.SIGKILL) == -signal.SIGKILL
+    theirs = s.created[0]
+    remove_netns_named(theirs)
+    netns.create(theirs)
+    try:
+        down = env.vswitch("down", "--name", s.sw.name)
+        assert down.returncode == 0, down.stderr
+        assert f"kept namespace {theirs}: it is not the one vswitch made" in down.stdout
+        assert theirs in namespaces(env.prefix)
+    finally:
+        remove_netns_named(theirs)
     assert_all_gone(env, s)
 
 
@@ -140,3 +166,31 @@ def test_failure_half_way_rolls_back(env: Env) -> None:
     assert new_root_links(root_before) == set()
     assert not (env.run_dir / f"{name}.json").exists()
     assert not (env.run_dir / f"{name}.sock").exists()
+
+
+def test_an_unreadable_state_file_is_one_error_line_for_up_and_down(env: Env) -> None:
+    """A truncated state file (a full disk, an editor): both commands say which file and what to do."""
+    name = env.instance_name()
+    env.run_dir.mkdir(parents=True, exist_ok=True)
+    state = env.run_dir / f"{name}.json"
+    state.write_text('{"instance": ')
+    for argv in (["up", "--ports", env.ns("a"), "--name", name], ["down", "--name", name]):
+        proc = env.vswitch(*argv)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert str(state) in lines[0] and "remove that file" in lines[0]
+    assert namespaces(env.prefix) == set()
+    state.unlink()
+
+
+def test_a_run_dir_too_long_for_a_unix_socket_is_one_error_line_and_nothing_left(env: Env) -> None:
+    """sun_path holds 108 bytes: the control socket cannot be made, start-up undoes everything."""
+    long_dir = env.run_dir / ("d" * 120)
+    environ = {**env.environ, "VSWITCH_RUN_DIR": str(long_dir)}
+    argv = [*VSWITCH, "up", "--ports", f"{env.ns('a')},{env.ns('b')}", "--name", env.instance_name()]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=CLI_TIMEOUT, env=environ)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("vswitch: error: cannot open the control socket")
+    assert namespaces(env.prefix) == set()
+    assert not any(long_dir.glob("*.json"))
