@@ -30,6 +30,7 @@ from typing import Any
 
 from . import topology
 from .instance import Instance, StartError
+from .kernel import stop_signals_held
 from .wire import VNET_HDR_LEN, ZERO_VNET_HDR
 
 PacketHook = Callable[[str, bytes], "bytes | None"]
@@ -66,21 +67,42 @@ class Switch:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
+        self._stopping = threading.Event()  # stop() was asked for, perhaps before serving began
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> Switch:
+        """Build and serve; whatever interrupts this (a Ctrl-C included) undoes it all before rising:
+        `with` never reaches __exit__ when __enter__ raises."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         from .cli import new_loop
 
+        self._stopping.clear()
+        self._error = None
         instance = Instance(self.topology)
-        instance.build()  # raises StartError with everything undone
-        self.instance = instance
+        # Held, as `vswitch up` holds them: a Ctrl-C mid-build would otherwise land between making a
+        # namespace and recording it (pyroute2 makes it in a forked helper), and it would stay.
+        with stop_signals_held():
+            instance.build()  # raises StartError with everything undone
+            self.instance = instance
         ready = threading.Event()
         loop = self._loop = new_loop()
+
+        def serving() -> None:
+            ready.set()
+            if self._stopping.is_set():  # stop() came before serve() had anything to stop
+                instance.stop()
 
         def run() -> None:
             asyncio.set_event_loop(loop)
             try:
-                loop.run_until_complete(instance.serve(ready=ready.set, signals=False))
+                loop.run_until_complete(instance.serve(ready=serving, signals=False))
             except BaseException as exc:  # reported to the caller of start()
                 self._error = exc
                 ready.set()
@@ -88,16 +110,19 @@ class Switch:
         self._thread = threading.Thread(target=run, name=f"vswitch-{self.name}", daemon=True)
         self._thread.start()
         if not ready.wait(self.start_timeout) or self._error is not None:
-            self.stop()
             raise StartError(f"in-process switch {self.name} did not start: {self._error}")
-        return self
 
     def stop(self) -> None:
         """Stop forwarding and remove every namespace, tap and file this switch created."""
+        with stop_signals_held():  # a second Ctrl-C waits until everything is removed
+            self._stop_held()
+
+    def _stop_held(self) -> None:
         instance, loop, thread = self.instance, self._loop, self._thread
         if instance is None:
             return
         if loop is not None and thread is not None and thread.is_alive():
+            self._stopping.set()  # before the call below, so serving() sees one or the other
             loop.call_soon_threadsafe(instance.stop)
             thread.join(10.0)
             if thread.is_alive():

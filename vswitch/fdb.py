@@ -11,6 +11,7 @@ MAC was must forget it); learning a new MAC changes no decision already made, so
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ class Fdb:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         events: Counter[str] | None = None,
     ) -> None:
-        if ageing <= 0:
-            raise ValueError("ageing must be positive")
+        if not (math.isfinite(ageing) and ageing > 0):  # a nan deadline never passes: nothing would age
+            raise ValueError(f"ageing must be a positive, finite number of seconds, not {ageing!r}")
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.ageing = ageing

@@ -13,6 +13,7 @@ Two shapes:
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -223,8 +224,15 @@ def parse_uplink(text: str) -> UplinkSpec:
         if key.strip() != "via":
             raise ConfigError(f"--uplink: unknown option {option!r} (expected via=GATEWAY)")
         upstream = parse_address(value, "uplink gateway")
-    if upstream is None:
-        upstream = DEFAULT_UPSTREAM if not eq else next(h for h in address.network.hosts() if h != address.ip)
+    if upstream is None and not eq:
+        upstream = DEFAULT_UPSTREAM
+    elif upstream is None:
+        upstream = next((h for h in address.network.hosts() if h != address.ip), None)
+        if upstream is None:
+            raise ConfigError(
+                f"uplink address {address}: the prefix leaves no room for the upstream address "
+                "(give via=GATEWAY or a shorter prefix)"
+            )
     if upstream not in address.network or upstream == address.ip:
         raise ConfigError(f"uplink gateway {upstream} must be another address in {address.network}")
     return UplinkSpec(namespace.strip(), address, upstream)
@@ -462,8 +470,9 @@ def validate(topology: Topology) -> Topology:
             raise ConfigError(f"route {route.prefix} via {route.via}: the gateway is on no segment")
     if topology.host_routes and not any(p.namespace is None for p in ports):
         raise ConfigError("--host-routes needs a host port (--host)")
-    if topology.ageing <= 0:
-        raise ConfigError("ageing must be a positive number of seconds")
+    # nan and inf compare as no number does: a nan deadline never passes, so the FDB would never age.
+    if not (math.isfinite(topology.ageing) and topology.ageing > 0):
+        raise ConfigError(f"ageing must be a positive number of seconds, not {topology.ageing!r}")
     if topology.fdb_max < 1:
         raise ConfigError("fdb-max must be at least 1")
     if not 1 <= topology.txqueuelen <= 1_000_000:
@@ -528,7 +537,10 @@ def request_from_toml(text: str) -> Request:
         req.subnet = parse_subnet(_str(data, "subnet", ""))
     if "subnet6" in data:
         req.subnet6 = parse_subnet6(_str(data, "subnet6", ""))
-    for seg in data.get("segment", []):
+    segments = data.get("segment", [])
+    if not isinstance(segments, list):
+        raise ConfigError("segment must be a list of tables: write each one as a [[segment]] section")
+    for seg in segments:
         if not isinstance(seg, dict) or "name" not in seg or "ports" not in seg:
             raise ConfigError("each [[segment]] needs name and ports")
         extra = set(seg) - SEGMENT_KEYS
@@ -538,7 +550,7 @@ def request_from_toml(text: str) -> Request:
                 f"unknown key(s) in [[segment]] {seg['name']}: {', '.join(sorted(extra))} "
                 "(top-level keys go before the first [[segment]])"
             )
-        subnet = parse_subnet(str(seg["subnet"])) if "subnet" in seg else None
+        subnet = parse_subnet(_str(seg, "subnet", "")) if "subnet" in seg else None
         ports = [parse_port(str(p)) for p in _list(seg, "ports")]
         if not SEGMENT_RE.fullmatch(str(seg["name"])):
             raise ConfigError(f"invalid segment name {seg['name']!r}")
@@ -569,11 +581,11 @@ def request_from_toml(text: str) -> Request:
         req.host = host
     else:
         raise ConfigError("host is true, false or an address like 10.0.0.100/24")
-    req.host_routes = bool(data.get("host_routes", False))
-    req.ageing = float(data.get("ageing", DEFAULT_AGEING))
-    req.fdb_max = int(data.get("fdb_max", DEFAULT_MAX_ENTRIES))
-    req.txqueuelen = int(data.get("txqueuelen", DEFAULT_TXQUEUELEN))
-    req.flow_cache = int(data.get("flow_cache", FLOW_CACHE_ENTRIES))
+    req.host_routes = _bool(data, "host_routes", False)
+    req.ageing = _seconds(data, "ageing", DEFAULT_AGEING)
+    req.fdb_max = _int(data, "fdb_max", DEFAULT_MAX_ENTRIES)
+    req.txqueuelen = _int(data, "txqueuelen", DEFAULT_TXQUEUELEN)
+    req.flow_cache = _int(data, "flow_cache", FLOW_CACHE_ENTRIES)
     if "mtu" in data:
         req.mtu = check_mtu(data["mtu"], "mtu")
     return req
@@ -584,6 +596,31 @@ def _str(data: dict[str, Any], key: str, default: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string")
     return value
+
+
+def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
+    """true or false only: bool("no") is True, so a string must not slip through as one."""
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _int(data: dict[str, Any], key: str, default: int) -> int:
+    """A whole number; TOML's booleans and floats are refused, not rounded (int(1.5) is 1)."""
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be a whole number, not {value!r}")
+    return value
+
+
+def _seconds(data: dict[str, Any], key: str, default: float) -> float:
+    """A positive, finite duration: TOML can spell nan and inf, and neither is a time."""
+    value = data.get(key, default)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key} must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def _list(data: dict[str, Any], key: str) -> list[str]:

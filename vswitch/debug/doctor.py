@@ -7,14 +7,13 @@ runs `ip` command lines. Kernel state is read with pyroute2 (netlink), not by pa
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from ..topology import UPLINK_SEGMENT
-from .common import call
+from .common import call, open_existing_namespace
 
 IFF_UP = 0x1
 NUD_FAILED = 0x20
@@ -39,16 +38,16 @@ def gateway_of(info: dict[str, Any], port: dict[str, Any]) -> str | None:
 def kernel_findings(info: dict[str, Any], port: dict[str, Any], target: str | None = None) -> list[Finding]:
     """What is wrong inside the port's namespace: it exists, lo and the link are up, the address is
     there, and (routed, or toward target) a route covers where it must send."""
-    from pyroute2 import IPRoute
-
     ns, ifname, address = port["namespace"], port["interface"], port["address"]
     restart = f"vswitch down --name {info['instance']}  # then start it again with vswitch up"
     if ns is None:
         return []
-    if not os.path.exists(os.path.join("/run/netns", ns)):
+    try:
+        ipr = open_existing_namespace(ns)
+    except FileNotFoundError:
         return [Finding(ns, "the namespace is missing", restart)]
     found: list[Finding] = []
-    with IPRoute(netns=ns) as ipr:
+    with ipr:
         lo = ipr.link_lookup(ifname="lo")
         if lo and not ipr.get_links(lo[0])[0]["flags"] & IFF_UP:
             found.append(Finding(ns, "lo is down", f"ip -n {ns} link set lo up"))
@@ -118,11 +117,14 @@ def _covered(routes: list[Any], target: str) -> bool:
     return False
 
 
-def neighbour_state(ns: str, ip: str) -> tuple[str | None, int | None]:
-    """(MAC, NUD state) of ip in the namespace's neighbour table, or (None, None)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute(netns=ns) as ipr:
+def neighbour_state(ns: str | None, ip: str) -> tuple[str | None, int | None]:
+    """(MAC, NUD state) of ip in the neighbour table of namespace ns (None: the root), or (None, None),
+    also when the namespace is gone: kernel_findings reports that."""
+    try:
+        ipr = open_existing_namespace(ns)
+    except FileNotFoundError:
+        return None, None
+    with ipr:
         for entry in ipr.get_neighbours(family=socket.AF_INET):
             if entry.get_attr("NDA_DST") == ip:
                 return entry.get_attr("NDA_LLADDR"), int(entry["state"])
