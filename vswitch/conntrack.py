@@ -205,8 +205,8 @@ class Conntrack:
 
     def insert(self, flow: Flow, now: float) -> None:
         """Add a flow (call make_room first); its first packet is counted by update()."""
-        if flow.orig in self.keys or flow.reply in self.keys:
-            raise ValueError("flow key already tracked")
+        if flow.orig in self.keys or flow.reply in self.keys or flow.orig == flow.reply:
+            raise ValueError("flow key already tracked, or a flow that is its own reply")
         self.keys[flow.orig] = (flow, ORIGINAL)
         self.keys[flow.reply] = (flow, REPLY)
         self.flows[flow] = None
@@ -282,8 +282,8 @@ class Conntrack:
         if flow not in self.flows:
             return  # already gone (expired during a lookup, then swept)
         del self.flows[flow]
-        del self.keys[flow.orig]
-        del self.keys[flow.reply]
+        self.keys.pop(flow.orig, None)
+        self.keys.pop(flow.reply, None)
         self._unassured.pop(flow, None)
         self.events[event] += 1
         if self.on_remove is not None:

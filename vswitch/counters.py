@@ -57,7 +57,7 @@ class Drop(StrEnum):
     NAT_FRAGMENT = "nat-fragment"  # a later fragment needing NAT whose first never came (or no room to wait)
     NAT_ICMP_NO_FLOW = "nat-icmp-no-flow"  # ICMP error to the NAT address about no known flow
     NAT_UNSUPPORTED = "nat-unsupported"  # would need masquerading, but not TCP, UDP or ICMP echo
-    NAT_CLASH = "nat-clash"  # the translated tuple is already tracked by another flow
+    NAT_CLASH = "nat-clash"  # the translated tuple is already tracked, or is the packet's own (src = dst)
     IP_MARTIAN_DESTINATION = "ip-martian-destination"  # 0/8, 127/8, 240/4 (RFC 1812 5.3.7)
     L4_BAD_CHECKSUM = "l4-bad-checksum"  # an ICMP message to the router that does not verify
     CONNTRACK_FULL = "conntrack-full"  # table full and every flow is established (assured)

@@ -268,7 +268,7 @@ class FlowCache:
             or ttl_proto < 2 * TTL_ONE  # TTL 0 or 1: time exceeded, in the slow path
             or (proto == PROTO_TCP and l4_middle[TCP_FLAGS_IN_MIDDLE] & TCP_DECIDING != TCP_ACK)
             or (
-                not min_total <= total <= mtu or L3 + total > size
+                not min_total <= total <= mtu or L3 + total != size  # the slow path trims the rest
                 if vnet[1] == GSO_NONE
                 else not _gso_fits(pkt, size, min_total, mtu)
             )

@@ -34,6 +34,7 @@ ICMP_HDR_LEN: Final = 8
 # RFC 1812 4.3.2.3: quote as much as fits in 576 bytes (Linux does the same)
 MAX_ERROR_LEN: Final = 576
 ERROR_TTL: Final = 64
+PRECEDENCE_INTERNETWORK_CONTROL: Final = 0xC0  # precedence 6 in the TOS byte (RFC 791)
 BLANK_ETH: Final = bytes(14)
 _HDR10: Final = struct.Struct("!10H")
 
@@ -43,8 +44,10 @@ def header_checksum(hdr: bytes | bytearray) -> int:
     return ~fold(sum(_HDR10.unpack_from(hdr))) & 0xFFFF
 
 
-def _ip_header(total: int, ident: int, src: bytes, dst: bytes, ttl: int = ERROR_TTL) -> bytearray:
-    hdr = bytearray(IPV4.pack(0x45, 0, total, ident & 0xFFFF, 0, ttl, 1, 0, src, dst))
+def _ip_header(
+    total: int, ident: int, src: bytes, dst: bytes, ttl: int = ERROR_TTL, tos: int = 0
+) -> bytearray:
+    hdr = bytearray(IPV4.pack(0x45, tos, total, ident & 0xFFFF, 0, ttl, 1, 0, src, dst))
     hdr[10:12] = header_checksum(hdr).to_bytes(2, "big")
     return hdr
 
@@ -66,7 +69,8 @@ def build_error(
     icmp = bytearray(ICMP_HDR.pack(icmp_type, code, 0, rest))
     icmp += quoted
     icmp[2:4] = internet_checksum(icmp).to_bytes(2, "big")
-    ip = _ip_header(20 + len(icmp), ident, src, dst)
+    # RFC 1812 4.3.2.5: an error SHOULD carry precedence 6 (internetwork control), as Linux sends it.
+    ip = _ip_header(20 + len(icmp), ident, src, dst, tos=PRECEDENCE_INTERNETWORK_CONTROL)
     return bytearray(ZERO_VNET_HDR + BLANK_ETH) + ip + icmp
 
 

@@ -230,6 +230,8 @@ class Nat:
         self.held: dict[bytes, HeldFragments] = {}
         self.held_bytes = 0
         self.released: list[tuple[int, bytes]] = []
+        # The flow the packet in hand has just made, until the router sees it leave (_unconfirm).
+        self.unconfirmed: Flow | None = None
         self.conntrack = Conntrack(
             config.max_flows, config.timeouts, on_remove=self._release, events=self.events
         )
@@ -268,6 +270,7 @@ class Nat:
         translated copy, to be routed by its new destination. HELD: a fragment waiting for its first;
         it comes back through ``released`` (the router routes those again) or expires.
         """
+        self.unconfirmed = None
         need = _L4_MIN.get(proto)
         if frag & IP_FRAG_OFFSET_MASK:
             return self._later_fragment(pkt, proto, src, dst, in_iface, route, now)
@@ -283,7 +286,7 @@ class Nat:
             elif icmp_type == ECHO_REPLY:
                 sport, dport = 0, U16.unpack_from(pkt, l4 + ICMP_ID_OFF)[0]
             elif icmp_type in ERROR_TYPES:
-                return self._icmp_error(pkt, in_iface, l4, end, dst, now)
+                return self._icmp_error(pkt, in_iface, l4, end, src, dst, route, now)
             else:
                 return Drop.NAT_UNSUPPORTED if self._needs_nat(in_iface, src, dst, route) else None
         else:
@@ -436,7 +439,9 @@ class Nat:
             new_src, new_sport = self.address, mapping[0]
         new_dst, new_dport = dnat if dnat is not None else (dst, dport)
         reply = KEY.pack(proto, new_dst, new_dport, new_src, new_sport)
-        if reply in conntrack.keys:
+        # The reply tuple must be new, and not the packet's own (source = destination, same
+        # ports): such a flow could not tell its replies from itself.
+        if reply in conntrack.keys or reply == key:
             if mapping_key is not None and self.mappings[mapping_key][1] == 0:
                 self.ports[proto].free(self.mappings.pop(mapping_key)[0])
             return Drop.NAT_CLASH
@@ -448,6 +453,7 @@ class Nat:
         flow.xlate[REPLY] = _xlate(reply, _invert(key))
         conntrack.insert(flow, now)
         conntrack.update(flow, ORIGINAL, flags, now)
+        self.unconfirmed = flow
         self.events["nat-new-flow" if not identity else "conntrack-routed-flow"] += 1
         x = flow.xlate[ORIGINAL]
         if x is None:
@@ -457,12 +463,24 @@ class Nat:
         return buf, x
 
     def _icmp_error(
-        self, pkt: bytes, in_iface: int, l4: int, end: int, dst: bytes, now: float
+        self,
+        pkt: bytes,
+        in_iface: int,
+        l4: int,
+        end: int,
+        src: bytes,
+        dst: bytes,
+        route: Callable[[bytes], NextHop | None],
+        now: float,
     ) -> bytearray | Drop | None:
         """RFC 5508 4.1/4.2: find the flow of the quoted packet, translate outer and inner."""
         found = self._quoted_flow(pkt, l4, end, now)
         if found is None:
-            if dst == self.address and in_iface == self.uplink:
+            # About no flow we know: inbound it has nobody to go to; outbound it would carry an
+            # inside address out of the uplink (RFC 5508 REQ-4 has the NAT translate or drop it).
+            if (dst == self.address and in_iface == self.uplink) or self._needs_nat(
+                in_iface, src, dst, route
+            ):
                 return Drop.NAT_ICMP_NO_FLOW
             return None
         flow, direction = found
@@ -470,13 +488,15 @@ class Nat:
         if x is None:
             return None
         buf = bytearray(pkt)
-        # The outer header moves like a packet of `direction`, but only the addresses that are
-        # the flow's own: an error from a router on the path keeps that router's address.
+        # The outer header moves like a packet of `direction` in the address the flow rewrites in
+        # that direction, whoever sent the error (Linux's nf_nat_icmp_reply_translation): out of
+        # a masquerade its source becomes ours, even from a router behind an inside host (REQ-4).
+        # The address the direction leaves alone stays: a router on the path keeps its own.
         pre = flow.orig if direction == ORIGINAL else flow.reply
         _, pre_src, _, pre_dst, _ = KEY.unpack(pre)
         old_addrs = bytes(buf[_IP_ADDRS])
-        new_src = x[0] if old_addrs[:4] == pre_src else old_addrs[:4]
-        new_dst = x[1] if old_addrs[4:] == pre_dst else old_addrs[4:]
+        new_src = x[0] if x[0] != pre_src else old_addrs[:4]
+        new_dst = x[1] if x[1] != pre_dst else old_addrs[4:]
         new_addrs = new_src + new_dst
         if new_addrs != old_addrs:
             buf[_IP_ADDRS] = new_addrs

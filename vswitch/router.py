@@ -309,7 +309,10 @@ class Router:
             if total < ihl or L3 + total > size:
                 drops[Drop.IP_BAD_LENGTH] += 1
                 return []
-            end = L3 + total  # anything after is Ethernet padding
+            end = L3 + total
+            if end < size:  # Ethernet padding, or junk: the packet ends where its length says
+                pkt = pkt[:end]  # (Linux's pskb_trim_rcsum); what follows is never forwarded
+                size = end
         else:
             end = size  # a TSO super-frame: the length field may be 0 or stale; the buffer counts
         if ihl == IPV4_MIN_LEN:
@@ -362,15 +365,18 @@ class Router:
                 return []
         if dst in self._local:
             return self._deliver(iface, pkt, l4, end, proto, frag, src, dst, now)
+        # From here a drop also drops the NAT flow this packet may have just made (_unconfirm).
         hop = self.routes.lookup(dst_int)
         if hop is None:
             drops[Drop.NO_ROUTE] += 1
+            self._unconfirm()
             return self._icmp_error(iface, pkt, DEST_UNREACH, NET_UNREACH, 0, now)
         out_iface, gateway = hop
         # RFC 1812 5.3.1: a packet that would leave with TTL 0 is discarded, with time exceeded.
         ttl = pkt[IP_TTL]
         if ttl <= 1:
             drops[Drop.TTL_EXCEEDED] += 1
+            self._unconfirm()
             return self._icmp_error(iface, pkt, TIME_EXCEEDED, 0, 0, now)
         mtu = self._mtu[out_iface]
         too_big = (end - L3 if pkt[1] == GSO_NONE else wire_size(pkt, l4, end)) > mtu
@@ -378,9 +384,11 @@ class Router:
             # RFC 1812 5.2.6 / RFC 1191: with DF, say how big the next hop takes.
             if frag & IP_DF:
                 drops[Drop.FRAG_NEEDED] += 1
+                self._unconfirm()
                 return self._icmp_error(iface, pkt, DEST_UNREACH, FRAG_NEEDED, mtu & 0xFFFF, now)
             if pkt[1] != GSO_NONE:  # a super-frame would need segmenting first; senders set DF on these
                 drops[Drop.FRAG_UNSUPPORTED] += 1
+                self._unconfirm()
                 return []
         if buf is None:
             buf = bytearray(pkt)
@@ -396,12 +404,23 @@ class Router:
             # one; _fit splits it on the way out, here or when ARP answers.
             if (frag & IP_FRAG_OFFSET_MASK) * 8 + end - l4 > IPV4_MAX_LEN:
                 drops[Drop.IP_BAD_FRAGMENT] += 1  # its pieces' offsets would run past 65,535
+                self._unconfirm()
                 return []
             if buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, l4, end, proto):
                 drops[Drop.BAD_VNET_HEADER] += 1
+                self._unconfirm()
                 return []
             return self._fit(self._output(buf, out_iface, next_hop, iface, now, pkt))
         return self._output(buf, out_iface, next_hop, iface, now, pkt)
+
+    def _unconfirm(self) -> None:
+        """The packet that just made a NAT flow dies here: the flow goes with it, as Linux never
+        confirms a conntrack entry whose packet did not leave (no state from a traceroute probe to
+        a forwarded port, or from a packet too big)."""
+        nat = self.nat
+        if nat is not None and nat.unconfirmed is not None:
+            nat.conntrack.remove(nat.unconfirmed, "conntrack-unconfirmed")
+            nat.unconfirmed = None
 
     def _fit(self, frames: list[Transmit]) -> list[Transmit]:
         """Split each IPv4 frame that its interface's MTU cannot take into fragments (only packets
@@ -409,16 +428,14 @@ class Router:
         fitted: list[Transmit] = []
         for iface, frame in frames:
             mtu = self._mtu[iface]
-            if (
-                len(frame) - L3 <= mtu
-                or frame[1] != GSO_NONE
-                or frame[ETH_TYPE_OFF:L3] != _IPV4_TYPE
-                or frame[IP_FLAGS_FRAG] << 8 & IP_DF
-            ):
+            if frame[ETH_TYPE_OFF:L3] != _IPV4_TYPE or frame[1] != GSO_NONE:  # ARP; a super-frame
                 fitted.append((iface, frame))
                 continue
-            end = L3 + (frame[IP_TOTAL_LEN] << 8 | frame[IP_TOTAL_LEN + 1])
-            pieces = fragment(frame, end, mtu)
+            total = frame[IP_TOTAL_LEN] << 8 | frame[IP_TOTAL_LEN + 1]  # the packet, not its buffer
+            if total <= mtu or frame[IP_FLAGS_FRAG] << 8 & IP_DF:
+                fitted.append((iface, frame))
+                continue
+            pieces = fragment(frame, L3 + total, mtu)
             if pieces is None:  # an MTU below 28 (the API allows it; the command line stops at 68)
                 self.drops[Drop.FRAG_UNSUPPORTED] += 1
                 continue

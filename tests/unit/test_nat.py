@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from conftest import checksums_valid
-from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
@@ -330,3 +330,63 @@ def test_icmp_error_to_nat_address_without_flow() -> None:
     err = IP(src=REMOTE, dst=NAT_IP) / ICMP(type=3, code=3) / quoted
     assert send(router, 2, err) == []
     assert router.drops["nat-icmp-no-flow"] == 1
+
+
+def test_a_packet_that_is_its_own_reply_is_refused_and_leaves_no_state() -> None:
+    """From the uplink, to an inside host, from that same address and port: the flow's reply tuple
+    would be its own, and conntrack could not remove it cleanly (it used to raise, later)."""
+    router = make_router(max_flows=8)
+    spoof = IP(src="10.0.1.2", dst="10.0.1.2") / UDP(sport=1234, dport=1234) / b"x"
+    assert send(router, 2, spoof) == []
+    assert router.drops["nat-clash"] == 1
+    assert router.nat is not None and len(router.nat.conntrack) == 0
+    router.on_timer(1000.0)
+    for port in range(20):  # the table's bound still holds afterwards
+        send(router, 0, udp_out(sport=6000 + port), 1000.0)
+    assert len(router.nat.conntrack) == 8
+
+
+def test_an_error_from_a_router_inside_about_a_masqueraded_reply_leaves_from_our_address() -> None:
+    """RFC 5508 REQ-4, as Linux does it: the error goes out like a packet of the flow, so its source
+    becomes the NAT address even when a router behind the inside host sent it (10.0.2.5 here)."""
+    router = make_router()
+    one(send(router, 0, udp_out()), 2)
+    error = (
+        IP(src="10.0.2.5", dst=REMOTE)
+        / ICMP(type=3, code=1)
+        / IPerror(src=REMOTE, dst="10.0.1.2")
+        / UDPerror(sport=53, dport=5000)
+    )
+    p = one(send(router, 1, error), 2)
+    assert p[IP].src == NAT_IP and p[IPerror].dst == NAT_IP
+    checksums_valid(p)
+
+
+def test_an_error_from_inside_about_no_flow_is_not_let_out() -> None:
+    router = make_router()
+    error = (
+        IP(src="10.0.1.2", dst=REMOTE)
+        / ICMP(type=3, code=3)
+        / IPerror(src=REMOTE, dst="10.0.1.2")
+        / UDPerror(sport=9, dport=9)
+    )
+    assert send(router, 0, error) == []
+    assert router.drops["nat-icmp-no-flow"] == 1
+
+
+def test_a_packet_that_dies_after_nat_leaves_no_flow_behind() -> None:
+    """A TTL-1 SYN to a forwarded port is translated, then dies of its TTL: like Linux, which never
+    confirms a conntrack entry whose packet did not leave, no flow or mapping stays."""
+    router = make_router()
+    assert router.nat is not None
+    probe = IP(src=REMOTE, dst=NAT_IP, ttl=1) / TCP(sport=40000, dport=8080, flags="S")
+    p = one(send(router, 2, probe), 2)
+    assert p[ICMP].type == 11
+    assert len(router.nat.conntrack) == 0 and router.nat.mappings == {}
+    assert router.events["conntrack-unconfirmed"] == 1
+    hairpin = IP(src="10.0.1.2", dst=NAT_IP, ttl=1) / TCP(sport=40001, dport=8080, flags="S")
+    send(router, 0, hairpin)
+    assert len(router.nat.conntrack) == 0 and router.nat.mappings == {}
+    alive = IP(src=REMOTE, dst=NAT_IP) / TCP(sport=40002, dport=8080, flags="S")
+    one(send(router, 2, alive), 1)
+    assert len(router.nat.conntrack) == 1  # one that leaves stays

@@ -316,3 +316,20 @@ def test_fuzz_receive_never_raises(body: bytes, iface: int, etype: bytes, vnet: 
     router.receive(iface, ZERO_VNET_HDR + dst + H1 + b"\x08\x00" + ip + body, 0.0)
     router.receive(iface, (head + body)[: len(body) // 2], 0.0)
     router.on_timer(100.0)
+
+
+def test_bytes_after_the_total_length_are_not_forwarded() -> None:
+    """Linux trims a packet to its IP length (pskb_trim_rcsum): padding or junk stays behind."""
+    router = make_router()
+    packet = IP(src="10.0.1.2", dst="10.0.2.5") / UDP(sport=1, dport=2) / (b"d" * 100)
+    out = router.receive(0, from_h1(packet) + b"\xee" * 300, 0.0)
+    assert len(out) == 1 and len(out[0][1]) == 10 + 14 + len(packet)
+    checksums_valid(one(out, 1))
+
+
+def test_icmp_errors_carry_precedence_6() -> None:
+    """RFC 1812 4.3.2.5: internetwork control, as Linux marks its errors."""
+    router = make_router()
+    sent = IP(src="10.0.1.2", dst="8.8.8.8", ttl=1) / UDP(sport=7, dport=9)
+    p = one(router.receive(0, from_h1(sent), 0.0), 0)
+    assert p[ICMP].type == 11 and p[IP].tos == 0xC0
