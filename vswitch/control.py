@@ -4,6 +4,7 @@ Requests are {"cmd": NAME, ...}; replies are {"ok": true, "result": ...} or {"ok
 Commands are looked up in a table, so another module adds one by registering a handler.
 A streaming command (`@stream`) takes the connection over after its request line: its handler gets the
 reader and writer and writes its own JSON lines until it is done or the client goes away.
+Whatever a request does wrong, or a handler raises, costs that request an error reply, never the server.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
     from .instance import Instance
 
 MAX_REQUEST = 1 << 20
+MAX_ERROR = 200  # characters of an exception's message in an error reply
+CLIENTS_CLOSE_TIMEOUT = 1.0  # seconds close() waits for the cancelled client tasks
+log = logging.getLogger("vswitch")
 Handler = Callable[["Instance", dict[str, Any]], Any | Awaitable[Any]]
 COMMANDS: dict[str, Handler] = {}
 StreamHandler = Callable[
@@ -45,14 +50,29 @@ def stream(name: str) -> Callable[[StreamHandler], StreamHandler]:
     return register
 
 
-def _streamer(line: bytes) -> tuple[StreamHandler, dict[str, Any]] | None:
-    """The streaming handler a request line asks for, if it asks for one (else the table answers)."""
+def _parse(line: bytes) -> dict[str, Any]:
+    """The request on one line; ValueError, with a one-line reason, for anything but a JSON object."""
     try:
         request = json.loads(line)
-    except ValueError:
-        return None
-    handler = STREAMS.get(str(request.get("cmd"))) if isinstance(request, dict) else None
-    return None if handler is None else (handler, request)
+    except RecursionError:  # json recurses per nesting level; its own errors are ValueErrors
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(request, dict):
+        raise ValueError("a request is a JSON object")
+    return request
+
+
+def _failed(request: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """The error reply for an exception a handler did not expect: one line, bounded in length. The log
+    gets one line too (any client can send the request again); the traceback only at debug level."""
+    lines = f"{type(exc).__name__}: {exc}".splitlines() if str(exc) else [type(exc).__name__]
+    text = lines[0] if len(lines[0]) <= MAX_ERROR else lines[0][: MAX_ERROR - 3] + "..."
+    log.warning("control: request %.40r failed: %s", request.get("cmd"), text)
+    log.debug("control: request %.40r failed", request.get("cmd"), exc_info=True)
+    return {"ok": False, "error": f"internal error: {text}"}
+
+
+def _line(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply).encode() + b"\n"
 
 
 @command("status")
@@ -106,6 +126,7 @@ class ControlServer:
         self.instance = instance
         self.path = path
         self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[Any]] = set()  # one per connection, cancelled by close()
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -121,44 +142,81 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
+        """Stop listening, then end the connections still open (a capture, an idle client): their
+        tasks are cancelled and awaited here, not left pending for the loop's close to destroy."""
         if self._server is not None:
             self._server.close()
+        clients = set(self._clients)
+        for task in clients:
+            task.cancel()
+        if clients:
+            await asyncio.wait(clients, timeout=CLIENTS_CLOSE_TIMEOUT)
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
         try:
             while line := await reader.readline():
-                streamer = _streamer(line)
+                try:
+                    request = _parse(line)
+                except ValueError as exc:
+                    writer.write(_line({"ok": False, "error": f"bad request: {exc}"}))
+                    await writer.drain()
+                    continue
+                streamer = STREAMS.get(str(request.get("cmd")))
                 if streamer is not None:
-                    await streamer[0](self.instance, streamer[1], reader, writer)
+                    await self._stream(streamer, request, reader, writer)
                     break
-                reply = await self._dispatch(line)
-                writer.write(json.dumps(reply).encode() + b"\n")
+                writer.write(await self._dispatch(request))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
+            pass  # the client went away, or sent a line longer than MAX_REQUEST
+        except asyncio.CancelledError:
+            pass  # close() ended this connection: end quietly (asyncio logs a connection task's errors)
         finally:
             writer.close()
+            if task is not None:
+                self._clients.discard(task)
 
-    async def _dispatch(self, line: bytes) -> dict[str, Any]:
+    async def _dispatch(self, request: dict[str, Any]) -> bytes:
+        """The reply line; encoded here, so a result JSON cannot encode fails this request only."""
         try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError("a request is a JSON object")
             handler = COMMANDS.get(str(request.get("cmd")))
             if handler is None:
-                return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+                return _line({"ok": False, "error": f"unknown command {request.get('cmd')!r}"})
             result = handler(self.instance, request)
             if asyncio.iscoroutine(result):
                 result = await result
-            return {"ok": True, "result": result}
+            return _line({"ok": True, "result": result})
         except CommandError as exc:
-            return {"ok": False, "error": str(exc)}
+            return _line({"ok": False, "error": str(exc)})
         except ValueError as exc:
-            return {"ok": False, "error": f"bad request: {exc}"}
+            return _line({"ok": False, "error": f"bad request: {exc}"})
+        except Exception as exc:  # a malformed request a handler did not foresee, or a bug in it
+            return _line(_failed(request, exc))
+
+    async def _stream(
+        self,
+        handler: StreamHandler,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Run a streaming handler; if it raises, its last line is the error reply (the client reads it
+        as the reply if the stream had not begun, else as a record with "ok": false)."""
+        try:
+            await handler(self.instance, request, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception as exc:
+            writer.write(_line(_failed(request, exc)))
+            await writer.drain()
 
 
 class ControlError(Exception):

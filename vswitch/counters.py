@@ -27,7 +27,7 @@ class Drop(StrEnum):
     TX_QUEUE_FULL = "tx-queue-full"  # the destination tap would block (EAGAIN); the kernel drops too
     TX_ERROR = "tx-error"  # the kernel refused the write (EINVAL, EIO, ...)
     TRUNCATED = "truncated"  # a read filled the whole buffer: the frame may have been cut
-    HOOK = "hook"  # a packet hook (Python API) returned None
+    HOOK = "hook"  # a packet hook (Python API) returned None, or raised
     RX_ERROR = "rx-error"  # the kernel failed one read (the frame is lost; the port keeps going)
     INTERNAL_ERROR = "internal-error"  # a bug in vswitch raised on this frame; logged, port keeps going
     # L3 and NAT

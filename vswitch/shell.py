@@ -27,7 +27,9 @@ READ_SIZE: Final = 65536 + VNET_HDR_LEN
 PacketHook = Callable[[int, bytes, float], None]
 # Read errors that mean the tap itself is gone; any other one costs a single frame.
 LINK_GONE: Final = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.EIO})
-INTERNAL_ERRORS_LOGGED: Final = 10
+# A bug that raises on every frame must not write a traceback per frame: at most one every this often,
+# with the count of those left out since the last.
+ERROR_LOG_INTERVAL: Final = 10.0
 PEER_BACKOFF: Final = 8  # after an empty look for an answer, the next 8 batches to that port skip it
 SPIN_SLICE: Final = 0.002  # a busy poll hands the event loop its turn this often
 log = logging.getLogger("vswitch")
@@ -57,8 +59,13 @@ class Shell:
         # Opt-in busy polling (seconds): after traffic, keep reading every port for this long instead
         # of sleeping in epoll, so the next frame skips the wake-up latency. Costs a core while on.
         self.busy_poll = 0.0
+        # True from the start of a spin until it ends, including while its next slice waits for its
+        # turn (_spin_handle): a read in that gap must not start a second, concurrent spin.
         self._spinning = False
         self._spin_handle: asyncio.Handle | None = None
+        self._spin_until = 0.0  # perf_counter time at which the spin stops, pushed on by traffic
+        self._error_log_at = 0.0  # monotonic time before which a frame error is counted, not logged
+        self._errors_unlogged = 0
         self.hook: Hook | None = None
         self._write = self._write_plain
 
@@ -83,6 +90,8 @@ class Shell:
         self.busy_poll = 0.0
         if self._spin_handle is not None:
             self._spin_handle.cancel()
+            self._spin_handle = None
+        self._spinning = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -118,28 +127,31 @@ class Shell:
                     self._peer_skip[out] = skip - 1
                 elif not self._drain(out, peer):
                     self._peer_skip[out] = PEER_BACKOFF
-        if self.busy_poll and not self._spinning:
-            self._spin(time.perf_counter() + self.busy_poll)
+        if self.busy_poll:
+            self._spin_until = time.perf_counter() + self.busy_poll
+            if not self._spinning:  # one spin at a time, even between its slices
+                self._spin()
 
-    def _spin(self, idle_until: float) -> None:
+    def _spin(self) -> None:
         """Busy-poll every port until busy_poll seconds pass with no frame. Every SPIN_SLICE it yields
         to the event loop (control socket, timers) and resumes without sleeping."""
         clock = time.perf_counter
         slice_end = clock() + SPIN_SLICE
+        self._spin_handle = None
         self._spinning = True
         try:
-            while True:
+            while self.busy_poll:
                 now = clock()
-                if now >= idle_until:
+                if now >= self._spin_until:
                     return
                 if now >= slice_end:
-                    self._spin_handle = self.loop.call_soon(self._spin, idle_until)
+                    self._spin_handle = self.loop.call_soon(self._spin)
                     return
                 for port, reader in self._readers:
                     if self._drain(port, reader):
-                        idle_until = clock() + self.busy_poll
+                        self._spin_until = clock() + self.busy_poll
         finally:
-            self._spinning = False
+            self._spinning = self._spin_handle is not None
 
     def _drain(self, port: int, reader: io.FileIO) -> int:
         """Read and forward up to BATCH frames from one port; return how many were read."""
@@ -178,11 +190,20 @@ class Shell:
             if len(pkt) >= READ_SIZE:
                 self.datapath.counters.drop(port, Drop.TRUNCATED)
                 continue
+            # Observers and the hook are guarded like receive: what they raise costs this frame only.
             if observers is not None:
-                for observer in observers:
-                    observer("rx", pkt)
+                try:
+                    for observer in observers:
+                        observer("rx", pkt)
+                except Exception:  # a bug in capture or live trace: vswitch's own, so internal-error
+                    self._frame_error(port, Drop.INTERNAL_ERROR, "a capture or trace observer raised")
+                    continue
             if hook is not None:
-                hooked = hook(port, pkt, now)
+                try:
+                    hooked = hook(port, pkt, now)
+                except Exception:  # the API user's code: charged to the hook, as if it had said None
+                    self._frame_error(port, Drop.HOOK, "the packet hook raised")
+                    continue
                 if hooked is None:
                     self.datapath.counters.drop(port, Drop.HOOK)
                     continue
@@ -190,7 +211,7 @@ class Shell:
             try:
                 verdict = receive(port, pkt, now)
             except Exception:  # a bug must cost one frame, never the port (try is free in 3.11)
-                self._internal_error(port)
+                self._frame_error(port, Drop.INTERNAL_ERROR, "internal error while deciding a frame")
                 continue
             if verdict is None:
                 continue
@@ -230,11 +251,22 @@ class Shell:
         self._rearm(now)
         return count
 
-    def _internal_error(self, port: int) -> None:
-        counters = self.datapath.counters
-        counters.drop(port, Drop.INTERNAL_ERROR)
-        if counters.total_drops()[Drop.INTERNAL_ERROR] <= INTERNAL_ERRORS_LOGGED:
-            log.exception("port %s: internal error while deciding a frame (dropped)", port)
+    def _frame_error(self, port: int, reason: Drop, what: str) -> None:
+        """Count a frame lost to an exception (call it from the except block) and log it, rate-limited."""
+        self.datapath.counters.drop(port, reason)
+        self._log_error(f"port {self.datapath.counters.names[port]}: {what} (frame dropped)")
+
+    def _log_error(self, message: str) -> None:
+        """The traceback of the exception being handled, at most once per ERROR_LOG_INTERVAL."""
+        now = time.monotonic()
+        if now < self._error_log_at:
+            self._errors_unlogged += 1
+            return
+        self._error_log_at = now + ERROR_LOG_INTERVAL
+        if self._errors_unlogged:
+            message += f"; {self._errors_unlogged} more errors since the last report"
+            self._errors_unlogged = 0
+        log.exception("%s", message)
 
     def _write_plain(self, port: int, data: Frame) -> bool:
         fd = self._fd_list[port]
@@ -258,8 +290,12 @@ class Shell:
         sent = self._write_plain(port, data)
         if sent:
             frame = bytes(data)  # a Gather joined: observers keep frames as bytes
-            for observer in self._observers.get(port, ()):
-                observer("tx", frame)
+            try:
+                for observer in self._observers.get(port, ()):
+                    observer("tx", frame)
+            except Exception:  # the frame has already left: count the observer's failure, not a drop
+                self.datapath.counters.events["observer-error"] += 1
+                self._log_error(f"port {self.datapath.counters.names[port]}: an observer raised on tx")
         return sent
 
     def send(self, frames: Sequence[tuple[int, Frame]]) -> None:

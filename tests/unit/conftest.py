@@ -6,11 +6,15 @@ Every buffer is ``[virtio_net_hdr (10 bytes)][Ethernet frame]``. The helpers are
 
 from __future__ import annotations
 
+import socket
+
 from scapy.compat import raw
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
+from vswitch.datapath import Datapath
+from vswitch.shell import Shell
 from vswitch.wire import BROADCAST_MAC, VNET_HDR, ZERO_VNET_HDR, mac_str
 
 BROADCAST = BROADCAST_MAC
@@ -93,3 +97,39 @@ def checksums_valid(ip: Packet) -> None:
     assert rebuilt.chksum == ip.chksum
     if hasattr(ip.payload, "chksum"):
         assert rebuilt.payload.chksum == ip.payload.chksum
+
+
+# --- the IO shell over socketpairs (test_shell.py, test_shell_and_control_errors.py) -----------------
+def socketpair_ports(
+    datapath: Datapath, shell: Shell, count: int
+) -> tuple[list[socket.socket], list[socket.socket]]:
+    """count ports on one new segment, each an AF_UNIX datagram socketpair the shell reads and
+    writes as it would a tap: (the far ends, the wires a test holds; the ends the shell has)."""
+    segment = datapath.add_segment("lan")
+    wires: list[socket.socket] = []
+    inner: list[socket.socket] = []
+    for i in range(count):
+        assert datapath.add_port(f"p{i}", segment) == i
+        switch_end, wire_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for end in (switch_end, wire_end):
+            end.setblocking(False)
+        shell.attach(i, switch_end.fileno())
+        wires.append(wire_end)
+        inner.append(switch_end)
+    return wires, inner
+
+
+def make_readable(shell: Shell, port: int) -> None:
+    """What the event loop does when port's fd is readable."""
+    reader = next(r for p, r in shell._readers if p == port)
+    shell._on_readable(port, reader)
+
+
+def drain_wire(wire: socket.socket) -> list[bytes]:
+    """Every frame waiting on a wire (what the shell wrote to that port so far)."""
+    frames = []
+    while True:
+        try:
+            frames.append(wire.recv(65536))
+        except BlockingIOError:
+            return frames

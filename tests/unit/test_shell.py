@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import frame, mac
+from conftest import drain_wire, frame, mac, make_readable, socketpair_ports
 
 from vswitch.counters import Drop
 from vswitch.datapath import Datapath
@@ -31,35 +31,19 @@ class Bench:
     inner: list[socket.socket]  # the ends the shell reads and writes
 
     def readable(self, port: int) -> None:
-        """What the event loop does when port's fd is readable."""
-        reader = next(r for p, r in self.shell._readers if p == port)
-        self.shell._on_readable(port, reader)
+        make_readable(self.shell, port)
 
     def received(self, port: int) -> list[bytes]:
         """Every frame the shell wrote to port so far."""
-        frames = []
-        while True:
-            try:
-                frames.append(self.wires[port].recv(65536))
-            except BlockingIOError:
-                return frames
+        return drain_wire(self.wires[port])
 
 
 @pytest.fixture
 def bench() -> Iterator[Bench]:
     loop = asyncio.new_event_loop()
     datapath = Datapath()
-    segment = datapath.add_segment("lan")
     shell = Shell(datapath, loop)
-    wires, inner = [], []
-    for i in range(3):
-        assert datapath.add_port(f"p{i}", segment) == i
-        switch_end, wire_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        for end in (switch_end, wire_end):
-            end.setblocking(False)
-        shell.attach(i, switch_end.fileno())
-        wires.append(wire_end)
-        inner.append(switch_end)
+    wires, inner = socketpair_ports(datapath, shell, 3)
     try:
         yield Bench(shell, datapath, wires, inner)
     finally:

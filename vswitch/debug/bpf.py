@@ -28,6 +28,10 @@ from ..wire import parse_mac
 ETHERTYPES: Final = {"ip": 0x0800, "arp": 0x0806, "ip6": 0x86DD, "vlan": 0x8100}
 IP_PROTOS: Final = {"icmp": 1, "tcp": 6, "udp": 17}
 TOKEN: Final = re.compile(r"\s+|&&|\|\||!|\(|\)|[^\s()!&|]+|.")
+# Parentheses and `not` nest: each level costs a few Python frames to parse and to match, so the depth
+# is capped far below the interpreter's recursion limit (1000) and far above any filter a person writes.
+# Chains of `and`/`or` do not nest: they are flat lists, any length.
+MAX_NESTING: Final = 64
 
 
 class FilterError(ValueError):
@@ -79,15 +83,16 @@ Test = Callable[[Fields], bool]
 
 class _Parser:
     def __init__(self, text: str) -> None:
-        self.text = text
+        self.shown = text if len(text) <= 80 else text[:60] + " ... " + text[-15:]  # for messages
         self.tokens: list[str] = []
         for match in TOKEN.finditer(text):
             token = match.group(0)
             if token in ("&", "|"):
-                raise FilterError(f"filter {text!r}: {token!r} at {match.start()}: use && or ||")
+                raise FilterError(f"filter {self.shown!r}: {token!r} at {match.start()}: use && or ||")
             if not token.isspace():
                 self.tokens.append(token)
         self.pos = 0
+        self.depth = 0
 
     def peek(self) -> str | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -95,7 +100,7 @@ class _Parser:
     def take(self, what: str = "a value") -> str:
         token = self.peek()
         if token is None:
-            raise FilterError(f"filter {self.text!r}: expected {what} at the end")
+            raise FilterError(f"filter {self.shown!r}: expected {what} at the end")
         self.pos += 1
         return token
 
@@ -104,37 +109,42 @@ class _Parser:
             return lambda _f: True
         test = self.parse_or()
         if self.peek() is not None:
-            raise FilterError(f"filter {self.text!r}: unexpected {self.peek()!r}")
+            raise FilterError(f"filter {self.shown!r}: unexpected {self.peek()!r}")
         return test
 
     def parse_or(self) -> Test:
-        left = self.parse_and()
+        terms = [self.parse_and()]
         while self.peek() in ("or", "||"):
             self.pos += 1
-            right = self.parse_and()
-            left = _or(left, right)
-        return left
+            terms.append(self.parse_and())
+        return terms[0] if len(terms) == 1 else _any_of(terms)
 
     def parse_and(self) -> Test:
-        left = self.parse_not()
+        terms = [self.parse_not()]
         while self.peek() in ("and", "&&"):
             self.pos += 1
-            right = self.parse_not()
-            left = _and(left, right)
-        return left
+            terms.append(self.parse_not())
+        return terms[0] if len(terms) == 1 else _all_of(terms)
 
     def parse_not(self) -> Test:
-        if self.peek() in ("not", "!"):
+        negate = False
+        while self.peek() in ("not", "!"):  # a run of nots is one negation or none, however long
             self.pos += 1
-            inner = self.parse_not()
-            return lambda f: not inner(f)
+            negate = not negate
         if self.peek() == "(":
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise FilterError(f"filter {self.shown!r}: parentheses nested deeper than {MAX_NESTING}")
             self.pos += 1
             inner = self.parse_or()
             if self.take("')'") != ")":
-                raise FilterError(f"filter {self.text!r}: expected ')'")
-            return inner
-        return self.primitive()
+                raise FilterError(f"filter {self.shown!r}: expected ')'")
+            self.depth -= 1
+        else:
+            inner = self.primitive()
+        if negate:
+            return lambda f: not inner(f)
+        return inner
 
     def primitive(self) -> Test:
         word = self.take("a primitive")
@@ -158,7 +168,7 @@ class _Parser:
         if word in ("src", "dst", "host", "net", "port"):
             self.pos -= 1
             return self.address_primitive()
-        raise FilterError(f"filter {self.text!r}: unknown primitive {word!r} (see vswitch capture --help)")
+        raise FilterError(f"filter {self.shown!r}: unknown primitive {word!r} (see vswitch capture --help)")
 
     def direction(self) -> str:
         if self.peek() in ("src", "dst"):
@@ -180,7 +190,7 @@ class _Parser:
         try:
             net = IPv4Network(value, strict=False) if kind == "net" else IPv4Network(IPv4Address(value))
         except ValueError:
-            raise FilterError(f"filter {self.text!r}: {value!r} is not an IPv4 {kind}") from None
+            raise FilterError(f"filter {self.shown!r}: {value!r} is not an IPv4 {kind}") from None
         base, mask = int(net.network_address), int(net.netmask)
 
         def hit(addr: int | None) -> bool:
@@ -195,7 +205,7 @@ class _Parser:
     def port_primitive(self) -> Test:
         direction = self.direction()
         if self.take("'port'") != "port":
-            raise FilterError(f"filter {self.text!r}: expected 'port'")
+            raise FilterError(f"filter {self.shown!r}: expected 'port'")
         port = self.number(self.take("a port number"), 65535)
         if direction == "src":
             return lambda f: f.sport == port
@@ -208,12 +218,12 @@ class _Parser:
         if self.peek() == "host":
             self.pos += 1
         elif direction == "any":
-            raise FilterError(f"filter {self.text!r}: expected 'ether host', 'ether src' or 'ether dst'")
+            raise FilterError(f"filter {self.shown!r}: expected 'ether host', 'ether src' or 'ether dst'")
         value = self.take("a MAC address")
         try:
             mac = parse_mac(value)
         except ValueError:
-            raise FilterError(f"filter {self.text!r}: {value!r} is not a MAC address") from None
+            raise FilterError(f"filter {self.shown!r}: {value!r} is not a MAC address") from None
         if direction == "src":
             return lambda f: f.eth_src == mac
         if direction == "dst":
@@ -222,16 +232,28 @@ class _Parser:
 
     def number(self, token: str, limit: int) -> int:
         if not token.isdigit() or int(token) > limit:
-            raise FilterError(f"filter {self.text!r}: {token!r} is not a number up to {limit}")
+            raise FilterError(f"filter {self.shown!r}: {token!r} is not a number up to {limit}")
         return int(token)
 
 
-def _and(left: Test, right: Test) -> Test:
-    return lambda f: left(f) and right(f)
+def _all_of(terms: list[Test]) -> Test:
+    """`a and b and ...` as one loop: matching depth does not grow with the number of terms."""
+    chain = tuple(terms)
+
+    def test(fields: Fields) -> bool:
+        return all(term(fields) for term in chain)
+
+    return test
 
 
-def _or(left: Test, right: Test) -> Test:
-    return lambda f: left(f) or right(f)
+def _any_of(terms: list[Test]) -> Test:
+    """`a or b or ...` as one loop: matching depth does not grow with the number of terms."""
+    chain = tuple(terms)
+
+    def test(fields: Fields) -> bool:
+        return any(term(fields) for term in chain)
+
+    return test
 
 
 def compile_filter(text: str | None) -> Callable[[bytes], bool]:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from ..control import stream
+from ..control import ControlError, stream
 from ..wire import VNET_HDR_LEN
 from .common import b64, instance_socket, port_stream_setup, unb64
 
@@ -53,6 +53,7 @@ async def _capture(
 
     shell.observe(port.id, observer)
     gone = asyncio.ensure_future(reader.read())  # EOF (or an error): the client went away
+    waiter: asyncio.Future[Any] | None = None
     sent = 0
     try:
         writer.write(json.dumps({"ok": True, "result": {"port": port.label}}).encode() + b"\n")
@@ -75,6 +76,8 @@ async def _capture(
     finally:
         shell.unobserve(port.id, observer)
         gone.cancel()
+        if waiter is not None:  # still pending when the server's close() cancelled us
+            waiter.cancel()
 
 
 # --- client side -------------------------------------------------------------------------------------
@@ -102,6 +105,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     got = dropped = 0
     try:
         for record in records:
+            if record.get("ok") is False:  # the stream failed on the server after it had begun
+                raise ControlError(str(record.get("error")))
             got += 1
             dropped = int(record.get("dropped", 0))
             if writer is not None:

@@ -20,7 +20,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ..control import CommandError, ControlError, command, stream
 from ..counters import Drop
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from ..instance import Instance
 
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP"}
+# Each live trace deep-copies the whole datapath on the packet path and is held until the client reads
+# it: a session traces at most this many frames, so a client that never reads holds bounded memory.
+MAX_LIVE_TRACES: Final = 100
 
 
 @dataclass
@@ -276,7 +279,10 @@ def _trace_command(instance: Instance, req: dict[str, Any]) -> Any:
     port = live_port(instance, req.get("port"))
     pkt = _frame(req)
     frames = [(port.id, pkt)]
-    frames += [(live_port(instance, r.get("port")).id, _frame(r)) for r in req.get("then") or []]
+    then = req.get("then") or []
+    if not isinstance(then, list) or not all(isinstance(r, dict) for r in then):
+        raise CommandError('"then" is a list of {"port", "data"} objects')
+    frames += [(live_port(instance, r.get("port")).id, _frame(r)) for r in then]
     now = asyncio.get_running_loop().time()
     traces = trace_many(instance.datapath, frames, now)
     result = traces[0].to_json()
@@ -300,33 +306,54 @@ async def _trace_live(
 ) -> None:
     """Trace the next frames the port receives that match the filter, each on a copy taken just before
     the real datapath sees it."""
+    count = _live_count(req.get("count"))
+    if isinstance(count, str):
+        writer.write(json.dumps({"ok": False, "error": count}).encode() + b"\n")
+        return
     setup = port_stream_setup(instance, req, writer)
     if setup is None:
         return
     port, matches, shell = setup
-    count = max(1, int(req.get("count") or 1))
     loop = asyncio.get_running_loop()
-    results: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=count)
+    # Never more than count results exist: the observer stops tracing once it has made them all.
+    results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    traced = 0
 
     def observer(direction: str, pkt: bytes) -> None:
-        if direction == "rx" and not results.full() and matches(pkt[VNET_HDR_LEN:]):
-            results.put_nowait(trace(instance.datapath, port.id, pkt, loop.time()).to_json())
+        nonlocal traced
+        if direction == "rx" and traced < count and matches(pkt[VNET_HDR_LEN:]):
+            result = trace(instance.datapath, port.id, pkt, loop.time()).to_json()
+            traced += 1  # after the trace: one that raised leaves its place to the next frame
+            results.put_nowait(result)
 
     shell.observe(port.id, observer)
     gone = asyncio.ensure_future(reader.read())  # EOF: the client went away
+    got: asyncio.Future[dict[str, Any]] | None = None
     try:
         writer.write(json.dumps({"ok": True, "result": "tracing"}).encode() + b"\n")
         for _ in range(count):
             got = asyncio.ensure_future(results.get())
             done, _ = await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
             if got not in done:
-                got.cancel()
                 return
             writer.write(json.dumps(got.result()).encode() + b"\n")
             await writer.drain()
     finally:
-        shell.unobserve(port.id, observer)
+        shell.unobserve(port.id, observer)  # and with it the last reference to the queued results
         gone.cancel()
+        if got is not None:
+            got.cancel()
+
+
+def _live_count(value: Any) -> int | str:
+    """How many frames a live trace asks for (1 when absent), or why that is not a valid count."""
+    try:
+        count = int(value or 1)
+    except (TypeError, ValueError):
+        return f"count {value!r:.40} is not a number"
+    if not 1 <= count <= MAX_LIVE_TRACES:
+        return f"count {count} is out of range: a live trace takes 1 to {MAX_LIVE_TRACES} frames"
+    return count
 
 
 # --- client side -------------------------------------------------------------------------------------
@@ -434,7 +461,10 @@ def _live(args: argparse.Namespace) -> Any:
     fields = {"port": args.port, "filter": args.filter, "count": args.count}
     gen = open_stream(instance_socket(args), "trace-live", **fields)
     try:
-        yield from gen
+        for result in gen:
+            if result.get("ok") is False:  # the stream failed on the server after it had begun
+                raise ControlError(str(result.get("error")))
+            yield result
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     finally:
@@ -458,7 +488,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--send", action="store_true", help="then deliver it for real, with side effects")
     p.add_argument("--live", action="store_true", help="trace the next real frames received on PORT")
     p.add_argument("--filter", metavar="EXPR", help="with --live: which frames (capture's filter language)")
-    p.add_argument("--count", type=int, default=1, help="with --live: how many frames (default 1)")
+    count_help = f"with --live: how many frames (1 to {MAX_LIVE_TRACES}, default 1)"
+    p.add_argument("--count", type=int, default=1, help=count_help)
     p.add_argument("--name", default="default")
 
 
