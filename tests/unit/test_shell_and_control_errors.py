@@ -390,3 +390,30 @@ def test_close_ends_the_connections_still_open(bench: Bench) -> None:
             writer.close()
 
     serve(bench, scenario)
+
+
+def test_a_streaming_client_that_keeps_talking_is_not_buffered() -> None:
+    """capture and live trace watch for the client to leave: what it sends meanwhile is thrown away
+    as it comes. StreamReader.read() would keep it all until EOF (4 MB here; the peak shows it)."""
+    import tracemalloc
+
+    from vswitch.debug.common import client_gone
+
+    chunk = b"x" * 65536
+
+    async def run() -> None:
+        reader = asyncio.StreamReader()
+        watcher = asyncio.ensure_future(client_gone(reader))
+        for _ in range(64):
+            reader.feed_data(chunk)
+            await asyncio.sleep(0)  # one turn of the loop: the watcher reads what came
+        reader.feed_eof()
+        await asyncio.wait_for(watcher, DEADLINE)
+
+    tracemalloc.start()
+    try:
+        asyncio.run(run())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from ..control import ControlError, stream
 from ..wire import VNET_HDR_LEN
-from .common import b64, instance_socket, port_stream_setup, unb64
+from .common import b64, client_gone, instance_socket, port_stream_setup, unb64
 
 if TYPE_CHECKING:
     from ..instance import Instance
@@ -52,7 +52,7 @@ async def _capture(
         wake.set()
 
     shell.observe(port.id, observer)
-    gone = asyncio.ensure_future(reader.read())  # EOF (or an error): the client went away
+    gone = asyncio.ensure_future(client_gone(reader))
     waiter: asyncio.Future[Any] | None = None
     sent = 0
     try:

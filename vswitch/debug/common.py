@@ -48,6 +48,16 @@ def shell_of(instance: Instance) -> Shell:
     return instance.shell
 
 
+async def client_gone(reader: asyncio.StreamReader) -> None:
+    """Return when a streaming command's client goes away (EOF or an error). Whatever it sends
+    meanwhile is read and thrown away in small pieces: read() would keep all of it until EOF."""
+    try:
+        while await reader.read(4096):
+            pass
+    except (ConnectionError, OSError):
+        return
+
+
 # --- client side -------------------------------------------------------------------------------------
 def open_existing_namespace(ns: str | None) -> IPRoute:
     """Netlink inside namespace ns (None: the root), which must already exist.

@@ -30,6 +30,7 @@ from ..wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, m
 from .common import (
     b64,
     call,
+    client_gone,
     evaluate,
     fill_ether,
     instance_socket,
@@ -327,7 +328,7 @@ async def _trace_live(
             results.put_nowait(result)
 
     shell.observe(port.id, observer)
-    gone = asyncio.ensure_future(reader.read())  # EOF: the client went away
+    gone = asyncio.ensure_future(client_gone(reader))
     got: asyncio.Future[dict[str, Any]] | None = None
     try:
         writer.write(json.dumps({"ok": True, "result": "tracing"}).encode() + b"\n")
