@@ -253,8 +253,11 @@ class Instance:
                 raise StartError(
                     f"cannot serve metrics on {self.metrics[0]}:{self.metrics[1]}: {exc}"
                 ) from None
-        # SIGHUP too (the terminal went away), unless the user started us under nohup.
-        stop_signals = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+        # SIGHUP too (the terminal went away), unless the user started us under nohup. SIGINT is
+        # always ours: a shell starts background jobs with it ignored, and Ctrl-C must still stop us.
+        stop_signals = [
+            sig for sig in STOP_SIGNALS if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN
+        ]
         if signals:
             for sig in stop_signals:
                 loop.add_signal_handler(sig, self._stop.set)

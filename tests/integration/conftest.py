@@ -237,6 +237,7 @@ class Switch:
         self.stderr_path = env.tmp / f"{name}.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         self.table: dict[str, Any] = {}
+        self.ignored: tuple[signal.Signals, ...] = ()  # signals it starts with ignored (a background job)
 
     @property
     def socket_path(self) -> Path:
@@ -253,9 +254,16 @@ class Switch:
 
     def start(self) -> None:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err, env=self.env.environ)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=err, env=self.env.environ, preexec_fn=self._ignore_signals
+            )
         wait_for(self._ready, START_TIMEOUT, f"vswitch {self.name} to answer status")
         self.table = json.loads(self.stdout().splitlines()[0])
+
+    def _ignore_signals(self) -> None:
+        """In the child before exec: what a shell does to a job it starts in the background."""
+        for sig in self.ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
     def _ready(self) -> bool:
         assert self.proc is not None

@@ -14,6 +14,7 @@ from vswitch.kernel import remove_netns_named
 
 from .conftest import (
     CLI_TIMEOUT,
+    STOP_TIMEOUT,
     VSWITCH,
     Env,
     Switch,
@@ -194,3 +195,29 @@ def test_a_run_dir_too_long_for_a_unix_socket_is_one_error_line_and_nothing_left
     assert lines[0].startswith("vswitch: error: cannot open the control socket")
     assert namespaces(env.prefix) == set()
     assert not any(long_dir.glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("ignored", "sig", "stops"),
+    [(signal.SIGINT, signal.SIGINT, True), (signal.SIGHUP, signal.SIGHUP, False)],
+    ids=["background-job-still-takes-ctrl-c", "nohup-keeps-running"],
+)
+def test_signals_ignored_at_start(
+    env: Env, ignored: signal.Signals, sig: signal.Signals, stops: bool
+) -> None:
+    """A shell starts a background job with SIGINT ignored (`make up &`): Ctrl-C must still stop it
+    and remove what it made. Under nohup, SIGHUP is ignored, and a hangup must leave it running."""
+    names = [env.ns("a"), env.ns("b")]
+    sw = Switch(env, env.instance_name(), names, [])
+    sw.ignored = (ignored,)
+    env.switches.append(sw)
+    sw.start()
+    assert sw.proc is not None
+    sw.proc.send_signal(sig)
+    if stops:
+        assert sw.proc.wait(timeout=STOP_TIMEOUT) == 0
+        assert namespaces(env.prefix) == set()
+    else:
+        assert pings(names[0], "10.0.0.2")  # it kept forwarding after the hangup
+        assert sw.proc.poll() is None and namespaces(env.prefix) == set(names)
+        assert sw.stop(signal.SIGTERM) == 0
