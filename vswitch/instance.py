@@ -147,7 +147,10 @@ class Instance:
             if kernel.netns_inode(namespace) is None:
                 inode, cookie = kernel.create_netns(namespace)
                 self.ledger.record("netns", name=namespace, inode=inode, cookie=cookie)
-            kernel.set_lo_up(namespace)
+                kernel.set_lo_up(namespace)
+            elif kernel.set_lo_up(namespace):
+                # Someone else's namespace, lo down: we bring it up, and put it back when we go.
+                self.ledger.record("lo-up", namespace=namespace, cookie=kernel.netns_cookie(namespace))
             tap = open_tap(_tap_name(self.topology.name))
         else:
             tap = open_tap(spec.ifname)  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
@@ -355,6 +358,8 @@ def describe(entry: dict[str, Any]) -> str:
         return f"host route {entry['dst']} via {entry['via']}"
     if kind == "tap":
         return f"tap {entry['name']}"
+    if kind == "lo-up":
+        return f"lo brought up in namespace {entry['namespace']}"
     return f"{kind} {entry}"
 
 
@@ -381,6 +386,10 @@ def undo(ledger: Ledger, done: list[str] | None = None) -> list[str]:
                     os.unlink(entry["path"])
                 if done is not None:
                     done.append(f"removed {describe(entry)}")
+            elif kind == "lo-up":
+                put_back = kernel.set_lo_down(entry["namespace"], entry.get("cookie"))
+                if done is not None and put_back:
+                    done.append(f"put lo back down in namespace {entry['namespace']}")
             elif kind == "route" and done is not None:
                 done.append(f"{describe(entry)}: went with the host port's tap")
             # "tap": a non-persistent tap dies with its last fd; nothing to do once we are closed.

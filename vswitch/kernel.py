@@ -20,6 +20,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 IFA_F_NODAD = 0x02  # include/uapi/linux/if_addr.h: skip duplicate address detection
+IFF_UP = 0x1  # include/uapi/linux/if.h
 
 NETNS_DIR = "/run/netns"
 
@@ -138,11 +139,29 @@ def link_exists(namespace: str | None, ifname: str) -> bool:
         return link_index(ipr, ifname) is not None
 
 
-def set_lo_up(namespace: str) -> None:
+def set_lo_up(namespace: str) -> bool:
+    """Bring lo up in namespace; True when it was down (so it is ours to put back)."""
     with _ipr(namespace) as ipr:
         index = link_index(ipr, "lo")
-        if index is not None:
+        if index is None:
+            return False
+        was_down = not ipr.get_links(index)[0]["flags"] & IFF_UP
+        if was_down:
             ipr.link("set", index=index, state="up")
+        return bool(was_down)
+
+
+def set_lo_down(namespace: str, cookie: int | None) -> bool:
+    """Put lo back down in a namespace vswitch did not make but brought lo up in, if that namespace
+    is still the same one (its cookie); True when it was put down."""
+    if cookie is None or netns_cookie(namespace) != cookie:
+        return False
+    with IPRoute(netns=namespace, flags=0) as ipr:  # flags=0: never create it
+        index = link_index(ipr, "lo")
+        if index is None:
+            return False
+        ipr.link("set", index=index, state="down")
+    return True
 
 
 def place_tap(

@@ -63,6 +63,7 @@ def assert_all_gone(env: Env, s: Started) -> None:
     assert namespaces(env.prefix) == {s.existing}, "created namespaces must go, the test's must stay"
     after = links(s.existing)
     assert set(after) == {"lo", KEEP_IF}, "vswitch's eth0 must be gone, nothing else touched"
+    assert ("UP" in after["lo"]["flags"]) == ("UP" in s.existing_before["lo"]["flags"]), "lo as it was"
     keep, keep_before = after[KEEP_IF], s.existing_before[KEEP_IF]
     assert (keep["ifindex"], keep["address"]) == (keep_before["ifindex"], keep_before["address"])
     assert ipv4_addresses(keep) == [KEEP_ADDR]
@@ -221,3 +222,22 @@ def test_signals_ignored_at_start(
         assert pings(names[0], "10.0.0.2")  # it kept forwarding after the hangup
         assert sw.proc.poll() is None and namespaces(env.prefix) == set(names)
         assert sw.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL-then-down"])
+def test_lo_brought_up_in_a_namespace_vswitch_did_not_make_is_put_back_down(env: Env, stop: str) -> None:
+    """vswitch brings lo up in every namespace it serves; in one it did not make, it puts lo back
+    as it found it when it goes (a SIGKILL leaves that to `vswitch down`)."""
+    theirs, ours = env.ns("lo"), env.ns("b")
+    netns.create(theirs)  # lo starts down in a new namespace
+    assert "UP" not in links(theirs)["lo"]["flags"]
+    sw = env.switch(theirs, ours)
+    assert "UP" in links(theirs)["lo"]["flags"]
+    if stop == "SIGTERM":
+        assert sw.stop(signal.SIGTERM) == 0
+    else:
+        assert sw.stop(signal.SIGKILL) == -signal.SIGKILL
+        down = env.vswitch("down", "--name", sw.name)
+        assert down.returncode == 0 and f"put lo back down in namespace {theirs}" in down.stdout
+    assert "UP" not in links(theirs)["lo"]["flags"]
+    assert namespaces(env.prefix) == {theirs}

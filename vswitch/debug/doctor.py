@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from ..kernel import IFF_UP
 from ..topology import UPLINK_SEGMENT
 from .common import call, open_existing_namespace
 
-IFF_UP = 0x1
 NUD_FAILED = 0x20
 NUD_INCOMPLETE = 0x01
 
