@@ -129,6 +129,15 @@ def _ipr(namespace: str | None) -> IPRoute:
     return IPRoute() if namespace is None else IPRoute(netns=namespace)
 
 
+def open_existing_namespace(namespace: str | None) -> IPRoute:
+    """Netlink inside namespace (None: the root), which must already exist.
+
+    Asked for a namespace by name, pyroute2 creates it unless flags=0: a debug command or a clean-up
+    would then bring back a namespace the user deleted. Raises FileNotFoundError when there is none.
+    """
+    return IPRoute() if namespace is None else IPRoute(netns=namespace, flags=0)
+
+
 def link_index(ipr: IPRoute, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return int(found[0]) if found else None
@@ -156,7 +165,7 @@ def set_lo_down(namespace: str, cookie: int | None) -> bool:
     is still the same one (its cookie); True when it was put down."""
     if cookie is None or netns_cookie(namespace) != cookie:
         return False
-    with IPRoute(netns=namespace, flags=0) as ipr:  # flags=0: never create it
+    with open_existing_namespace(namespace) as ipr:
         index = link_index(ipr, "lo")
         if index is None:
             return False

@@ -16,8 +16,6 @@ from ..state import socket_path
 from ..topology import ConfigError, check_instance
 
 if TYPE_CHECKING:
-    from pyroute2 import IPRoute
-
     from ..instance import Instance, LivePort
     from ..shell import Shell
 
@@ -59,18 +57,6 @@ async def client_gone(reader: asyncio.StreamReader) -> None:
 
 
 # --- client side -------------------------------------------------------------------------------------
-def open_existing_namespace(ns: str | None) -> IPRoute:
-    """Netlink inside namespace ns (None: the root), which must already exist.
-
-    Asked for a namespace by name, pyroute2 creates it unless flags=0: a debug command would then
-    bring back a namespace the user deleted and report its empty insides instead of its absence.
-    Raises FileNotFoundError when there is no such namespace.
-    """
-    from pyroute2 import IPRoute
-
-    return IPRoute() if ns is None else IPRoute(netns=ns, flags=0)
-
-
 def port_stream_setup(
     instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter
 ) -> tuple[LivePort, Callable[[bytes], bool], Shell] | None:
