@@ -325,9 +325,8 @@ class Nat:
             del fragments[next(iter(fragments))]
             self.events["nat-fragment-evicted"] += 1
         fragments[key] = (x, now + FRAGMENT_TIMEOUT)
-        waiting = self.held.pop(key, None)
+        waiting = self._unhold(key)
         if waiting is not None:
-            self.held_bytes -= sum(len(frame) for frame in waiting.frames)
             self.released.extend((waiting.in_iface, frame) for frame in waiting.frames)
             self.events["nat-fragment-released"] += len(waiting.frames)
 
@@ -368,6 +367,13 @@ class Nat:
         self.held_bytes += len(pkt)
         self.events["nat-fragment-held"] += 1
         return HELD
+
+    def _unhold(self, key: bytes) -> HeldFragments | None:
+        """Take a datagram's held fragments out of the store (released or expired), bytes and all."""
+        waiting = self.held.pop(key, None)
+        if waiting is not None:
+            self.held_bytes -= sum(len(frame) for frame in waiting.frames)
+        return waiting
 
     def take_released(self) -> list[tuple[int, bytes]]:
         """Held fragments whose first fragment has just been translated: (ingress, frame) each."""
@@ -604,12 +610,11 @@ class Nat:
         expired = 0
         held = self.held
         while held:
-            key = next(iter(held))
-            if held[key].expires > now:
+            key, waiting = next(iter(held.items()))
+            if waiting.expires > now:
                 break
-            frames = held.pop(key).frames
-            self.held_bytes -= sum(len(frame) for frame in frames)
-            expired += len(frames)
+            self._unhold(key)
+            expired += len(waiting.frames)
         return expired
 
     def table(self, now: float) -> list[dict[str, object]]:
