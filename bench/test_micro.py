@@ -19,12 +19,12 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from vswitch.checksum import delta, update_complete
-from vswitch.datapath import Datapath
-from vswitch.nat import NatConfig
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
-from vswitch.wire import L3, ZERO_VNET_HDR, mac_str
+from vswitch.core.checksum import delta, update_complete
+from vswitch.core.datapath import Datapath
+from vswitch.core.nat import NatConfig
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import L3, ZERO_VNET_HDR, mac_str
 
 NOW = 1000.0
 PAYLOAD = b"\x00" * 18  # 14 + 20 + 8 + 18 = 60 bytes: a 64-byte frame on the wire with the FCS

@@ -28,10 +28,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import topology
-from .instance import Instance, StartError
-from .kernel import stop_signals_held
-from .wire import VNET_HDR_LEN, ZERO_VNET_HDR
+from .config import topology
+from .core.wire import VNET_HDR_LEN, ZERO_VNET_HDR
+from .shell.instance import Instance, StartError
+from .shell.kernel import stop_signals_held
+from .shell.loop import new_loop
 
 PacketHook = Callable[[str, bytes], "bytes | None"]
 
@@ -81,11 +82,11 @@ class Switch:
         return self
 
     def _start(self) -> None:
-        from .cli import new_loop
+        from .tools.debug import SERVED
 
         self._stopping.clear()
         self._error = None
-        instance = Instance(self.topology)
+        instance = Instance(self.topology, control=SERVED)
         # Held, as `vswitch up` holds them: a Ctrl-C mid-build would otherwise land between making a
         # namespace and recording it (pyroute2 makes it in a forked helper), and it would stay.
         with stop_signals_held():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import os
@@ -12,17 +11,19 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from . import __version__, topology
-from .control import ControlError, request
-from .instance import Instance, StartError, down
-from .kernel import STOP_SIGNALS
-from .state import socket_path
-from .tap import TUN_PATH
-from .topology import ConfigError, Topology, check_instance
+from . import __version__
+from .config import topology
+from .config.topology import ConfigError, Topology, check_instance
+from .shell.control import ControlError, request
+from .shell.instance import Instance, StartError, down
+from .shell.kernel import STOP_SIGNALS
+from .shell.loop import new_loop
+from .shell.state import socket_path
+from .shell.tap import TUN_PATH
 
 # Modules that add subcommands: each has register(subparsers) -> {command: handler(args) -> int}.
 # They import heavy libraries (scapy, matplotlib) inside their handlers, so `vswitch up` starts fast.
-EXTENSIONS: tuple[str, ...] = ("vswitch.debug", "vswitch.bench")
+EXTENSIONS: tuple[str, ...] = ("vswitch.tools.debug", "vswitch.tools.bench")
 EXTENSION_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -226,26 +227,19 @@ def preflight() -> None:
         fail(f"{TUN_PATH} is missing: load the tun module (modprobe tun)")
 
 
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio is the fallback
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     try:
         topology = topology_from_args(args)
     except ConfigError as exc:
         fail(str(exc), 2)
     preflight()
-    instance = Instance(topology)
+    from .tools.debug import SERVED
+
+    instance = Instance(topology, control=SERVED)
     if args.busy_poll is not None:
         instance.busy_poll = args.busy_poll / 1e6
     if args.metrics is not None:
-        from .debug.metrics import parse_listen
+        from .shell.metrics import parse_listen
 
         try:
             instance.metrics = parse_listen(args.metrics, args.metrics_public)

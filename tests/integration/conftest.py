@@ -29,9 +29,9 @@ import pytest
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vswitch.bench.process import terminate
-from vswitch.control import ControlError, request
-from vswitch.kernel import remove_netns_named
+from vswitch.shell.control import ControlError, request
+from vswitch.shell.kernel import remove_netns_named
+from vswitch.tools.bench.process import terminate
 
 NETNS_DIR = Path("/run/netns")
 PEER = Path(__file__).with_name("peer.py")

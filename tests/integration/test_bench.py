@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from vswitch.bench import run, topologies
+from vswitch.tools.bench import run, topologies
 
 from .conftest import links, namespaces
 
@@ -152,7 +152,7 @@ def test_optional_contender_not_installed_is_named_as_skipped(monkeypatch: pytes
     def which(program: str, *args: Any, **kwargs: Any) -> str | None:
         return None if program == "ovs-vswitchd" else real_which(program, *args, **kwargs)
 
-    monkeypatch.setattr("vswitch.bench.topologies.shutil.which", which)
+    monkeypatch.setattr("vswitch.tools.bench.topologies.shutil.which", which)
     assert "ovs-l2" not in topologies.available_optional()
     assert topologies.optional_notes()["ovs-l2"] == "ovs-vswitchd not installed; skipped"
     with pytest.raises(topologies.BenchError, match="unknown contender"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vswitch.debug.trace import MAX_LIVE_TRACES
+from vswitch.tools.debug.trace import MAX_LIVE_TRACES
 
 from .conftest import VSWITCH, Env, Switch, make_world, netns_exec, wait_for
 

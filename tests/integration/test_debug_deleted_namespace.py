@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vswitch.kernel import remove_netns_named
+from vswitch.shell.kernel import remove_netns_named
 
 from .conftest import NETNS_DIR, Env, make_world
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pyroute2 import netns
 
-from vswitch.kernel import remove_netns_named
+from vswitch.shell.kernel import remove_netns_named
 
 from .conftest import (
     CLI_TIMEOUT,

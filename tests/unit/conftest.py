@@ -13,9 +13,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from vswitch.datapath import Datapath
-from vswitch.shell import Shell
-from vswitch.wire import BROADCAST_MAC, VNET_HDR, ZERO_VNET_HDR, mac_str
+from vswitch.core.datapath import Datapath
+from vswitch.core.wire import BROADCAST_MAC, VNET_HDR, ZERO_VNET_HDR, mac_str
+from vswitch.shell.loop import Shell
 
 BROADCAST = BROADCAST_MAC
 

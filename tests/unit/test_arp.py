@@ -9,8 +9,8 @@ from typing import Any
 from scapy.layers.inet import ICMP, IP, UDP, IPerror
 from scapy.layers.l2 import ARP, Ether
 
-from vswitch.router import Interface, Router
-from vswitch.wire import ZERO_VNET_HDR
+from vswitch.core.router import Interface, Router
+from vswitch.core.wire import ZERO_VNET_HDR
 
 R0 = bytes.fromhex("02aa00000001")
 R1 = bytes.fromhex("02aa00000002")

@@ -12,8 +12,8 @@ from scapy.compat import raw
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Packet, Raw
 
-from vswitch.checksum import delta, fold, internet_checksum, ones_sum, update_complete, update_partial
-from vswitch.wire import PROTO_TCP, PROTO_UDP, TCP_CSUM_OFF, UDP_CSUM_OFF
+from vswitch.core.checksum import delta, fold, internet_checksum, ones_sum, update_complete, update_partial
+from vswitch.core.wire import PROTO_TCP, PROTO_UDP, TCP_CSUM_OFF, UDP_CSUM_OFF
 
 addresses = st.integers(0, 2**32 - 1).map(lambda n: socket.inet_ntoa(n.to_bytes(4, "big")))
 ports = st.integers(0, 0xFFFF)

@@ -10,11 +10,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from vswitch.checksum import fold, ones_sum, words
-from vswitch.nat import NatConfig
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
-from vswitch.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
+from vswitch.core.checksum import fold, ones_sum, words
+from vswitch.core.nat import NatConfig
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
 
 R0 = bytes.fromhex("02aa00000001")
 R2 = bytes.fromhex("02aa00000003")

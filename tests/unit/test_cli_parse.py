@@ -29,8 +29,8 @@ def test_a_second_stray_word_is_still_an_error(capsys: pytest.CaptureFixture[str
 
 
 def test_bench_help_names_every_contender() -> None:
-    from vswitch.bench import CONTENDER_NAMES, OPTIONAL_NAMES
-    from vswitch.bench.topologies import BUILDABLE_OPTIONAL, CONTENDERS
+    from vswitch.tools.bench import CONTENDER_NAMES, OPTIONAL_NAMES
+    from vswitch.tools.bench.topologies import BUILDABLE_OPTIONAL, CONTENDERS
 
     assert CONTENDER_NAMES.split(",") == list(CONTENDERS)
     assert OPTIONAL_NAMES.split(",") == list(BUILDABLE_OPTIONAL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vswitch.conntrack import (
+from vswitch.core.conntrack import (
     DEFAULT_TCP_TIMEOUTS,
     KEY,
     ORIGINAL,
@@ -18,7 +18,7 @@ from vswitch.conntrack import (
     Timeouts,
     tcp_event,
 )
-from vswitch.wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from vswitch.core.wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 FLAGS = {
     TcpEvent.SYN: TCP_SYN,

@@ -12,9 +12,9 @@ from conftest import BROADCAST, arp_request, frame, ip_of, mac
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vswitch.counters import Drop
-from vswitch.datapath import Datapath, Transmit
-from vswitch.wire import VNET_HDR_LEN, ZERO_VNET_HDR
+from vswitch.core.counters import Drop
+from vswitch.core.datapath import Datapath, Transmit
+from vswitch.core.wire import VNET_HDR_LEN, ZERO_VNET_HDR
 
 AGEING = 10.0
 H = [mac(i) for i in range(3)]  # host i lives behind port i

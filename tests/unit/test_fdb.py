@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from conftest import mac
 
-from vswitch.fdb import MIN_AGEING_INTERVAL, Fdb
+from vswitch.core.fdb import MIN_AGEING_INTERVAL, Fdb
 
 A, B, C, D = mac(1), mac(2), mac(3), mac(4)
 ROUTER = mac(0xFE)

@@ -22,14 +22,14 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
-from vswitch.checksum import fold, ones_sum, words
-from vswitch.conntrack import Timeouts
-from vswitch.datapath import Datapath, Verdict
-from vswitch.flowcache import GATHER_FROM, INSERT_WHEN_FULL, FlowCache
-from vswitch.nat import NatConfig, PortForward
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
-from vswitch.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR, Gather
+from vswitch.core.checksum import fold, ones_sum, words
+from vswitch.core.conntrack import Timeouts
+from vswitch.core.datapath import Datapath, Verdict
+from vswitch.core.flowcache import GATHER_FROM, INSERT_WHEN_FULL, FlowCache
+from vswitch.core.nat import NatConfig, PortForward
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR, Gather
 
 R_LAN, R_DMZ, R_WAN = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03"
 HOST_A, HOST_B, HOST_C = "02:00:00:00:01:02", "02:00:00:00:01:03", "02:00:00:00:02:02"

@@ -16,12 +16,12 @@ from scapy.packet import Packet
 from test_checksum_offload import partial
 from test_router import H1, H2, R0, R1, R2, UP, frame, from_h1, mac, make_router, tso
 
-from vswitch.checksum import internet_checksum
-from vswitch.fragment import copied_options, fragment
-from vswitch.nat import NatConfig
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
-from vswitch.wire import L3, VNET_HDR_LEN, ZERO_VNET_HDR
+from vswitch.core.checksum import internet_checksum
+from vswitch.core.fragment import copied_options, fragment
+from vswitch.core.nat import NatConfig
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import L3, VNET_HDR_LEN, ZERO_VNET_HDR
 
 # scapy's reassembly, typed here: scapy leaves it unannotated.
 defragment: Callable[[list[Packet]], list[Packet]] = scapy_defragment

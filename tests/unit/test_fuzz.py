@@ -18,11 +18,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
-from vswitch.counters import Drop
-from vswitch.datapath import Datapath
-from vswitch.nat import NatConfig, PortForward
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
+from vswitch.core.counters import Drop
+from vswitch.core.datapath import Datapath
+from vswitch.core.nat import NatConfig, PortForward
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
 
 R_LAN, R_DMZ, R_WAN = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03"
 HOST_A, HOST_C, UPSTREAM = "02:00:00:00:01:02", "02:00:00:00:02:02", "02:00:00:00:00:ff"

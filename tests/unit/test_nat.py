@@ -12,11 +12,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPerror, IPerror, TCPerror, 
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from vswitch.conntrack import Timeouts
-from vswitch.nat import NatConfig, PortAllocator, PortForward
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
-from vswitch.wire import ZERO_VNET_HDR
+from vswitch.core.conntrack import Timeouts
+from vswitch.core.nat import NatConfig, PortAllocator, PortForward
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import ZERO_VNET_HDR
 
 R0 = bytes.fromhex("02aa00000001")
 R1 = bytes.fromhex("02aa00000002")

@@ -12,9 +12,9 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from test_fuzz import HOST_A, R_LAN, R_WAN, UPSTREAM, mac, routed_datapath
 
-from vswitch.datapath import Datapath
-from vswitch.nat import HELD_DATAGRAMS_MAX
-from vswitch.router import Router
+from vswitch.core.datapath import Datapath
+from vswitch.core.nat import HELD_DATAGRAMS_MAX
+from vswitch.core.router import Router
 
 # scapy's own helpers, typed here: scapy leaves them unannotated.
 fragment: Callable[..., list[Packet]] = scapy_fragment

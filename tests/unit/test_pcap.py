@@ -11,7 +11,7 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
 
-from vswitch.debug.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter, read_pcap
+from vswitch.tools.debug.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter, read_pcap
 
 
 def test_scapy_reads_our_pcap(tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-from vswitch.icmp import header_checksum
-from vswitch.nat import NatConfig, PortForward
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
-from vswitch.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
+from vswitch.core.icmp import header_checksum
+from vswitch.core.nat import NatConfig, PortForward
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
 
 R0 = bytes.fromhex("02aa00000001")
 R1 = bytes.fromhex("02aa00000002")

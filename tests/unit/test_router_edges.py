@@ -8,7 +8,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 from test_fuzz import HOST_A, R_LAN, R_WAN, UPSTREAM, mac, routed_datapath
 
-from vswitch.router import Router
+from vswitch.core.router import Router
 
 
 def send(router: Router, iface: int, pkt: Ether, now: float) -> list[Ether]:

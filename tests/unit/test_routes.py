@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from vswitch.routes import Route, RouteError, RouteTable
+from vswitch.core.routes import Route, RouteError, RouteTable
 
 
 def ip(text: str) -> int:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import pytest
 from conftest import drain_wire, frame, mac, make_readable, socketpair_ports
 
-from vswitch.counters import Drop
-from vswitch.datapath import Datapath
-from vswitch.shell import BATCH, PEER_BACKOFF, Shell
-from vswitch.wire import VNET_HDR_LEN, Frame, Gather
+from vswitch.core.counters import Drop
+from vswitch.core.datapath import Datapath
+from vswitch.core.wire import VNET_HDR_LEN, Frame, Gather
+from vswitch.shell.loop import BATCH, PEER_BACKOFF, Shell
 
 H = [mac(i) for i in range(3)]  # host i lives behind port i
 

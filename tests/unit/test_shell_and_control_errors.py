@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 from conftest import drain_wire, frame, mac, make_readable, socketpair_ports
 
-import vswitch.debug.capture  # noqa: F401  (registers the capture stream)
-import vswitch.debug.trace as trace_module
-from vswitch.control import COMMANDS, ControlServer
-from vswitch.counters import Drop
-from vswitch.datapath import Datapath
-from vswitch.debug.bpf import MAX_NESTING, FilterError, compile_filter
-from vswitch.debug.trace import MAX_LIVE_TRACES
-from vswitch.shell import Shell
-from vswitch.wire import VNET_HDR_LEN
+import vswitch.tools.debug.trace as trace_module
+from vswitch.core.counters import Drop
+from vswitch.core.datapath import Datapath
+from vswitch.core.wire import VNET_HDR_LEN
+from vswitch.shell.control import ControlServer, ControlTable
+from vswitch.shell.loop import Shell
+from vswitch.tools.debug import SERVED
+from vswitch.tools.debug.bpf import MAX_NESTING, FilterError, compile_filter
+from vswitch.tools.debug.trace import MAX_LIVE_TRACES
 
 if TYPE_CHECKING:
-    from vswitch.instance import Instance
+    from vswitch.shell.instance import Instance
 
 H = [mac(i) for i in range(3)]  # host i lives behind port i
 DEADLINE = 5.0
@@ -242,12 +242,17 @@ Client = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 STATUS = {"ok": True, "result": {"instance": "bench"}}  # what the bench answers to "status"
 
 
-def serve(bench: Bench, scenario: Callable[[ControlServer, Path], Awaitable[None]]) -> None:
-    """Run scenario against a control server for this bench, on the bench's loop; close it after."""
+def serve(
+    bench: Bench,
+    scenario: Callable[[ControlServer[Instance], Path], Awaitable[None]],
+    table: ControlTable[Instance] = SERVED,
+) -> None:
+    """Run scenario against a control server for this bench (serving what a switch serves), on the
+    bench's loop; close it after."""
 
     async def run() -> None:
         with tempfile.TemporaryDirectory(prefix="rfx") as tmp:
-            server = ControlServer(bench.instance, Path(tmp) / "control.sock")
+            server = ControlServer(bench.instance, Path(tmp) / "control.sock", table)
             await server.start()
             try:
                 await asyncio.wait_for(scenario(server, server.path), 30)
@@ -279,16 +284,14 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def test_malformed_requests_get_an_error_reply_and_the_connection_keeps_serving(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_malformed_requests_get_an_error_reply_and_the_connection_keeps_serving(bench: Bench) -> None:
     def boom(_instance: Instance, _req: dict[str, Any]) -> Any:
         raise KeyError("a bug\nover two lines")
 
-    monkeypatch.setitem(COMMANDS, "rfx-boom", boom)
+    table = SERVED.merged(ControlTable({"rfx-boom": boom}))
     data = b64(to_1()[VNET_HDR_LEN:])
 
-    async def scenario(_server: ControlServer, path: Path) -> None:
+    async def scenario(_server: ControlServer[Instance], path: Path) -> None:
         client = await connect(path)
         nested = await ask(client, b"[" * 100_000 + b"]" * 100_000)
         assert nested["ok"] is False and "nested too deeply" in nested["error"]
@@ -300,12 +303,12 @@ def test_malformed_requests_get_an_error_reply_and_the_connection_keeps_serving(
         assert await ask(client, request("status")) == STATUS
         client[1].close()
 
-    serve(bench, scenario)
+    serve(bench, scenario, table)
 
 
 @pytest.mark.parametrize("cmd", ["trace-live", "capture"])
 def test_a_stream_with_a_filter_too_deep_is_refused_with_a_reply(bench: Bench, cmd: str) -> None:
-    async def scenario(_server: ControlServer, path: Path) -> None:
+    async def scenario(_server: ControlServer[Instance], path: Path) -> None:
         client = await connect(path)
         reply = await ask(client, request(cmd, port="p0", filter="(" * 5000))
         assert reply["ok"] is False and "nested deeper than" in reply["error"]
@@ -316,7 +319,7 @@ def test_a_stream_with_a_filter_too_deep_is_refused_with_a_reply(bench: Bench, c
 
 
 def test_a_live_trace_count_beyond_the_cap_is_refused(bench: Bench) -> None:
-    async def scenario(_server: ControlServer, path: Path) -> None:
+    async def scenario(_server: ControlServer[Instance], path: Path) -> None:
         for count in (10**6, MAX_LIVE_TRACES + 1, -1, "many"):
             reply = await ask(await connect(path), request("trace-live", port="p0", count=count))
             assert reply["ok"] is False and "count" in reply["error"], reply
@@ -338,7 +341,7 @@ def test_a_live_trace_never_makes_more_traces_than_asked_and_lets_go_when_the_cl
     monkeypatch.setattr(trace_module, "trace", counted)
     count = 3
 
-    async def scenario(_server: ControlServer, path: Path) -> None:
+    async def scenario(_server: ControlServer[Instance], path: Path) -> None:
         reader, writer = await connect(path)
         writer.write(request("trace-live", port="p0", count=count) + b"\n")
         assert json.loads(await reader.readline()) == {"ok": True, "result": "tracing"}
@@ -370,7 +373,7 @@ def test_close_ends_the_connections_still_open(bench: Bench) -> None:
     by close(), not left pending for the loop's close to destroy ("Task was destroyed but it is
     pending!")."""
 
-    async def scenario(server: ControlServer, path: Path) -> None:
+    async def scenario(server: ControlServer[Instance], path: Path) -> None:
         ours = asyncio.all_tasks()  # the test's own; every other task is a connection's
         idle = await connect(path)
         assert (await ask(idle, request("status")))["ok"] is True
@@ -397,7 +400,7 @@ def test_a_streaming_client_that_keeps_talking_is_not_buffered() -> None:
     as it comes. StreamReader.read() would keep it all until EOF (4 MB here; the peak shows it)."""
     import tracemalloc
 
-    from vswitch.debug.common import client_gone
+    from vswitch.tools.debug.common import client_gone
 
     chunk = b"x" * 65536
 

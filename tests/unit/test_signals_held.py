@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from vswitch.kernel import STOP_SIGNALS, stop_signals_held
+from vswitch.shell.kernel import STOP_SIGNALS, stop_signals_held
 
 
 def test_ctrl_c_waits_for_the_end_of_the_block() -> None:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from vswitch.state import pid_alive, process_start
+from vswitch.shell.state import pid_alive, process_start
 
 
 def test_a_running_process_is_alive_and_its_start_time_identifies_it() -> None:

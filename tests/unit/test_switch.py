@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from conftest import BROADCAST, arp_request, frame, ip_of, mac, vnet_header
 
-from vswitch.counters import Drop
-from vswitch.fdb import Fdb
-from vswitch.switch import Switch
-from vswitch.wire import ETH_MIN, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, ZERO_MAC
+from vswitch.core.counters import Drop
+from vswitch.core.fdb import Fdb
+from vswitch.core.l2 import Switch
+from vswitch.core.wire import ETH_MIN, VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, ZERO_MAC
 
 A, B, C = mac(1), mac(2), mac(3)
 ROUTER = mac(0xFE)

@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from vswitch import api
-from vswitch.fdb import Fdb
-from vswitch.kernel import STOP_SIGNALS
-from vswitch.topology import (
+from vswitch.config.topology import (
     ConfigError,
     Request,
     Topology,
@@ -24,6 +22,8 @@ from vswitch.topology import (
     parse_uplink,
     request_from_toml,
 )
+from vswitch.core.fdb import Fdb
+from vswitch.shell.kernel import STOP_SIGNALS
 
 PORTS = 'ports = ["a", "b"]\n'
 
@@ -96,8 +96,9 @@ class FakeInstance:
     # Set by a test: runs on the loop's thread once serve() begins, before it can be stopped.
     on_serve: Callable[[FakeInstance], None] = staticmethod(lambda _instance: None)
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, control: object = None) -> None:
         self.topology = topology
+        self.control = control
         self.shell = None
         self.masked_during_build: set[int | signal.Signals] = set()
         self.stop_calls = 0

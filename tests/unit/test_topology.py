@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from vswitch.topology import (
+from vswitch.config.topology import (
     ConfigError,
     Request,
     build,
@@ -173,7 +173,7 @@ def test_mtu_for_all_then_per_segment_from_the_command_line_and_toml() -> None:
 def test_subnet6_numbers_the_namespace_ports_and_refuses_what_cannot_work() -> None:
     from ipaddress import IPv6Interface, IPv6Network
 
-    from vswitch.topology import parse_subnet6
+    from vswitch.config.topology import parse_subnet6
 
     topo = build(Request(ports=parse_ports("a,b,c"), subnet6=IPv6Network("fd00:10::/64"), host=True))
     six = {p.label: p.address6 for p in topo.ports}

@@ -10,12 +10,12 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from vswitch.datapath import Datapath
-from vswitch.debug.trace import render, trace
-from vswitch.nat import NatConfig
-from vswitch.router import Interface, Router
-from vswitch.routes import Route
-from vswitch.wire import ZERO_VNET_HDR
+from vswitch.core.datapath import Datapath
+from vswitch.core.nat import NatConfig
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import ZERO_VNET_HDR
+from vswitch.tools.debug.trace import render, trace
 
 R0, R1, RW = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03"
 A, B, C, UP = "02:00:00:00:01:02", "02:00:00:00:01:03", "02:00:00:00:02:02", "02:00:00:00:00:ff"

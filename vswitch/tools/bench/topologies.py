@@ -29,7 +29,7 @@ from typing import Any
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..kernel import remove_netns_named, stop_signals_held
+from ...shell.kernel import remove_netns_named, stop_signals_held
 from .ovs import OvsError, PrivateOvs
 from .ovs import version as ovs_version
 from .process import terminate

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Interface
 from typing import Any, Final
 
-from ..topology import UPLINK_SEGMENT
+from ...config.topology import UPLINK_SEGMENT
 from .common import b64, call, next_hop_mac
 from .doctor import NUD_FAILED, NUD_INCOMPLETE, kernel_findings, neighbour_state
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from ipaddress import ip_address
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..instance import Instance
+from ..core.datapath import Datapath
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -39,8 +37,8 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(instance: Instance) -> str:
-    counters = instance.datapath.counters
+def render(datapath: Datapath) -> str:
+    counters = datapath.counters
     lines: list[str] = []
     columns = (
         ("rx_packets", counters.rx_packets, "frames received from the port"),
@@ -63,10 +61,10 @@ def render(instance: Instance) -> str:
         "# HELP vswitch_router_drops_total packets the router dropped, by reason",
         "# TYPE vswitch_router_drops_total counter",
     ]
-    if instance.router is not None:
-        for reason, count in sorted(instance.router.drops.items()):
+    if datapath.router is not None:
+        for reason, count in sorted(datapath.router_drops().items()):
             lines.append(f'vswitch_router_drops_total{{reason="{_label(reason)}"}} {count}')
-    flows = instance.datapath.flows
+    flows = datapath.flows
     if flows is not None:
         lines += [
             "# HELP vswitch_flow_cache_lookups_total routed frames looked up in the flow cache, by result",
@@ -77,13 +75,13 @@ def render(instance: Instance) -> str:
             "# TYPE vswitch_flow_cache_entries gauge",
             f"vswitch_flow_cache_entries {len(flows)}",
         ]
-    entries = sum(len(s.switch.fdb) for s in instance.datapath.segments)
+    entries = sum(len(s.switch.fdb) for s in datapath.segments)
     lines += ["# HELP vswitch_fdb_entries MAC addresses learned", "# TYPE vswitch_fdb_entries gauge"]
     lines.append(f"vswitch_fdb_entries {entries}")
     return "\n".join(lines) + "\n"
 
 
-async def start_metrics(instance: Instance, host: str, port: int) -> asyncio.AbstractServer:
+async def start_metrics(datapath: Datapath, host: str, port: int) -> asyncio.AbstractServer:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
@@ -94,7 +92,7 @@ async def start_metrics(instance: Instance, host: str, port: int) -> asyncio.Abs
             elif path.split("?", 1)[0] != "/metrics":
                 status, body, ctype = "404 Not Found", "try /metrics\n", "text/plain"
             else:
-                status, body, ctype = "200 OK", render(instance), CONTENT_TYPE
+                status, body, ctype = "200 OK", render(datapath), CONTENT_TYPE
             data = body.encode()
             writer.write(
                 f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"

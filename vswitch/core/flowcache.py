@@ -84,7 +84,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from .switch import Switch
+    from .l2 import Switch
 
 Output = tuple[int, Frame]  # a hit's frame: bytes, or a Gather for a long payload
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Final
 
-from ..control import CommandError, ControlError, command, stream
-from ..counters import Drop
-from ..datapath import Datapath, Transmit
-from ..router import Router
-from ..wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
+from ...core.counters import Drop
+from ...core.datapath import Datapath, Transmit
+from ...core.router import Router
+from ...core.wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
+from ...shell.control import CommandError, ControlError
 from .common import (
     b64,
     call,
@@ -41,7 +41,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..instance import Instance
+    from ...shell.instance import Instance
 
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP"}
 # Each live trace deep-copies the whole datapath on the packet path and is held until the client reads
@@ -273,8 +273,7 @@ def _frame(req: dict[str, Any]) -> bytes:
     return ZERO_VNET_HDR + frame
 
 
-@command("trace")
-def _trace_command(instance: Instance, req: dict[str, Any]) -> Any:
+def trace_command(instance: Instance, req: dict[str, Any]) -> Any:
     """{"port", "data"} traced on a copy; "then": [{"port", "data"}, ...] follow on the same copy (their
     results come back in "then"); "send": true then delivers the first frame for real."""
     port = live_port(instance, req.get("port"))
@@ -301,8 +300,7 @@ def _trace_command(instance: Instance, req: dict[str, Any]) -> Any:
     return result
 
 
-@stream("trace-live")
-async def _trace_live(
+async def trace_live(
     instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """Trace the next frames the port receives that match the filter, each on a copy taken just before

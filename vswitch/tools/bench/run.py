@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .. import __version__
+from ... import __version__
 from . import measure, report
 from .measure import FIGURES, IperfServer, Plan
 from .topologies import (

@@ -20,14 +20,14 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..config.topology import UPLINK_SEGMENT, PortSpec, Topology
+from ..core.datapath import Datapath
 from . import kernel
-from .control import ControlServer
-from .datapath import Datapath
+from .control import ControlServer, ControlTable
 from .kernel import STOP_SIGNALS, KernelError
-from .shell import Shell
+from .loop import Shell
 from .state import Ledger, socket_path, state_path
 from .tap import Tap, TapError, open_tap
-from .topology import UPLINK_SEGMENT, PortSpec, Topology
 
 
 class StartError(Exception):
@@ -77,7 +77,14 @@ def _tap_name(instance: str) -> str:
 
 
 class Instance:
-    def __init__(self, topology: Topology, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        control: ControlTable[Instance],
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """control: the requests its control socket answers (the CLI and the API serve debug.SERVED)."""
+        self.control = control
         self.topology = topology
         self.ledger = Ledger(topology.name)
         self.datapath = Datapath(topology.ageing, topology.fdb_max, topology.flow_cache)
@@ -168,9 +175,9 @@ class Instance:
 
     def _add_router(self) -> None:
         """One router interface per segment (the gateway), one on the uplink, NAT toward it."""
-        from .nat import NatConfig, PortForward
-        from .router import Interface, Router
-        from .routes import Route
+        from ..core.nat import NatConfig, PortForward
+        from ..core.router import Interface, Router
+        from ..core.routes import Route
 
         topo = self.topology
         interfaces: list[Interface] = []
@@ -235,7 +242,7 @@ class Instance:
         for port in self.ports:
             shell.attach(port.id, port.tap.fd)
         shell.start_timer()
-        control = ControlServer(self, socket_path(self.topology.name))
+        control = ControlServer(self, socket_path(self.topology.name), self.control)
         try:
             await control.start()
         except OSError as exc:
@@ -246,10 +253,10 @@ class Instance:
         self.ledger.record("socket", path=str(control.path))
         metrics: asyncio.AbstractServer | None = None
         if self.metrics is not None:
-            from .debug.metrics import start_metrics
+            from .metrics import start_metrics
 
             try:
-                metrics = await start_metrics(self, *self.metrics)
+                metrics = await start_metrics(self.datapath, *self.metrics)
             except OSError as exc:
                 shell.detach_all()
                 await control.close()
@@ -325,7 +332,7 @@ class Instance:
         }
 
     def fdb(self, now: float) -> list[dict[str, Any]]:
-        from .wire import mac_str
+        from ..core.wire import mac_str
 
         names = self.datapath.counters.names
         rows = []

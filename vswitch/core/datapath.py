@@ -14,6 +14,7 @@ A frame for the router asks the flow cache (flowcache.py) first; on a miss it ta
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,8 +23,8 @@ from .counters import Counters, Drop
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
 from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
 from .flowcache import FlowCache
+from .l2 import Switch
 from .router import Router, Transmit
-from .switch import Switch
 from .wire import VNET_HDR_LEN, Frame
 
 # A list verdict's frames are bytes, or a Gather (flowcache.py: a long payload, written with writev).
@@ -170,6 +171,9 @@ class Datapath:
         if self.router is None:
             return []
         return self.from_router(self.router.on_timer(now), now)
+
+    def router_drops(self) -> Counter[str]:
+        return Counter(getattr(self.router, "drops", {}))
 
     def drop_reasons(self) -> dict[str, int]:
         return dict(self.counters.total_drops())

@@ -16,19 +16,18 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from ..control import ControlError, stream
-from ..wire import VNET_HDR_LEN
+from ...core.wire import VNET_HDR_LEN
+from ...shell.control import ControlError
 from .common import b64, client_gone, instance_socket, port_stream_setup, unb64
 
 if TYPE_CHECKING:
-    from ..instance import Instance
+    from ...shell.instance import Instance
 
 QUEUE_FRAMES: Final = 4096
 QUEUE_BYTES: Final = 32 << 20
 
 
-@stream("capture")
-async def _capture(
+async def capture_stream(
     instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     setup = port_stream_setup(instance, req, writer)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..control import CommandError, command
-from ..wire import ZERO_VNET_HDR
+from ...core.wire import ZERO_VNET_HDR
+from ...shell.control import CommandError
 from .common import b64, call, evaluate, fill_ether, live_port, shell_of, unb64
 
 if TYPE_CHECKING:
-    from ..instance import Instance
+    from ...shell.instance import Instance
 
 
-@command("inject")
-def _inject(instance: Instance, req: dict[str, Any]) -> Any:
+def inject_command(instance: Instance, req: dict[str, Any]) -> Any:
     port = live_port(instance, req.get("port"))
     frame = unb64(req.get("data"))
     if len(frame) < 14:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from ..kernel import IFF_UP, open_existing_namespace
-from ..topology import UPLINK_SEGMENT
+from ...config.topology import UPLINK_SEGMENT
+from ...shell.kernel import IFF_UP, open_existing_namespace
 from .common import call
 
 NUD_FAILED = 0x20

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from .counters import Drop
-from .datapath import Datapath
-from .wire import VNET_HDR_LEN, Frame, Gather
+from ..core.counters import Drop
+from ..core.datapath import Datapath
+from ..core.wire import VNET_HDR_LEN, Frame, Gather
 
 BATCH: Final = 64
 # 64 KiB TSO super-frame + the virtio-net header; anything smaller silently truncates (design.md).
@@ -325,3 +325,12 @@ class Shell:
 
     def start_timer(self) -> None:
         self._rearm(self.loop.time())
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio is the fallback
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop

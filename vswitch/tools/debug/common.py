@@ -11,13 +11,13 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..control import CommandError, ControlError, command, request
-from ..state import socket_path
-from ..topology import ConfigError, check_instance
+from ...config.topology import ConfigError, check_instance
+from ...shell.control import CommandError, ControlError, request
+from ...shell.state import socket_path
 
 if TYPE_CHECKING:
-    from ..instance import Instance, LivePort
-    from ..shell import Shell
+    from ...shell.instance import Instance, LivePort
+    from ...shell.loop import Shell
 
 
 def b64(data: bytes) -> str:
@@ -143,8 +143,7 @@ def evaluate(expression: str) -> Any:
     return packet
 
 
-@command("debug-info")
-def _debug_info(instance: Instance, _req: dict[str, Any]) -> Any:
+def debug_info(instance: Instance, _req: dict[str, Any]) -> Any:
     """status, plus the router's interfaces (their MACs are what a namespace's gateway resolves to)."""
     info = instance.status()
     info["router_interfaces"] = [] if instance.router is None else instance.router.interfaces_table()

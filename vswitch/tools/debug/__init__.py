@@ -1,7 +1,8 @@
 """Packet-level debugging: capture, trace, inject, pingall, doctor, and the Prometheus endpoint.
 
-Importing this package registers its control-socket commands (capture, trace, trace-live, inject,
-debug-info) in the switch process. scapy is imported only inside the client-side handlers.
+`SERVED` is the whole control table a switch serves: the shell's own commands and this package's
+server sides (capture, trace, trace-live, inject, debug-info). The CLI and the Python API both hand it
+to the instance they start. scapy is imported only inside the client-side handlers.
 """
 
 from __future__ import annotations
@@ -9,14 +10,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from ..control import ControlError
+from ...shell.commands import BASE
+from ...shell.control import ControlError, ControlTable
+from ...shell.instance import Instance
 from . import capture, common, doctor, inject, pingall, trace
 from .bpf import FilterError
 from .pcap import PcapError
 
 Handler = Callable[[argparse.Namespace], int]
+
+SERVED: Final[ControlTable[Instance]] = BASE.merged(
+    ControlTable(
+        commands={
+            "debug-info": common.debug_info,
+            "trace": trace.trace_command,
+            "inject": inject.inject_command,
+        },
+        streams={"capture": capture.capture_stream, "trace-live": trace.trace_live},
+    )
+)
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -47,4 +61,4 @@ def register(sub: Any) -> dict[str, Handler]:
     }
 
 
-__all__ = ["common", "register"]
+__all__ = ["SERVED", "common", "register"]

@@ -1,8 +1,10 @@
 """The control socket: one JSON object per line each way, over a root-only Unix socket.
 
 Requests are {"cmd": NAME, ...}; replies are {"ok": true, "result": ...} or {"ok": false, "error": "..."}.
-Commands are looked up in a table, so another module adds one by registering a handler.
-A streaming command (`@stream`) takes the connection over after its request line: its handler gets the
+Commands are looked up in an explicit table (`ControlTable`) that whoever starts an instance hands it:
+the shell's own commands are `commands.BASE`; the CLI and the Python API serve `tools.debug.SERVED`
+(those and the debug tools'), so both serve the same set whatever modules happen to be imported.
+A streaming command takes the connection over after its request line: its handler gets the
 reader and writer and writes its own JSON lines until it is done or the client goes away.
 Whatever a request does wrong, or a handler raises, costs that request an error reply, never the server.
 """
@@ -15,39 +17,38 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .instance import Instance
+from typing import Any, Generic, TypeVar
 
 MAX_REQUEST = 1 << 20
 MAX_ERROR = 200  # characters of an exception's message in an error reply
 CLIENTS_CLOSE_TIMEOUT = 1.0  # seconds close() waits for the cancelled client tasks
 log = logging.getLogger("vswitch")
-Handler = Callable[["Instance", dict[str, Any]], Any | Awaitable[Any]]
-COMMANDS: dict[str, Handler] = {}
-StreamHandler = Callable[
-    ["Instance", dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
-]
-STREAMS: dict[str, StreamHandler] = {}
+T = TypeVar("T")  # what the handlers serve: the running instance
+Handler = Callable[[T, dict[str, Any]], Any | Awaitable[Any]]
+StreamHandler = Callable[[T, dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def command(name: str) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        COMMANDS[name] = handler
-        return handler
+@dataclass(frozen=True)
+class ControlTable(Generic[T]):
+    """The requests a control server answers: one reply each, or a stream that takes the connection."""
 
-    return register
+    commands: Mapping[str, Handler[T]]
+    streams: Mapping[str, StreamHandler[T]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        both = set(self.commands) & set(self.streams)
+        if both:
+            raise ValueError(f"control commands named twice: {sorted(both)}")
 
-def stream(name: str) -> Callable[[StreamHandler], StreamHandler]:
-    def register(handler: StreamHandler) -> StreamHandler:
-        STREAMS[name] = handler
-        return handler
-
-    return register
+    def merged(self, other: ControlTable[T]) -> ControlTable[T]:
+        """This table with other's entries added; a name in both is a mistake, not an override."""
+        clash = (set(self.commands) | set(self.streams)) & (set(other.commands) | set(other.streams))
+        if clash:
+            raise ValueError(f"control commands named twice: {sorted(clash)}")
+        return ControlTable({**self.commands, **other.commands}, {**self.streams, **other.streams})
 
 
 def _parse(line: bytes) -> dict[str, Any]:
@@ -75,56 +76,15 @@ def _line(reply: dict[str, Any]) -> bytes:
     return json.dumps(reply).encode() + b"\n"
 
 
-@command("status")
-def _status(instance: Instance, _req: dict[str, Any]) -> Any:
-    return instance.status()
-
-
-@command("fdb")
-def _fdb(instance: Instance, _req: dict[str, Any]) -> Any:
-    return instance.fdb(asyncio.get_running_loop().time())
-
-
-@command("stats")
-def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
-    snapshot = instance.datapath.counters.snapshot()
-    if instance.router is not None:
-        snapshot["router"] = {
-            "drops": dict(sorted(instance.router.drops.items())),
-            "events": dict(sorted(instance.router.events.items())),
-        }
-    return snapshot
-
-
 class CommandError(Exception):
     """A request the running instance cannot answer; the message goes back to the client."""
 
 
-def _router(instance: Instance) -> Any:
-    if instance.router is None:
-        raise CommandError("this instance has no router: start it with --segment or --uplink")
-    return instance.router
-
-
-@command("routes")
-def _routes(instance: Instance, _req: dict[str, Any]) -> Any:
-    return _router(instance).routes_table()
-
-
-@command("arp")
-def _arp(instance: Instance, _req: dict[str, Any]) -> Any:
-    return _router(instance).arp_table(asyncio.get_running_loop().time())
-
-
-@command("conntrack")
-def _conntrack(instance: Instance, _req: dict[str, Any]) -> Any:
-    return _router(instance).conntrack_table(asyncio.get_running_loop().time())
-
-
-class ControlServer:
-    def __init__(self, instance: Instance, path: Path) -> None:
+class ControlServer(Generic[T]):
+    def __init__(self, instance: T, path: Path, table: ControlTable[T]) -> None:
         self.instance = instance
         self.path = path
+        self.table = table
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[Any]] = set()  # one per connection, cancelled by close()
 
@@ -169,7 +129,7 @@ class ControlServer:
                     writer.write(_line({"ok": False, "error": f"bad request: {exc}"}))
                     await writer.drain()
                     continue
-                streamer = STREAMS.get(str(request.get("cmd")))
+                streamer = self.table.streams.get(str(request.get("cmd")))
                 if streamer is not None:
                     await self._stream(streamer, request, reader, writer)
                     break
@@ -187,7 +147,7 @@ class ControlServer:
     async def _dispatch(self, request: dict[str, Any]) -> bytes:
         """The reply line; encoded here, so a result JSON cannot encode fails this request only."""
         try:
-            handler = COMMANDS.get(str(request.get("cmd")))
+            handler = self.table.commands.get(str(request.get("cmd")))
             if handler is None:
                 return _line({"ok": False, "error": f"unknown command {request.get('cmd')!r}"})
             result = handler(self.instance, request)
@@ -203,7 +163,7 @@ class ControlServer:
 
     async def _stream(
         self,
-        handler: StreamHandler,
+        handler: StreamHandler[T],
         request: dict[str, Any],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,

@@ -18,11 +18,20 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
-from typing import Any
+from typing import Any, Final
 
-from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
-from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_ENTRIES
-from .tap import valid_ifname
+from ..core.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
+from ..core.flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_ENTRIES
+
+IFNAMSIZ: Final = 16  # the kernel's limit on a link name, with its NUL
+
+
+def valid_ifname(name: str) -> bool:
+    """The kernel's dev_valid_name(): 1..15 bytes, not . or .., no '/', ':' or whitespace."""
+    if not 0 < len(name.encode()) < IFNAMSIZ or name in (".", ".."):
+        return False
+    return not any(c in "/:" or c.isspace() for c in name)
+
 
 DEFAULT_SUBNET = IPv4Network("10.0.0.0/24")
 DEFAULT_IFNAME = "eth0"

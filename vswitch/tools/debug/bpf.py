@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final
 
-from ..wire import parse_mac
+from ...core.wire import parse_mac
 
 ETHERTYPES: Final = {"ip": 0x0800, "arp": 0x0806, "ip6": 0x86DD, "vlan": 0x8100}
 IP_PROTOS: Final = {"icmp": 1, "tcp": 6, "udp": 17}

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from ..config.topology import valid_ifname
+
 TUN_PATH: Final = "/dev/net/tun"
 TUNSETIFF: Final = 0x400454CA
 TUNSETOFFLOAD: Final = 0x400454D0
@@ -34,7 +36,6 @@ TUN_F_USO6: Final = 0x40
 BASE_OFFLOADS: Final = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 USO_OFFLOADS: Final = TUN_F_USO4 | TUN_F_USO6  # Linux 6.2+: both or neither
 
-IFNAMSIZ: Final = 16
 IFREQ: Final = struct.Struct("16sH22x")
 
 
@@ -55,13 +56,6 @@ class Tap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def valid_ifname(name: str) -> bool:
-    """The kernel's dev_valid_name(): 1..15 bytes, not . or .., no '/', ':' or whitespace."""
-    if not 0 < len(name.encode()) < IFNAMSIZ or name in (".", ".."):
-        return False
-    return not any(c in "/:" or c.isspace() for c in name)
 
 
 def open_tap(name: str) -> Tap:
