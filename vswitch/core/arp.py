@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Final
 
-from .counters import Drop
+from .counters import Drop, Event
 from .wire import (
     ARP,
     ARP_REPLY,
@@ -130,7 +130,7 @@ class ArpCache:
         if entry is None or now - entry.updated < self.timeout or now - entry.probed < self.retry_interval:
             return None
         entry.probed = now
-        self.events["arp-probe"] += 1
+        self.events[Event.ARP_PROBE] += 1
         return entry.mac
 
     def is_failed(self, ip: int, now: float) -> bool:
@@ -154,13 +154,13 @@ class ArpCache:
                 self.sweep(now)
                 if len(self.entries) >= self.cache_max:
                     del self.entries[next(iter(self.entries))]
-                    self.events["arp-evicted"] += 1
+                    self.events[Event.ARP_EVICTED] += 1
                     self._changed()
             self.entries[ip] = Neighbour(mac, iface, now)
-            self.events["arp-learned"] += 1
+            self.events[Event.ARP_LEARNED] += 1
         else:
             if entry.mac != mac:
-                self.events["arp-changed"] += 1
+                self.events[Event.ARP_CHANGED] += 1
             if entry.mac != mac or entry.iface != iface:
                 self._changed()
             entry.mac, entry.iface, entry.updated = mac, iface, now
@@ -172,7 +172,7 @@ class ArpCache:
         pending = self.pending.pop(ip, None)
         if pending is None:
             return []
-        self.events["arp-resolved"] += 1
+        self.events[Event.ARP_RESOLVED] += 1
         self._forget_queue(pending)
         return list(pending.queue)
 
@@ -223,7 +223,7 @@ class ArpCache:
                 self._forget_queue(pending)
                 self._remember_failure(ip, now)
                 failed.extend(pending.queue)
-                self.events["arp-failed"] += 1
+                self.events[Event.ARP_FAILED] += 1
             else:
                 pending.tries += 1
                 pending.next_try = now + self.retry_interval
@@ -243,7 +243,7 @@ class ArpCache:
         stale = [ip for ip, e in self.entries.items() if e.updated <= limit]
         for ip in stale:
             del self.entries[ip]
-        self.events["arp-aged"] += len(stale)
+        self.events[Event.ARP_AGED] += len(stale)
         if stale:
             self._changed()
         for ip in [ip for ip, until in self.failed.items() if until <= now]:

@@ -29,6 +29,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address
 from typing import Final
 
+from .counters import Event
 from .wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 KEY: Final = struct.Struct("!B4sH4sH")  # proto, src, sport, dst, dport: a flow key, as bytes
@@ -187,7 +188,7 @@ class Conntrack:
     def get(self, key: bytes, now: float) -> tuple[Flow, int] | None:
         found = self.keys.get(key)
         if found is not None and found[0].expires <= now:
-            self.remove(found[0], "conntrack-expired")
+            self.remove(found[0], Event.CONNTRACK_EXPIRED)
             return None
         return found
 
@@ -200,7 +201,7 @@ class Conntrack:
             return True
         if not self._unassured:
             return False
-        self.remove(next(iter(self._unassured)), "conntrack-early-drop")
+        self.remove(next(iter(self._unassured)), Event.CONNTRACK_EARLY_DROP)
         return True
 
     def insert(self, flow: Flow, now: float) -> None:
@@ -211,7 +212,7 @@ class Conntrack:
         self.keys[flow.reply] = (flow, REPLY)
         self.flows[flow] = None
         self._unassured[flow] = None
-        self.events["conntrack-new"] += 1
+        self.events[Event.CONNTRACK_NEW] += 1
         if self.on_change is not None:
             self.on_change(flow)  # its keys may have been routed untracked until now
 
@@ -225,7 +226,7 @@ class Conntrack:
             after = None if table is None else table.get(flow.state)
             if after is None:
                 valid = False
-                self.events["conntrack-tcp-invalid"] += 1
+                self.events[Event.CONNTRACK_TCP_INVALID] += 1
             else:
                 if after is not flow.state and self.on_change is not None:
                     self.on_change(flow)
@@ -278,7 +279,7 @@ class Conntrack:
         flow.assured = True
         self._unassured.pop(flow, None)
 
-    def remove(self, flow: Flow, event: str = "conntrack-removed") -> None:
+    def remove(self, flow: Flow, event: Event = Event.CONNTRACK_REMOVED) -> None:
         if flow not in self.flows:
             return  # already gone (expired during a lookup, then swept)
         del self.flows[flow]
@@ -300,7 +301,7 @@ class Conntrack:
             return 0
         stale = [f for f in self.flows if f.expires <= now]
         for flow in stale:
-            self.remove(flow, "conntrack-expired")
+            self.remove(flow, Event.CONNTRACK_EXPIRED)
         soonest = min((f.expires for f in self.flows), default=None)
         self._next_pass = None if soonest is None else max(soonest, now + MIN_PASS_INTERVAL)
         return len(stale)

@@ -63,6 +63,62 @@ class Drop(StrEnum):
     CONNTRACK_FULL = "conntrack-full"  # table full and every flow is established (assured)
 
 
+class Event(StrEnum):
+    """Notable things that are not drops, counted switch-wide. The value is the counter's name."""
+
+    FDB_LEARNED = "fdb-learned"
+    FDB_MOVES = "fdb-moves"
+    FDB_FULL = "fdb-full"
+    FDB_AGED = "fdb-aged"
+    ARP_PROBE = "arp-probe"
+    ARP_EVICTED = "arp-evicted"
+    ARP_LEARNED = "arp-learned"
+    ARP_CHANGED = "arp-changed"
+    ARP_RESOLVED = "arp-resolved"
+    ARP_FAILED = "arp-failed"
+    ARP_AGED = "arp-aged"
+    ARP_ADDRESS_CONFLICT = "arp-address-conflict"
+    ARP_REPLIED = "arp-replied"
+    CONNTRACK_NEW = "conntrack-new"
+    CONNTRACK_TCP_INVALID = "conntrack-tcp-invalid"
+    CONNTRACK_REMOVED = "conntrack-removed"
+    CONNTRACK_EXPIRED = "conntrack-expired"
+    CONNTRACK_EARLY_DROP = "conntrack-early-drop"
+    CONNTRACK_UNCONFIRMED = "conntrack-unconfirmed"
+    CONNTRACK_ROUTED_FLOW = "conntrack-routed-flow"
+    NAT_NEW_FLOW = "nat-new-flow"
+    NAT_MAPPING_NEW = "nat-mapping-new"
+    NAT_MAPPING_FREED = "nat-mapping-freed"
+    NAT_FRAGMENT_EVICTED = "nat-fragment-evicted"
+    NAT_FRAGMENT_RELEASED = "nat-fragment-released"
+    NAT_FRAGMENT_TRANSLATED = "nat-fragment-translated"
+    NAT_FRAGMENT_HELD = "nat-fragment-held"
+    NAT_ICMP_ERROR_TRANSLATED = "nat-icmp-error-translated"
+    NOT_FOR_ROUTER = "not-for-router"
+    BROADCAST_IGNORED = "broadcast-ignored"
+    ORIGINATED_NO_ROUTE = "originated-no-route"
+    ICMP_ECHO_REPLIED = "icmp-echo-replied"
+    ICMP_ERROR_ABOUT_ICMP_ERROR_SUPPRESSED = "icmp-error-about-icmp-error-suppressed"
+    ICMP_RATE_LIMITED = "icmp-rate-limited"
+    ICMP_ERROR_SENT = "icmp-error-sent"
+    ICMP_NET_UNREACHABLE_SENT = "icmp-net-unreachable-sent"
+    ICMP_HOST_UNREACHABLE_SENT = "icmp-host-unreachable-sent"
+    ICMP_PROTOCOL_UNREACHABLE_SENT = "icmp-protocol-unreachable-sent"
+    ICMP_PORT_UNREACHABLE_SENT = "icmp-port-unreachable-sent"
+    ICMP_FRAG_NEEDED_SENT = "icmp-frag-needed-sent"
+    ICMP_TIME_EXCEEDED_SENT = "icmp-time-exceeded-sent"
+    IP_FRAGMENTED = "ip-fragmented"
+    IP_FRAGMENTS_MADE = "ip-fragments-made"
+    FLOW_CACHE_HITS = "flow-cache-hits"
+    FLOW_CACHE_MISSES = "flow-cache-misses"
+    FLOW_CACHE_FLUSHED = "flow-cache-flushed"
+    FLOW_CACHE_FULL_SKIP = "flow-cache-full-skip"
+    FLOW_CACHE_MISMATCH = "flow-cache-mismatch"
+    FLOW_CACHE_EVICTED = "flow-cache-evicted"
+    PORT_GONE = "port-gone"
+    OBSERVER_ERROR = "observer-error"
+
+
 class Counters:
     """Per-port rx/tx packets and bytes, per-port drops by reason, and switch-wide events."""
 
@@ -116,6 +172,6 @@ class Counters:
         """The events, with the flow cache's hits and misses once it has seen a packet."""
         events = Counter(self.events)
         if self.flow_cache_hits or self.flow_cache_misses:
-            events["flow-cache-hits"] = self.flow_cache_hits
-            events["flow-cache-misses"] = self.flow_cache_misses
+            events[Event.FLOW_CACHE_HITS] = self.flow_cache_hits
+            events[Event.FLOW_CACHE_MISSES] = self.flow_cache_misses
         return events

@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .counters import Event
+
 DEFAULT_AGEING = 300.0
 DEFAULT_MAX_ENTRIES = 8192
 # An ageing pass runs at most this often, so staggered entries cost one pass a second, not one each.
@@ -76,16 +78,16 @@ class Fdb:
                 return entry.port == port
             if entry.port != port:
                 entry.port = port
-                self.events["fdb-moves"] += 1
+                self.events[Event.FDB_MOVES] += 1
                 self._changed()
             entry.seen = now
             return True
         if self._learned >= self.max_entries:
-            self.events["fdb-full"] += 1
+            self.events[Event.FDB_FULL] += 1
             return True
         self.entries[mac] = FdbEntry(port, now)
         self._learned += 1
-        self.events["fdb-learned"] += 1
+        self.events[Event.FDB_LEARNED] += 1
         if self._next_pass is None:
             self._next_pass = now + self.ageing
         return True
@@ -112,7 +114,7 @@ class Fdb:
         for mac in stale:
             del self.entries[mac]
         self._learned -= len(stale)
-        self.events["fdb-aged"] += len(stale)
+        self.events[Event.FDB_AGED] += len(stale)
         if stale:
             self._changed()
         oldest = min((e.seen for e in self.entries.values() if not e.static), default=None)

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from .arp import Neighbour
 from .checksum import fold
 from .conntrack import KEY, ORIGINAL, Flow
-from .counters import Counters
+from .counters import Counters, Event
 from .icmp import ECHO_REPLY, ECHO_REQUEST
 from .router import Router, Transmit, wire_size
 from .wire import (
@@ -211,7 +211,7 @@ class FlowCache:
         """A route, neighbour or FDB entry changed: every entry may be void."""
         for table in (*self.tables, *self.echo_tables):
             table.clear()
-        self.counters.events["flow-cache-flushed"] += 1
+        self.counters.events[Event.FLOW_CACHE_FLUSHED] += 1
 
     def forget_flow(self, flow: Flow) -> None:
         """A tracked flow came, changed state or went: drop the entries under its keys."""
@@ -344,7 +344,7 @@ class FlowCache:
             # emc-insert-inv-prob, only one miss in INSERT_WHEN_FULL gets in, so busy flows still do.
             self._full_misses += 1
             if self._full_misses % INSERT_WHEN_FULL:
-                self.counters.events["flow-cache-full-skip"] += 1
+                self.counters.events[Event.FLOW_CACHE_FULL_SKIP] += 1
                 return
         router = self.router
         forwarded = router.forwarded
@@ -431,14 +431,14 @@ class FlowCache:
         old = table.pop(key, None)  # re-inserted at the end: insertion order stays install order
         table[key] = entry
         if self.forward(segment, pkt, now, dry_run=True) != sent:
-            self.counters.events["flow-cache-mismatch"] += 1
+            self.counters.events[Event.FLOW_CACHE_MISMATCH] += 1
             del table[key]
             if old is not None:
                 table[key] = old
             return
         if len(table) > self.max_entries:
             del table[next(iter(table))]
-            self.counters.events["flow-cache-evicted"] += 1
+            self.counters.events[Event.FLOW_CACHE_EVICTED] += 1
 
 
 READERS: Final = {PROTO_TCP: TCP_READER, PROTO_UDP: UDP_READER, PROTO_ICMP: ICMP_READER}

@@ -38,7 +38,7 @@ from typing import Final
 
 from .checksum import delta, fold, update_complete, update_partial
 from .conntrack import KEY, ORIGINAL, REPLY, Conntrack, Flow, Timeouts
-from .counters import Drop
+from .counters import Drop, Event
 from .icmp import ECHO_REPLY, ECHO_REQUEST, ERROR_TYPES
 from .routes import NextHop
 from .wire import (
@@ -248,7 +248,7 @@ class Nat:
         if mapping[1] == 0:
             del self.mappings[flow.mapping]
             self.ports[flow.proto].free(mapping[0])
-            self.events["nat-mapping-freed"] += 1
+            self.events[Event.NAT_MAPPING_FREED] += 1
 
     # --- the packet path ---------------------------------------------------------------------------
     def process(
@@ -323,12 +323,12 @@ class Nat:
         fragments.pop(key, None)
         while len(fragments) >= FRAGMENT_MAX:
             del fragments[next(iter(fragments))]
-            self.events["nat-fragment-evicted"] += 1
+            self.events[Event.NAT_FRAGMENT_EVICTED] += 1
         fragments[key] = (x, now + FRAGMENT_TIMEOUT)
         waiting = self._unhold(key)
         if waiting is not None:
             self.released.extend((waiting.in_iface, frame) for frame in waiting.frames)
-            self.events["nat-fragment-released"] += len(waiting.frames)
+            self.events[Event.NAT_FRAGMENT_RELEASED] += len(waiting.frames)
 
     def _later_fragment(
         self,
@@ -351,7 +351,7 @@ class Nat:
         buf = bytearray(pkt)
         buf[_IP_ADDRS] = nsrc + ndst
         buf[IP_CSUM : IP_CSUM + 2] = U16.pack(update_complete(U16.unpack_from(buf, IP_CSUM)[0], addr_delta))
-        self.events["nat-fragment-translated"] += 1
+        self.events[Event.NAT_FRAGMENT_TRANSLATED] += 1
         return buf
 
     def _hold(self, key: bytes, in_iface: int, pkt: bytes, now: float) -> Held | Drop:
@@ -365,7 +365,7 @@ class Nat:
             waiting = self.held[key] = HeldFragments(in_iface, now + FRAGMENT_TIMEOUT)
         waiting.frames.append(pkt)
         self.held_bytes += len(pkt)
-        self.events["nat-fragment-held"] += 1
+        self.events[Event.NAT_FRAGMENT_HELD] += 1
         return HELD
 
     def _unhold(self, key: bytes) -> HeldFragments | None:
@@ -441,7 +441,7 @@ class Nat:
                 if port is None:
                     return Drop.NAT_PORTS_EXHAUSTED
                 mapping = self.mappings[mapping_key] = [port, 0]
-                self.events["nat-mapping-new"] += 1
+                self.events[Event.NAT_MAPPING_NEW] += 1
             new_src, new_sport = self.address, mapping[0]
         new_dst, new_dport = dnat if dnat is not None else (dst, dport)
         reply = KEY.pack(proto, new_dst, new_dport, new_src, new_sport)
@@ -460,7 +460,7 @@ class Nat:
         conntrack.insert(flow, now)
         conntrack.update(flow, ORIGINAL, flags, now)
         self.unconfirmed = flow
-        self.events["nat-new-flow" if not identity else "conntrack-routed-flow"] += 1
+        self.events[Event.NAT_NEW_FLOW if not identity else Event.CONNTRACK_ROUTED_FLOW] += 1
         x = flow.xlate[ORIGINAL]
         if x is None:
             return None
@@ -543,7 +543,7 @@ class Nat:
                 before, after = before + b"\x00", after + b"\x00"
             off = l4 + ICMP_CSUM
             buf[off : off + 2] = U16.pack(update_complete(U16.unpack_from(buf, off)[0], delta(before, after)))
-        self.events["nat-icmp-error-translated"] += 1
+        self.events[Event.NAT_ICMP_ERROR_TRANSLATED] += 1
         return buf
 
     @staticmethod

@@ -31,7 +31,7 @@ from .arp import (
     build_request,
 )
 from .checksum import fold, ones_sum, update_complete
-from .counters import Drop
+from .counters import Drop, Event
 from .fragment import complete_checksum, fragment
 from .icmp import (
     DEST_UNREACH,
@@ -204,7 +204,7 @@ class Router:
             return []
         dst_mac = pkt[ETH_DST]
         if dst_mac != self._mac[iface] and dst_mac != BROADCAST_MAC:
-            self.events["not-for-router"] += 1  # a flooded copy for someone else
+            self.events[Event.NOT_FOR_ROUTER] += 1  # a flooded copy for someone else
             return []
         ethertype = pkt[ETH_TYPE_OFF] << 8 | pkt[ETH_TYPE_OFF + 1]
         if ethertype == ETHERTYPE_IPV4:
@@ -219,7 +219,7 @@ class Router:
         if ethertype == ETHERTYPE_ARP:
             return self._arp(iface, pkt, now)
         if dst_mac == BROADCAST_MAC:
-            self.events["broadcast-ignored"] += 1
+            self.events[Event.BROADCAST_IGNORED] += 1
         else:
             self.drops[Drop.UNSUPPORTED_ETHERTYPE] += 1
         return []
@@ -263,7 +263,7 @@ class Router:
             return []
         own = self._addr[iface]
         if spa == own:
-            self.events["arp-address-conflict"] += 1
+            self.events[Event.ARP_ADDRESS_CONFLICT] += 1
             return []
         sender = _U32.unpack(spa)[0]
         network, mask = self._subnet[iface]
@@ -282,7 +282,7 @@ class Router:
                 waiting = arp.learn(sender, sha, iface, now)
             if op == ARP_REQUEST:
                 out.append((iface, build_reply(self._mac[iface], own, sha, spa)))
-                self.events["arp-replied"] += 1
+                self.events[Event.ARP_REPLIED] += 1
         for frame, _, _ in waiting:
             frame[ETH_DST] = sha
             out.append((iface, bytes(frame)))
@@ -419,7 +419,7 @@ class Router:
         a forwarded port, or from a packet too big)."""
         nat = self.nat
         if nat is not None and nat.unconfirmed is not None:
-            nat.conntrack.remove(nat.unconfirmed, "conntrack-unconfirmed")
+            nat.conntrack.remove(nat.unconfirmed, Event.CONNTRACK_UNCONFIRMED)
             nat.unconfirmed = None
 
     def _fit(self, frames: list[Transmit]) -> list[Transmit]:
@@ -439,8 +439,8 @@ class Router:
             if pieces is None:  # an MTU below 28 (the API allows it; the command line stops at 68)
                 self.drops[Drop.FRAG_UNSUPPORTED] += 1
                 continue
-            self.events["ip-fragmented"] += 1
-            self.events["ip-fragments-made"] += len(pieces)
+            self.events[Event.IP_FRAGMENTED] += 1
+            self.events[Event.IP_FRAGMENTS_MADE] += len(pieces)
             fitted.extend((iface, bytes(piece)) for piece in pieces)
         return fitted
 
@@ -474,7 +474,7 @@ class Router:
             if not pkt[0] & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID) and (ones_sum(pkt[l4:end]) != 0xFFFF):
                 drops[Drop.L4_BAD_CHECKSUM] += 1
                 return []
-            self.events["icmp-echo-replied"] += 1
+            self.events[Event.ICMP_ECHO_REPLIED] += 1
             return self._originate(build_echo_reply(dst, src, pkt[l4:end], self._next_id()), now)
         drops[Drop.TO_ROUTER] += 1
         if proto == PROTO_TCP:
@@ -533,7 +533,7 @@ class Router:
         """Route a packet the router made (its buffer has a blank Ethernet header)."""
         hop = self.routes.lookup(_U32.unpack_from(buf, IP_DST.start)[0])
         if hop is None:
-            self.events["originated-no-route"] += 1
+            self.events[Event.ORIGINATED_NO_ROUTE] += 1
             return []
         out_iface, gateway = hop
         next_hop = _U32.unpack_from(buf, IP_DST.start)[0] if gateway is None else gateway
@@ -565,10 +565,10 @@ class Router:
         else:
             end = len(pkt)
         if pkt[IP_PROTO] == PROTO_ICMP and (L3 + ihl >= end or pkt[L3 + ihl] in ERROR_TYPES):
-            self.events["icmp-error-about-icmp-error-suppressed"] += 1
+            self.events[Event.ICMP_ERROR_ABOUT_ICMP_ERROR_SUPPRESSED] += 1
             return []
         if not self.icmp_bucket.take(now):
-            self.events["icmp-rate-limited"] += 1
+            self.events[Event.ICMP_RATE_LIMITED] += 1
             return []
         error = build_error(
             icmp_type,
@@ -579,7 +579,7 @@ class Router:
             pkt[L3:end],
             self._next_id(),
         )
-        self.events[_ICMP_EVENTS.get((icmp_type, code), "icmp-error-sent")] += 1
+        self.events[_ICMP_EVENTS.get((icmp_type, code), Event.ICMP_ERROR_SENT)] += 1
         return self._originate(error, now)
 
     # --- display -----------------------------------------------------------------------------------
@@ -607,10 +607,10 @@ class Router:
 
 
 _ICMP_EVENTS: Final = {
-    (DEST_UNREACH, NET_UNREACH): "icmp-net-unreachable-sent",
-    (DEST_UNREACH, HOST_UNREACH): "icmp-host-unreachable-sent",
-    (DEST_UNREACH, PROTO_UNREACH): "icmp-protocol-unreachable-sent",
-    (DEST_UNREACH, PORT_UNREACH): "icmp-port-unreachable-sent",
-    (DEST_UNREACH, FRAG_NEEDED): "icmp-frag-needed-sent",
-    (TIME_EXCEEDED, 0): "icmp-time-exceeded-sent",
+    (DEST_UNREACH, NET_UNREACH): Event.ICMP_NET_UNREACHABLE_SENT,
+    (DEST_UNREACH, HOST_UNREACH): Event.ICMP_HOST_UNREACHABLE_SENT,
+    (DEST_UNREACH, PROTO_UNREACH): Event.ICMP_PROTOCOL_UNREACHABLE_SENT,
+    (DEST_UNREACH, PORT_UNREACH): Event.ICMP_PORT_UNREACHABLE_SENT,
+    (DEST_UNREACH, FRAG_NEEDED): Event.ICMP_FRAG_NEEDED_SENT,
+    (TIME_EXCEEDED, 0): Event.ICMP_TIME_EXCEEDED_SENT,
 }

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from ..core.counters import Drop
+from ..core.counters import Drop, Event
 from ..core.datapath import Datapath
 from ..core.wire import VNET_HDR_LEN, Frame, Gather
 
@@ -178,7 +178,7 @@ class Shell:
                 if exc.errno in LINK_GONE:
                     # The link went away under us (its namespace was removed): stop reading it.
                     self.loop.remove_reader(reader.fileno())
-                    self.datapath.counters.events["port-gone"] += 1
+                    self.datapath.counters.events[Event.PORT_GONE] += 1
                     log.warning("port %s: link gone (%s); no longer reading it", port, exc.strerror)
                     self._reader_of.pop(port, None)
                     self._readers = list(self._reader_of.items())  # a new list: _spin may be iterating
@@ -294,7 +294,7 @@ class Shell:
                 for observer in self._observers.get(port, ()):
                     observer("tx", frame)
             except Exception:  # the frame has already left: count the observer's failure, not a drop
-                self.datapath.counters.events["observer-error"] += 1
+                self.datapath.counters.events[Event.OBSERVER_ERROR] += 1
                 self._log_error(f"port {self.datapath.counters.names[port]}: an observer raised on tx")
         return sent
 
