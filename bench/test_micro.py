@@ -10,6 +10,7 @@ Buffers are what the tap hands over: [virtio-net header, 10 bytes][Ethernet fram
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
@@ -21,6 +22,7 @@ from scapy.packet import Raw
 
 from vswitch.core.checksum import delta, update_complete
 from vswitch.core.datapath import Datapath
+from vswitch.core.ipv4 import Packet
 from vswitch.core.nat import NatConfig
 from vswitch.core.router import Interface, Router
 from vswitch.core.routes import Route
@@ -180,10 +182,15 @@ def fill_flows(router: Router, flows: int) -> None:
     src = bytes([10, 1, 0, 2])
     base = int(IPv4Address("198.19.0.0"))  # clear of 198.18.0.0/24, where the NAT address is
     process = nat.process
+    ledger: Counter[str] = Counter()
     for i in range(flows - 1):  # the real OUTBOUND frame's flow is the last one
         buf[l4 + 2 : l4 + 4] = U16.pack(1024 + (i >> 16))
-        dst = (base + (i & 0xFFFF)).to_bytes(4, "big")
-        process(bytes(buf), 0, l4, end, 17, 0, src, dst, via_uplink, NOW)
+        dst_int = base + (i & 0xFFFF)
+        pkt = bytes(buf)
+        packet = Packet(
+            0, pkt, pkt, ledger, 20, l4, end, 17, 0, src, dst_int.to_bytes(4, "big"), dst_int, None
+        )
+        process(packet, via_uplink, NOW)
     assert translated(router.receive(0, OUTBOUND, NOW))
     assert len(nat.conntrack) == flows
 

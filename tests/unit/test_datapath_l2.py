@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 from conftest import BROADCAST, arp_request, frame, ip_of, mac
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from vswitch.core.counters import Drop
 from vswitch.core.datapath import Datapath, Transmit
+from vswitch.core.router import Routed, Router
 from vswitch.core.wire import VNET_HDR_LEN, ZERO_VNET_HDR
 
 AGEING = 10.0
@@ -186,18 +189,25 @@ def test_stamped_burst_arrives_in_order_on_the_right_port(count: int, size: int)
 
 @dataclass
 class FakeRouter:
-    """Records what reaches it; answers each frame with the frames queued in `replies`."""
+    """Stands in for the Router to test the datapath's plumbing around it: records what reaches it;
+    answers each frame with the frames queued in `replies`."""
 
     deadline: float | None = None
     received: list[tuple[int, bytes]] = field(default_factory=list)
     replies: list[Transmit] = field(default_factory=list)
     timer_frames: list[Transmit] = field(default_factory=list)
     timer_calls: list[float] = field(default_factory=list)
+    drops: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    tracer: object = None
 
-    def receive(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
+    def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str]) -> Routed:
         self.received.append((iface, pkt))
         replies, self.replies = self.replies, []
-        return replies
+        return Routed(replies)
+
+    def journaled(self) -> list[object]:
+        return []
 
     def next_deadline(self) -> float | None:
         return self.deadline
@@ -208,10 +218,16 @@ class FakeRouter:
         return frames
 
 
+def attach(dp: Datapath, router: FakeRouter, macs: dict[int, bytes]) -> None:
+    """The fake in the router's place; no flow cache (it reads a real router's tables)."""
+    dp.flow_cache_max = 0
+    dp.attach_router(cast(Router, router), macs)
+
+
 def routed_lan() -> tuple[Datapath, FakeRouter, int]:
     dp = lan()
     router = FakeRouter()
-    dp.attach_router(router, {0: ROUTER})
+    attach(dp, router, {0: ROUTER})
     return dp, router, 3  # the router's port id comes after the real ports
 
 
@@ -286,7 +302,7 @@ def test_router_flood_into_segment_without_ports_is_counted() -> None:
     a, empty = dp.add_segment("a"), dp.add_segment("empty")
     dp.add_port("a0", a)
     router = FakeRouter()
-    dp.attach_router(router, {a: ROUTER, empty: mac(0xFD)})
+    attach(dp, router, {a: ROUTER, empty: mac(0xFD)})
     router.timer_frames = [(empty, frame(mac(0xFD), BROADCAST))]
     assert dp.on_timer(0.0) == []
     assert dp.counters.drops[2] == {Drop.NO_DESTINATION: 1}
@@ -297,7 +313,7 @@ def test_single_port_segment_floods_to_router_only() -> None:
     a = dp.add_segment("a")
     dp.add_port("a0", a)
     router = FakeRouter()
-    dp.attach_router(router, {a: ROUTER})
+    attach(dp, router, {a: ROUTER})
     pkt = frame(H[0], BROADCAST)
     assert dp.receive(0, pkt, 0.0) == []
     assert router.received == [(0, pkt)]

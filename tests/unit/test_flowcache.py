@@ -220,7 +220,6 @@ class Twin:
 
     def check(self) -> None:
         assert state(self.on, self.now) == state(self.off, self.now)
-        assert "flow-cache-mismatch" not in self.on.counters.events
 
     @property
     def hits(self) -> int:
@@ -782,11 +781,20 @@ def play(twin: Twin, step: tuple[Any, ...]) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(steps(), min_size=1, max_size=40))
 def test_any_sequence_matches_the_slow_path(sequence: list[tuple[Any, ...]]) -> None:
+    """With one writer of bytes (action.apply), what is left to differ is the cache's own: its keys,
+    its checks and its invalidation. Each sequence ends with the neighbours answering again and a
+    burst of an established flow, and the cached side must have hit: a cache that never hit would
+    pass the comparison vacuously."""
     twin = Twin.build()
     for index in OPENED:
         play(twin, ("handshake", index))
     for step in sequence:
         play(twin, step)
+    hits = twin.hits
+    for host in HOSTS:
+        play(twin, ("arp", host, False))
+    play(twin, ("burst", OPENED[0], 4, "complete"))
+    assert twin.hits > hits
 
 
 def test_a_long_mixed_sequence_hits_often() -> None:

@@ -122,9 +122,9 @@ def test_fragment_memory_expires() -> None:
     )
     frames_to(dp, ports["a"], bytes(Ether(src=HOST_A, dst=R_LAN) / pieces[0]), 1.0)
     router = dp.router
-    assert router is not None
-    assert len(router.nat.fragments) == 1  # type: ignore[attr-defined]
+    assert router is not None and router.nat is not None
+    assert len(router.nat.fragments) == 1
     dp.on_timer(1.0 + 31.0)
-    assert not router.nat.fragments  # type: ignore[attr-defined]
+    assert not router.nat.fragments
     verdict = dp.receive(ports["a"], bytes(10) + bytes(Ether(src=HOST_A, dst=R_LAN) / pieces[1]), 32.5)
     assert verdict == []

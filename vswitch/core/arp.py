@@ -22,6 +22,7 @@ from ipaddress import IPv4Address
 from typing import Final
 
 from .counters import Drop, Event
+from .journal import Journal
 from .wire import (
     ARP,
     ARP_REPLY,
@@ -40,7 +41,9 @@ ETH_PAD: Final = bytes(18)  # 14 + 28 = 42 bytes; pad to the 60-byte Ethernet mi
 
 # (routed frame awaiting its destination MAC, ingress iface, the packet as it arrived: an ICMP error
 # about a frame that never left must quote the original, not its NAT-translated copy, RFC 5508 4.1)
-Waiting = tuple[bytearray, int, bytes]
+# (frame, ingress interface, the packet as it arrived, the ingress port's drops)
+Waiting = tuple[bytearray, int, bytes, Counter[str]]
+CountDrop = Callable[[Counter[str], Drop], None]
 # All frames parked behind unresolved next hops together, in bytes: TSO frames are up to 64 KB each,
 # and one host could otherwise fill pending_max x queue_max of them (Linux: unres_qlen_bytes).
 QUEUE_BYTES_MAX: Final = 4 << 20
@@ -79,9 +82,10 @@ class ArpCache:
         cache_max: int = 4096,
         pending_max: int = 256,
         negative_timeout: float = 5.0,
-        drops: Counter[str] | None = None,
         events: Counter[str] | None = None,
+        count_drop: CountDrop | None = None,
     ) -> None:
+        """count_drop: how a drop is counted (the router's, into the dropped packet's ingress port)."""
         if timeout <= 0 or retry_interval <= 0 or negative_timeout < 0:
             raise ValueError("ARP timeouts must be positive")
         if retries < 1 or queue_max < 1 or cache_max < 1 or pending_max < 1:
@@ -93,7 +97,7 @@ class ArpCache:
         self.cache_max = cache_max
         self.pending_max = pending_max
         self.negative_timeout = negative_timeout
-        self.drops: Counter[str] = drops if drops is not None else Counter()
+        self.count_drop: CountDrop = count_drop or _count_in_ledger
         self.events: Counter[str] = events if events is not None else Counter()
         # Insertion order is refresh order (refresh re-inserts), so the first entry is the oldest.
         self.entries: dict[int, Neighbour] = {}
@@ -102,6 +106,14 @@ class ArpCache:
         self.queued_bytes = 0
         self._next_sweep: float | None = None
         self.on_change: Callable[[], None] | None = None
+        self.journal: Journal | None = None  # while a frame is traced (journal.py)
+
+    def _keep(self, entry: object = None) -> None:
+        """About to change: the table (its dicts and counts) and, if named, one of its entries."""
+        if self.journal is not None:
+            self.journal.keep(self)
+            if entry is not None:
+                self.journal.keep(entry)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -129,6 +141,7 @@ class ArpCache:
         entry = self.entries.get(ip)
         if entry is None or now - entry.updated < self.timeout or now - entry.probed < self.retry_interval:
             return None
+        self._keep(entry)
         entry.probed = now
         self.events[Event.ARP_PROBE] += 1
         return entry.mac
@@ -139,6 +152,7 @@ class ArpCache:
             return False
         if now < until:
             return True
+        self._keep()
         del self.failed[ip]
         return False
 
@@ -148,6 +162,7 @@ class ArpCache:
 
     def learn(self, ip: int, mac: bytes, iface: int, now: float) -> list[Waiting]:
         """Record ip -> mac; return the frames that were waiting for it."""
+        self._keep(self.entries.get(ip))
         entry = self.entries.pop(ip, None)
         if entry is None:
             if len(self.entries) >= self.cache_max:
@@ -177,12 +192,20 @@ class ArpCache:
         return list(pending.queue)
 
     def enqueue(
-        self, ip: int, iface: int, frame: bytearray, in_iface: int, original: bytes, now: float
+        self,
+        ip: int,
+        iface: int,
+        frame: bytearray,
+        in_iface: int,
+        original: bytes,
+        ledger: Counter[str],
+        now: float,
     ) -> int:
         """Park a frame until ip resolves. QUEUED_SEND_REQUEST: the caller sends the first request."""
         size = len(frame) + len(original)
+        self._keep(self.pending.get(ip))
         if self.queued_bytes + size > QUEUE_BYTES_MAX:
-            self.drops[Drop.ARP_QUEUE_FULL] += 1
+            self.count_drop(ledger, Drop.ARP_QUEUE_FULL)
             return REJECTED_COUNTED
         pending = self.pending.get(ip)
         if pending is None:
@@ -194,15 +217,15 @@ class ArpCache:
         else:
             outcome = QUEUED
             if len(pending.queue) >= self.queue_max:
-                old_frame, _, old_original = pending.queue.popleft()
+                old_frame, _, old_original, old_ledger = pending.queue.popleft()
                 self.queued_bytes -= len(old_frame) + len(old_original)
-                self.drops[Drop.ARP_QUEUE_FULL] += 1
-        pending.queue.append((frame, in_iface, original))
+                self.count_drop(old_ledger, Drop.ARP_QUEUE_FULL)
+        pending.queue.append((frame, in_iface, original, ledger))
         self.queued_bytes += size
         return outcome
 
     def _forget_queue(self, pending: Pending) -> None:
-        self.queued_bytes -= sum(len(frame) + len(original) for frame, _, original in pending.queue)
+        self.queued_bytes -= sum(len(frame) + len(original) for frame, _, original, _ in pending.queue)
 
     def next_deadline(self) -> float | None:
         deadline = self._next_sweep
@@ -218,6 +241,7 @@ class ArpCache:
         for ip, pending in list(self.pending.items()):
             if now < pending.next_try:
                 continue
+            self._keep(pending)
             if pending.tries >= self.retries:
                 del self.pending[ip]
                 self._forget_queue(pending)
@@ -240,6 +264,7 @@ class ArpCache:
     def sweep(self, now: float) -> None:
         """Remove expired entries; one pass, rescheduled for the next oldest entry."""
         limit = now - self.timeout - self.confirm_window
+        self._keep()
         stale = [ip for ip, e in self.entries.items() if e.updated <= limit]
         for ip in stale:
             del self.entries[ip]
@@ -304,3 +329,7 @@ def build_request(src_mac: bytes, src_ip: bytes, target_ip: bytes) -> bytes:
 
 def build_reply(src_mac: bytes, src_ip: bytes, target_mac: bytes, target_ip: bytes) -> bytes:
     return build_arp(ARP_REPLY, src_mac, src_ip, target_mac, target_mac, target_ip)
+
+
+def _count_in_ledger(ledger: Counter[str], reason: Drop) -> None:
+    ledger[reason] += 1

@@ -30,6 +30,7 @@ from ipaddress import IPv4Address
 from typing import Final
 
 from .counters import Event
+from .journal import Journal
 from .wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 KEY: Final = struct.Struct("!B4sH4sH")  # proto, src, sport, dst, dport: a flow key, as bytes
@@ -181,6 +182,14 @@ class Conntrack:
         self.flows: dict[Flow, None] = {}  # insertion ordered: oldest first
         self._unassured: dict[Flow, None] = {}
         self._next_pass: float | None = None
+        self.journal: Journal | None = None  # while a frame is traced (journal.py)
+
+    def _keep(self, flow: Flow | None = None) -> None:
+        """About to change: the table (its dicts) and, if named, one flow."""
+        if self.journal is not None:
+            self.journal.keep(self)
+            if flow is not None:
+                self.journal.keep(flow)
 
     def __len__(self) -> int:
         return len(self.flows)
@@ -206,6 +215,7 @@ class Conntrack:
 
     def insert(self, flow: Flow, now: float) -> None:
         """Add a flow (call make_room first); its first packet is counted by update()."""
+        self._keep()
         if flow.orig in self.keys or flow.reply in self.keys or flow.orig == flow.reply:
             raise ValueError("flow key already tracked, or a flow that is its own reply")
         self.keys[flow.orig] = (flow, ORIGINAL)
@@ -218,6 +228,7 @@ class Conntrack:
 
     def update(self, flow: Flow, direction: int, tcp_flags: int, now: float) -> bool:
         """Account a packet of the flow; False if the TCP transition is invalid (it still passes)."""
+        self._keep(flow)
         flow.packets[direction] += 1
         timeouts = self.timeouts
         valid = True
@@ -270,6 +281,8 @@ class Conntrack:
     def refresh(self, flow: Flow, direction: int, timeout: float, now: float) -> None:
         """What ``update`` does for a routine packet (see ``steady_timeout``): count it, push the
         expiry out. The caller has checked that the flow has not expired."""
+        if self.journal is not None:
+            self._keep(flow)
         flow.packets[direction] += 1
         expires = flow.expires = now + timeout
         if self._next_pass is None or expires < self._next_pass:
@@ -280,6 +293,7 @@ class Conntrack:
         self._unassured.pop(flow, None)
 
     def remove(self, flow: Flow, event: Event = Event.CONNTRACK_REMOVED) -> None:
+        self._keep(flow)
         if flow not in self.flows:
             return  # already gone (expired during a lookup, then swept)
         del self.flows[flow]
@@ -297,6 +311,7 @@ class Conntrack:
 
     def expire(self, now: float) -> int:
         """Remove every flow whose timeout passed; reschedule for the next one to go."""
+        self._keep()
         if self._next_pass is None or now < self._next_pass:
             return 0
         stale = [f for f in self.flows if f.expires <= now]
@@ -309,13 +324,12 @@ class Conntrack:
     def table(self, now: float) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
         for flow in self.flows:
-            proto, s, sp, d, dp = KEY.unpack(flow.orig)
-            _, rs, rsp, rd, rdp = KEY.unpack(flow.reply)
+            proto = flow.proto
             rows.append(
                 {
-                    "proto": {1: "icmp", 6: "tcp", 17: "udp"}.get(proto, str(proto)),
-                    "orig": f"{IPv4Address(s)}:{sp} -> {IPv4Address(d)}:{dp}",
-                    "reply": f"{IPv4Address(rs)}:{rsp} -> {IPv4Address(rd)}:{rdp}",
+                    "proto": proto_name(proto),
+                    "orig": tuple_text(flow.orig),
+                    "reply": tuple_text(flow.reply),
                     "state": flow.state.name if proto == PROTO_TCP else None,
                     "assured": flow.assured,
                     "expires_in": round(flow.expires - now, 3),
@@ -323,3 +337,18 @@ class Conntrack:
                 }
             )
         return rows
+
+
+def proto_name(proto: int) -> str:
+    return {1: "icmp", 6: "tcp", 17: "udp"}.get(proto, str(proto))
+
+
+def tuple_text(key: bytes) -> str:
+    """A KEY as people read it: 10.1.0.2:40000 -> 198.19.5.5:80."""
+    _, src, sport, dst, dport = KEY.unpack(key)
+    return f"{IPv4Address(src)}:{sport} -> {IPv4Address(dst)}:{dport}"
+
+
+def describe(flow: Flow) -> str:
+    """A flow as trace shows it: its protocol, then its two tuples."""
+    return f"{proto_name(flow.proto)} flow {tuple_text(flow.orig)}, reply {tuple_text(flow.reply)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import StrEnum
+from typing import Any
 
 
 class Drop(StrEnum):
@@ -113,7 +114,6 @@ class Event(StrEnum):
     FLOW_CACHE_MISSES = "flow-cache-misses"
     FLOW_CACHE_FLUSHED = "flow-cache-flushed"
     FLOW_CACHE_FULL_SKIP = "flow-cache-full-skip"
-    FLOW_CACHE_MISMATCH = "flow-cache-mismatch"
     FLOW_CACHE_EVICTED = "flow-cache-evicted"
     PORT_GONE = "port-gone"
     OBSERVER_ERROR = "observer-error"
@@ -133,6 +133,32 @@ class Counters:
         # The flow cache's lookups (flowcache.py), plain ints on its per-packet path; shown as events.
         self.flow_cache_hits = 0
         self.flow_cache_misses = 0
+
+    def journal_save(self) -> Any:
+        """Every count, for a trace run to put back (journal.py)."""
+        return (
+            [list(column) for column in (self.rx_packets, self.rx_bytes, self.tx_packets, self.tx_bytes)],
+            [Counter(per_port) for per_port in self.drops],
+            Counter(self.events),
+            self.flow_cache_hits,
+            self.flow_cache_misses,
+        )
+
+    def journal_restore(self, saved: Any) -> None:
+        columns, drops, events, hits, misses = saved
+        for column, values in zip(
+            (self.rx_packets, self.rx_bytes, self.tx_packets, self.tx_bytes),
+            columns,
+            strict=True,
+        ):
+            column[:] = values
+        for per_port, values in zip(self.drops, drops, strict=True):
+            per_port.clear()  # in place: the router holds a port's Counter while it decides
+            per_port.update(values)
+        self.events.clear()  # in place: the FDBs and the flow cache count into it
+        self.events.update(events)
+        self.flow_cache_hits = hits
+        self.flow_cache_misses = misses
 
     def add_port(self, name: str) -> int:
         """Make room for one more port and return its id."""

@@ -9,39 +9,32 @@ hot path, so the common cases allocate nothing:
 - ``None``: nothing to send; a drop was counted with its reason.
 
 A frame for the router asks the flow cache (flowcache.py) first; on a miss it takes the router and
-``from_router``, and the cache learns from what they did.
+``from_router``, and the cache keeps the router's action for the flow (Routed.forwarded).
+
+Every drop, wherever it happens, is counted in one ledger: ``counters.drops[ingress port]`` by `Drop`
+reason (the router's rollup ``Router.drops`` is counted at the same point). With a tracer attached
+(``trace``), every stage reports to it and a journal takes back every change the frame made.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from .counters import Counters, Drop
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
 from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
 from .flowcache import FlowCache
-from .l2 import Switch
-from .router import Router, Transmit
-from .wire import VNET_HDR_LEN, Frame
+from .journal import Journal
+from .l2 import Decision, Switch
+from .router import Forwarded, Router, Transmit
+from .trace import Tracer
+from .wire import VNET_HDR_LEN, Frame, mac_str
 
 # A list verdict's frames are bytes, or a Gather (flowcache.py: a long payload, written with writev).
 Verdict = int | tuple[int, ...] | Sequence[tuple[int, Frame]] | None
-
-
-class L3Engine(Protocol):
-    """What the datapath needs of a router. Interfaces are numbered by segment index."""
-
-    def receive(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
-        """A frame that reached the router's MAC (or a broadcast) on segment iface; returns frames
-        (virtio-net header included) to send out of router interfaces, as (segment index, buffer)."""
-        ...
-
-    def next_deadline(self) -> float | None: ...
-
-    def on_timer(self, now: float) -> list[Transmit]: ...
 
 
 @dataclass
@@ -66,8 +59,10 @@ class Datapath:
         self.segments: list[Segment] = []
         self.port_switch: list[Switch] = []
         self.port_segment: list[int] = []
-        self.router: L3Engine | None = None
+        self.router: Router | None = None
         self.flows: FlowCache | None = None  # with a Router attached, unless flow_cache_max is 0
+        self.tracer: Tracer | None = None  # set by `trace` only: None on the packet path
+        self._journal: Journal | None = None
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
@@ -86,7 +81,7 @@ class Datapath:
         self.port_segment.append(segment)
         return port
 
-    def attach_router(self, router: L3Engine, macs: dict[int, bytes]) -> None:
+    def attach_router(self, router: Router, macs: dict[int, bytes]) -> None:
         """Give the router an interface (a port with no fd) on each segment in macs."""
         self.router = router
         for segment, mac in macs.items():
@@ -95,7 +90,7 @@ class Datapath:
             seg.switch.set_router_port(port, mac)
             self.port_switch.append(seg.switch)
             self.port_segment.append(segment)
-        if isinstance(router, Router) and self.flow_cache_max > 0:
+        if self.flow_cache_max > 0:
             switches = [seg.switch for seg in self.segments]
             self.flows = FlowCache(router, switches, self.counters, self.flow_cache_max)
 
@@ -106,7 +101,11 @@ class Datapath:
         if len(pkt) > VNET_HDR_LEN:  # a runt shorter than the vnet header must not count negative bytes
             counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
         switch = self.port_switch[in_port]
-        decision = switch.decide(in_port, pkt, now)
+        tracer = self.tracer
+        if tracer is None:
+            decision = switch.decide(in_port, pkt, now)
+        else:
+            decision = self._traced_l2(switch, in_port, pkt, now, f"in on {counters.names[in_port]}")
         if decision.__class__ is int:
             if decision != switch.router_port:
                 return decision
@@ -114,46 +113,139 @@ class Datapath:
             if flows is None:
                 return self._route(in_port, pkt, now)
             segment = self.port_segment[in_port]
+            if tracer is not None:  # asked only: a trace takes the router's steps, as OVS's does
+                self._note_flow_cache(tracer, flows, segment, pkt, now)
+                return self._route(in_port, pkt, now)
             hit = flows.forward(segment, pkt, now)
             if hit is not None:
                 return hit
-            routed = self._route(in_port, pkt, now)
-            flows.install(segment, pkt, routed, now)
-            return routed
+            forwarded, sent = self._route_for_cache(in_port, pkt, now)
+            flows.install(segment, pkt, forwarded, sent)
+            return sent
         if decision.__class__ is tuple:
             if switch.router_port is None:
                 return decision
-            sent: list[Transmit] = [(p, pkt) for p in decision]
-            sent.extend(self._route(in_port, pkt, now))
-            return sent
-        counters.drops[in_port][decision] += 1  # type: ignore[index]
+            flood: list[Transmit] = [(p, pkt) for p in decision]
+            flood.extend(self._route(in_port, pkt, now))
+            return flood
+        self._count_l2(in_port, decision)  # type: ignore[arg-type]
         return None
 
     def _route(self, in_port: int, pkt: bytes, now: float) -> list[Transmit]:
-        assert self.router is not None
+        return self._route_for_cache(in_port, pkt, now)[1]
+
+    def _route_for_cache(
+        self, in_port: int, pkt: bytes, now: float
+    ) -> tuple[Forwarded | None, list[Transmit]]:
+        """The router's decision for a frame from in_port, switched into the egress segments; with
+        the forwarded packet's action, for the flow cache."""
+        router = self.router
+        assert router is not None
+        counters = self.counters
         router_port = self.port_switch[in_port].router_port
         if router_port is not None:
-            self.counters.rx_packets[router_port] += 1
-            self.counters.rx_bytes[router_port] += len(pkt) - VNET_HDR_LEN
-        return self.from_router(self.router.receive(self.port_segment[in_port], pkt, now), now)
+            counters.rx_packets[router_port] += 1
+            counters.rx_bytes[router_port] += len(pkt) - VNET_HDR_LEN
+        routed = router.decide(self.port_segment[in_port], pkt, now, counters.drops[in_port])
+        return routed.forwarded, self.from_router(routed.frames, now)
 
     def from_router(self, frames: list[Transmit], now: float) -> list[Transmit]:
         """Switch the router's frames into their segments, as if they arrived on its ports."""
         sent: list[Transmit] = []
+        tracer = self.tracer
         for segment, frame in frames:
             switch = self.segments[segment].switch
             port = switch.router_port
             assert port is not None
             self.counters.tx_packets[port] += 1
             self.counters.tx_bytes[port] += len(frame) - VNET_HDR_LEN
-            decision = switch.decide(port, frame, now)
+            if tracer is not None:
+                decision = self._traced_l2(switch, port, frame, now, "from the router")
+            else:
+                decision = switch.decide(port, frame, now)
             if decision.__class__ is int:
                 sent.append((decision, frame))
             elif decision.__class__ is tuple:
                 sent.extend((p, frame) for p in decision)
             else:
-                self.counters.drops[port][decision] += 1  # type: ignore[index]
+                self._count_l2(port, decision)  # type: ignore[arg-type]
         return sent
+
+    def _count_l2(self, port: int, reason: Drop) -> None:
+        self.counters.drops[port][reason] += 1
+        if self.tracer is not None:
+            self.tracer.drop(self.counters.names[port], reason)
+
+    # --- tracing -----------------------------------------------------------------------------------
+    @contextmanager
+    def tracing(self, tracer: Tracer) -> Iterator[None]:
+        """Run frames through the real pipeline with tracer listening and nothing committed: every
+        table hands a journal what it changes, and the journal takes it all back at the end."""
+        if self._journal is not None:
+            raise RuntimeError("already tracing")
+        journal = self._journal = Journal()
+        tables = self._journaled()
+        journal.keep(self.counters)
+        for table in tables:
+            table.journal = journal  # type: ignore[attr-defined]
+        self.tracer = tracer
+        if self.router is not None:
+            self.router.tracer = tracer
+        try:
+            yield
+        finally:
+            self.tracer = None
+            if self.router is not None:
+                self.router.tracer = None
+            for table in tables:
+                table.journal = None  # type: ignore[attr-defined]
+            journal.rollback()
+            self._journal = None
+
+    def _journaled(self) -> list[object]:
+        tables: list[object] = [seg.switch.fdb for seg in self.segments]
+        if self.router is not None:
+            tables += self.router.journaled()
+        if self.flows is not None:
+            tables.append(self.flows)
+        return tables
+
+    @staticmethod
+    def _note_flow_cache(tracer: Tracer, flows: FlowCache, segment: int, pkt: bytes, now: float) -> None:
+        if flows.forward(segment, pkt, now, dry_run=True) is not None:
+            tracer.note("flow cache", "hit: the cached action forwards it (the router's steps below)")
+        else:
+            tracer.note("flow cache", "miss: the router decides, and the cache may keep the action")
+
+    def _traced_l2(self, switch: Switch, in_port: int, pkt: bytes, now: float, where: str) -> Decision:
+        """One L2 decision, reported. The decision changes at most the source's FDB entry (learned,
+        moved or refreshed): the journal keeps it first."""
+        tracer, journal = self.tracer, self._journal
+        assert tracer is not None and journal is not None
+        src, dst = pkt[16:22], pkt[10:16]
+        before = switch.fdb.entries.get(src)
+        journal.keep(switch.fdb)
+        if before is not None:
+            journal.keep(before)
+        old_port = None if before is None else before.port
+        decision = switch.decide(in_port, pkt, now)
+        seg = self.segments[self.port_segment[in_port]].name
+        names = self.counters.names
+        if isinstance(decision, Drop):
+            tracer.note(f"L2 {seg}", f"{where}: drop ({decision})")
+            return decision
+        after = switch.fdb.entries.get(src)
+        learnt = f"learn {mac_str(src)} on {names[in_port]}; " if after and after.port != old_port else ""
+        if isinstance(decision, int):
+            target = "the router" if decision == switch.router_port else names[decision]
+            tracer.note(f"L2 {seg}", f"{where}: {learnt}FDB: {mac_str(dst)} is on {target} -> {target}")
+            return decision
+        why = "group address" if dst[0] & 1 else f"no FDB entry for {mac_str(dst)}"
+        targets = [names[p] for p in decision]
+        if switch.router_port is not None and in_port != switch.router_port:
+            targets.append("the router")
+        tracer.note(f"L2 {seg}", f"{where}: {learnt}{why}: flood -> {', '.join(targets) or 'nobody'}")
+        return decision
 
     # --- time --------------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -172,11 +264,14 @@ class Datapath:
             return []
         return self.from_router(self.router.on_timer(now), now)
 
-    def router_drops(self) -> Counter[str]:
-        return Counter(getattr(self.router, "drops", {}))
-
+    # --- the ledger --------------------------------------------------------------------------------
     def drop_reasons(self) -> dict[str, int]:
+        """Every drop, summed over the ports (the router's included)."""
         return dict(self.counters.total_drops())
 
+    def router_drops(self) -> Counter[str]:
+        """The drops the router counted (in the ports' ledgers), summed: stats' router block."""
+        return Counter() if self.router is None else Counter(self.router.drops)
 
-__all__ = ["Datapath", "Drop", "L3Engine", "Segment", "Transmit", "Verdict"]
+
+__all__ = ["Datapath", "Drop", "Segment", "Transmit", "Verdict"]

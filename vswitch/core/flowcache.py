@@ -6,8 +6,10 @@ state step, NAT's rewrite, the next hop's ARP entry and a second L2 decision on 
 match cache or the kernel's flowtable offload, a flow's first packets take the slow path
 (``Router.receive``, then ``Datapath.from_router``); once the flow is steady the decision is
 remembered, keyed by the ingress segment and the bytes that made it (IPv4 source and destination,
-L4 ports; the protocol is checked), and each later packet only gets what differs per packet: TTL and
-IP checksum, NAT's addresses, ports and L4 checksum, MACs, counters and the conntrack refresh.
+L4 ports; the protocol is checked). What is remembered is the slow path's own action for the packet
+(action.Rewrite, as OVS's caches keep the actions its slow path translated): a hit re-checks what may
+differ between packets of the flow and runs the same `action.apply` that wrote the slow path's frame,
+so the two cannot drift; what is left here is the cache's own part, its keys, checks and invalidation.
 
 What is cached; everything else always takes the slow path, which installs an entry when it can:
 - IPv4 with ihl 5, not a fragment, TTL > 1, TCP, UDP or an ICMP echo request or reply with its whole
@@ -17,8 +19,6 @@ What is cached; everything else always takes the slow path, which installs an en
   (``Conntrack.steady_timeout``);
 - a next hop that is fresh in the ARP cache (a stale one takes the slow path, which sends the probe)
   and whose MAC the egress segment's FDB knows (a flood is never cached).
-An entry is installed only if a dry run of the hit rebuilds the slow path's output for the packet
-that installs it, byte for byte; otherwise the event ``flow-cache-mismatch`` counts a bug.
 
 A hit re-checks what can differ between packets of one flow: ethertype, version and ihl, header
 checksum, total length, fragment bits, TTL, protocol, TCP flags, MTU, the flow's expiry and the
@@ -42,45 +42,39 @@ flow changes or goes, the cache is flushed, or it is evicted.
 
 from __future__ import annotations
 
-import copyreg
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from .action import Rewrite, apply
 from .arp import Neighbour
-from .checksum import fold
-from .conntrack import KEY, ORIGINAL, Flow
+from .conntrack import Flow
 from .counters import Counters, Event
 from .icmp import ECHO_REPLY, ECHO_REQUEST
-from .router import Router, Transmit, wire_size
+from .journal import Journal
+from .router import Forwarded, Router, wire_size
 from .wire import (
     ETHERTYPE_IPV4,
     GSO_NONE,
     ICMP_MIN_LEN,
-    IP_DST,
     IP_FLAGS_FRAG,
     IP_PROTO,
     IP_SRC,
     IP_TOTAL_LEN,
     IPV4_MIN_LEN,
     L3,
-    PORTS,
     PROTO_ICMP,
     PROTO_TCP,
     PROTO_UDP,
     TCP_ACK,
-    TCP_CSUM_OFF,
     TCP_FIN,
     TCP_FLAGS_OFF,
     TCP_MIN_LEN,
     TCP_RST,
     TCP_SYN,
-    UDP_CSUM_OFF,
     UDP_LEN,
-    VNET_F_NEEDS_CSUM,
     VNET_HDR_LEN,
     Frame,
-    Gather,
 )
 
 if TYPE_CHECKING:
@@ -104,51 +98,17 @@ L4_MIN: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: UDP_LEN, PROTO_ICMP: ICMP_MI
 ICMP_ID_AT: Final = L4 + 4  # an echo's identifier, after type, code and checksum
 ICMP_KEY_END: Final = ICMP_ID_AT + 2
 ECHO_TYPES: Final = (ECHO_REQUEST << 8, ECHO_REPLY << 8)  # type and code 0, as one big-endian word
-PARTIAL_CSUM_START: Final = L4 - VNET_HDR_LEN  # NEEDS_CSUM's csum_start counts from the Ethernet header
 TTL_ONE: Final = 0x0100  # TTL is the high byte of the TTL/protocol word
-# RFC 1624: decrementing TTL adds ~m + m' = ~0x0100 = 0xFEFF to the checksum's complement.
-TTL_DECREMENT_CHANGE: Final = 0xFEFF
 ONES: Final = 0xFFFF
-
-# A hit reads a frame with one unpack and writes the routed frame with one pack plus the untouched
-# tail. Read: the virtio-net header (kept as it is), the ethertype, the IPv4 header's words up to its
-# checksum, then past the addresses and ports: the L4 bytes up to the L4 checksum, and that checksum.
-# Written: the same, with new MACs, TTL and checksums, and the NAT's addresses and ports.
-_FRONT: Final = "!10s"
-_IPV4_WORDS: Final = "H6H"  # ethertype; ver/ihl/tos, total length, id, flags/fragment, TTL/protocol, checksum
-TCP_READER: Final = struct.Struct(_FRONT + "12x" + _IPV4_WORDS + "12x12sH")  # seq, ack, offset/flags, window
-UDP_READER: Final = struct.Struct(_FRONT + "12x" + _IPV4_WORDS + "12xHH")  # length
-TCP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "12s12sH")
-UDP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "12sHH")
-PLAIN_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS)  # TTL and checksum: no NAT
-# An echo: past the addresses, type and code, then the checksum (the identifier is in the key).
-ICMP_READER: Final = struct.Struct(_FRONT + "12x" + _IPV4_WORDS + "8x2sH")
-ICMP_WRITER: Final = struct.Struct(_FRONT + "12s" + _IPV4_WORDS + "8s2sH2s")  # addresses ... identifier
-TCP_FLAGS_IN_MIDDLE: Final = TCP_FLAGS_OFF - 4  # in the TCP reader's 12 bytes after the ports
-TAIL_AT: Final = {
-    PROTO_TCP: L4 + TCP_CSUM_OFF + 2,
-    PROTO_UDP: L4 + UDP_CSUM_OFF + 2,
-    PROTO_ICMP: ICMP_KEY_END,
-}
 ADDRESSES: Final = struct.Struct("!4H")
 
 
-def _rebuild_struct(compiled: struct.Struct) -> tuple[type[struct.Struct], tuple[str]]:
-    return struct.Struct, (compiled.format,)
-
-
-# Entries hold compiled Structs, which copy.deepcopy cannot copy by itself; `vswitch trace` deep-copies
-# the whole datapath, cache included. A Struct is immutable: rebuilt from its format, it is the same.
-copyreg.pickle(struct.Struct, _rebuild_struct)
-
-
 class CachedFlow(NamedTuple):
-    """One remembered decision: a tuple, so a hit unpacks it in one step."""
+    """One remembered decision: the slow path's action and what a hit must re-check; a tuple, so a
+    hit unpacks it in one step."""
 
+    rewrite: Rewrite
     proto: int
-    reader: struct.Struct  # TCP_READER or UDP_READER
-    writer: struct.Struct  # PLAIN_WRITER without NAT, else the protocol's
-    tail_at: int  # where the bytes the writer does not cover start
     addr_sum: int  # the header's address words, summed: the checksum check adds the rest
     min_total: int  # the smallest IPv4 total length that holds the L4 header
     mtu: int
@@ -159,11 +119,6 @@ class CachedFlow(NamedTuple):
     out_port: int
     rx_port: int  # the router's port on the ingress segment
     tx_port: int  # the router's port on the egress segment
-    macs: bytes  # new Ethernet destination and source
-    ip_change: int  # IP checksum change: TTL decrement plus the address rewrite
-    rewrite: bytes | None  # new source, destination and ports (an echo: identifier), or None: no NAT
-    partial_change: int  # L4 change for a NEEDS_CSUM frame: addresses only (pseudo-header)
-    complete_change: int  # L4 change for a complete checksum: addresses and ports (an echo: identifier)
 
 
 class FlowCache:
@@ -185,6 +140,7 @@ class FlowCache:
         self.tables: list[dict[bytes, CachedFlow]] = [{} for _ in switches]
         self.echo_tables: list[dict[bytes, CachedFlow]] = [{} for _ in switches]  # ICMP echo, by segment
         self._full_misses = 0  # installs asked of a full table; one in INSERT_WHEN_FULL is done
+        self.journal: Journal | None = None  # while a frame is traced (journal.py)
         self.arp_timeout = router.arp.timeout
         self.conntrack = None if router.nat is None else router.nat.conntrack
         # Subscribe to every table a cached decision derives from.
@@ -196,6 +152,16 @@ class FlowCache:
         if self.conntrack is not None:
             self.conntrack.on_change = self.forget_flow
             self._refresh = self.conntrack.refresh
+
+    def journal_save(self) -> Any:
+        """The tables, for a trace run to put back (journal.py): its changes only ever empty them."""
+        return [dict(t) for t in self.tables], [dict(t) for t in self.echo_tables], self._full_misses
+
+    def journal_restore(self, saved: Any) -> None:
+        tables, echo_tables, self._full_misses = saved
+        for table, entries in zip((*self.tables, *self.echo_tables), (*tables, *echo_tables), strict=True):
+            table.clear()
+            table.update(entries)
 
     def add_segment(self, switch: Switch) -> None:
         self.switches.append(switch)
@@ -209,12 +175,16 @@ class FlowCache:
     # --- invalidation ------------------------------------------------------------------------------
     def flush(self) -> None:
         """A route, neighbour or FDB entry changed: every entry may be void."""
+        if self.journal is not None:
+            self.journal.keep(self)
         for table in (*self.tables, *self.echo_tables):
             table.clear()
         self.counters.events[Event.FLOW_CACHE_FLUSHED] += 1
 
     def forget_flow(self, flow: Flow) -> None:
         """A tracked flow came, changed state or went: drop the entries under its keys."""
+        if self.journal is not None:
+            self.journal.keep(self)
         if flow.proto not in L4_MIN:
             return
         for key in (flow.orig, flow.reply):
@@ -232,10 +202,10 @@ class FlowCache:
 
     # --- the fast path -----------------------------------------------------------------------------
     def forward(self, segment: int, pkt: bytes, now: float, dry_run: bool = False) -> list[Output] | None:
-        """Route pkt (unicast to the router's MAC on segment) from its cached decision; None: a miss.
+        """Route pkt (unicast to the router's MAC on segment) by its flow's action; None: a miss.
 
-        Every check comes before the first side effect. dry_run builds the frame with no side effect
-        at all (install checks a new entry with it).
+        Every check comes before the first side effect. dry_run answers hit or miss with no side
+        effect at all (what `vswitch trace` asks).
         """
         counters = self.counters
         entry = self.tables[segment].get(pkt[KEY_BYTES])  # a short frame gives a short key: no match
@@ -246,17 +216,15 @@ class FlowCache:
                 if not dry_run:
                     counters.flow_cache_misses += 1
                 return None
-        (proto, reader, writer, tail_at, addr_sum, min_total, mtu, flow, direction, timeout,
-         neighbour, out_port, rx_port, tx_port, macs, ip_change, rewrite, partial_change,
-         complete_change) = entry  # fmt: skip
+        (rewrite, proto, addr_sum, min_total, mtu, flow, direction, timeout, neighbour, out_port, rx_port,
+         tx_port) = entry  # fmt: skip
         try:
-            vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum, l4_middle, l4_csum = (
-                reader.unpack_from(pkt)
-            )
+            fields = rewrite.reader.unpack_from(pkt)
         except struct.error:  # shorter than its L4 header
             if not dry_run:
                 counters.flow_cache_misses += 1
             return None
+        vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum = fields[:8]
         size = len(pkt)
         if (
             ethertype != ETHERTYPE_IPV4
@@ -266,78 +234,39 @@ class FlowCache:
             or frag & FRAGMENT_BITS
             or ttl_proto & 0xFF != proto
             or ttl_proto < 2 * TTL_ONE  # TTL 0 or 1: time exceeded, in the slow path
-            or (proto == PROTO_TCP and l4_middle[TCP_FLAGS_IN_MIDDLE] & TCP_DECIDING != TCP_ACK)
             or (
                 not min_total <= total <= mtu or L3 + total != size  # the slow path trims the rest
                 if vnet[1] == GSO_NONE
                 else not _gso_fits(pkt, size, min_total, mtu)
             )
+            or (proto == PROTO_TCP and pkt[TCP_FLAGS_AT] & TCP_DECIDING != TCP_ACK)
             or (flow is not None and flow.expires <= now)
             or now - neighbour.updated >= self.arp_timeout  # stale: the slow path probes it
         ):
             if not dry_run:
                 counters.flow_cache_misses += 1
             return None
-        if not dry_run:
-            if flow is not None:
-                self._refresh(flow, direction, timeout, now)
-            counters.flow_cache_hits += 1
-            length = size - VNET_HDR_LEN
-            counters.rx_packets[rx_port] += 1
-            counters.rx_bytes[rx_port] += length
-            counters.tx_packets[tx_port] += 1
-            counters.tx_bytes[tx_port] += length
-        # The frame, as Router._ipv4 and nat.rewrite make it. Sums stay below 2**17: one carry folds.
-        change = (~csum & ONES) + ip_change  # RFC 1624 eqn. 3: TTL and addresses in one update
-        csum = ~((change & ONES) + (change >> 16)) & ONES
-        ttl_proto -= TTL_ONE
-        if rewrite is None:
-            head = writer.pack(vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum)
-            if size - tail_at > GATHER_FROM:
-                return [(out_port, Gather(head, memoryview(pkt)[tail_at:]))]
-            return [(out_port, head + pkt[tail_at:])]
-        partial = vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == PARTIAL_CSUM_START
-        if proto == PROTO_ICMP:
-            # No pseudo-header: the identifier alone changes the sum, and a partial sum (the
-            # device adds up the whole message) needs nothing (nat.rewrite).
-            if not partial:
-                change = (~l4_csum & ONES) + complete_change
-                l4_csum = ~((change & ONES) + (change >> 16)) & ONES
-            head = writer.pack(
-                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum,
-                rewrite[:8], l4_middle, l4_csum, rewrite[8:],
-            )  # fmt: skip
-            return [(out_port, head + pkt[tail_at:])]
-        if partial:
-            # The field holds the uncomplemented pseudo-header sum: only the addresses are in it.
-            change = l4_csum + partial_change
-            l4_csum = (change & ONES) + (change >> 16)
-        elif l4_csum or proto != PROTO_UDP:  # RFC 768: a UDP checksum of 0 is none; none is added
-            change = (~l4_csum & ONES) + complete_change
-            l4_csum = ~((change & ONES) + (change >> 16)) & ONES
-            if not l4_csum and proto == PROTO_UDP:
-                l4_csum = ONES
-        head = writer.pack(
-            vnet,
-            macs,
-            ethertype,
-            ver_ihl_tos,
-            total,
-            ident,
-            frag,
-            ttl_proto,
-            csum,
-            rewrite,
-            l4_middle,
-            l4_csum,
-        )
-        if size - tail_at > GATHER_FROM:
-            return [(out_port, Gather(head, memoryview(pkt)[tail_at:]))]
-        return [(out_port, head + pkt[tail_at:])]
+        if dry_run:
+            return [(out_port, apply(rewrite, pkt, fields))]
+        if flow is not None:
+            self._refresh(flow, direction, timeout, now)
+        counters.flow_cache_hits += 1
+        length = size - VNET_HDR_LEN
+        counters.rx_packets[rx_port] += 1
+        counters.rx_bytes[rx_port] += length
+        counters.tx_packets[tx_port] += 1
+        counters.tx_bytes[tx_port] += length
+        return [(out_port, apply(rewrite, pkt, fields, GATHER_FROM))]
 
     # --- learning from the slow path ---------------------------------------------------------------
-    def install(self, segment: int, pkt: bytes, sent: list[Transmit], now: float) -> None:
-        """Remember what the slow path just did with pkt, if a later packet may reuse it as it is."""
+    def install(self, segment: int, pkt: bytes, forwarded: Forwarded | None, sent: Sequence[Output]) -> None:
+        """Keep the slow path's action for pkt's flow, if its later packets may reuse it as it is.
+
+        forwarded: what the router decided (None: not a plain forward to a fresh neighbour); sent:
+        where the egress segment switched the frame.
+        """
+        if forwarded is None or len(sent) != 1:
+            return
         if len(self.tables[segment]) >= self.max_entries:
             # Full: more flows are active than the cache holds. Installing every miss would evict an
             # entry per packet and make each one pay for an insertion it never uses; like OVS's
@@ -346,72 +275,31 @@ class FlowCache:
             if self._full_misses % INSERT_WHEN_FULL:
                 self.counters.events[Event.FLOW_CACHE_FULL_SKIP] += 1
                 return
-        router = self.router
-        forwarded = router.forwarded
-        if forwarded is None or len(sent) != 1:
+        rewrite, out_iface, neighbour, flow, direction = forwarded
+        min_total = _cacheable(pkt)
+        if min_total is None:
             return
-        out_iface, next_hop = forwarded
-        size = len(pkt)
-        proto = pkt[IP_PROTO]
-        need = L4_MIN.get(proto)
-        if need is None or pkt[L3] != VER_IHL_5 or size < L4 + need:
-            return
-        if (pkt[IP_FLAGS_FRAG] << 8 | pkt[IP_FLAGS_FRAG + 1]) & FRAGMENT_BITS:
-            return
-        min_total = IPV4_MIN_LEN + need
-        if pkt[1] == GSO_NONE and (pkt[IP_TOTAL_LEN] << 8 | pkt[IP_TOTAL_LEN + 1]) < min_total:
-            return
-        if proto == PROTO_TCP and pkt[TCP_FLAGS_AT] & TCP_DECIDING != TCP_ACK:
-            return
-        echo = proto == PROTO_ICMP
-        if echo and pkt[L4] << 8 | pkt[L4 + 1] not in ECHO_TYPES:
-            return  # an ICMP error: NAT rewrites the packet it quotes, every time
-        neighbour = router.arp.entries.get(next_hop)
-        if neighbour is None or now - neighbour.updated >= self.arp_timeout:
-            return
+        echo = pkt[IP_PROTO] == PROTO_ICMP
         [(out_port, _)] = sent
         out_switch = self.switches[out_iface]
         known = out_switch.fdb.entries.get(neighbour.mac)
         if known is None or known.port != out_port or out_port == out_switch.router_port:
-            return
-        flow: Flow | None = None
-        direction = ORIGINAL
+            return  # flooded, or gone from the FDB: the slow path decides again
         timeout = 0.0
-        rewrite: bytes | None = None
-        addr_delta = port_delta = 0
-        if self.conntrack is not None:
-            if echo:  # the identifier stands for the request's source port, the reply's destination
-                ident = PORTS.unpack_from(pkt, ICMP_ID_AT)[0]
-                sport, dport = (ident, 0) if pkt[L4] == ECHO_REQUEST else (0, ident)
-            else:
-                sport, dport = PORTS.unpack_from(pkt, L4)
-            found = self.conntrack.keys.get(KEY.pack(proto, pkt[IP_SRC], sport, pkt[IP_DST], dport))
-            if found is not None:
-                flow, direction = found
-                steady = self.conntrack.steady_timeout(flow, direction)
-                if steady is None:
-                    return
-                timeout = steady
-                xlate = flow.xlate[direction]
-                if xlate is not None:
-                    new_src, new_dst, new_ports, addr_delta, port_delta = xlate
-                    if echo:
-                        new_id = new_ports[:2] if pkt[L4] == ECHO_REQUEST else new_ports[2:]
-                        rewrite = new_src + new_dst + new_id
-                    else:
-                        rewrite = new_src + new_dst + new_ports
+        if flow is not None:
+            steady = None if self.conntrack is None else self.conntrack.steady_timeout(flow, direction)
+            if steady is None:
+                return
+            timeout = steady
         rx_port = self.switches[segment].router_port
         tx_port = out_switch.router_port
         assert rx_port is not None and tx_port is not None
-        reader, writer = READERS[proto], WRITERS[proto]
         entry = CachedFlow(
-            proto=proto,
-            reader=reader,
-            writer=PLAIN_WRITER if rewrite is None else writer,
-            tail_at=IP_SRC.start if rewrite is None else TAIL_AT[proto],
+            rewrite=rewrite,
+            proto=pkt[IP_PROTO],
             addr_sum=sum(ADDRESSES.unpack_from(pkt, IP_SRC.start)),
             min_total=min_total,
-            mtu=router.interfaces[out_iface].mtu,
+            mtu=self.router.interfaces[out_iface].mtu,
             flow=flow,
             direction=direction,
             timeout=timeout,
@@ -419,30 +307,33 @@ class FlowCache:
             out_port=out_port,
             rx_port=rx_port,
             tx_port=tx_port,
-            macs=neighbour.mac + router.interfaces[out_iface].mac,
-            ip_change=fold(TTL_DECREMENT_CHANGE + addr_delta),
-            rewrite=rewrite,
-            partial_change=addr_delta,
-            # ICMP has no pseudo-header: its sum sees the identifier only
-            complete_change=fold(port_delta if echo else addr_delta + port_delta),
         )
         table = self.echo_tables[segment] if echo else self.tables[segment]
         key = _echo_key(pkt) if echo else pkt[KEY_BYTES]
-        old = table.pop(key, None)  # re-inserted at the end: insertion order stays install order
+        table.pop(key, None)  # re-inserted at the end: insertion order stays install order
         table[key] = entry
-        if self.forward(segment, pkt, now, dry_run=True) != sent:
-            self.counters.events[Event.FLOW_CACHE_MISMATCH] += 1
-            del table[key]
-            if old is not None:
-                table[key] = old
-            return
         if len(table) > self.max_entries:
             del table[next(iter(table))]
             self.counters.events[Event.FLOW_CACHE_EVICTED] += 1
 
 
-READERS: Final = {PROTO_TCP: TCP_READER, PROTO_UDP: UDP_READER, PROTO_ICMP: ICMP_READER}
-WRITERS: Final = {PROTO_TCP: TCP_WRITER, PROTO_UDP: UDP_WRITER, PROTO_ICMP: ICMP_WRITER}
+def _cacheable(pkt: bytes) -> int | None:
+    """The smallest IPv4 total length a packet like pkt needs, if its flow may be cached: ihl 5, not
+    a fragment, TCP (ACK only), UDP or an ICMP echo with its whole header; else None."""
+    proto = pkt[IP_PROTO]
+    need = L4_MIN.get(proto)
+    if need is None or pkt[L3] != VER_IHL_5 or len(pkt) < L4 + need:
+        return None
+    if (pkt[IP_FLAGS_FRAG] << 8 | pkt[IP_FLAGS_FRAG + 1]) & FRAGMENT_BITS:
+        return None
+    min_total = IPV4_MIN_LEN + need
+    if pkt[1] == GSO_NONE and (pkt[IP_TOTAL_LEN] << 8 | pkt[IP_TOTAL_LEN + 1]) < min_total:
+        return None
+    if proto == PROTO_TCP and pkt[TCP_FLAGS_AT] & TCP_DECIDING != TCP_ACK:
+        return None
+    if proto == PROTO_ICMP and pkt[L4] << 8 | pkt[L4 + 1] not in ECHO_TYPES:
+        return None  # an ICMP error: NAT rewrites the packet it quotes, every time
+    return min_total
 
 
 def _echo_key(pkt: bytes) -> bytes:

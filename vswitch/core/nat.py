@@ -34,12 +34,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Final
+from typing import Any, Final
 
-from .checksum import delta, fold, update_complete, update_partial
+from .checksum import delta, fold, update_complete
 from .conntrack import KEY, ORIGINAL, REPLY, Conntrack, Flow, Timeouts
 from .counters import Drop, Event
 from .icmp import ECHO_REPLY, ECHO_REQUEST, ERROR_TYPES
+from .ipv4 import NatChange, Packet
+from .journal import Journal
 from .routes import NextHop
 from .wire import (
     IP_CSUM,
@@ -78,11 +80,12 @@ HELD_BYTES_MAX: Final = 1 << 20  # all the fragments waiting together (Linux: ip
 class HeldFragments:
     """Later fragments that came before their first: held, not dropped (see the module docstring)."""
 
-    __slots__ = ("expires", "frames", "in_iface")
+    __slots__ = ("expires", "frames", "in_iface", "ledger")
 
-    def __init__(self, in_iface: int, expires: float) -> None:
+    def __init__(self, in_iface: int, expires: float, ledger: Counter[str]) -> None:
         self.in_iface = in_iface
         self.expires = expires
+        self.ledger = ledger  # the ingress port's drops, for the fragments that expire waiting
         self.frames: list[bytes] = []
 
 
@@ -93,6 +96,7 @@ class Held:
 HELD: Final = Held()
 
 Xlate = tuple[bytes, bytes, bytes, int, int]  # new src, new dst, new ports, addr delta, port delta
+Route = Callable[[bytes], NextHop | None]  # the router's lookup, for "would this leave by the uplink?"
 
 
 @dataclass(frozen=True)
@@ -169,45 +173,12 @@ def _partial(pkt: bytes | bytearray, l4: int) -> bool:
     return bool(pkt[0] & VNET_F_NEEDS_CSUM) and pkt[6] | pkt[7] << 8 == l4 - VNET_HDR_LEN
 
 
-def rewrite(buf: bytearray, l4: int, proto: int, x: Xlate, partial: bool) -> None:
-    """Apply a translation to a packet in place (headers only: TSO super-frames go through whole)."""
-    nsrc, ndst, ports, addr_delta, port_delta = x
-    buf[_IP_ADDRS] = nsrc + ndst
-    buf[IP_CSUM : IP_CSUM + 2] = U16.pack(update_complete(U16.unpack_from(buf, IP_CSUM)[0], addr_delta))
-    if proto == PROTO_ICMP:
-        # An echo carries the identifier where the flow key has its source (request) or
-        # destination (reply) port. ICMP has no pseudo-header: a partial sum needs nothing.
-        buf[l4 + ICMP_ID_OFF : l4 + ICMP_ID_OFF + 2] = ports[:2] if buf[l4] == ECHO_REQUEST else ports[2:]
-        if not partial:
-            off = l4 + ICMP_CSUM
-            buf[off : off + 2] = U16.pack(update_complete(U16.unpack_from(buf, off)[0], port_delta))
-        return
-    buf[l4 : l4 + 4] = ports
-    off = l4 + (TCP_CSUM_OFF if proto == PROTO_TCP else UDP_CSUM_OFF)
-    csum = U16.unpack_from(buf, off)[0]
-    if partial:
-        csum = update_partial(csum, addr_delta)
-    elif proto == PROTO_UDP and csum == 0:
-        return  # RFC 768: no checksum was sent, and none is added
-    else:
-        csum = update_complete(csum, fold(addr_delta + port_delta))
-        if csum == 0 and proto == PROTO_UDP:
-            csum = 0xFFFF
-    buf[off : off + 2] = U16.pack(csum)
-
-
 class Nat:
-    def __init__(
-        self,
-        config: NatConfig,
-        drops: Counter[str] | None = None,
-        events: Counter[str] | None = None,
-    ) -> None:
+    def __init__(self, config: NatConfig, events: Counter[str] | None = None) -> None:
         self.config = config
         self.uplink = config.uplink
         self.address = config.address.packed
         self.inside = [(int(n.network_address), int(n.netmask)) for n in config.inside]
-        self.drops: Counter[str] = drops if drops is not None else Counter()
         self.events: Counter[str] = events if events is not None else Counter()
         self.forwards: dict[tuple[int, int], tuple[bytes, int]] = {}
         reserved: dict[int, set[int]] = {PROTO_TCP: set(), PROTO_UDP: set(), PROTO_ICMP: set()}
@@ -229,12 +200,38 @@ class Nat:
         # FRAGMENT_KEY -> later fragments that came first; released: theirs, once the first came
         self.held: dict[bytes, HeldFragments] = {}
         self.held_bytes = 0
-        self.released: list[tuple[int, bytes]] = []
-        # The flow the packet in hand has just made, until the router sees it leave (_unconfirm).
-        self.unconfirmed: Flow | None = None
+        self.released: list[tuple[int, bytes, Counter[str]]] = []
         self.conntrack = Conntrack(
             config.max_flows, config.timeouts, on_remove=self._release, events=self.events
         )
+        self.journal: Journal | None = None  # while a frame is traced (journal.py)
+
+    def journal_save(self) -> Any:
+        """All NAT state (conntrack keeps its own): mappings, ports in use, fragment state."""
+        return (
+            {key: list(value) for key, value in self.mappings.items()},
+            {proto: (set(a.used), a.cursor) for proto, a in self.ports.items()},
+            dict(self.fragments),
+            {key: (w, list(w.frames)) for key, w in self.held.items()},
+            self.held_bytes,
+            list(self.released),
+        )
+
+    def journal_restore(self, saved: Any) -> None:
+        mappings, ports, fragments, held, held_bytes, released = saved
+        self.mappings.clear()
+        self.mappings.update(mappings)
+        for proto, (used, cursor) in ports.items():
+            self.ports[proto].used = used
+            self.ports[proto].cursor = cursor
+        self.fragments.clear()
+        self.fragments.update(fragments)
+        self.held.clear()
+        for key, (waiting, frames) in held.items():
+            waiting.frames = frames
+            self.held[key] = waiting
+        self.held_bytes = held_bytes
+        self.released[:] = released
 
     def is_inside(self, address: bytes) -> bool:
         value = int.from_bytes(address, "big")
@@ -243,6 +240,8 @@ class Nat:
     def _release(self, flow: Flow) -> None:
         if flow.mapping is None:
             return
+        if self.journal is not None:
+            self.journal.keep(self)
         mapping = self.mappings[flow.mapping]
         mapping[1] -= 1
         if mapping[1] == 0:
@@ -251,33 +250,26 @@ class Nat:
             self.events[Event.NAT_MAPPING_FREED] += 1
 
     # --- the packet path ---------------------------------------------------------------------------
-    def process(
-        self,
-        pkt: bytes,
-        in_iface: int,
-        l4: int,
-        end: int,
-        proto: int,
-        frag: int,
-        src: bytes,
-        dst: bytes,
-        route: Callable[[bytes], NextHop | None],
-        now: float,
-    ) -> bytearray | Drop | Held | None:
+    def process(self, p: Packet, route: Route, now: float) -> NatChange | bytearray | Drop | Held | None:
         """Translate a validated IPv4 packet before routing.
 
-        None: not NAT's business (route it as it is). A Drop: count and drop it. A bytearray: the
-        translated copy, to be routed by its new destination. HELD: a fragment waiting for its first;
-        it comes back through ``released`` (the router routes those again) or expires.
+        None: not NAT's business (route it as it is). A Drop: count and drop it. A NatChange: the
+        translation the forward action applies (p.dst is then the new destination). A bytearray: an
+        ICMP error translated outer and inner, to be routed as it is. HELD: a fragment waiting for its
+        first; it comes back through ``released`` (the router routes those again) or expires. The
+        flow the packet belongs to is left in p.flow (and p.made_flow if it made it).
         """
-        self.unconfirmed = None
+        if self.journal is not None:
+            self.journal.keep(self)
+        proto, l4, end = p.proto, p.l4, p.end
+        if p.frag & IP_FRAG_OFFSET_MASK:
+            return self._later_fragment(p, route, now)
         need = _L4_MIN.get(proto)
-        if frag & IP_FRAG_OFFSET_MASK:
-            return self._later_fragment(pkt, proto, src, dst, in_iface, route, now)
         if need is None or l4 + need > end:
-            if not self._needs_nat(in_iface, src, dst, route):
+            if not self._needs_nat(p.iface, p.src, p.dst, route):
                 return None
             return Drop.NAT_UNSUPPORTED if need is None else Drop.L4_TRUNCATED
+        pkt = p.pkt
         flags = 0
         if proto == PROTO_ICMP:
             icmp_type = pkt[l4]
@@ -286,40 +278,40 @@ class Nat:
             elif icmp_type == ECHO_REPLY:
                 sport, dport = 0, U16.unpack_from(pkt, l4 + ICMP_ID_OFF)[0]
             elif icmp_type in ERROR_TYPES:
-                return self._icmp_error(pkt, in_iface, l4, end, src, dst, route, now)
+                return self._icmp_error(p, route, now)
             else:
-                return Drop.NAT_UNSUPPORTED if self._needs_nat(in_iface, src, dst, route) else None
+                return Drop.NAT_UNSUPPORTED if self._needs_nat(p.iface, p.src, p.dst, route) else None
         else:
             sport, dport = PORTS.unpack_from(pkt, l4)
             if proto == PROTO_TCP:
                 flags = pkt[l4 + TCP_FLAGS_OFF]
-        key = KEY.pack(proto, src, sport, dst, dport)
-        conntrack = self.conntrack
-        found = conntrack.get(key, now)
+        key = KEY.pack(proto, p.src, sport, p.dst, dport)
+        found = self.conntrack.get(key, now)
         if found is not None:
             flow, direction = found
-            conntrack.update(flow, direction, flags, now)
-            x = flow.xlate[direction]
-            if x is None:
-                return None
-            buf = bytearray(pkt)
-            rewrite(buf, l4, proto, x, _partial(pkt, l4))
+            self.conntrack.update(flow, direction, flags, now)
+            p.flow, p.direction = flow, direction
         else:
-            result = self._new_flow(pkt, in_iface, l4, proto, flags, key, src, dst, dport, route, now)
-            if not isinstance(result, tuple):
-                return result
-            buf, x = result
-        if frag & IP_MF:
-            self._remember_fragments(pkt, proto, src, dst, x, now)
-        return buf
+            made = self._new_flow(p, flags, key, dport, route, now)
+            if not isinstance(made, Flow):
+                return made
+            flow, direction = made, ORIGINAL
+        x = flow.xlate[direction]
+        if x is None:
+            return None
+        if p.frag & IP_MF:
+            self._remember_fragments(p, x, now)
+        nsrc, ndst, ports, addr_delta, port_delta = x
+        if proto == PROTO_ICMP:  # the identifier stands where the key has the request's source port
+            ports = ports[:2] if pkt[l4] == ECHO_REQUEST else ports[2:]
+        p.route_to(ndst)
+        return NatChange(nsrc + ndst, ports, addr_delta, port_delta)
 
     # --- fragments (RFC 4787 REQ-14) ----------------------------------------------------------------
-    def _remember_fragments(
-        self, pkt: bytes, proto: int, src: bytes, dst: bytes, x: Xlate, now: float
-    ) -> None:
+    def _remember_fragments(self, p: Packet, x: Xlate, now: float) -> None:
         """A first fragment was translated: its datagram's later fragments get the same addresses."""
         fragments = self.fragments
-        key = FRAGMENT_KEY.pack(proto, src, dst, U16.unpack_from(pkt, IP_ID_OFF)[0])
+        key = FRAGMENT_KEY.pack(p.proto, p.src, p.dst, U16.unpack_from(p.pkt, IP_ID_OFF)[0])
         fragments.pop(key, None)
         while len(fragments) >= FRAGMENT_MAX:
             del fragments[next(iter(fragments))]
@@ -327,42 +319,32 @@ class Nat:
         fragments[key] = (x, now + FRAGMENT_TIMEOUT)
         waiting = self._unhold(key)
         if waiting is not None:
-            self.released.extend((waiting.in_iface, frame) for frame in waiting.frames)
+            self.released.extend((waiting.in_iface, frame, waiting.ledger) for frame in waiting.frames)
             self.events[Event.NAT_FRAGMENT_RELEASED] += len(waiting.frames)
 
-    def _later_fragment(
-        self,
-        pkt: bytes,
-        proto: int,
-        src: bytes,
-        dst: bytes,
-        in_iface: int,
-        route: Callable[[bytes], NextHop | None],
-        now: float,
-    ) -> bytearray | Drop | Held | None:
-        """A non-first fragment has no ports: rewrite the addresses its first fragment got."""
-        key = FRAGMENT_KEY.pack(proto, src, dst, U16.unpack_from(pkt, IP_ID_OFF)[0])
+    def _later_fragment(self, p: Packet, route: Route, now: float) -> NatChange | Drop | Held | None:
+        """A non-first fragment has no ports: it gets the address rewrite its first fragment got."""
+        key = FRAGMENT_KEY.pack(p.proto, p.src, p.dst, U16.unpack_from(p.pkt, IP_ID_OFF)[0])
         entry = self.fragments.get(key)
         if entry is None or entry[1] <= now:
-            if not self._needs_nat(in_iface, src, dst, route):
+            if not self._needs_nat(p.iface, p.src, p.dst, route):
                 return None
-            return self._hold(key, in_iface, pkt, now)
+            return self._hold(key, p, now)
         nsrc, ndst, _, addr_delta, _ = entry[0]
-        buf = bytearray(pkt)
-        buf[_IP_ADDRS] = nsrc + ndst
-        buf[IP_CSUM : IP_CSUM + 2] = U16.pack(update_complete(U16.unpack_from(buf, IP_CSUM)[0], addr_delta))
         self.events[Event.NAT_FRAGMENT_TRANSLATED] += 1
-        return buf
+        p.route_to(ndst)
+        return NatChange(nsrc + ndst, b"", addr_delta, 0, addresses_only=True)
 
-    def _hold(self, key: bytes, in_iface: int, pkt: bytes, now: float) -> Held | Drop:
+    def _hold(self, key: bytes, p: Packet, now: float) -> Held | Drop:
         """Keep a fragment that came before its first one, within the bounds; else it is dropped."""
+        pkt = p.pkt
         waiting = self.held.get(key)
         if self.held_bytes + len(pkt) > HELD_BYTES_MAX or (
             waiting is None and len(self.held) >= HELD_DATAGRAMS_MAX
         ):
             return Drop.NAT_FRAGMENT
         if waiting is None:
-            waiting = self.held[key] = HeldFragments(in_iface, now + FRAGMENT_TIMEOUT)
+            waiting = self.held[key] = HeldFragments(p.iface, now + FRAGMENT_TIMEOUT, p.ledger)
         waiting.frames.append(pkt)
         self.held_bytes += len(pkt)
         self.events[Event.NAT_FRAGMENT_HELD] += 1
@@ -375,14 +357,13 @@ class Nat:
             self.held_bytes -= sum(len(frame) for frame in waiting.frames)
         return waiting
 
-    def take_released(self) -> list[tuple[int, bytes]]:
-        """Held fragments whose first fragment has just been translated: (ingress, frame) each."""
+    def take_released(self) -> list[tuple[int, bytes, Counter[str]]]:
+        """Held fragments whose first fragment has just been translated: (ingress interface, frame,
+        the ingress port's drops) each."""
         released, self.released = self.released, []
         return released
 
-    def _needs_nat(
-        self, in_iface: int, src: bytes, dst: bytes, route: Callable[[bytes], NextHop | None]
-    ) -> bool:
+    def _needs_nat(self, in_iface: int, src: bytes, dst: bytes, route: Route) -> bool:
         if dst == self.address:
             return True
         if not self.is_inside(src):
@@ -391,19 +372,11 @@ class Nat:
         return hop is not None and hop[0] == self.uplink
 
     def _new_flow(
-        self,
-        pkt: bytes,
-        in_iface: int,
-        l4: int,
-        proto: int,
-        flags: int,
-        key: bytes,
-        src: bytes,
-        dst: bytes,
-        dport: int,
-        route: Callable[[bytes], NextHop | None],
-        now: float,
-    ) -> tuple[bytearray, Xlate] | Drop | None:
+        self, p: Packet, flags: int, key: bytes, dport: int, route: Route, now: float
+    ) -> Flow | Drop | None:
+        """Track the first packet of a flow, if NAT must (a masquerade, a forward, or routed in from
+        the uplink); the flow's translations are set for both directions."""
+        proto, src, dst, in_iface = p.proto, p.src, p.dst, p.iface
         dnat: tuple[bytes, int] | None = None
         if dst == self.address:
             dnat = self.forwards.get((proto, dport))
@@ -425,7 +398,7 @@ class Nat:
         # New flows start only with a SYN, or an echo request (RFC 5382 REQ-2 policy note above).
         if proto == PROTO_TCP and flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
             return None if identity else Drop.NAT_NO_FLOW
-        if proto == PROTO_ICMP and pkt[l4] != ECHO_REQUEST:
+        if proto == PROTO_ICMP and p.pkt[p.l4] != ECHO_REQUEST:
             return None if identity else Drop.NAT_NO_FLOW
         conntrack = self.conntrack
         if not conntrack.make_room(now):
@@ -459,27 +432,17 @@ class Nat:
         flow.xlate[REPLY] = _xlate(reply, _invert(key))
         conntrack.insert(flow, now)
         conntrack.update(flow, ORIGINAL, flags, now)
-        self.unconfirmed = flow
+        p.flow, p.direction, p.made_flow = flow, ORIGINAL, flow
         self.events[Event.NAT_NEW_FLOW if not identity else Event.CONNTRACK_ROUTED_FLOW] += 1
-        x = flow.xlate[ORIGINAL]
-        if x is None:
-            return None
-        buf = bytearray(pkt)
-        rewrite(buf, l4, proto, x, _partial(pkt, l4))
-        return buf, x
+        return flow
 
-    def _icmp_error(
-        self,
-        pkt: bytes,
-        in_iface: int,
-        l4: int,
-        end: int,
-        src: bytes,
-        dst: bytes,
-        route: Callable[[bytes], NextHop | None],
-        now: float,
-    ) -> bytearray | Drop | None:
-        """RFC 5508 4.1/4.2: find the flow of the quoted packet, translate outer and inner."""
+    def _icmp_error(self, p: Packet, route: Route, now: float) -> bytearray | Drop | None:
+        """RFC 5508 4.1/4.2: find the flow of the quoted packet, translate outer and inner.
+
+        The one rewrite that is not a forward action (action.py): it changes the packet the error
+        quotes as well, and it is never cached, so it writes its own copy here.
+        """
+        pkt, in_iface, l4, end, src, dst = p.pkt, p.iface, p.l4, p.end, p.src, p.dst
         found = self._quoted_flow(pkt, l4, end, now)
         if found is None:
             # About no flow we know: inbound it has nobody to go to; outbound it would carry an
@@ -544,6 +507,7 @@ class Nat:
             off = l4 + ICMP_CSUM
             buf[off : off + 2] = U16.pack(update_complete(U16.unpack_from(buf, off)[0], delta(before, after)))
         self.events[Event.NAT_ICMP_ERROR_TRANSLATED] += 1
+        p.route_to(bytes(buf[_IP_ADDRS][4:]))
         return buf
 
     @staticmethod
@@ -598,8 +562,10 @@ class Nat:
                 deadline = oldest
         return deadline
 
-    def on_timer(self, now: float) -> int:
-        """Expire flows and fragment state; return how many held fragments expired (dropped)."""
+    def on_timer(self, now: float) -> list[HeldFragments]:
+        """Expire flows and fragment state; return the held fragments that expired (dropped)."""
+        if self.journal is not None:
+            self.journal.keep(self)
         self.conntrack.expire(now)
         fragments = self.fragments
         while fragments:
@@ -607,14 +573,14 @@ class Nat:
             if fragments[key][1] > now:
                 break
             del fragments[key]
-        expired = 0
+        expired: list[HeldFragments] = []
         held = self.held
         while held:
             key, waiting = next(iter(held.items()))
             if waiting.expires > now:
                 break
             self._unhold(key)
-            expired += len(waiting.frames)
+            expired.append(waiting)
         return expired
 
     def table(self, now: float) -> list[dict[str, object]]:

@@ -1,13 +1,18 @@
 """The IPv4 router: where every frame that reaches a router interface is decided (RFC 1812).
 
-Order, like the kernel's ip_rcv / ip_forward: classify the frame (our MAC or broadcast; ARP or IPv4),
-validate the IPv4 header (5.2.2), refuse martians and broadcasts (5.3.7, 5.3.5), let NAT translate
-(pre-routing), deliver locally or route (LPM), check TTL (5.3.1) and MTU (5.2.6, RFC 1191), then
-resolve the next hop (ARP) and rewrite the MACs. Every drop carries a reason in ``drops``; notable
-non-drops are counted in ``events``. Time comes in as ``now``; nothing here touches an fd.
+Order, like the kernel's ip_rcv / ip_forward, one short stage each: classify the frame (our MAC or
+broadcast; ARP or IPv4), validate the IPv4 header once (ipv4.parse: 5.2.2, martians 5.3.7, broadcasts
+5.3.5), let NAT translate (pre-routing), deliver locally or route (LPM), check TTL (5.3.1) and MTU
+(5.2.6, RFC 1191), then resolve the next hop (ARP). A forwarded packet's decision is an action
+(action.Rewrite: MACs, TTL, NAT's change) that action.apply writes; the datapath's flow cache keeps
+the same action for the flow's later packets (`Routed.forwarded`).
+
+Every drop is counted once, by `_count`, in the ingress port's ledger (the datapath hands it in) and
+in the router's rollup ``drops``; notable non-drops are counted in ``events``. A tracer, when the
+datapath has one, hears each stage's decision. Time comes in as ``now``; nothing here touches an fd.
 
 Buffers are ``[virtio-net header][Ethernet]``. A forwarded frame keeps its virtio-net header: TTL,
-addresses and ports change in place, so NEEDS_CSUM offsets and TSO super-frames stay valid.
+addresses and ports change in the head only, so NEEDS_CSUM offsets and TSO super-frames stay valid.
 """
 
 from __future__ import annotations
@@ -16,21 +21,24 @@ import struct
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
-from typing import Final
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING, Final, NamedTuple
 
+from .action import Rewrite, apply, rewrite
 from .arp import (
     ARP_HEADER,
     QUEUED_SEND_REQUEST,
     REJECTED,
     REJECTED_COUNTED,
     ArpCache,
+    Neighbour,
     Waiting,
     build_arp,
     build_reply,
     build_request,
 )
-from .checksum import fold, ones_sum, update_complete
+from .checksum import ones_sum
+from .conntrack import Flow, describe
 from .counters import Drop, Event
 from .fragment import complete_checksum, fragment
 from .icmp import (
@@ -47,6 +55,8 @@ from .icmp import (
     build_echo_reply,
     build_error,
 )
+from .ipv4 import NatChange, Packet, parse
+from .journal import Journal
 from .nat import Held, Nat, NatConfig
 from .routes import NextHop, Route, RouteTable
 from .wire import (
@@ -64,7 +74,6 @@ from .wire import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
-    IP_CSUM,
     IP_DF,
     IP_DST,
     IP_FLAGS_FRAG,
@@ -75,7 +84,6 @@ from .wire import (
     IP_TOTAL_LEN,
     IP_TTL,
     IPV4_MAX_LEN,
-    IPV4_MIN_LEN,
     L3,
     PROTO_ICMP,
     PROTO_TCP,
@@ -89,10 +97,10 @@ from .wire import (
 )
 
 Transmit = tuple[int, bytes]
-_HDR10: Final = struct.Struct("!10H")
+
+if TYPE_CHECKING:
+    from .trace import Tracer
 _U32: Final = struct.Struct("!I")
-# RFC 1624: decrementing TTL (high byte of the TTL/protocol word) adds ~m + m' = ~0x0100 = 0xFEFF.
-_TTL_DECREMENT_CHANGE: Final = 0xFEFF
 _IPV4_TYPE: Final = ETHERTYPE.pack(ETHERTYPE_IPV4)
 _NO_IFACE: Final = -1  # waiting frames the router made itself: no ICMP error about them
 
@@ -107,10 +115,26 @@ class Interface:
     uplink: bool = False
 
 
-def _martian_source(src: int) -> bool:
-    """RFC 1812 5.3.7: 0/8, 127/8, multicast, class E and limited broadcast never source."""
-    first = src >> 24
-    return first == 0 or first == 127 or first >= 224
+class Forwarded(NamedTuple):
+    """A packet the router forwarded to a fresh neighbour: the action, and what it depends on (what
+    the flow cache must re-check before it reuses the action for the flow's next packet)."""
+
+    rewrite: Rewrite
+    out_iface: int
+    neighbour: Neighbour
+    flow: Flow | None  # the conntrack flow, if the packet is tracked
+    direction: int
+
+
+class Routed(NamedTuple):
+    """What the router did with one frame: the frames it sends (as (interface, frame)), and the
+    forwarded packet's action when a flow cache may reuse it."""
+
+    frames: list[Transmit]
+    forwarded: Forwarded | None = None
+
+
+NOTHING: Final = Routed([])
 
 
 def wire_size(pkt: bytes, l4: int, end: int) -> int:
@@ -148,8 +172,10 @@ class Router:
         icmp_rate: float = 1000.0,
         icmp_burst: int = 50,
     ) -> None:
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()  # the rollup of every drop the router counts
         self.events: Counter[str] = Counter()
+        self.unported: Counter[str] = Counter()  # the ledger of frames handed to receive() directly
+        self.tracer: Tracer | None = None  # set by the datapath while it traces a frame
         self.interfaces: dict[int, Interface] = {}
         self._mac: dict[int, bytes] = {}
         self._addr: dict[int, bytes] = {}
@@ -183,46 +209,74 @@ class Router:
             arp_cache_max,
             arp_pending_max,
             arp_negative_timeout,
-            drops=self.drops,
             events=self.events,
+            count_drop=self._count,
         )
-        self.nat = None if nat is None else Nat(nat, self.drops, self.events)
+        self.nat = None if nat is None else Nat(nat, self.events)
         if nat is not None and nat.uplink not in self.interfaces:
             raise ValueError(f"NAT uplink {nat.uplink} is not a router interface")
         self.icmp_bucket = TokenBucket(icmp_rate, icmp_burst)
         self._ip_id = 0
-        # (egress iface, next hop) of the IPv4 packet the last receive() routed out, else None: the
-        # decision a flow cache needs to remember it (see flowcache.py).
-        self.forwarded: tuple[int, int] | None = None
+        self.journal: Journal | None = None
+
+    def journaled(self) -> list[object]:
+        """The router's tables, each of which hands a journal what it is about to change."""
+        tables: list[object] = [self, self.arp]
+        if self.nat is not None:
+            tables += [self.nat, self.nat.conntrack]
+        return tables
+
+    def _count(self, ledger: Counter[str], reason: Drop, n: int = 1) -> None:
+        """The one place the router counts a drop: the ingress port's ledger, the rollup, the tracer."""
+        ledger[reason] += n
+        self.drops[reason] += n
+        if self.tracer is not None:
+            self.tracer.drop("router", reason)
+
+    def _note(self, stage: str, text: str) -> None:
+        if self.tracer is not None:
+            self.tracer.note(stage, text)
 
     # --- entry points ------------------------------------------------------------------------------
     def receive(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
-        """A frame seen on segment iface: ours by MAC, or a broadcast/flood copy."""
-        self.forwarded = None
+        """A frame seen on segment iface: the frames the router sends for it."""
+        return self.decide(iface, pkt, now, self.unported).frames
+
+    def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str]) -> Routed:
+        """A frame seen on segment iface (ours by MAC, or a broadcast/flood copy); its drops are
+        counted in ledger, the drops of the port it came in on."""
+        if self.journal is not None:
+            self.journal.keep(self)  # the rollup, the events, the IP identification
+            self.journal.keep(self.icmp_bucket)
+        if self.tracer is not None:
+            i = self.interfaces[iface]
+            self.tracer.note("router", f"in on {i.name} ({i.address}, {mac_str(i.mac)})")
         if len(pkt) < ETH_MIN:
-            self.drops[Drop.RUNT] += 1
-            return []
+            self._count(ledger, Drop.RUNT)
+            return NOTHING
         dst_mac = pkt[ETH_DST]
         if dst_mac != self._mac[iface] and dst_mac != BROADCAST_MAC:
             self.events[Event.NOT_FOR_ROUTER] += 1  # a flooded copy for someone else
-            return []
+            return NOTHING
         ethertype = pkt[ETH_TYPE_OFF] << 8 | pkt[ETH_TYPE_OFF + 1]
         if ethertype == ETHERTYPE_IPV4:
-            sent = self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, now)
+            routed = self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, ledger, now)
             if self.nat is not None and self.nat.released:
                 # Fragments that came before their first one, which this packet was: route them
-                # now, as if they had just arrived (they were checked before they were held).
-                for held_iface, held in self.nat.take_released():
-                    sent = sent + self._ipv4(held_iface, held, False, now)
-                self.forwarded = None  # more than one packet went: nothing for the flow cache
-            return sent
+                # now, as if they had just arrived (they were checked before they were held). More
+                # than one packet went: nothing for a flow cache.
+                sent = list(routed.frames)
+                for held_iface, held, held_ledger in self.nat.take_released():
+                    sent += self._ipv4(held_iface, held, False, held_ledger, now).frames
+                return Routed(sent)
+            return routed
         if ethertype == ETHERTYPE_ARP:
-            return self._arp(iface, pkt, now)
+            return Routed(self._arp(iface, pkt, ledger, now))
         if dst_mac == BROADCAST_MAC:
             self.events[Event.BROADCAST_IGNORED] += 1
         else:
-            self.drops[Drop.UNSUPPORTED_ETHERTYPE] += 1
-        return []
+            self._count(ledger, Drop.UNSUPPORTED_ETHERTYPE)
+        return NOTHING
 
     def next_deadline(self) -> float | None:
         best = self.arp.next_deadline()
@@ -237,29 +291,25 @@ class Router:
         requests, failed = self.arp.on_timer(now)
         for iface, ip in requests:
             out.append((iface, build_request(self._mac[iface], self._addr[iface], _U32.pack(ip))))
-        for _frame, in_iface, original in failed:
+        for _frame, in_iface, original, ledger in failed:
             # RFC 1812 4.3.3.1 / RFC 1122 3.2.2.1: the next hop is unreachable; tell the source,
             # quoting the packet as it arrived (before NAT), so it reaches and means something to it.
-            self.drops[Drop.ARP_FAILED] += 1
+            self._count(ledger, Drop.ARP_FAILED)
             if in_iface != _NO_IFACE:
                 out.extend(self._icmp_error(in_iface, original, DEST_UNREACH, HOST_UNREACH, 0, now))
         if self.nat is not None:
-            expired = self.nat.on_timer(now)
-            if expired:
-                self.drops[Drop.NAT_FRAGMENT] += expired  # held for a first fragment that never came
+            for waiting in self.nat.on_timer(now):  # held for a first fragment that never came
+                self._count(waiting.ledger, Drop.NAT_FRAGMENT, len(waiting.frames))
         return out
 
     # --- ARP (RFC 826) -----------------------------------------------------------------------------
-    def _arp(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
+    def _arp(self, iface: int, pkt: bytes, ledger: Counter[str], now: float) -> list[Transmit]:
         if len(pkt) < L3 + ARP_LEN:
-            self.drops[Drop.ARP_MALFORMED] += 1
+            self._count(ledger, Drop.ARP_MALFORMED)
             return []
         htype, ptype, hlen, plen, op, sha, spa, _tha, tpa = ARP.unpack_from(pkt, L3)
-        if (htype, ptype, hlen, plen) != ARP_HEADER or op not in (1, 2):
-            self.drops[Drop.ARP_MALFORMED] += 1
-            return []
-        if sha[0] & 1 or sha == ZERO_MAC:
-            self.drops[Drop.ARP_MALFORMED] += 1
+        if (htype, ptype, hlen, plen) != ARP_HEADER or op not in (1, 2) or sha[0] & 1 or sha == ZERO_MAC:
+            self._count(ledger, Drop.ARP_MALFORMED)
             return []
         own = self._addr[iface]
         if spa == own:
@@ -283,144 +333,127 @@ class Router:
             if op == ARP_REQUEST:
                 out.append((iface, build_reply(self._mac[iface], own, sha, spa)))
                 self.events[Event.ARP_REPLIED] += 1
-        for frame, _, _ in waiting:
+                self._note("ARP", f"answered who-has {IPv4Address(tpa)} on {self.interfaces[iface].name}")
+        for frame, _, _, _ in waiting:
             frame[ETH_DST] = sha
             out.append((iface, bytes(frame)))
         return self._fit(out) if waiting else out
 
-    # --- IPv4 --------------------------------------------------------------------------------------
-    def _ipv4(self, iface: int, pkt: bytes, link_broadcast: bool, now: float) -> list[Transmit]:
-        drops = self.drops
-        size = len(pkt)
-        # RFC 1812 5.2.2: the checks a router must make before anything else.
-        if size < L3 + IPV4_MIN_LEN:
-            drops[Drop.IP_TRUNCATED] += 1
-            return []
-        ver_ihl = pkt[L3]
-        if ver_ihl >> 4 != 4:
-            drops[Drop.IP_BAD_VERSION] += 1
-            return []
-        ihl = (ver_ihl & 0x0F) * 4
-        if ihl < IPV4_MIN_LEN or L3 + ihl > size:
-            drops[Drop.IP_BAD_IHL] += 1
-            return []
-        if pkt[1] == GSO_NONE:
-            total = pkt[IP_TOTAL_LEN] << 8 | pkt[IP_TOTAL_LEN + 1]
-            if total < ihl or L3 + total > size:
-                drops[Drop.IP_BAD_LENGTH] += 1
-                return []
-            end = L3 + total
-            if end < size:  # Ethernet padding, or junk: the packet ends where its length says
-                pkt = pkt[:end]  # (Linux's pskb_trim_rcsum); what follows is never forwarded
-                size = end
-        else:
-            end = size  # a TSO super-frame: the length field may be 0 or stale; the buffer counts
-        if ihl == IPV4_MIN_LEN:
-            header_sum = fold(sum(_HDR10.unpack_from(pkt, L3)))
-        else:
-            header_sum = ones_sum(pkt[L3 : L3 + ihl])
-        if header_sum != 0xFFFF:
-            drops[Drop.IP_BAD_CHECKSUM] += 1
-            return []
-        src = pkt[IP_SRC]
-        dst = pkt[IP_DST]
-        src_int = _U32.unpack(src)[0]
-        dst_int = _U32.unpack(dst)[0]
-        # RFC 1812 5.3.7: martian sources, including our own addresses (a looped or spoofed packet).
-        first = src_int >> 24  # _martian_source, inlined on the per-packet path
-        if first == 0 or first == 127 or first >= 224 or src in self._broadcasts or src in self._local:
-            drops[Drop.IP_MARTIAN_SOURCE] += 1
-            return []
-        # RFC 1812 5.3.5: limited and directed broadcasts are not forwarded; 5.3.4: nor is a
-        # packet that arrived as a link-layer broadcast.
-        if dst_int == 0xFFFFFFFF or dst in self._broadcasts or link_broadcast:
-            drops[Drop.IP_BROADCAST] += 1
-            return []
-        first = dst_int >> 24
-        if 224 <= first < 240:
-            drops[Drop.IP_MULTICAST] += 1
-            return []
-        if first == 0 or first == 127 or first >= 240:
-            drops[Drop.IP_MARTIAN_DESTINATION] += 1
-            return []
-        proto = pkt[IP_PROTO]
-        frag = pkt[IP_FLAGS_FRAG] << 8 | pkt[IP_FLAGS_FRAG + 1]
-        l4 = L3 + ihl
-        buf: bytearray | None = None
+    # --- IPv4: the stages --------------------------------------------------------------------------
+    def _ipv4(self, iface: int, pkt: bytes, link_broadcast: bool, ledger: Counter[str], now: float) -> Routed:
+        p = parse(iface, pkt, link_broadcast, ledger, self._local, self._broadcasts, self.tracer)
+        if not isinstance(p, Packet):
+            self._count(ledger, p)
+            return NOTHING
         # RFC 1812 5.3.1, checked before NAT so a packet that dies here (a traceroute probe) leaves no
         # conntrack entry or port mapping behind, as in the kernel, where NAT commits after forwarding.
-        if pkt[IP_TTL] <= 1 and dst not in self._local and self.routes.lookup(dst_int) is not None:
-            drops[Drop.TTL_EXCEEDED] += 1
-            return self._icmp_error(iface, pkt, TIME_EXCEEDED, 0, 0, now)
+        if p.pkt[IP_TTL] <= 1 and p.dst not in self._local and self.routes.lookup(p.dst_int) is not None:
+            return Routed(self._refuse(p, Drop.TTL_EXCEEDED, TIME_EXCEEDED, 0, 0, now))
         if self.nat is not None:
-            verdict = self.nat.process(pkt, iface, l4, end, proto, frag, src, dst, self._route_bytes, now)
-            if isinstance(verdict, bytearray):
-                buf = verdict
-                dst = bytes(buf[IP_DST])
-                dst_int = _U32.unpack(dst)[0]
-            elif isinstance(verdict, Held):
-                return []  # a fragment waiting for its first one: NAT routes it back to us
-            elif verdict is not None:
-                drops[verdict] += 1
-                return []
-        if dst in self._local:
-            return self._deliver(iface, pkt, l4, end, proto, frag, src, dst, now)
-        # From here a drop also drops the NAT flow this packet may have just made (_unconfirm).
-        hop = self.routes.lookup(dst_int)
-        if hop is None:
-            drops[Drop.NO_ROUTE] += 1
-            self._unconfirm()
-            return self._icmp_error(iface, pkt, DEST_UNREACH, NET_UNREACH, 0, now)
-        out_iface, gateway = hop
-        # RFC 1812 5.3.1: a packet that would leave with TTL 0 is discarded, with time exceeded.
-        ttl = pkt[IP_TTL]
-        if ttl <= 1:
-            drops[Drop.TTL_EXCEEDED] += 1
-            self._unconfirm()
-            return self._icmp_error(iface, pkt, TIME_EXCEEDED, 0, 0, now)
-        mtu = self._mtu[out_iface]
-        too_big = (end - L3 if pkt[1] == GSO_NONE else wire_size(pkt, l4, end)) > mtu
-        if too_big:
-            # RFC 1812 5.2.6 / RFC 1191: with DF, say how big the next hop takes.
-            if frag & IP_DF:
-                drops[Drop.FRAG_NEEDED] += 1
-                self._unconfirm()
-                return self._icmp_error(iface, pkt, DEST_UNREACH, FRAG_NEEDED, mtu & 0xFFFF, now)
-            if pkt[1] != GSO_NONE:  # a super-frame would need segmenting first; senders set DF on these
-                drops[Drop.FRAG_UNSUPPORTED] += 1
-                self._unconfirm()
-                return []
-        if buf is None:
-            buf = bytearray(pkt)
-        buf[IP_TTL] = ttl - 1
-        buf[IP_CSUM : IP_CSUM + 2] = U16.pack(
-            update_complete(U16.unpack_from(buf, IP_CSUM)[0], _TTL_DECREMENT_CHANGE)
-        )
-        next_hop = dst_int if gateway is None else gateway
-        self.forwarded = (out_iface, next_hop)
-        if too_big:
-            # RFC 1812 5.2.6 / RFC 791 3.2: without DF, the packet leaves in fragments. It is resolved
-            # (or parked for ARP) whole, so one ICMP error speaks for it and the queue holds it as
-            # one; _fit splits it on the way out, here or when ARP answers.
-            if (frag & IP_FRAG_OFFSET_MASK) * 8 + end - l4 > IPV4_MAX_LEN:
-                drops[Drop.IP_BAD_FRAGMENT] += 1  # its pieces' offsets would run past 65,535
-                self._unconfirm()
-                return []
-            if buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, l4, end, proto):
-                drops[Drop.BAD_VNET_HEADER] += 1
-                self._unconfirm()
-                return []
-            return self._fit(self._output(buf, out_iface, next_hop, iface, now, pkt))
-        return self._output(buf, out_iface, next_hop, iface, now, pkt)
+            held = self._nat(p, now)
+            if held is not None:
+                return held
+        if p.dst in self._local:
+            self._note("route", f"{IPv4Address(p.dst)} is the router's own address: local delivery")
+            return Routed(self._deliver(p, now))
+        return self._forward(p, now)
 
-    def _unconfirm(self) -> None:
-        """The packet that just made a NAT flow dies here: the flow goes with it, as Linux never
-        confirms a conntrack entry whose packet did not leave (no state from a traceroute probe to
-        a forwarded port, or from a packet too big)."""
-        nat = self.nat
-        if nat is not None and nat.unconfirmed is not None:
-            nat.conntrack.remove(nat.unconfirmed, Event.CONNTRACK_UNCONFIRMED)
-            nat.unconfirmed = None
+    def _nat(self, p: Packet, now: float) -> Routed | None:
+        """Pre-routing NAT: None to go on (translated or not), or what became of a packet it took."""
+        assert self.nat is not None
+        verdict = self.nat.process(p, self._route_bytes, now)
+        if isinstance(verdict, NatChange):
+            p.nat = verdict
+        elif isinstance(verdict, bytearray):
+            p.pkt = bytes(verdict)  # an ICMP error, translated outer and inner: routed as it is
+        elif isinstance(verdict, Held):
+            self._note("conntrack", "a later fragment before its first: held until it comes")
+            return NOTHING  # NAT routes it back to us
+        elif verdict is not None:
+            self._count(p.ledger, verdict)
+            return NOTHING
+        if self.tracer is not None:
+            if p.made_flow is not None:
+                self._note("conntrack", f"new {describe(p.made_flow)}")
+            elif p.flow is not None:
+                self._note("conntrack", f"existing {describe(p.flow)}")
+            else:
+                self._note("conntrack", "no flow created or matched (not NAT-ed)")
+        return None
+
+    def _forward(self, p: Packet, now: float) -> Routed:
+        """Route, check TTL and MTU, resolve the next hop; the packet leaves as its action writes it.
+        From here a drop also drops the NAT flow this packet may have just made (_refuse)."""
+        hop = self.routes.lookup(p.dst_int)
+        if hop is None:
+            self._note("route", f"{IPv4Address(p.dst)}: no route")
+            return Routed(self._refuse(p, Drop.NO_ROUTE, DEST_UNREACH, NET_UNREACH, 0, now))
+        out_iface, gateway = hop
+        if self.tracer is not None:
+            via = "directly connected" if gateway is None else f"via {IPv4Address(gateway)}"
+            self._note("route", f"{IPv4Address(p.dst)} -> {self.interfaces[out_iface].name}, {via}")
+        pkt = p.pkt
+        # RFC 1812 5.3.1: a packet that would leave with TTL 0 is discarded, with time exceeded.
+        if pkt[IP_TTL] <= 1:
+            return Routed(self._refuse(p, Drop.TTL_EXCEEDED, TIME_EXCEEDED, 0, 0, now))
+        mtu = self._mtu[out_iface]
+        too_big = (p.end - L3 if pkt[1] == GSO_NONE else wire_size(pkt, p.l4, p.end)) > mtu
+        if too_big:
+            refused = self._too_big(p, mtu, now)
+            if refused is not None:
+                return Routed(refused)
+        next_hop = p.dst_int if gateway is None else gateway
+        arp = self.arp
+        neighbour = arp.entries.get(next_hop)
+        if neighbour is not None and now - neighbour.updated < arp.timeout and not too_big:
+            # The common case: a fresh neighbour, no probe due; the action may be cached.
+            self._note(
+                "ARP", f"next hop on {self.interfaces[out_iface].name} is {mac_str(neighbour.mac)} (cached)"
+            )
+            action = self._action(p, neighbour.mac + self._mac[out_iface])
+            frame = apply(action, pkt, action.reader.unpack_from(pkt))
+            assert isinstance(frame, bytes)  # apply gathers nothing by default
+            return Routed([(out_iface, frame)], Forwarded(action, out_iface, neighbour, p.flow, p.direction))
+        action = self._action(p, ZERO_MAC + self._mac[out_iface])
+        buf = bytearray(apply(action, pkt, action.reader.unpack_from(pkt)))  # type: ignore[arg-type]
+        if too_big and buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, p.l4, p.end, p.proto):
+            return Routed(self._refuse(p, Drop.BAD_VNET_HEADER))
+        # RFC 1812 5.2.6 / RFC 791 3.2: without DF, a packet too big leaves in fragments. It is resolved
+        # (or parked for ARP) whole, so one ICMP error speaks for it and the queue holds it as one;
+        # _fit splits it on the way out, here or when ARP answers.
+        sent = self._resolve(buf, out_iface, next_hop, p, now)
+        return Routed(self._fit(sent) if too_big else sent)
+
+    def _action(self, p: Packet, macs: bytes) -> Rewrite:
+        nat = p.nat
+        if nat is None:
+            return rewrite(p.proto, p.ihl, macs)
+        change = (nat.addresses, nat.l4, nat.addr_delta, nat.l4_delta)
+        return rewrite(p.proto, p.ihl, macs, change, addresses_only=nat.addresses_only)
+
+    def _too_big(self, p: Packet, mtu: int, now: float) -> list[Transmit] | None:
+        """Too big for the next hop: None if it can leave in fragments, else what is sent instead."""
+        if p.frag & IP_DF:  # RFC 1812 5.2.6 / RFC 1191: with DF, say how big the next hop takes.
+            return self._refuse(p, Drop.FRAG_NEEDED, DEST_UNREACH, FRAG_NEEDED, mtu & 0xFFFF, now)
+        if p.pkt[1] != GSO_NONE:  # a super-frame would need segmenting first; senders set DF on these
+            return self._refuse(p, Drop.FRAG_UNSUPPORTED)
+        if (p.frag & IP_FRAG_OFFSET_MASK) * 8 + p.end - p.l4 > IPV4_MAX_LEN:
+            return self._refuse(p, Drop.IP_BAD_FRAGMENT)  # its pieces' offsets would run past 65,535
+        return None
+
+    def _refuse(
+        self, p: Packet, reason: Drop, icmp_type: int = -1, code: int = 0, rest: int = 0, now: float = 0.0
+    ) -> list[Transmit]:
+        """Drop p, with the ICMP error about it if one is named. The NAT flow the packet has just made
+        goes with it, as Linux never confirms a conntrack entry whose packet did not leave (no state
+        from a traceroute probe to a forwarded port, or from a packet too big)."""
+        self._count(p.ledger, reason)
+        if p.made_flow is not None and self.nat is not None:
+            self.nat.conntrack.remove(p.made_flow, Event.CONNTRACK_UNCONFIRMED)
+            p.made_flow = None
+        if icmp_type < 0:
+            return []
+        return self._icmp_error(p.iface, p.arrived, icmp_type, code, rest, now)
 
     def _fit(self, frames: list[Transmit]) -> list[Transmit]:
         """Split each IPv4 frame that its interface's MTU cannot take into fragments (only packets
@@ -437,7 +470,7 @@ class Router:
                 continue
             pieces = fragment(frame, L3 + total, mtu)
             if pieces is None:  # an MTU below 28 (the API allows it; the command line stops at 68)
-                self.drops[Drop.FRAG_UNSUPPORTED] += 1
+                self._count(self.unported, Drop.FRAG_UNSUPPORTED)
                 continue
             self.events[Event.IP_FRAGMENTED] += 1
             self.events[Event.IP_FRAGMENTS_MADE] += len(pieces)
@@ -447,61 +480,40 @@ class Router:
     def _route_bytes(self, dst: bytes) -> NextHop | None:
         return self.routes.lookup(_U32.unpack(dst)[0])
 
-    def _deliver(
-        self,
-        iface: int,
-        pkt: bytes,
-        l4: int,
-        end: int,
-        proto: int,
-        frag: int,
-        src: bytes,
-        dst: bytes,
-        now: float,
-    ) -> list[Transmit]:
+    def _deliver(self, p: Packet, now: float) -> list[Transmit]:
         """Packets for the router itself: echo is answered (RFC 1812 4.3.3.6), the rest refused."""
-        drops = self.drops
-        if frag & (IP_FRAG_OFFSET_MASK | IP_MF):
-            drops[Drop.TO_ROUTER] += 1  # no reassembly here
+        pkt, l4, end = p.pkt, p.l4, p.end
+        if p.frag & (IP_FRAG_OFFSET_MASK | IP_MF):
+            self._count(p.ledger, Drop.TO_ROUTER)  # no reassembly here
             return []
-        if proto == PROTO_ICMP:
+        if p.proto == PROTO_ICMP:
             if l4 + 8 > end:
-                drops[Drop.L4_TRUNCATED] += 1
+                self._count(p.ledger, Drop.L4_TRUNCATED)
                 return []
             if pkt[l4] != ECHO_REQUEST:
-                drops[Drop.TO_ROUTER] += 1
+                self._count(p.ledger, Drop.TO_ROUTER)
                 return []
             if not pkt[0] & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID) and (ones_sum(pkt[l4:end]) != 0xFFFF):
-                drops[Drop.L4_BAD_CHECKSUM] += 1
+                self._count(p.ledger, Drop.L4_BAD_CHECKSUM)
                 return []
             self.events[Event.ICMP_ECHO_REPLIED] += 1
-            return self._originate(build_echo_reply(dst, src, pkt[l4:end], self._next_id()), now)
-        drops[Drop.TO_ROUTER] += 1
-        if proto == PROTO_TCP:
+            return self._originate(build_echo_reply(p.dst, p.src, pkt[l4:end], self._next_id()), now)
+        self._count(p.ledger, Drop.TO_ROUTER)
+        if p.proto == PROTO_TCP:
             return []  # silently: we run no TCP service (no RST, by policy)
-        code = PORT_UNREACH if proto == PROTO_UDP else PROTO_UNREACH
-        return self._icmp_error(iface, pkt, DEST_UNREACH, code, 0, now)
+        code = PORT_UNREACH if p.proto == PROTO_UDP else PROTO_UNREACH
+        return self._icmp_error(p.iface, pkt, DEST_UNREACH, code, 0, now)
 
     # --- output ------------------------------------------------------------------------------------
-    def _output(
-        self,
-        buf: bytearray,
-        out_iface: int,
-        next_hop: int,
-        in_iface: int,
-        now: float,
-        original: bytes = b"",
+    def _resolve(
+        self, buf: bytearray, out_iface: int, next_hop: int, p: Packet | None, now: float
     ) -> list[Transmit]:
-        """Resolve the next hop's MAC, or park the frame until ARP answers.
+        """Fill in the next hop's MAC, or park the frame until ARP answers.
 
-        original is the packet as it arrived (before NAT and TTL), for an ICMP error if ARP fails.
+        p is the packet being forwarded (None: one the router made), for its ledger and for an ICMP
+        error quoting it as it arrived (before NAT and TTL) if ARP fails.
         """
         arp = self.arp
-        buf[ETH_SRC] = self._mac[out_iface]
-        neighbour = arp.entries.get(next_hop)
-        if neighbour is not None and now - neighbour.updated < arp.timeout:
-            buf[ETH_DST] = neighbour.mac  # the common case: a fresh neighbour, no probe due
-            return [(out_iface, bytes(buf))]
         mac = arp.lookup(next_hop, now)
         if mac is not None:
             buf[ETH_DST] = mac
@@ -513,17 +525,23 @@ class Router:
                                     _U32.pack(next_hop))  # fmt: skip
                 sent.append((out_iface, request))
             return sent
+        ledger = self.unported if p is None else p.ledger
         if arp.is_failed(next_hop, now):
-            self.drops[Drop.ARP_FAILED] += 1
-            if in_iface == _NO_IFACE:
+            self._count(ledger, Drop.ARP_FAILED)
+            if p is None:
                 return []
-            return self._icmp_error(in_iface, original or buf, DEST_UNREACH, HOST_UNREACH, 0, now)
-        outcome = arp.enqueue(next_hop, out_iface, buf, in_iface, original[: L3 + 576], now)
+            return self._icmp_error(p.iface, p.arrived, DEST_UNREACH, HOST_UNREACH, 0, now)
+        in_iface, original = (_NO_IFACE, b"") if p is None else (p.iface, p.arrived[: L3 + 576])
+        outcome = arp.enqueue(next_hop, out_iface, buf, in_iface, original, ledger, now)
         if outcome == REJECTED:
-            self.drops[Drop.ARP_PENDING_FULL] += 1
+            self._count(ledger, Drop.ARP_PENDING_FULL)
             return []
         if outcome == REJECTED_COUNTED:
             return []
+        name = self.interfaces[out_iface].name
+        self._note(
+            "ARP", f"{IPv4Address(next_hop)} unresolved on {name}: who-has sent, packet queued for the reply"
+        )
         if outcome == QUEUED_SEND_REQUEST:
             request = build_request(self._mac[out_iface], self._addr[out_iface], _U32.pack(next_hop))
             return [(out_iface, request)]
@@ -538,7 +556,8 @@ class Router:
         out_iface, gateway = hop
         next_hop = _U32.unpack_from(buf, IP_DST.start)[0] if gateway is None else gateway
         buf[ETH_TYPE_OFF : ETH_TYPE_OFF + 2] = U16.pack(ETHERTYPE_IPV4)
-        return self._fit(self._output(buf, out_iface, next_hop, _NO_IFACE, now))
+        buf[ETH_SRC] = self._mac[out_iface]
+        return self._fit(self._resolve(buf, out_iface, next_hop, None, now))
 
     def _next_id(self) -> int:
         self._ip_id = (self._ip_id + 1) & 0xFFFF

@@ -1,10 +1,10 @@
 """`vswitch trace`: run one frame through the real pipeline and say what each stage decided.
 
-Side effects: none. The trace runs on ``copy.deepcopy(datapath)`` (the router, FDBs, ARP cache and
-conntrack come along, since the datapath holds them), through a tracing mirror of
-``Datapath.receive`` that calls the same steps (``Switch.decide``, ``Router.receive``,
-``Switch.decide`` again for the router's output). The real datapath is only read (to copy it), and
-nothing is written to a tap. ``--send`` then delivers the frame for real, with every side effect.
+Side effects: none. The frame goes through the real ``Datapath.receive`` with a tracer attached
+(``Datapath.tracing``): each stage tells the tracer what it decided and each drop its reason, as the
+ledger counts it, and a journal takes back every change the frame made (FDB, ARP, conntrack, NAT,
+counters) when the trace ends, as OVS's ofproto/trace translates without installing. Nothing is
+written to a tap. ``--send`` then delivers the frame for real, with every side effect.
 
 The core (`trace`) needs no scapy: it runs in the switch process. `render` (client side) diffs each
 output frame against the input with scapy, field by field.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import sys
 from collections import Counter
@@ -22,9 +21,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Final
 
-from ...core.counters import Drop
-from ...core.datapath import Datapath, Transmit
-from ...core.router import Router
+from ...core.datapath import Datapath, Transmit, Verdict
 from ...core.wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
 from ...shell.control import CommandError, ControlError
 from .common import (
@@ -44,8 +41,8 @@ if TYPE_CHECKING:
     from ...shell.instance import Instance
 
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP"}
-# Each live trace deep-copies the whole datapath on the packet path and is held until the client reads
-# it: a session traces at most this many frames, so a client that never reads holds bounded memory.
+# Each live trace runs on the packet path and is held until the client reads it: a session traces at
+# most this many frames, so a client that never reads holds bounded memory.
 MAX_LIVE_TRACES: Final = 100
 
 
@@ -90,147 +87,17 @@ def describe(pkt: bytes) -> str:
     return text
 
 
-class _Tracer:
-    """A mirror of Datapath.receive / from_router over a private copy, noting each decision."""
+class _Recorder:
+    """The tracer: what the pipeline reports goes into the Trace of the frame in hand."""
 
-    def __init__(self, dp: Datapath, now: float, result: Trace) -> None:
-        self.dp = dp
-        self.now = now
-        self.result = result
-        self.names = dp.counters.names
+    def __init__(self) -> None:
+        self.result = Trace("", b"")
 
     def note(self, stage: str, text: str) -> None:
         self.result.stages.append((stage, text))
 
-    def switch(self, in_port: int, pkt: bytes, where: str) -> int | tuple[int, ...] | Drop:
-        dp = self.dp
-        switch = dp.port_switch[in_port]
-        seg = dp.segments[dp.port_segment[in_port]].name
-        src, dst = pkt[16:22], pkt[10:16]
-        before = switch.fdb.entries.get(src)
-        old_port = None if before is None else before.port
-        decision = switch.decide(in_port, pkt, self.now)
-        if isinstance(decision, Drop):
-            self.note(f"L2 {seg}", f"{where}: drop ({decision})")
-            return decision
-        after = switch.fdb.entries.get(src)
-        learnt = ""
-        if after is not None and old_port != after.port:
-            learnt = f"learn {mac_str(src)} on {self.names[in_port]}; "
-        if isinstance(decision, int):
-            target = "the router" if decision == switch.router_port else self.names[decision]
-            self.note(f"L2 {seg}", f"{where}: {learnt}FDB: {mac_str(dst)} is on {target} -> {target}")
-        else:
-            why = "group address" if dst[0] & 1 else f"no FDB entry for {mac_str(dst)}"
-            targets = [self.names[p] for p in decision]
-            if switch.router_port is not None and in_port != switch.router_port:
-                targets.append("the router")
-            self.note(f"L2 {seg}", f"{where}: {learnt}{why}: flood -> {', '.join(targets) or 'nobody'}")
-        return decision
-
-    def receive(self, in_port: int, pkt: bytes) -> None:
-        dp = self.dp
-        self.note("parse", describe(pkt))
-        decision = self.switch(in_port, pkt, f"in on {self.names[in_port]}")
-        switch = dp.port_switch[in_port]
-        if isinstance(decision, Drop):
-            dp.counters.drops[in_port][decision] += 1
-            return
-        if isinstance(decision, int):
-            if decision != switch.router_port:
-                self.result.outputs.append((self.names[decision], pkt))
-                return
-            self.route(in_port, pkt)
-            return
-        self.result.outputs.extend((self.names[p], pkt) for p in decision)
-        if switch.router_port is not None:
-            self.route(in_port, pkt)
-
-    def route(self, in_port: int, pkt: bytes) -> None:
-        router = self.dp.router
-        assert router is not None
-        segment = self.dp.port_segment[in_port]
-        if not isinstance(router, Router):
-            self.from_router(router.receive(segment, pkt, self.now))
-            return
-        flows = self.dp.flows
-        if flows is not None:
-            if flows.forward(segment, pkt, self.now, dry_run=True) is not None:
-                self.note("flow cache", "hit: the cached decision forwards it (the same steps, shown below)")
-            else:
-                self.note("flow cache", "miss: the router decides, and the cache may learn the flow")
-        drops0, events0 = Counter(router.drops), Counter(router.events)
-        flows0 = {str(row["orig"]): row for row in router.conntrack_table(self.now)}
-        frames = router.receive(segment, pkt, self.now)
-        iface = router.interfaces[segment]
-        self.note("router", f"in on {iface.name} ({iface.address}, {mac_str(iface.mac)})")
-        eth = pkt[VNET_HDR_LEN:]
-        forwarded = [f for f in frames if _same_datagram(eth, f[1][VNET_HDR_LEN:])]
-        if len(eth) >= 34 and eth[12:14] == b"\x08\x00" and eth[0:6] == iface.mac:
-            self.route_stage(router, eth, forwarded)
-            self.conntrack_stage(router, flows0)
-        for frame_iface, frame in frames:
-            data = frame[VNET_HDR_LEN:]
-            name = router.interfaces[frame_iface].name
-            if data[12:14] == b"\x08\x06" and data[20:22] == b"\x00\x01":
-                target = IPv4Address(data[38:42])
-                self.note("ARP", f"{target} unresolved on {name}: who-has sent, packet queued for the reply")
-            elif data[12:14] == b"\x08\x06":
-                self.note("ARP", f"answered who-has {IPv4Address(data[28:32])} on {name}")
-            elif (frame_iface, frame) in forwarded:
-                self.note("ARP", f"next hop on {name} is {mac_str(data[0:6])} (cached)")
-        for reason, count in (Counter(router.drops) - drops0).items():
-            self.note("drop", f"router: {reason}" + (f" x{count}" if count > 1 else ""))
-        events = Counter(router.events) - events0
-        if events:
-            self.note("router", "events: " + ", ".join(sorted(events)))
-        self.from_router(frames)
-
-    def route_stage(self, router: Router, eth: bytes, forwarded: list[Transmit]) -> None:
-        dst = IPv4Address(eth[30:34])
-        if forwarded:  # after DNAT the destination may differ: route what left
-            dst = IPv4Address(forwarded[0][1][VNET_HDR_LEN + 30 : VNET_HDR_LEN + 34])
-        hop = router.routes.lookup(int(dst))
-        if dst.packed in router._local:
-            self.note("route", f"{dst} is the router's own address: local delivery")
-        elif hop is None:
-            self.note("route", f"{dst}: no route")
-        else:
-            out_iface, gateway = hop
-            name = router.interfaces[out_iface].name
-            via = "directly connected" if gateway is None else f"via {IPv4Address(gateway)}"
-            self.note("route", f"{dst} -> {name}, {via}")
-
-    def conntrack_stage(self, router: Router, flows0: dict[str, dict[str, Any]]) -> None:
-        if router.nat is None:
-            return
-        flows = {str(row["orig"]): row for row in router.conntrack_table(self.now)}
-        new = [row for orig, row in flows.items() if orig not in flows0]
-        hit = [
-            row for orig, row in flows.items() if orig in flows0 and row["packets"] != flows0[orig]["packets"]
-        ]
-        if new:
-            for row in new:
-                self.note("conntrack", f"new {row['proto']} flow {row['orig']}, reply {row['reply']}")
-        elif hit:
-            for row in hit:
-                self.note("conntrack", f"existing {row['proto']} flow {row['orig']}, reply {row['reply']}")
-        else:
-            self.note("conntrack", "no flow created or matched (not NAT-ed)")
-
-    def from_router(self, frames: list[Transmit]) -> None:
-        dp = self.dp
-        for segment, frame in frames:
-            switch = dp.segments[segment].switch
-            port = switch.router_port
-            assert port is not None
-            decision = self.switch(port, frame, "from the router")
-            if isinstance(decision, Drop):
-                dp.counters.drops[port][decision] += 1
-            elif isinstance(decision, int):
-                self.result.outputs.append((self.names[decision], frame))
-            else:
-                self.result.outputs.extend((self.names[p], frame) for p in decision)
+    def drop(self, where: str, reason: str) -> None:
+        self.result.drops[where] = reason
 
 
 def _same_datagram(before: bytes, after: bytes) -> bool:
@@ -241,28 +108,38 @@ def _same_datagram(before: bytes, after: bytes) -> bool:
 
 
 def trace(datapath: Datapath, in_port: int, pkt: bytes, now: float) -> Trace:
-    """Trace pkt (virtio-net header + frame) arriving on in_port, on a deep copy of datapath."""
+    """Trace pkt (virtio-net header + frame) arriving on in_port; nothing is committed."""
     return trace_many(datapath, [(in_port, pkt)], now)[0]
 
 
 def trace_many(datapath: Datapath, frames: list[Transmit], now: float) -> list[Trace]:
-    """Trace frames in order on one deep copy, so a reply sees what its request did (conntrack, FDB)."""
-    dp = copy.deepcopy(datapath)
+    """Trace frames in order in one run, so a reply sees what its request did (conntrack, FDB);
+    everything they did is taken back at the end."""
+    recorder = _Recorder()
+    names = datapath.counters.names
+    router = datapath.router
     results = []
-    for in_port, pkt in frames:
-        before = copy.deepcopy((dp.counters.drops, getattr(dp.router, "drops", None)))
-        result = Trace(dp.counters.names[in_port], pkt)
-        dp.counters.rx_packets[in_port] += 1
-        _Tracer(dp, now, result).receive(in_port, pkt)
-        for port, name in enumerate(dp.counters.names):
-            for reason in dp.counters.drops[port] - before[0][port]:
-                result.drops[name] = reason
-        router = dp.router
-        if isinstance(router, Router) and before[1] is not None:
-            for reason in router.drops - before[1]:
-                result.drops["router"] = reason
-        results.append(result)
+    with datapath.tracing(recorder):
+        for in_port, pkt in frames:
+            result = recorder.result = Trace(names[in_port], pkt)
+            result.stages.append(("parse", describe(pkt)))
+            events = Counter(router.events) if router is not None else Counter()
+            verdict = datapath.receive(in_port, pkt, now)
+            if router is not None and (new := Counter(router.events) - events):
+                result.stages.append(("router", "events: " + ", ".join(sorted(new))))
+            result.outputs = _outputs(verdict, pkt, names)
+            results.append(result)
     return results
+
+
+def _outputs(verdict: Verdict, pkt: bytes, names: list[str]) -> list[tuple[str, bytes]]:
+    if verdict is None:
+        return []
+    if isinstance(verdict, int):
+        return [(names[verdict], pkt)]
+    if isinstance(verdict, tuple):
+        return [(names[port], pkt) for port in verdict]
+    return [(names[port], bytes(frame)) for port, frame in verdict]
 
 
 # --- server side -------------------------------------------------------------------------------------
@@ -274,8 +151,8 @@ def _frame(req: dict[str, Any]) -> bytes:
 
 
 def trace_command(instance: Instance, req: dict[str, Any]) -> Any:
-    """{"port", "data"} traced on a copy; "then": [{"port", "data"}, ...] follow on the same copy (their
-    results come back in "then"); "send": true then delivers the first frame for real."""
+    """{"port", "data"} traced; "then": [{"port", "data"}, ...] follow in the same run, seeing what it
+    did (their results come back in "then"); "send": true then delivers the first frame for real."""
     port = live_port(instance, req.get("port"))
     pkt = _frame(req)
     frames = [(port.id, pkt)]
@@ -303,8 +180,8 @@ def trace_command(instance: Instance, req: dict[str, Any]) -> Any:
 async def trace_live(
     instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """Trace the next frames the port receives that match the filter, each on a copy taken just before
-    the real datapath sees it."""
+    """Trace the next frames the port receives that match the filter, each just before the real
+    datapath sees it (the trace takes back what it did, so the frame then passes as it would have)."""
     count = _live_count(req.get("count"))
     if isinstance(count, str):
         writer.write(json.dumps({"ok": False, "error": count}).encode() + b"\n")
@@ -473,11 +350,11 @@ def _live(args: argparse.Namespace) -> Any:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "trace",
-        help="run a frame through the pipeline on a copy of its state and show each decision",
+        help="run a frame through the pipeline and show each decision, committing nothing",
         description=(
             "PACKET is a scapy expression, e.g. \"Ether()/IP(src='10.0.0.1', dst='10.0.0.2')/ICMP()\": "
             "your own Python, evaluated on your machine with scapy's layer names and no builtins. "
-            "Without --send nothing is learned, tracked or sent: the trace runs on a deep copy."
+            "Without --send nothing is learned, tracked or sent: what the trace changed is taken back."
         ),
     )
     p.add_argument("port", metavar="PORT", help="the ingress port (namespace name, or 'host')")

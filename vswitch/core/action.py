@@ -1,0 +1,192 @@
+"""Actions: what the slow path decided for a forwarded IPv4 packet, and the one function that writes it.
+
+The router and NAT decide (route, TTL, neighbour, translation); they never write a forwarded packet's
+bytes. Their decision is a `Rewrite`: new MACs, the TTL decrement and NAT's new addresses, ports or
+echo identifier, each with its checksum change precomputed (RFC 1624). `apply` writes it, on the slow
+path and on a flow-cache hit alike (flowcache.py keeps the slow path's `Rewrite` per flow), so a change
+to how a packet is rewritten is made here and nowhere else, as OVS's datapath runs the actions its
+slow path translated. A new protocol adds a kind here (a VLAN tag, a tunnel header), not a second writer.
+
+A rewrite reads the fields it needs with one precompiled unpack (`Rewrite.reader`; the caller unpacks,
+so the flow cache checks the same fields before it applies) and writes the new head with one pack
+(`Rewrite.writer`); the bytes past the last changed field are the received packet's, untouched, so
+NEEDS_CSUM offsets and TSO super-frames stay valid.
+
+Checksums (design.md): the IPv4 header checksum is complete and updated incrementally. The L4 field of
+a NEEDS_CSUM frame whose csum_start is this packet's L4 header holds the uncomplemented pseudo-header
+sum: only address changes reach it (ICMP has no pseudo-header: nothing does). A complete L4 checksum
+takes addresses and ports; a UDP checksum of 0 means none and stays 0 (RFC 768), a computed 0 is 0xFFFF.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final, NamedTuple
+
+from .checksum import fold
+from .wire import (
+    L3,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_CSUM_OFF,
+    UDP_CSUM_OFF,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR_LEN,
+    Frame,
+    Gather,
+)
+
+# Kinds of rewrite.
+PLAIN: Final = 0  # TTL and MACs: routed as it is
+ADDRESSES: Final = 1  # and NAT's addresses: a later fragment, which carries no L4 header
+PORTS: Final = 2  # and NAT's addresses and TCP or UDP ports, with the L4 checksum
+ECHO: Final = 3  # and NAT's addresses and ICMP echo identifier, with the ICMP checksum
+
+ONES: Final = 0xFFFF
+TTL_ONE: Final = 0x0100  # TTL is the high byte of the TTL/protocol word
+# RFC 1624: decrementing TTL adds ~m + m' = ~0x0100 = 0xFEFF to the checksum's complement.
+TTL_DECREMENT_CHANGE: Final = 0xFEFF
+NO_GATHER: Final = 1 << 30  # apply's gather threshold for a caller that needs plain bytes back
+
+# The layouts. Read: the virtio-net header (kept as it is), the ethertype, the IPv4 header's words up to
+# its checksum, then past the addresses the options (kept), and for NAT the L4 bytes that stay between
+# the ports and the L4 checksum, and that checksum. Written: the same, with new MACs, TTL and checksums.
+_FRONT: Final = "!10s"
+_WORDS: Final = "H6H"  # ethertype; ver/ihl/tos, total length, id, flags/fragment, TTL/protocol, checksum
+PLAIN_READER: Final = struct.Struct(_FRONT + "12x" + _WORDS)
+PLAIN_WRITER: Final = struct.Struct(_FRONT + "12s" + _WORDS)
+ADDRESSES_WRITER: Final = struct.Struct(_FRONT + "12s" + _WORDS + "8s")
+# Between the ports and the checksum: TCP's sequence, ack, offset/flags and window; UDP's length.
+_L4_MIDDLE: Final = {PROTO_TCP: 12, PROTO_UDP: 2}
+_L4_CSUM_END: Final = {PROTO_TCP: TCP_CSUM_OFF + 2, PROTO_UDP: UDP_CSUM_OFF + 2, PROTO_ICMP: 6}
+_LAYOUTS: dict[tuple[int, int, int], tuple[struct.Struct, struct.Struct]] = {}
+
+
+class Rewrite(NamedTuple):
+    """One forwarded packet's action; a tuple, so a flow-cache hit reads it in one step."""
+
+    kind: int
+    reader: struct.Struct
+    writer: struct.Struct
+    tail_at: int  # the received bytes from here on go out unchanged
+    macs: bytes  # new Ethernet destination and source
+    ip_change: int  # IP checksum change: the TTL decrement and NAT's address change, folded
+    nat_addresses: bytes  # new source and destination (ADDRESSES, PORTS, ECHO)
+    nat_l4: bytes  # new ports (PORTS) or echo identifier (ECHO)
+    partial_start: int  # csum_start of a NEEDS_CSUM frame whose L4 field holds the pseudo-header sum
+    partial_change: int  # L4 change for that partial sum: the addresses only
+    complete_change: int  # L4 change for a complete checksum (an echo: the identifier only)
+    proto: int
+
+
+def layout(kind: int, proto: int, ihl: int) -> tuple[struct.Struct, struct.Struct, int]:
+    """The reader, the writer and where the untouched tail starts, for a kind of rewrite of an IPv4
+    packet with this protocol and header length (compiled once per combination)."""
+    if kind == PLAIN:
+        return PLAIN_READER, PLAIN_WRITER, L3 + 12
+    if kind == ADDRESSES:
+        return PLAIN_READER, ADDRESSES_WRITER, L3 + 20
+    key = (kind, proto, ihl)
+    found = _LAYOUTS.get(key)
+    if found is None:
+        options = ihl - 20
+        if kind == ECHO:  # type and code, the checksum, then the identifier that NAT rewrites
+            reader = struct.Struct(f"{_FRONT}12x{_WORDS}8x{options}s2sH")
+            writer = struct.Struct(f"{_FRONT}12s{_WORDS}8s{options}s2sH2s")
+        else:
+            middle = _L4_MIDDLE[proto]
+            reader = struct.Struct(f"{_FRONT}12x{_WORDS}8x{options}s4x{middle}sH")
+            writer = struct.Struct(f"{_FRONT}12s{_WORDS}8s{options}s4s{middle}sH")
+        found = _LAYOUTS[key] = (reader, writer)
+    return found[0], found[1], L3 + ihl + _L4_CSUM_END[proto]
+
+
+def rewrite(
+    proto: int,
+    ihl: int,
+    macs: bytes,
+    nat: tuple[bytes, bytes, int, int] | None = None,
+    *,
+    addresses_only: bool = False,
+) -> Rewrite:
+    """The action for a routed packet: TTL and MACs, and NAT's change if any.
+
+    nat: (new addresses, new ports or echo identifier, address delta, port or identifier delta).
+    addresses_only: a later fragment, whose ports its first fragment carried.
+    """
+    if nat is None:
+        kind = PLAIN
+        addresses, l4, addr_delta, l4_delta = b"", b"", 0, 0
+    else:
+        addresses, l4, addr_delta, l4_delta = nat
+        kind = ADDRESSES if addresses_only else ECHO if proto == PROTO_ICMP else PORTS
+    reader, writer, tail_at = layout(kind, proto, ihl)
+    return Rewrite(
+        kind=kind,
+        reader=reader,
+        writer=writer,
+        tail_at=tail_at,
+        macs=macs,
+        ip_change=fold(TTL_DECREMENT_CHANGE + addr_delta),
+        nat_addresses=addresses,
+        nat_l4=l4,
+        partial_start=L3 + ihl - VNET_HDR_LEN,  # csum_start counts from the Ethernet header
+        partial_change=addr_delta,
+        # ICMP has no pseudo-header: its sum sees the identifier only
+        complete_change=fold(l4_delta if kind == ECHO else addr_delta + l4_delta),
+        proto=proto,
+    )
+
+
+def apply(rw: Rewrite, pkt: bytes, fields: tuple[Any, ...], gather_from: int = NO_GATHER) -> Frame:
+    """The forwarded frame: pkt rewritten as rw says. fields is ``rw.reader.unpack_from(pkt)``.
+
+    A tail longer than gather_from leaves as a Gather (head + memoryview of pkt, one writev, no copy).
+    Sums stay below 2**17 here, so one end-around carry folds them.
+    """
+    kind = rw.kind
+    if kind <= ADDRESSES:
+        vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum = fields
+        change = (~csum & ONES) + rw.ip_change  # RFC 1624 eqn. 3: TTL and addresses in one update
+        csum = ~((change & ONES) + (change >> 16)) & ONES
+        if kind == PLAIN:
+            head = rw.writer.pack(
+                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum
+            )
+        else:
+            head = rw.writer.pack(
+                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
+                rw.nat_addresses,
+            )  # fmt: skip
+    else:
+        vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum, options, middle, l4_csum = fields
+        change = (~csum & ONES) + rw.ip_change
+        csum = ~((change & ONES) + (change >> 16)) & ONES
+        partial = vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == rw.partial_start
+        if kind == ECHO:
+            # No pseudo-header: a partial sum (the device adds up the whole message) needs nothing.
+            if not partial:
+                change = (~l4_csum & ONES) + rw.complete_change
+                l4_csum = ~((change & ONES) + (change >> 16)) & ONES
+            head = rw.writer.pack(
+                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
+                rw.nat_addresses, options, middle, l4_csum, rw.nat_l4,
+            )  # fmt: skip
+        else:
+            if partial:  # the field holds the uncomplemented pseudo-header sum: addresses only
+                change = l4_csum + rw.partial_change
+                l4_csum = (change & ONES) + (change >> 16)
+            elif l4_csum or rw.proto != PROTO_UDP:  # RFC 768: a UDP checksum of 0 is none
+                change = (~l4_csum & ONES) + rw.complete_change
+                l4_csum = ~((change & ONES) + (change >> 16)) & ONES
+                if not l4_csum and rw.proto == PROTO_UDP:
+                    l4_csum = ONES
+            head = rw.writer.pack(
+                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
+                rw.nat_addresses, options, rw.nat_l4, middle, l4_csum,
+            )  # fmt: skip
+    tail_at = rw.tail_at
+    if len(pkt) - tail_at > gather_from:
+        return Gather(head, memoryview(pkt)[tail_at:])
+    return head + pkt[tail_at:]
