@@ -115,28 +115,21 @@ def rewrite(
     nat: (new addresses, new ports or echo identifier, address delta, port or identifier delta).
     addresses_only: a later fragment, whose ports its first fragment carried.
     """
-    if nat is None:
-        kind = PLAIN
-        addresses, l4, addr_delta, l4_delta = b"", b"", 0, 0
-    else:
-        addresses, l4, addr_delta, l4_delta = nat
-        kind = ADDRESSES if addresses_only else ECHO if proto == PROTO_ICMP else PORTS
+    partial_start = L3 + ihl - VNET_HDR_LEN  # csum_start counts from the Ethernet header
+    if nat is None:  # the common slow-path case, built without a look-up
+        return Rewrite(
+            PLAIN, PLAIN_READER, PLAIN_WRITER, L3 + 12, macs, TTL_DECREMENT_CHANGE, b"", b"", partial_start,
+            0, 0, proto,
+        )  # fmt: skip
+    addresses, l4, addr_delta, l4_delta = nat
+    kind = ADDRESSES if addresses_only else ECHO if proto == PROTO_ICMP else PORTS
     reader, writer, tail_at = layout(kind, proto, ihl)
+    # ICMP has no pseudo-header: its sum sees the identifier only
+    complete_change = fold(l4_delta if kind == ECHO else addr_delta + l4_delta)
     return Rewrite(
-        kind=kind,
-        reader=reader,
-        writer=writer,
-        tail_at=tail_at,
-        macs=macs,
-        ip_change=fold(TTL_DECREMENT_CHANGE + addr_delta),
-        nat_addresses=addresses,
-        nat_l4=l4,
-        partial_start=L3 + ihl - VNET_HDR_LEN,  # csum_start counts from the Ethernet header
-        partial_change=addr_delta,
-        # ICMP has no pseudo-header: its sum sees the identifier only
-        complete_change=fold(l4_delta if kind == ECHO else addr_delta + l4_delta),
-        proto=proto,
-    )
+        kind, reader, writer, tail_at, macs, fold(TTL_DECREMENT_CHANGE + addr_delta), addresses, l4,
+        partial_start, addr_delta, complete_change, proto,
+    )  # fmt: skip
 
 
 def apply(rw: Rewrite, pkt: bytes, fields: tuple[Any, ...], gather_from: int = NO_GATHER) -> Frame:

@@ -233,10 +233,6 @@ class Router:
         if self.tracer is not None:
             self.tracer.drop("router", reason)
 
-    def _note(self, stage: str, text: str) -> None:
-        if self.tracer is not None:
-            self.tracer.note(stage, text)
-
     # --- entry points ------------------------------------------------------------------------------
     def receive(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
         """A frame seen on segment iface: the frames the router sends for it."""
@@ -296,7 +292,7 @@ class Router:
             # quoting the packet as it arrived (before NAT), so it reaches and means something to it.
             self._count(ledger, Drop.ARP_FAILED)
             if in_iface != _NO_IFACE:
-                out.extend(self._icmp_error(in_iface, original, DEST_UNREACH, HOST_UNREACH, 0, now))
+                out.extend(self._icmp_error(in_iface, original, DEST_UNREACH, HOST_UNREACH, 0, now, ledger))
         if self.nat is not None:
             for waiting in self.nat.on_timer(now):  # held for a first fragment that never came
                 self._count(waiting.ledger, Drop.NAT_FRAGMENT, len(waiting.frames))
@@ -333,11 +329,13 @@ class Router:
             if op == ARP_REQUEST:
                 out.append((iface, build_reply(self._mac[iface], own, sha, spa)))
                 self.events[Event.ARP_REPLIED] += 1
-                self._note("ARP", f"answered who-has {IPv4Address(tpa)} on {self.interfaces[iface].name}")
-        for frame, _, _, _ in waiting:
+                if self.tracer is not None:
+                    name = self.interfaces[iface].name
+                    self.tracer.note("ARP", f"answered who-has {IPv4Address(tpa)} on {name}")
+        for frame, _, _, waiting_ledger in waiting:
             frame[ETH_DST] = sha
-            out.append((iface, bytes(frame)))
-        return self._fit(out) if waiting else out
+            out += self._fit([(iface, bytes(frame))], waiting_ledger)
+        return out
 
     # --- IPv4: the stages --------------------------------------------------------------------------
     def _ipv4(self, iface: int, pkt: bytes, link_broadcast: bool, ledger: Counter[str], now: float) -> Routed:
@@ -354,7 +352,8 @@ class Router:
             if held is not None:
                 return held
         if p.dst in self._local:
-            self._note("route", f"{IPv4Address(p.dst)} is the router's own address: local delivery")
+            if self.tracer is not None:
+                self.tracer.note("route", f"{IPv4Address(p.dst)} is the router's own address: local delivery")
             return Routed(self._deliver(p, now))
         return self._forward(p, now)
 
@@ -367,18 +366,20 @@ class Router:
         elif isinstance(verdict, bytearray):
             p.pkt = bytes(verdict)  # an ICMP error, translated outer and inner: routed as it is
         elif isinstance(verdict, Held):
-            self._note("conntrack", "a later fragment before its first: held until it comes")
+            if self.tracer is not None:
+                self.tracer.note("conntrack", "a later fragment before its first: held until it comes")
             return NOTHING  # NAT routes it back to us
         elif verdict is not None:
             self._count(p.ledger, verdict)
             return NOTHING
-        if self.tracer is not None:
+        tracer = self.tracer
+        if tracer is not None:
             if p.made_flow is not None:
-                self._note("conntrack", f"new {describe(p.made_flow)}")
+                tracer.note("conntrack", f"new {describe(p.made_flow)}")
             elif p.flow is not None:
-                self._note("conntrack", f"existing {describe(p.flow)}")
+                tracer.note("conntrack", f"existing {describe(p.flow)}")
             else:
-                self._note("conntrack", "no flow created or matched (not NAT-ed)")
+                tracer.note("conntrack", "no flow created or matched (not NAT-ed)")
         return None
 
     def _forward(self, p: Packet, now: float) -> Routed:
@@ -386,12 +387,13 @@ class Router:
         From here a drop also drops the NAT flow this packet may have just made (_refuse)."""
         hop = self.routes.lookup(p.dst_int)
         if hop is None:
-            self._note("route", f"{IPv4Address(p.dst)}: no route")
+            if self.tracer is not None:
+                self.tracer.note("route", f"{IPv4Address(p.dst)}: no route")
             return Routed(self._refuse(p, Drop.NO_ROUTE, DEST_UNREACH, NET_UNREACH, 0, now))
         out_iface, gateway = hop
         if self.tracer is not None:
             via = "directly connected" if gateway is None else f"via {IPv4Address(gateway)}"
-            self._note("route", f"{IPv4Address(p.dst)} -> {self.interfaces[out_iface].name}, {via}")
+            self.tracer.note("route", f"{IPv4Address(p.dst)} -> {self.interfaces[out_iface].name}, {via}")
         pkt = p.pkt
         # RFC 1812 5.3.1: a packet that would leave with TTL 0 is discarded, with time exceeded.
         if pkt[IP_TTL] <= 1:
@@ -407,9 +409,9 @@ class Router:
         neighbour = arp.entries.get(next_hop)
         if neighbour is not None and now - neighbour.updated < arp.timeout and not too_big:
             # The common case: a fresh neighbour, no probe due; the action may be cached.
-            self._note(
-                "ARP", f"next hop on {self.interfaces[out_iface].name} is {mac_str(neighbour.mac)} (cached)"
-            )
+            if self.tracer is not None:
+                name = self.interfaces[out_iface].name
+                self.tracer.note("ARP", f"next hop on {name} is {mac_str(neighbour.mac)} (cached)")
             action = self._action(p, neighbour.mac + self._mac[out_iface])
             frame = apply(action, pkt, action.reader.unpack_from(pkt))
             assert isinstance(frame, bytes)  # apply gathers nothing by default
@@ -421,8 +423,8 @@ class Router:
         # RFC 1812 5.2.6 / RFC 791 3.2: without DF, a packet too big leaves in fragments. It is resolved
         # (or parked for ARP) whole, so one ICMP error speaks for it and the queue holds it as one;
         # _fit splits it on the way out, here or when ARP answers.
-        sent = self._resolve(buf, out_iface, next_hop, p, now)
-        return Routed(self._fit(sent) if too_big else sent)
+        sent = self._resolve(buf, out_iface, next_hop, p, now, p.ledger)
+        return Routed(self._fit(sent, p.ledger) if too_big else sent)
 
     def _action(self, p: Packet, macs: bytes) -> Rewrite:
         nat = p.nat
@@ -453,11 +455,13 @@ class Router:
             p.made_flow = None
         if icmp_type < 0:
             return []
-        return self._icmp_error(p.iface, p.arrived, icmp_type, code, rest, now)
+        return self._icmp_error(p.iface, p.arrived, icmp_type, code, rest, now, p.ledger)
 
-    def _fit(self, frames: list[Transmit]) -> list[Transmit]:
+    def _fit(self, frames: list[Transmit], ledger: Counter[str]) -> list[Transmit]:
         """Split each IPv4 frame that its interface's MTU cannot take into fragments (only packets
-        without DF get this far too big; GSO super-frames are measured by their segments before)."""
+        without DF get this far too big; GSO super-frames are measured by their segments before).
+        ledger: the drops of the port the packet came in on (or the packet that made the router
+        send it)."""
         fitted: list[Transmit] = []
         for iface, frame in frames:
             mtu = self._mtu[iface]
@@ -470,7 +474,7 @@ class Router:
                 continue
             pieces = fragment(frame, L3 + total, mtu)
             if pieces is None:  # an MTU below 28 (the API allows it; the command line stops at 68)
-                self._count(self.unported, Drop.FRAG_UNSUPPORTED)
+                self._count(ledger, Drop.FRAG_UNSUPPORTED)
                 continue
             self.events[Event.IP_FRAGMENTED] += 1
             self.events[Event.IP_FRAGMENTS_MADE] += len(pieces)
@@ -497,21 +501,28 @@ class Router:
                 self._count(p.ledger, Drop.L4_BAD_CHECKSUM)
                 return []
             self.events[Event.ICMP_ECHO_REPLIED] += 1
-            return self._originate(build_echo_reply(p.dst, p.src, pkt[l4:end], self._next_id()), now)
+            reply = build_echo_reply(p.dst, p.src, pkt[l4:end], self._next_id())
+            return self._originate(reply, now, p.ledger)
         self._count(p.ledger, Drop.TO_ROUTER)
         if p.proto == PROTO_TCP:
             return []  # silently: we run no TCP service (no RST, by policy)
         code = PORT_UNREACH if p.proto == PROTO_UDP else PROTO_UNREACH
-        return self._icmp_error(p.iface, pkt, DEST_UNREACH, code, 0, now)
+        return self._icmp_error(p.iface, pkt, DEST_UNREACH, code, 0, now, p.ledger)
 
     # --- output ------------------------------------------------------------------------------------
     def _resolve(
-        self, buf: bytearray, out_iface: int, next_hop: int, p: Packet | None, now: float
+        self,
+        buf: bytearray,
+        out_iface: int,
+        next_hop: int,
+        p: Packet | None,
+        now: float,
+        ledger: Counter[str],
     ) -> list[Transmit]:
         """Fill in the next hop's MAC, or park the frame until ARP answers.
 
-        p is the packet being forwarded (None: one the router made), for its ledger and for an ICMP
-        error quoting it as it arrived (before NAT and TTL) if ARP fails.
+        p is the packet being forwarded (None: one the router made), for an ICMP error quoting it as
+        it arrived (before NAT and TTL) if ARP fails; ledger takes its drops.
         """
         arp = self.arp
         mac = arp.lookup(next_hop, now)
@@ -525,12 +536,11 @@ class Router:
                                     _U32.pack(next_hop))  # fmt: skip
                 sent.append((out_iface, request))
             return sent
-        ledger = self.unported if p is None else p.ledger
         if arp.is_failed(next_hop, now):
             self._count(ledger, Drop.ARP_FAILED)
             if p is None:
                 return []
-            return self._icmp_error(p.iface, p.arrived, DEST_UNREACH, HOST_UNREACH, 0, now)
+            return self._icmp_error(p.iface, p.arrived, DEST_UNREACH, HOST_UNREACH, 0, now, ledger)
         in_iface, original = (_NO_IFACE, b"") if p is None else (p.iface, p.arrived[: L3 + 576])
         outcome = arp.enqueue(next_hop, out_iface, buf, in_iface, original, ledger, now)
         if outcome == REJECTED:
@@ -538,17 +548,19 @@ class Router:
             return []
         if outcome == REJECTED_COUNTED:
             return []
-        name = self.interfaces[out_iface].name
-        self._note(
-            "ARP", f"{IPv4Address(next_hop)} unresolved on {name}: who-has sent, packet queued for the reply"
-        )
+        if self.tracer is not None:
+            name, target = self.interfaces[out_iface].name, IPv4Address(next_hop)
+            self.tracer.note(
+                "ARP", f"{target} unresolved on {name}: who-has sent, packet queued for the reply"
+            )
         if outcome == QUEUED_SEND_REQUEST:
             request = build_request(self._mac[out_iface], self._addr[out_iface], _U32.pack(next_hop))
             return [(out_iface, request)]
         return []
 
-    def _originate(self, buf: bytearray, now: float) -> list[Transmit]:
-        """Route a packet the router made (its buffer has a blank Ethernet header)."""
+    def _originate(self, buf: bytearray, now: float, ledger: Counter[str]) -> list[Transmit]:
+        """Route a packet the router made (its buffer has a blank Ethernet header). Its drops are
+        counted where the packet that made the router send it came in (ledger)."""
         hop = self.routes.lookup(_U32.unpack_from(buf, IP_DST.start)[0])
         if hop is None:
             self.events[Event.ORIGINATED_NO_ROUTE] += 1
@@ -557,7 +569,7 @@ class Router:
         next_hop = _U32.unpack_from(buf, IP_DST.start)[0] if gateway is None else gateway
         buf[ETH_TYPE_OFF : ETH_TYPE_OFF + 2] = U16.pack(ETHERTYPE_IPV4)
         buf[ETH_SRC] = self._mac[out_iface]
-        return self._fit(self._resolve(buf, out_iface, next_hop, None, now))
+        return self._fit(self._resolve(buf, out_iface, next_hop, None, now, ledger), ledger)
 
     def _next_id(self) -> int:
         self._ip_id = (self._ip_id + 1) & 0xFFFF
@@ -571,8 +583,10 @@ class Router:
         code: int,
         rest: int,
         now: float,
+        ledger: Counter[str],
     ) -> list[Transmit]:
-        """Send an ICMP error about pkt (already validated) back to its source, if allowed."""
+        """Send an ICMP error about pkt (already validated) back to its source, if allowed; ledger is
+        the drops of the port pkt came in on."""
         # RFC 1812 4.3.2.7: never about a link-layer broadcast, a non-first fragment, or an ICMP
         # error (broadcast/multicast destinations and martian sources were dropped before).
         frag = pkt[IP_FLAGS_FRAG] << 8 | pkt[IP_FLAGS_FRAG + 1]
@@ -599,7 +613,7 @@ class Router:
             self._next_id(),
         )
         self.events[_ICMP_EVENTS.get((icmp_type, code), Event.ICMP_ERROR_SENT)] += 1
-        return self._originate(error, now)
+        return self._originate(error, now, ledger)
 
     # --- display -----------------------------------------------------------------------------------
     def routes_table(self) -> list[dict[str, object]]:

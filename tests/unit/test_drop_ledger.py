@@ -1,0 +1,648 @@
+"""The drop ledger, member by member: for each `Drop` reason a frame can cause in the core, a frame that
+causes exactly that drop. It is counted once, in the ledger of the port it came in on (for a router drop
+also in the router's rollup), and `vswitch trace` names it. Every other member is in EXEMPT with the
+reason no frame through the core can cause it, and a test keeps the two tables covering `Drop` exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Packet, Raw
+
+import vswitch
+from vswitch.core.counters import Drop
+from vswitch.core.datapath import Datapath
+from vswitch.core.nat import FRAGMENT_TIMEOUT, HELD_DATAGRAMS_MAX, NatConfig, PortForward
+from vswitch.core.router import Interface, Router
+from vswitch.core.routes import Route
+from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
+from vswitch.tools.debug.trace import render, trace
+
+R_LAN, R_DMZ, R_WAN = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03"
+A, B, C, UP = "02:00:00:00:01:02", "02:00:00:00:01:03", "02:00:00:00:02:02", "02:00:00:00:00:ff"
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+NAT_ADDRESS = "198.18.0.2"  # the router's wan address, which NAT masquerades to
+OUTSIDE = "198.19.5.5"  # a host beyond the upstream router (198.18.0.1)
+SILENT = "10.2.0.9"  # on dmz, never answers ARP
+NOW = 1.0
+
+
+def mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+# --- topologies ----------------------------------------------------------------------------------------
+def switched(*names: str) -> tuple[Datapath, dict[str, int]]:
+    """One segment, lan, with a port per name and no router."""
+    dp = Datapath()
+    lan = dp.add_segment("lan")
+    return dp, {name: dp.add_port(name, lan) for name in names}
+
+
+def routed(
+    *,
+    default_route: bool = True,
+    dmz_mtu: int = 1500,
+    forwards: tuple[PortForward, ...] = (),
+    port_range: tuple[int, int] = (1024, 65535),
+    max_flows: int = 65536,
+    **router_options: Any,
+) -> tuple[Datapath, dict[str, int]]:
+    """lan (a 10.1.0.2, b 10.1.0.3), dmz (c 10.2.0.2) and wan (up 198.18.0.1, the default gateway),
+    masqueraded to 198.18.0.2; the router's ARP cache knows all four hosts."""
+    dp = Datapath()
+    lan, dmz, wan = dp.add_segment("lan"), dp.add_segment("dmz"), dp.add_segment("wan")
+    ports = {name: dp.add_port(name, seg) for name, seg in (("a", lan), ("b", lan), ("c", dmz), ("up", wan))}
+    routes = [Route(IPv4Network("0.0.0.0/0"), IPv4Address("198.18.0.1"), wan)] if default_route else []
+    router = Router(
+        [
+            Interface(lan, "lan", mac(R_LAN), IPv4Interface("10.1.0.1/24")),
+            Interface(dmz, "dmz", mac(R_DMZ), IPv4Interface("10.2.0.1/24"), mtu=dmz_mtu),
+            Interface(wan, "wan", mac(R_WAN), IPv4Interface(f"{NAT_ADDRESS}/24"), uplink=True),
+        ],
+        routes,
+        NatConfig(
+            wan,
+            IPv4Address(NAT_ADDRESS),
+            [IPv4Network("10.1.0.0/24"), IPv4Network("10.2.0.0/24")],
+            list(forwards),
+            port_range,
+            max_flows,
+        ),
+        **router_options,
+    )
+    dp.attach_router(router, {lan: mac(R_LAN), dmz: mac(R_DMZ), wan: mac(R_WAN)})
+    for address, host, segment in (
+        ("10.1.0.2", A, lan),
+        ("10.1.0.3", B, lan),
+        ("10.2.0.2", C, dmz),
+        ("198.18.0.1", UP, wan),
+    ):
+        router.arp.learn(int(IPv4Address(address)), mac(host), segment, 0.0)
+    return dp, ports
+
+
+# --- frames --------------------------------------------------------------------------------------------
+def buf(pkt: Packet, vnet: bytes = ZERO_VNET_HDR) -> bytes:
+    return vnet + bytes(pkt)
+
+
+def from_a(l3: Packet, dst: str = R_LAN) -> bytes:
+    """l3 sent by host a (10.1.0.2) to the router's lan MAC."""
+    return buf(Ether(src=A, dst=dst) / l3)
+
+
+def from_b(l3: Packet) -> bytes:
+    return buf(Ether(src=B, dst=R_LAN) / l3)
+
+
+def from_upstream(l3: Packet) -> bytes:
+    """l3 sent by the upstream router (198.18.0.1) to the router's wan MAC."""
+    return buf(Ether(src=UP, dst=R_WAN) / l3)
+
+
+def bad_checksum(good: int) -> int:
+    """A checksum that does not verify: both bytes changed (0 and 0xFFFF are the one value that
+    ones' complement arithmetic would take as equal, and this never maps one to the other)."""
+    return good ^ 0x0101
+
+
+def udp_out(sport: int = 5000, dst: str = OUTSIDE) -> Packet:
+    return IP(src="10.1.0.2", dst=dst) / UDP(sport=sport, dport=53) / b"query"
+
+
+def later_fragment(ident: int) -> Packet:
+    """The second fragment (offset 1480) of a UDP datagram from a to OUTSIDE: no ports in it."""
+    return IP(src="10.1.0.2", dst=OUTSIDE, id=ident, frag=185, proto=17) / (b"f" * 64)
+
+
+# --- scenarios -----------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class Scenario:
+    """A datapath, and the frame that arrives on port at now and dies."""
+
+    dp: Datapath
+    port: int
+    frame: bytes
+    now: float = NOW
+    by_router: bool = True  # False: the L2 switch drops it (the trace names the port, not "router")
+    charged: int | None = None  # the port whose ledger counts the drop, when it is not `port`
+
+    @property
+    def ledger_port(self) -> int:
+        return self.port if self.charged is None else self.charged
+
+    @property
+    def where(self) -> str:
+        return "router" if self.by_router else self.dp.counters.names[self.port]
+
+
+@dataclass(kw_only=True)
+class Timed(Scenario):
+    """A frame that waits, and is dropped by dp.on_timer(later)."""
+
+    later: float
+    waits: tuple[str, str]  # (stage, text) the trace of the frame reports: why it waits
+
+
+# L2: the switch's checks, in the kernel bridge's order.
+def runt() -> Scenario:
+    """13 bytes of Ethernet: shorter than a whole Ethernet header, nothing to classify."""
+    dp, ports = switched("a", "b")
+    return Scenario(dp=dp, port=ports["a"], frame=buf(Ether(src=A, dst=B))[:-1], by_router=False)
+
+
+def bad_vnet_header() -> Scenario:
+    """NEEDS_CSUM with csum_start 1000 in a 42-byte frame: finishing the checksum would write past it."""
+    dp, ports = switched("a", "b")
+    vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, 1000, 6)
+    pkt = Ether(src=A, dst=B) / IP(src="10.1.0.2", dst="10.1.0.3") / UDP()
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt, vnet), by_router=False)
+
+
+def src_multicast() -> Scenario:
+    """A group address as source: no station has one (IEEE 802 section 8.2)."""
+    dp, ports = switched("a", "b")
+    pkt = Ether(src="01:00:5e:00:00:01", dst=B) / IP() / UDP()
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt), by_router=False)
+
+
+def src_zero() -> Scenario:
+    """00:00:00:00:00:00 as source: not an address, never learned."""
+    dp, ports = switched("a", "b")
+    pkt = Ether(src="00:00:00:00:00:00", dst=B) / IP() / UDP()
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt), by_router=False)
+
+
+def src_is_switch() -> Scenario:
+    """Port a claims the router's lan MAC, a static FDB entry of the switch itself."""
+    dp, ports = routed()
+    pkt = Ether(src=R_LAN, dst=B) / IP(src="10.1.0.2", dst="10.1.0.3") / UDP()
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt), by_router=False)
+
+
+def reserved_group() -> Scenario:
+    """A BPDU to 01:80:c2:00:00:00, link-local: never forwarded (IEEE 802.1Q table 8-1)."""
+    dp, ports = switched("a", "b")
+    pkt = Ether(src=A, dst="01:80:c2:00:00:00", type=0x0027) / Raw(bytes(46))
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt), by_router=False)
+
+
+def same_port() -> Scenario:
+    """b was learned on port a (a hub behind it): a frame from a to b would go back where it came from."""
+    dp, ports = switched("a", "b")
+    dp.receive(ports["a"], buf(Ether(src=B, dst=A) / IP() / UDP()), 0.0)
+    pkt = Ether(src=A, dst=B) / IP(src="10.1.0.2", dst="10.1.0.3") / UDP()
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt), by_router=False)
+
+
+def no_destination() -> Scenario:
+    """A broadcast on a segment with one port and no router: the flood has nowhere to go."""
+    dp, ports = switched("alone")
+    pkt = Ether(src=A, dst=BROADCAST) / ARP(hwsrc=A, psrc="10.1.0.2", pdst="10.1.0.9")
+    return Scenario(dp=dp, port=ports["alone"], frame=buf(pkt), by_router=False)
+
+
+# The router: classification and ARP.
+def unsupported_ethertype() -> Scenario:
+    """IPv6 to the router's MAC: it routes IPv4 and answers ARP, nothing else."""
+    dp, ports = routed()
+    pkt = Ether(src=A, dst=R_LAN, type=0x86DD) / Raw(bytes(40))
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt))
+
+
+def arp_malformed() -> Scenario:
+    """A broadcast ARP with hardware type 6 (IEEE 802): not Ethernet/IPv4 ARP (RFC 826)."""
+    dp, ports = routed()
+    pkt = Ether(src=A, dst=BROADCAST) / ARP(hwtype=6, hwsrc=A, psrc="10.1.0.2", pdst="10.1.0.1")
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt))
+
+
+def arp_queue_full() -> Scenario:
+    """With room for one packet per unresolved next hop, a's packet pushes out b's, which waited
+    first (RFC 1122 2.3.2.2 keeps the latest): the drop is b's, charged to b's port."""
+    dp, ports = routed(arp_queue_max=1)
+    dp.receive(ports["b"], from_b(IP(src="10.1.0.3", dst=SILENT) / UDP()), NOW)
+    frame = from_a(IP(src="10.1.0.2", dst=SILENT) / UDP())
+    return Scenario(dp=dp, port=ports["a"], frame=frame, charged=ports["b"])
+
+
+def arp_pending_full() -> Scenario:
+    """With one resolution at a time and 10.2.0.9 already being resolved, 10.2.0.10 cannot start."""
+    dp, ports = routed(arp_pending_max=1)
+    dp.receive(ports["a"], from_a(IP(src="10.1.0.2", dst=SILENT) / UDP()), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="10.2.0.10") / UDP()))
+
+
+def arp_failed() -> Scenario:
+    """10.2.0.9 did not answer and is in the negative cache: the next packet to it dies at once."""
+    dp, ports = routed(arp_retries=1)
+    frame = from_a(IP(src="10.1.0.2", dst=SILENT) / UDP())
+    dp.receive(ports["a"], frame, NOW)
+    dp.on_timer(NOW + 1.0)  # the one request went unanswered: negative entry until NOW + 6
+    return Scenario(dp=dp, port=ports["a"], frame=frame, now=NOW + 2.0)
+
+
+# The router: RFC 1812 5.2.2 header checks and 5.3.x address checks (ipv4.parse).
+def ip_truncated() -> Scenario:
+    """12 bytes after an IPv4 ethertype: shorter than a minimal IPv4 header (RFC 1812 5.2.2)."""
+    dp, ports = routed()
+    frame = buf(Ether(src=A, dst=R_LAN, type=0x0800) / Raw(bytes(IP(src="10.1.0.2", dst="10.2.0.2"))[:12]))
+    return Scenario(dp=dp, port=ports["a"], frame=frame)
+
+
+def ip_bad_version() -> Scenario:
+    """Version 6 in an IPv4 ethertype frame (RFC 1812 5.2.2)."""
+    dp, ports = routed()
+    return Scenario(
+        dp=dp, port=ports["a"], frame=from_a(IP(version=6, src="10.1.0.2", dst="10.2.0.2") / UDP())
+    )
+
+
+def ip_bad_ihl() -> Scenario:
+    """Header length 4 words, below the 5 of a minimal header (RFC 1812 5.2.2)."""
+    dp, ports = routed()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(ihl=4, src="10.1.0.2", dst="10.2.0.2") / UDP()))
+
+
+def ip_bad_length() -> Scenario:
+    """Total length 2000 in a 28-byte packet: it claims more than the frame holds (RFC 1812 5.2.2)."""
+    dp, ports = routed()
+    return Scenario(
+        dp=dp, port=ports["a"], frame=from_a(IP(len=2000, src="10.1.0.2", dst="10.2.0.2") / UDP())
+    )
+
+
+def ip_bad_checksum() -> Scenario:
+    """The header checksum does not verify (RFC 1812 5.2.2)."""
+    dp, ports = routed()
+    ip = IP(src="10.1.0.2", dst="10.2.0.2") / UDP()
+    ip.chksum = bad_checksum(IP(bytes(ip)).chksum)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def ip_martian_source() -> Scenario:
+    """From 127.0.0.1, a loopback address, on the wire (RFC 1812 5.3.7)."""
+    dp, ports = routed()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="127.0.0.1", dst="10.2.0.2") / UDP()))
+
+
+def ip_broadcast() -> Scenario:
+    """To 10.2.0.255, dmz's directed broadcast: never forwarded (RFC 1812 5.3.5)."""
+    dp, ports = routed()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="10.2.0.255") / UDP()))
+
+
+def ip_multicast() -> Scenario:
+    """To 224.0.0.9 (RIP), unicast to the router's MAC: it does not route multicast."""
+    dp, ports = routed()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="224.0.0.9") / UDP()))
+
+
+def ip_martian_destination() -> Scenario:
+    """To 240.0.0.1, class E, reserved: not a destination (RFC 1812 5.3.7)."""
+    dp, ports = routed()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="240.0.0.1") / UDP()))
+
+
+# The router: forwarding.
+def ttl_exceeded() -> Scenario:
+    """TTL 1 to c on dmz: it would leave with TTL 0 (RFC 1812 5.3.1)."""
+    dp, ports = routed()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="10.2.0.2", ttl=1) / UDP()))
+
+
+def no_route() -> Scenario:
+    """To 192.0.2.1 with no default route: no route matches it."""
+    dp, ports = routed(default_route=False)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="192.0.2.1") / UDP()))
+
+
+def frag_needed() -> Scenario:
+    """1428 bytes with DF to dmz, whose MTU is 1400: too big, may not be split (RFC 1191)."""
+    dp, ports = routed(dmz_mtu=1400)
+    ip = IP(src="10.1.0.2", dst="10.2.0.2", flags="DF") / UDP() / bytes(1400)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def frag_unsupported() -> Scenario:
+    """A TSO super-frame without DF whose 1500-byte segments exceed dmz's MTU of 1400: it would have
+    to be segmented before it could be fragmented."""
+    dp, ports = routed(dmz_mtu=1400)
+    ip = IP(src="10.1.0.2", dst="10.2.0.2") / TCP(sport=40000, dport=80, flags="A") / bytes(3000)
+    vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, GSO_TCPV4, 54, 1460, 34, 16)
+    return Scenario(dp=dp, port=ports["a"], frame=buf(Ether(src=A, dst=R_LAN) / ip, vnet))
+
+
+def ip_bad_fragment() -> Scenario:
+    """A fragment at offset 8191 x 8 with 1480 bytes, too big for dmz: its pieces would end past
+    65,535 (RFC 791)."""
+    dp, ports = routed(dmz_mtu=1400)
+    ip = IP(src="10.1.0.2", dst="10.2.0.2", flags="MF", frag=8191, proto=17) / bytes(1480)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+# The router: local delivery.
+def to_router() -> Scenario:
+    """UDP to the router's own address: it runs no UDP service (refused with port unreachable)."""
+    dp, ports = routed()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="10.1.0.1") / UDP(dport=9)))
+
+
+def l4_truncated() -> Scenario:
+    """ICMP to the router with 4 bytes of ICMP: shorter than the 8-byte header it must read."""
+    dp, ports = routed()
+    ip = IP(src="10.1.0.2", dst="10.1.0.1", proto=1) / Raw(b"\x08\x00\x00\x00")
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def l4_bad_checksum() -> Scenario:
+    """An echo request to the router whose ICMP checksum does not verify: not answered."""
+    dp, ports = routed()
+    ip = IP(src="10.1.0.2", dst="10.1.0.1") / ICMP(type=8, id=7) / b"ping"
+    ip[ICMP].chksum = bad_checksum(IP(bytes(ip))[ICMP].chksum)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+# NAT and conntrack.
+def nat_no_flow() -> Scenario:
+    """A TCP ACK from inside to outside, no flow: masqueraded flows start with a SYN (RFC 5382 REQ-2)."""
+    dp, ports = routed()
+    ip = IP(src="10.1.0.2", dst=OUTSIDE) / TCP(sport=40000, dport=80, flags="A")
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def nat_unsolicited() -> Scenario:
+    """UDP from outside to the NAT address, no flow and no port forward: filtered (RFC 4787 REQ-8)."""
+    dp, ports = routed()
+    ip = IP(src=OUTSIDE, dst=NAT_ADDRESS) / UDP(sport=53, dport=9)
+    return Scenario(dp=dp, port=ports["up"], frame=from_upstream(ip))
+
+
+def nat_ports_exhausted() -> Scenario:
+    """The UDP port range is the one port 1024, held by a's mapping for port 5000: none for 5001."""
+    dp, ports = routed(port_range=(1024, 1024))
+    dp.receive(ports["a"], from_a(udp_out(5000)), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp_out(5001)))
+
+
+def nat_fragment() -> Scenario:
+    """Later fragments wait for their first (RFC 4787 REQ-14), but at most HELD_DATAGRAMS_MAX
+    datagrams at once: one more is dropped."""
+    dp, ports = routed()
+    for ident in range(HELD_DATAGRAMS_MAX):
+        dp.receive(ports["a"], from_a(later_fragment(ident)), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(later_fragment(HELD_DATAGRAMS_MAX)))
+
+
+def nat_icmp_no_flow() -> Scenario:
+    """Port unreachable to the NAT address about a UDP flow never tracked: nobody inside to tell
+    (RFC 5508 4.1 translates only errors about a known flow)."""
+    dp, ports = routed()
+    quoted = IPerror(src=NAT_ADDRESS, dst=OUTSIDE) / UDPerror(sport=40000, dport=53)
+    ip = IP(src="198.18.0.1", dst=NAT_ADDRESS) / ICMP(type=3, code=3) / quoted
+    return Scenario(dp=dp, port=ports["up"], frame=from_upstream(ip))
+
+
+def nat_unsupported() -> Scenario:
+    """GRE (protocol 47) from inside to outside: it needs masquerading, which has no ports to map."""
+    dp, ports = routed()
+    ip = IP(src="10.1.0.2", dst=OUTSIDE, proto=47) / Raw(bytes(8))
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def nat_clash() -> Scenario:
+    """Ports 8080 and 8081 both forward to 10.2.0.2:80: the same outside host and port through the
+    second would have the reply tuple of its flow through the first, already tracked."""
+    target = IPv4Address("10.2.0.2")
+    dp, ports = routed(forwards=(PortForward(6, 8080, target, 80), PortForward(6, 8081, target, 80)))
+    first = IP(src=OUTSIDE, dst=NAT_ADDRESS) / TCP(sport=40000, dport=8080, flags="S")
+    dp.receive(ports["up"], from_upstream(first), NOW)
+    second = IP(src=OUTSIDE, dst=NAT_ADDRESS) / TCP(sport=40000, dport=8081, flags="S")
+    return Scenario(dp=dp, port=ports["up"], frame=from_upstream(second))
+
+
+def conntrack_full() -> Scenario:
+    """The table holds one flow, assured (its reply came): a new flow finds no room and nothing to
+    evict early."""
+    dp, ports = routed(max_flows=1)
+    dp.receive(ports["a"], from_a(udp_out(5000)), NOW)
+    reply = IP(src=OUTSIDE, dst=NAT_ADDRESS) / UDP(sport=53, dport=5000) / b"answer"  # port kept
+    dp.receive(ports["up"], from_upstream(reply), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp_out(5001)))
+
+
+TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
+    Drop.RUNT: runt,
+    Drop.BAD_VNET_HEADER: bad_vnet_header,
+    Drop.SRC_MULTICAST: src_multicast,
+    Drop.SRC_ZERO: src_zero,
+    Drop.SRC_IS_SWITCH: src_is_switch,
+    Drop.RESERVED_GROUP: reserved_group,
+    Drop.SAME_PORT: same_port,
+    Drop.NO_DESTINATION: no_destination,
+    Drop.UNSUPPORTED_ETHERTYPE: unsupported_ethertype,
+    Drop.ARP_MALFORMED: arp_malformed,
+    Drop.ARP_QUEUE_FULL: arp_queue_full,
+    Drop.ARP_PENDING_FULL: arp_pending_full,
+    Drop.ARP_FAILED: arp_failed,
+    Drop.IP_TRUNCATED: ip_truncated,
+    Drop.IP_BAD_VERSION: ip_bad_version,
+    Drop.IP_BAD_IHL: ip_bad_ihl,
+    Drop.IP_BAD_LENGTH: ip_bad_length,
+    Drop.IP_BAD_CHECKSUM: ip_bad_checksum,
+    Drop.IP_MARTIAN_SOURCE: ip_martian_source,
+    Drop.IP_BROADCAST: ip_broadcast,
+    Drop.IP_MULTICAST: ip_multicast,
+    Drop.TTL_EXCEEDED: ttl_exceeded,
+    Drop.NO_ROUTE: no_route,
+    Drop.FRAG_NEEDED: frag_needed,
+    Drop.FRAG_UNSUPPORTED: frag_unsupported,
+    Drop.IP_BAD_FRAGMENT: ip_bad_fragment,
+    Drop.TO_ROUTER: to_router,
+    Drop.L4_TRUNCATED: l4_truncated,
+    Drop.NAT_NO_FLOW: nat_no_flow,
+    Drop.NAT_UNSOLICITED: nat_unsolicited,
+    Drop.NAT_PORTS_EXHAUSTED: nat_ports_exhausted,
+    Drop.NAT_FRAGMENT: nat_fragment,
+    Drop.NAT_ICMP_NO_FLOW: nat_icmp_no_flow,
+    Drop.NAT_UNSUPPORTED: nat_unsupported,
+    Drop.NAT_CLASH: nat_clash,
+    Drop.IP_MARTIAN_DESTINATION: ip_martian_destination,
+    Drop.L4_BAD_CHECKSUM: l4_bad_checksum,
+    Drop.CONNTRACK_FULL: conntrack_full,
+}
+
+_SHELL = "counted by the IO shell (vswitch/shell/loop.py) around Datapath.receive, never by the core"
+EXEMPT: dict[Drop, str] = {
+    Drop.TX_QUEUE_FULL: f"a write to the tap would block: {_SHELL}",
+    Drop.TX_ERROR: f"the kernel refused a write: {_SHELL}",
+    Drop.TRUNCATED: f"a read filled the whole buffer: {_SHELL}",
+    Drop.HOOK: f"the packet hook returned None or raised: {_SHELL}",
+    Drop.RX_ERROR: f"a read failed: {_SHELL}",
+    Drop.INTERNAL_ERROR: f"receive (or an observer) raised: {_SHELL}",
+}
+
+
+# Drops decided on a timer, after the frame's trace: the same reasons as above, by their other path.
+def arp_failed_on_timer() -> Timed:
+    """10.2.0.9 never answers the one request: the queued packet dies when the retry is due
+    (RFC 1812 4.3.3.1, host unreachable to the source)."""
+    dp, ports = routed(arp_retries=1)
+    frame = from_a(IP(src="10.1.0.2", dst=SILENT) / UDP())
+    return Timed(dp=dp, port=ports["a"], frame=frame, later=NOW + 1.0, waits=("ARP", "unresolved on dmz"))
+
+
+def nat_fragment_on_timer() -> Timed:
+    """A later fragment waits for its first (RFC 4787 REQ-14), which never comes: it expires."""
+    dp, ports = routed()
+    return Timed(
+        dp=dp,
+        port=ports["a"],
+        frame=from_a(later_fragment(7)),
+        later=NOW + FRAGMENT_TIMEOUT,
+        waits=("conntrack", "held until it comes"),
+    )
+
+
+TIMER_TRIGGERS: dict[Drop, Callable[[], Timed]] = {
+    Drop.ARP_FAILED: arp_failed_on_timer,
+    Drop.NAT_FRAGMENT: nat_fragment_on_timer,
+}
+
+
+# --- the checks ----------------------------------------------------------------------------------------
+def delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """What changed from before to after, by key (zero changes left out)."""
+    keys = set(before) | set(after)
+    return {
+        key: after.get(key, 0) - before.get(key, 0) for key in keys if after.get(key, 0) != before.get(key, 0)
+    }
+
+
+def ledgers(dp: Datapath) -> dict[str, dict[str, int]]:
+    """Every port's drops by reason, by port name (the router's ports included)."""
+    return {name: dict(dp.counters.drops[i]) for i, name in enumerate(dp.counters.names)}
+
+
+def rollup(dp: Datapath) -> dict[str, int]:
+    return {} if dp.router is None else dict(dp.router.drops)
+
+
+class Ledger:
+    """The ledger, the router's rollup and the switch-wide sum, at one moment."""
+
+    def __init__(self, dp: Datapath) -> None:
+        self.dp = dp
+        self.ports = ledgers(dp)
+        self.rollup = rollup(dp)
+        self.total = dp.drop_reasons()
+
+    def assert_one_drop(self, reason: Drop, scenario: Scenario) -> None:
+        """Since then: exactly one drop, for reason, in the charged port's ledger and nowhere else;
+        in the router's rollup if the router counted it; in the sum over the ports."""
+        dp = self.dp
+        now = ledgers(dp)
+        changed = {name: delta(self.ports[name], now[name]) for name in now}
+        charged = dp.counters.names[scenario.ledger_port]
+        assert {name: d for name, d in changed.items() if d} == {charged: {reason: 1}}
+        assert delta(self.rollup, rollup(dp)) == ({reason: 1} if scenario.by_router else {})
+        assert delta(self.total, dp.drop_reasons()) == {reason: 1}
+        if scenario.by_router:
+            assert dp.router is not None and dp.router.drops[reason] == dp.drop_reasons()[reason]
+
+    def assert_unchanged(self) -> None:
+        assert ledgers(self.dp) == self.ports
+        assert rollup(self.dp) == self.rollup
+
+
+@pytest.mark.parametrize("reason", list(TRIGGERS), ids=str)
+def test_the_frame_is_counted_once_in_its_ingress_ports_ledger(reason: Drop) -> None:
+    scenario = TRIGGERS[reason]()
+    ledger = Ledger(scenario.dp)
+    scenario.dp.receive(scenario.port, scenario.frame, scenario.now)
+    ledger.assert_one_drop(reason, scenario)
+
+
+@pytest.mark.parametrize("reason", list(TRIGGERS), ids=str)
+def test_the_trace_of_the_frame_names_the_same_reason(reason: Drop) -> None:
+    scenario = TRIGGERS[reason]()
+    ledger = Ledger(scenario.dp)
+    result = trace(scenario.dp, scenario.port, scenario.frame, scenario.now)
+    assert result.drops == {scenario.where: reason}
+    assert f"dropped: {reason} (at {scenario.where})" in "\n".join(render(result.to_json()))
+    ledger.assert_unchanged()  # the trace counted it, then took the count back
+
+
+@pytest.mark.parametrize("reason", list(TIMER_TRIGGERS), ids=str)
+def test_a_frame_dropped_on_a_timer_is_charged_to_its_ingress_port(reason: Drop) -> None:
+    scenario = TIMER_TRIGGERS[reason]()
+    dp = scenario.dp
+    ledger = Ledger(dp)
+    dp.receive(scenario.port, scenario.frame, scenario.now)
+    ledger.assert_unchanged()  # it waits: not dropped yet
+    dp.on_timer(scenario.later - 0.5)
+    ledger.assert_unchanged()  # nor before its time
+    dp.on_timer(scenario.later)
+    ledger.assert_one_drop(reason, scenario)
+
+
+@pytest.mark.parametrize("reason", list(TIMER_TRIGGERS), ids=str)
+def test_the_trace_of_a_frame_dropped_on_a_timer_says_why_it_waits(reason: Drop) -> None:
+    """Decided on a timer, after the frame's trace: the trace shows the stage that parked it."""
+    scenario = TIMER_TRIGGERS[reason]()
+    result = trace(scenario.dp, scenario.port, scenario.frame, scenario.now)
+    assert result.drops == {}
+    stage, text = scenario.waits
+    assert any(s == stage and text in t for s, t in result.stages), result.stages
+
+
+def test_every_member_is_triggered_or_exempt_and_none_is_both() -> None:
+    """A new member needs a frame that triggers it, or a reason no frame can."""
+    assert set(TRIGGERS) & set(EXEMPT) == set()
+    assert set(Drop) - set(TRIGGERS) - set(EXEMPT) == set()
+    assert set(TIMER_TRIGGERS) <= set(TRIGGERS)
+    assert all(why.strip() for why in EXEMPT.values())
+
+
+def test_exempt_members_are_counted_by_the_shell_and_never_by_the_core() -> None:
+    package = Path(vswitch.__file__).parent
+    core = "\n".join(path.read_text() for path in sorted((package / "core").glob("*.py")))
+    shell = (package / "shell" / "loop.py").read_text()
+    for member in EXEMPT:
+        assert f"Drop.{member.name}" in shell, member
+        assert f"Drop.{member.name}" not in core, member
+
+
+# --- drops of what the router makes or splits: charged to the port of the frame that caused it ------------
+def test_a_packet_the_mtu_cannot_take_in_any_piece_is_charged_to_its_ingress_port() -> None:
+    """dmz's MTU of 20 leaves no room for 8 bytes of data beside a header: the packet cannot be
+    fragmented at all (RFC 791 3.2), and the drop is a's, not nobody's."""
+    dp, ports = routed(dmz_mtu=20)
+    scenario = Scenario(
+        dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="10.2.0.2") / UDP() / bytes(100))
+    )
+    ledger = Ledger(dp)
+    dp.receive(scenario.port, scenario.frame, scenario.now)
+    ledger.assert_one_drop(Drop.FRAG_UNSUPPORTED, scenario)
+
+
+def test_a_reply_the_router_cannot_send_is_charged_to_the_port_of_the_request() -> None:
+    """The router has not resolved a (10.1.0.2) and, with one resolution at a time, b's packet to a
+    silent host holds the only place: a's echo request is answered, but the reply cannot wait for
+    ARP. The drop is a's, where the request came in."""
+    dp, ports = routed(arp_pending_max=1)
+    assert dp.router is not None
+    del dp.router.arp.entries[int(IPv4Address("10.1.0.2"))]
+    dp.receive(ports["b"], from_b(IP(src="10.1.0.3", dst=SILENT) / UDP()), NOW)
+    scenario = Scenario(dp=dp, port=ports["a"], frame=from_a(IP(src="10.1.0.2", dst="10.1.0.1") / ICMP()))
+    ledger = Ledger(dp)
+    dp.receive(scenario.port, scenario.frame, scenario.now)
+    ledger.assert_one_drop(Drop.ARP_PENDING_FULL, scenario)
