@@ -138,48 +138,59 @@ def apply(rw: Rewrite, pkt: bytes, fields: tuple[Any, ...], gather_from: int = N
     A tail longer than gather_from leaves as a Gather (head + memoryview of pkt, one writev, no copy).
     Sums stay below 2**17 here, so one end-around carry folds them.
     """
-    kind = rw.kind
+    (
+        kind,
+        _,
+        writer,
+        tail_at,
+        macs,
+        ip_change,
+        addresses,
+        l4,
+        partial_start,
+        partial_change,
+        complete_change,
+        proto,
+    ) = rw
     if kind <= ADDRESSES:
         vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum = fields
-        change = (~csum & ONES) + rw.ip_change  # RFC 1624 eqn. 3: TTL and addresses in one update
+        change = (~csum & ONES) + ip_change  # RFC 1624 eqn. 3: TTL and addresses in one update
         csum = ~((change & ONES) + (change >> 16)) & ONES
         if kind == PLAIN:
-            head = rw.writer.pack(
-                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum
+            head = writer.pack(
+                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum
             )
         else:
-            head = rw.writer.pack(
-                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
-                rw.nat_addresses,
-            )  # fmt: skip
+            head = writer.pack(
+                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum, addresses
+            )
     else:
         vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum, options, middle, l4_csum = fields
-        change = (~csum & ONES) + rw.ip_change
+        change = (~csum & ONES) + ip_change
         csum = ~((change & ONES) + (change >> 16)) & ONES
-        partial = vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == rw.partial_start
+        partial = vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == partial_start
         if kind == ECHO:
             # No pseudo-header: a partial sum (the device adds up the whole message) needs nothing.
             if not partial:
-                change = (~l4_csum & ONES) + rw.complete_change
+                change = (~l4_csum & ONES) + complete_change
                 l4_csum = ~((change & ONES) + (change >> 16)) & ONES
-            head = rw.writer.pack(
-                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
-                rw.nat_addresses, options, middle, l4_csum, rw.nat_l4,
+            head = writer.pack(
+                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
+                addresses, options, middle, l4_csum, l4,
             )  # fmt: skip
         else:
             if partial:  # the field holds the uncomplemented pseudo-header sum: addresses only
-                change = l4_csum + rw.partial_change
+                change = l4_csum + partial_change
                 l4_csum = (change & ONES) + (change >> 16)
-            elif l4_csum or rw.proto != PROTO_UDP:  # RFC 768: a UDP checksum of 0 is none
-                change = (~l4_csum & ONES) + rw.complete_change
+            elif l4_csum or proto != PROTO_UDP:  # RFC 768: a UDP checksum of 0 is none
+                change = (~l4_csum & ONES) + complete_change
                 l4_csum = ~((change & ONES) + (change >> 16)) & ONES
-                if not l4_csum and rw.proto == PROTO_UDP:
+                if not l4_csum and proto == PROTO_UDP:
                     l4_csum = ONES
-            head = rw.writer.pack(
-                vnet, rw.macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
-                rw.nat_addresses, options, rw.nat_l4, middle, l4_csum,
+            head = writer.pack(
+                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
+                addresses, options, l4, middle, l4_csum,
             )  # fmt: skip
-    tail_at = rw.tail_at
     if len(pkt) - tail_at > gather_from:
         return Gather(head, memoryview(pkt)[tail_at:])
     return head + pkt[tail_at:]

@@ -224,7 +224,10 @@ class FlowCache:
             if not dry_run:
                 counters.flow_cache_misses += 1
             return None
-        vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum = fields[:8]
+        if len(fields) == 8:  # no NAT: the IPv4 words only
+            vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum = fields
+        else:  # and the L4 bytes NAT changes
+            vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum, _, _, _ = fields
         size = len(pkt)
         if (
             ethertype != ETHERTYPE_IPV4

@@ -371,11 +371,11 @@ class Nat:
         hop = route(dst)
         return hop is not None and hop[0] == self.uplink
 
-    def _new_flow(
-        self, p: Packet, flags: int, key: bytes, dport: int, route: Route, now: float
-    ) -> Flow | Drop | None:
-        """Track the first packet of a flow, if NAT must (a masquerade, a forward, or routed in from
-        the uplink); the flow's translations are set for both directions."""
+    def _policy(
+        self, p: Packet, dport: int, route: Route
+    ) -> tuple[tuple[bytes, int] | None, bool, bool] | Drop | None:
+        """Whether a flow's first packet is NAT's to track, and how: (the port forward's target,
+        masquerade the source, an identity flow); None: plain routing; a Drop: unsolicited."""
         proto, src, dst, in_iface = p.proto, p.src, p.dst, p.iface
         dnat: tuple[bytes, int] | None = None
         if dst == self.address:
@@ -395,6 +395,29 @@ class Nat:
         identity = not snat and dnat is None
         if identity and not (in_iface == self.uplink and self.is_inside(dst)):
             return None  # plain routing, not tracked
+        return dnat, snat, identity
+
+    def _mapped_port(self, mapping_key: bytes, proto: int, sport: int) -> int | None:
+        """The external port of an endpoint-independent mapping (RFC 4787 REQ-1), made if new."""
+        mapping = self.mappings.get(mapping_key)
+        if mapping is None:
+            port = self.ports[proto].allocate(sport)
+            if port is None:
+                return None
+            mapping = self.mappings[mapping_key] = [port, 0]
+            self.events[Event.NAT_MAPPING_NEW] += 1
+        return mapping[0]
+
+    def _new_flow(
+        self, p: Packet, flags: int, key: bytes, dport: int, route: Route, now: float
+    ) -> Flow | Drop | None:
+        """Track the first packet of a flow, if NAT must (a masquerade, a forward, or routed in from
+        the uplink); the flow's translations are set for both directions."""
+        policy = self._policy(p, dport, route)
+        if not isinstance(policy, tuple):
+            return policy
+        dnat, snat, identity = policy
+        proto = p.proto
         # New flows start only with a SYN, or an echo request (RFC 5382 REQ-2 policy note above).
         if proto == PROTO_TCP and flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
             return None if identity else Drop.NAT_NO_FLOW
@@ -404,19 +427,15 @@ class Nat:
         if not conntrack.make_room(now):
             return Drop.CONNTRACK_FULL
         _, _, sport, _, _ = KEY.unpack(key)
-        new_src, new_sport = src, sport
+        new_src, new_sport = p.src, sport
         mapping_key: bytes | None = None
         if snat:
-            mapping_key = MAPPING.pack(proto, src, sport)
-            mapping = self.mappings.get(mapping_key)
-            if mapping is None:
-                port = self.ports[proto].allocate(sport)
-                if port is None:
-                    return Drop.NAT_PORTS_EXHAUSTED
-                mapping = self.mappings[mapping_key] = [port, 0]
-                self.events[Event.NAT_MAPPING_NEW] += 1
-            new_src, new_sport = self.address, mapping[0]
-        new_dst, new_dport = dnat if dnat is not None else (dst, dport)
+            mapping_key = MAPPING.pack(proto, p.src, sport)
+            port = self._mapped_port(mapping_key, proto, sport)
+            if port is None:
+                return Drop.NAT_PORTS_EXHAUSTED
+            new_src, new_sport = self.address, port
+        new_dst, new_dport = dnat if dnat is not None else (p.dst, dport)
         reply = KEY.pack(proto, new_dst, new_dport, new_src, new_sport)
         # The reply tuple must be new, and not the packet's own (source = destination, same
         # ports): such a flow could not tell its replies from itself.
@@ -457,10 +476,18 @@ class Nat:
         if x is None:
             return None
         buf = bytearray(pkt)
-        # The outer header moves like a packet of `direction` in the address the flow rewrites in
-        # that direction, whoever sent the error (Linux's nf_nat_icmp_reply_translation): out of
-        # a masquerade its source becomes ours, even from a router behind an inside host (REQ-4).
-        # The address the direction leaves alone stays: a router on the path keeps its own.
+        self._translate_outer(buf, flow, direction, x)
+        self._translate_quoted(buf, flow, direction, l4, end)
+        self.events[Event.NAT_ICMP_ERROR_TRANSLATED] += 1
+        p.route_to(bytes(buf[_IP_ADDRS][4:]))
+        return buf
+
+    @staticmethod
+    def _translate_outer(buf: bytearray, flow: Flow, direction: int, x: Xlate) -> None:
+        """The outer header moves like a packet of `direction` in the address the flow rewrites in
+        that direction, whoever sent the error (Linux's nf_nat_icmp_reply_translation): out of a
+        masquerade its source becomes ours, even from a router behind an inside host (RFC 5508
+        REQ-4). The address the direction leaves alone stays: a router on the path keeps its own."""
         pre = flow.orig if direction == ORIGINAL else flow.reply
         _, pre_src, _, pre_dst, _ = KEY.unpack(pre)
         old_addrs = bytes(buf[_IP_ADDRS])
@@ -472,9 +499,11 @@ class Nat:
             buf[IP_CSUM : IP_CSUM + 2] = U16.pack(
                 update_complete(U16.unpack_from(buf, IP_CSUM)[0], delta(old_addrs, new_addrs))
             )
-        # The quoted packet went the other way, translated: restore what its sender sent.
-        other = REPLY if direction == ORIGINAL else ORIGINAL
-        back = flow.reply if other == REPLY else flow.orig
+
+    def _translate_quoted(self, buf: bytearray, flow: Flow, direction: int, l4: int, end: int) -> None:
+        """The quoted packet went the other way, translated: restore what its sender sent (RFC 5508
+        4.2), its checksums and, if complete, the ICMP checksum over it."""
+        back = flow.orig if direction == REPLY else flow.reply
         inner = l4 + 8
         inner_l4 = inner + (buf[inner] & 0x0F) * 4
         span = min(inner_l4 + TCP_MIN_LEN, end)  # every byte the translation may touch
@@ -500,15 +529,12 @@ class Nat:
             change = fold(addr_delta + delta(old_ports, new_ports))
             csum_off = TCP_CSUM_OFF if inner_proto == PROTO_TCP else UDP_CSUM_OFF
             self._fix_inner(buf, inner_l4 + csum_off, end, change, udp=inner_proto == PROTO_UDP)
-        if not _partial(pkt, l4):
+        if not _partial(buf, l4):
             after = bytes(buf[inner:span])
             if len(before) % 2:
                 before, after = before + b"\x00", after + b"\x00"
             off = l4 + ICMP_CSUM
             buf[off : off + 2] = U16.pack(update_complete(U16.unpack_from(buf, off)[0], delta(before, after)))
-        self.events[Event.NAT_ICMP_ERROR_TRANSLATED] += 1
-        p.route_to(bytes(buf[_IP_ADDRS][4:]))
-        return buf
 
     @staticmethod
     def _fix_inner(buf: bytearray, at: int, end: int, change: int, *, udp: bool) -> None:

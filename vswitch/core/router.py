@@ -185,20 +185,7 @@ class Router:
         self._broadcasts: set[bytes] = set()  # directed broadcasts of connected subnets
         self.routes = RouteTable()
         for iface in interfaces:
-            if iface.index in self.interfaces:
-                raise ValueError(f"two router interfaces on segment {iface.index}")
-            if len(iface.mac) != 6 or iface.mac[0] & 1:
-                raise ValueError(f"interface {iface.name}: bad MAC")
-            self.interfaces[iface.index] = iface
-            self._mac[iface.index] = iface.mac
-            self._addr[iface.index] = iface.address.ip.packed
-            self._mtu[iface.index] = iface.mtu
-            net = iface.address.network
-            self._subnet[iface.index] = (int(net.network_address), int(net.netmask))
-            self._local[iface.address.ip.packed] = iface.index
-            if net.prefixlen <= 30:
-                self._broadcasts.add(net.broadcast_address.packed)
-            self.routes.add_connected(net, iface.index)
+            self._add_interface(iface)
         for route in routes:
             self.routes.add(route)
         self.arp = ArpCache(
@@ -218,6 +205,22 @@ class Router:
         self.icmp_bucket = TokenBucket(icmp_rate, icmp_burst)
         self._ip_id = 0
         self.journal: Journal | None = None
+
+    def _add_interface(self, iface: Interface) -> None:
+        if iface.index in self.interfaces:
+            raise ValueError(f"two router interfaces on segment {iface.index}")
+        if len(iface.mac) != 6 or iface.mac[0] & 1:
+            raise ValueError(f"interface {iface.name}: bad MAC")
+        self.interfaces[iface.index] = iface
+        self._mac[iface.index] = iface.mac
+        self._addr[iface.index] = iface.address.ip.packed
+        self._mtu[iface.index] = iface.mtu
+        net = iface.address.network
+        self._subnet[iface.index] = (int(net.network_address), int(net.netmask))
+        self._local[iface.address.ip.packed] = iface.index
+        if net.prefixlen <= 30:
+            self._broadcasts.add(net.broadcast_address.packed)
+        self.routes.add_connected(net, iface.index)
 
     def journaled(self) -> list[object]:
         """The router's tables, each of which hands a journal what it is about to change."""
