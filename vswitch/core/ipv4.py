@@ -67,6 +67,9 @@ class Packet:
     flow: Flow | None = None  # the conntrack flow the packet belongs to, if tracked
     direction: int = 0
     made_flow: Flow | None = None  # the flow this packet created: it goes if the packet dies here
+    # Later fragments of its datagram that came first and waited for it (nat.py): routed right after
+    # it, as if they had just arrived, each charged to its own ingress port.
+    released: list[tuple[int, bytes, Counter[str]]] | None = None
 
     def route_to(self, dst: bytes) -> None:
         self.dst = dst

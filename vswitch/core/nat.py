@@ -197,10 +197,9 @@ class Nat:
         self.mappings: dict[bytes, list[int]] = {}  # MAPPING key -> [external port, flows]
         # FRAGMENT_KEY before translation -> (the address rewrite of its first fragment, expiry)
         self.fragments: dict[bytes, tuple[Xlate, float]] = {}
-        # FRAGMENT_KEY -> later fragments that came first; released: theirs, once the first came
+        # FRAGMENT_KEY -> later fragments that came first (released into their first's record)
         self.held: dict[bytes, HeldFragments] = {}
         self.held_bytes = 0
-        self.released: list[tuple[int, bytes, Counter[str]]] = []
         self.conntrack = Conntrack(
             config.max_flows, config.timeouts, on_remove=self._release, events=self.events
         )
@@ -214,11 +213,10 @@ class Nat:
             dict(self.fragments),
             {key: (w, list(w.frames)) for key, w in self.held.items()},
             self.held_bytes,
-            list(self.released),
         )
 
     def journal_restore(self, saved: Any) -> None:
-        mappings, ports, fragments, held, held_bytes, released = saved
+        mappings, ports, fragments, held, held_bytes = saved
         self.mappings.clear()
         self.mappings.update(mappings)
         for proto, (used, cursor) in ports.items():
@@ -231,7 +229,6 @@ class Nat:
             waiting.frames = frames
             self.held[key] = waiting
         self.held_bytes = held_bytes
-        self.released[:] = released
 
     def is_inside(self, address: bytes) -> bool:
         value = int.from_bytes(address, "big")
@@ -256,7 +253,8 @@ class Nat:
         None: not NAT's business (route it as it is). A Drop: count and drop it. A NatChange: the
         translation the forward action applies (p.dst is then the new destination). A bytearray: an
         ICMP error translated outer and inner, to be routed as it is. HELD: a fragment waiting for its
-        first; it comes back through ``released`` (the router routes those again) or expires. The
+        first; it comes back in its first fragment's ``released`` (the router routes them right after
+        it) or expires. The
         flow the packet belongs to is left in p.flow (and p.made_flow if it made it).
         """
         if self.journal is not None:
@@ -319,7 +317,7 @@ class Nat:
         fragments[key] = (x, now + FRAGMENT_TIMEOUT)
         waiting = self._unhold(key)
         if waiting is not None:
-            self.released.extend((waiting.in_iface, frame, waiting.ledger) for frame in waiting.frames)
+            p.released = [(waiting.in_iface, frame, waiting.ledger) for frame in waiting.frames]
             self.events[Event.NAT_FRAGMENT_RELEASED] += len(waiting.frames)
 
     def _later_fragment(self, p: Packet, route: Route, now: float) -> NatChange | Drop | Held | None:
@@ -356,12 +354,6 @@ class Nat:
         if waiting is not None:
             self.held_bytes -= sum(len(frame) for frame in waiting.frames)
         return waiting
-
-    def take_released(self) -> list[tuple[int, bytes, Counter[str]]]:
-        """Held fragments whose first fragment has just been translated: (ingress interface, frame,
-        the ingress port's drops) each."""
-        released, self.released = self.released, []
-        return released
 
     def _needs_nat(self, in_iface: int, src: bytes, dst: bytes, route: Route) -> bool:
         if dst == self.address:

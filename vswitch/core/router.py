@@ -259,16 +259,7 @@ class Router:
             return NOTHING
         ethertype = pkt[ETH_TYPE_OFF] << 8 | pkt[ETH_TYPE_OFF + 1]
         if ethertype == ETHERTYPE_IPV4:
-            routed = self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, ledger, now)
-            if self.nat is not None and self.nat.released:
-                # Fragments that came before their first one, which this packet was: route them
-                # now, as if they had just arrived (they were checked before they were held). More
-                # than one packet went: nothing for a flow cache.
-                sent = list(routed.frames)
-                for held_iface, held, held_ledger in self.nat.take_released():
-                    sent += self._ipv4(held_iface, held, False, held_ledger, now).frames
-                return Routed(sent)
-            return routed
+            return self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, ledger, now)
         if ethertype == ETHERTYPE_ARP:
             return Routed(self._arp(iface, pkt, ledger, now))
         if dst_mac == BROADCAST_MAC:
@@ -354,11 +345,26 @@ class Router:
             held = self._nat(p, now)
             if held is not None:
                 return held
+            if p.released is not None:
+                return self._with_released(p, now)
+        return self._local_or_forward(p, now)
+
+    def _local_or_forward(self, p: Packet, now: float) -> Routed:
         if p.dst in self._local:
             if self.tracer is not None:
                 self.tracer.note("route", f"{IPv4Address(p.dst)} is the router's own address: local delivery")
             return Routed(self._deliver(p, now))
         return self._forward(p, now)
+
+    def _with_released(self, p: Packet, now: float) -> Routed:
+        """A first fragment whose later fragments came before it and waited (nat.py): it goes on,
+        then they follow, as if they had just arrived (they were checked before they were held).
+        More than one packet went: nothing for a flow cache."""
+        released, p.released = p.released or [], None
+        sent = list(self._local_or_forward(p, now).frames)
+        for iface, frame, ledger in released:
+            sent += self._ipv4(iface, frame, False, ledger, now).frames
+        return Routed(sent)
 
     def _nat(self, p: Packet, now: float) -> Routed | None:
         """Pre-routing NAT: None to go on (translated or not), or what became of a packet it took."""

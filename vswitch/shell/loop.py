@@ -24,7 +24,6 @@ BATCH: Final = 64
 # 64 KiB TSO super-frame + the virtio-net header; anything smaller silently truncates (design.md).
 READ_SIZE: Final = 65536 + VNET_HDR_LEN
 
-PacketHook = Callable[[int, bytes, float], None]
 # Read errors that mean the tap itself is gone; any other one costs a single frame.
 LINK_GONE: Final = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.EIO})
 # A bug that raises on every frame must not write a traceback per frame: at most one every this often,
