@@ -222,6 +222,16 @@ class Router:
             self._broadcasts.add(net.broadcast_address.packed)
         self.routes.add_connected(net, iface.index)
 
+    def journal_save(self) -> tuple[Counter[str], Counter[str], Counter[str], int]:
+        """What a frame changes in the router itself, for a trace run to put back (journal.py)."""
+        return Counter(self.drops), Counter(self.events), Counter(self.unported), self._ip_id
+
+    def journal_restore(self, saved: tuple[Counter[str], Counter[str], Counter[str], int]) -> None:
+        drops, events, unported, self._ip_id = saved
+        for counter, values in ((self.drops, drops), (self.events, events), (self.unported, unported)):
+            counter.clear()  # in place: the ARP cache, NAT and conntrack count into the same events
+            counter.update(values)
+
     def journaled(self) -> list[object]:
         """The router's tables, each of which hands a journal what it is about to change."""
         tables: list[object] = [self, self.arp]
@@ -238,8 +248,8 @@ class Router:
 
     # --- entry points ------------------------------------------------------------------------------
     def receive(self, iface: int, pkt: bytes, now: float) -> list[Transmit]:
-        """A frame seen on segment iface: the frames the router sends for it."""
-        return self.decide(iface, pkt, now, self.unported).frames
+        """A frame seen on segment iface: the frames the router sends for it (a list of its own)."""
+        return list(self.decide(iface, pkt, now, self.unported).frames)
 
     def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str]) -> Routed:
         """A frame seen on segment iface (ours by MAC, or a broadcast/flood copy); its drops are
@@ -327,8 +337,10 @@ class Router:
                     name = self.interfaces[iface].name
                     self.tracer.note("ARP", f"answered who-has {IPv4Address(tpa)} on {name}")
         for frame, _, _, waiting_ledger in waiting:
-            frame[ETH_DST] = sha
-            out += self._fit([(iface, bytes(frame))], waiting_ledger)
+            # The parked frame itself stays as it was (a trace's journal keeps the queue, not its
+            # frames): it leaves as a copy with the answer's MAC.
+            resolved = bytes(frame[: ETH_DST.start]) + sha + bytes(frame[ETH_DST.stop :])
+            out += self._fit([(iface, resolved)], waiting_ledger)
         return out
 
     # --- IPv4: the stages --------------------------------------------------------------------------
