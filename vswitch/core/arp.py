@@ -22,7 +22,7 @@ from ipaddress import IPv4Address
 from typing import Final
 
 from .counters import Drop, Event
-from .journal import Journal
+from .journal import Journal, keep
 from .wire import (
     ARP,
     ARP_REPLY,
@@ -108,13 +108,6 @@ class ArpCache:
         self.on_change: Callable[[], None] | None = None
         self.journal: Journal | None = None  # while a frame is traced (journal.py)
 
-    def _keep(self, entry: object = None) -> None:
-        """About to change: the table (its dicts and counts) and, if named, one of its entries."""
-        if self.journal is not None:
-            self.journal.keep(self)
-            if entry is not None:
-                self.journal.keep(entry)
-
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
@@ -141,7 +134,7 @@ class ArpCache:
         entry = self.entries.get(ip)
         if entry is None or now - entry.updated < self.timeout or now - entry.probed < self.retry_interval:
             return None
-        self._keep(entry)
+        keep(self.journal, self, entry)
         entry.probed = now
         self.events[Event.ARP_PROBE] += 1
         return entry.mac
@@ -152,7 +145,7 @@ class ArpCache:
             return False
         if now < until:
             return True
-        self._keep()
+        keep(self.journal, self)
         del self.failed[ip]
         return False
 
@@ -162,7 +155,7 @@ class ArpCache:
 
     def learn(self, ip: int, mac: bytes, iface: int, now: float) -> list[Waiting]:
         """Record ip -> mac; return the frames that were waiting for it."""
-        self._keep(self.entries.get(ip))
+        keep(self.journal, self, self.entries.get(ip))
         entry = self.entries.pop(ip, None)
         if entry is None:
             if len(self.entries) >= self.cache_max:
@@ -203,7 +196,7 @@ class ArpCache:
     ) -> int:
         """Park a frame until ip resolves. QUEUED_SEND_REQUEST: the caller sends the first request."""
         size = len(frame) + len(original)
-        self._keep(self.pending.get(ip))
+        keep(self.journal, self, self.pending.get(ip))
         if self.queued_bytes + size > QUEUE_BYTES_MAX:
             self.count_drop(ledger, Drop.ARP_QUEUE_FULL)
             return REJECTED_COUNTED
@@ -241,7 +234,7 @@ class ArpCache:
         for ip, pending in list(self.pending.items()):
             if now < pending.next_try:
                 continue
-            self._keep(pending)
+            keep(self.journal, self, pending)
             if pending.tries >= self.retries:
                 del self.pending[ip]
                 self._forget_queue(pending)
@@ -264,7 +257,7 @@ class ArpCache:
     def sweep(self, now: float) -> None:
         """Remove expired entries; one pass, rescheduled for the next oldest entry."""
         limit = now - self.timeout - self.confirm_window
-        self._keep()
+        keep(self.journal, self)
         stale = [ip for ip, e in self.entries.items() if e.updated <= limit]
         for ip in stale:
             del self.entries[ip]

@@ -30,7 +30,7 @@ from ipaddress import IPv4Address
 from typing import Final
 
 from .counters import Event
-from .journal import Journal
+from .journal import Journal, keep
 from .wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 KEY: Final = struct.Struct("!B4sH4sH")  # proto, src, sport, dst, dport: a flow key, as bytes
@@ -184,13 +184,6 @@ class Conntrack:
         self._next_pass: float | None = None
         self.journal: Journal | None = None  # while a frame is traced (journal.py)
 
-    def _keep(self, flow: Flow | None = None) -> None:
-        """About to change: the table (its dicts) and, if named, one flow."""
-        if self.journal is not None:
-            self.journal.keep(self)
-            if flow is not None:
-                self.journal.keep(flow)
-
     def __len__(self) -> int:
         return len(self.flows)
 
@@ -215,7 +208,7 @@ class Conntrack:
 
     def insert(self, flow: Flow, now: float) -> None:
         """Add a flow (call make_room first); its first packet is counted by update()."""
-        self._keep()
+        keep(self.journal, self)
         if flow.orig in self.keys or flow.reply in self.keys or flow.orig == flow.reply:
             raise ValueError("flow key already tracked, or a flow that is its own reply")
         self.keys[flow.orig] = (flow, ORIGINAL)
@@ -228,7 +221,7 @@ class Conntrack:
 
     def update(self, flow: Flow, direction: int, tcp_flags: int, now: float) -> bool:
         """Account a packet of the flow; False if the TCP transition is invalid (it still passes)."""
-        self._keep(flow)
+        keep(self.journal, self, flow)
         flow.packets[direction] += 1
         timeouts = self.timeouts
         valid = True
@@ -282,7 +275,7 @@ class Conntrack:
         """What ``update`` does for a routine packet (see ``steady_timeout``): count it, push the
         expiry out. The caller has checked that the flow has not expired."""
         if self.journal is not None:
-            self._keep(flow)
+            keep(self.journal, self, flow)
         flow.packets[direction] += 1
         expires = flow.expires = now + timeout
         if self._next_pass is None or expires < self._next_pass:
@@ -293,7 +286,7 @@ class Conntrack:
         self._unassured.pop(flow, None)
 
     def remove(self, flow: Flow, event: Event = Event.CONNTRACK_REMOVED) -> None:
-        self._keep(flow)
+        keep(self.journal, self, flow)
         if flow not in self.flows:
             return  # already gone (expired during a lookup, then swept)
         del self.flows[flow]
@@ -311,7 +304,7 @@ class Conntrack:
 
     def expire(self, now: float) -> int:
         """Remove every flow whose timeout passed; reschedule for the next one to go."""
-        self._keep()
+        keep(self.journal, self)
         if self._next_pass is None or now < self._next_pass:
             return 0
         stale = [f for f in self.flows if f.expires <= now]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .counters import Event
-from .journal import Journal
+from .journal import Journal, keep
 
 DEFAULT_AGEING = 300.0
 DEFAULT_MAX_ENTRIES = 8192
@@ -52,12 +52,6 @@ class Fdb:
         self.on_change: Callable[[], None] | None = None
         self.journal: Journal | None = None  # while a frame is traced (journal.py)
 
-    def _keep(self, entry: FdbEntry | None = None) -> None:
-        if self.journal is not None:
-            self.journal.keep(self)
-            if entry is not None:
-                self.journal.keep(entry)
-
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
@@ -72,7 +66,7 @@ class Fdb:
     def add_static(self, mac: bytes, port: int) -> None:
         """An address the switch owns (a router interface): never aged, never moved by learning."""
         old = self.entries.get(mac)
-        self._keep()
+        keep(self.journal, self)
         if old is not None and not old.static:
             self._learned -= 1
         self.entries[mac] = FdbEntry(port, 0.0, static=True)
@@ -83,7 +77,7 @@ class Fdb:
         """Record that mac was seen on port. False when the source belongs to the switch itself."""
         entry = self.entries.get(mac)
         if self.journal is not None:
-            self._keep(entry)
+            keep(self.journal, self, entry)
         if entry is not None:
             if entry.static:
                 return entry.port == port
@@ -106,7 +100,7 @@ class Fdb:
     def forget_port(self, port: int) -> None:
         """Flush what was learned on a port that went away (as the kernel does on port removal)."""
         gone = [m for m, e in self.entries.items() if e.port == port and not e.static]
-        self._keep()
+        keep(self.journal, self)
         for mac in gone:
             del self.entries[mac]
             self._learned -= 1
@@ -121,7 +115,7 @@ class Fdb:
         if self._next_pass is None or now < self._next_pass:
             return 0
         # seen + ageing <= now, the very sum that set the deadline: (now - ageing) can round below seen.
-        self._keep()
+        keep(self.journal, self)
         ageing = self.ageing
         stale = [m for m, e in self.entries.items() if not e.static and e.seen + ageing <= now]
         for mac in stale:

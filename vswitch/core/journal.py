@@ -34,11 +34,11 @@ class Journal:
     def __init__(self) -> None:
         self._kept: dict[int, tuple[Any, Any]] = {}  # id -> (the object, its saved state)
 
-    def keep(self, thing: Any) -> None:
-        """thing is about to change: save it, if this journal has not already."""
-        key = id(thing)
-        if key not in self._kept:
-            self._kept[key] = (thing, _save(thing))
+    def keep(self, *things: Any) -> None:
+        """These are about to change: save each (None is passed over), if not saved already."""
+        for thing in things:
+            if thing is not None and id(thing) not in self._kept:
+                self._kept[id(thing)] = (thing, _save(thing))
 
     def rollback(self) -> None:
         """Put back everything kept, newest first, and forget it."""
@@ -48,6 +48,12 @@ class Journal:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def keep(journal: Journal | None, *things: Any) -> None:
+    """What a table calls before it changes: nothing at all while no trace runs."""
+    if journal is not None:
+        journal.keep(*things)
 
 
 def _save(thing: Any) -> Any:
