@@ -23,7 +23,6 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, NamedTuple
 
-from .checksum import fold
 from .wire import (
     L3,
     PROTO_ICMP,
@@ -61,6 +60,8 @@ ADDRESSES_WRITER: Final = struct.Struct(_FRONT + "12s" + _WORDS + "8s")
 _L4_MIDDLE: Final = {PROTO_TCP: 12, PROTO_UDP: 2}
 _L4_CSUM_END: Final = {PROTO_TCP: TCP_CSUM_OFF + 2, PROTO_UDP: UDP_CSUM_OFF + 2, PROTO_ICMP: 6}
 _LAYOUTS: dict[tuple[int, int, int], tuple[struct.Struct, struct.Struct]] = {}
+# A NamedTuple made from a tuple: its generated __new__ is a Python call; the slow path makes a few a packet.
+_new: Final = tuple.__new__
 
 
 class Rewrite(NamedTuple):
@@ -117,19 +118,19 @@ def rewrite(
     """
     partial_start = L3 + ihl - VNET_HDR_LEN  # csum_start counts from the Ethernet header
     if nat is None:  # the common slow-path case, built without a look-up
-        return Rewrite(
-            PLAIN, PLAIN_READER, PLAIN_WRITER, L3 + 12, macs, TTL_DECREMENT_CHANGE, b"", b"", partial_start,
-            0, 0, proto,
-        )  # fmt: skip
+        fields = (PLAIN, PLAIN_READER, PLAIN_WRITER, L3 + 12, macs, TTL_DECREMENT_CHANGE, b"", b"",
+                  partial_start, 0, 0, proto)  # fmt: skip
+        return _new(Rewrite, fields)
     addresses, l4, addr_delta, l4_delta = nat
     kind = ADDRESSES if addresses_only else ECHO if proto == PROTO_ICMP else PORTS
     reader, writer, tail_at = layout(kind, proto, ihl)
-    # ICMP has no pseudo-header: its sum sees the identifier only
-    complete_change = fold(l4_delta if kind == ECHO else addr_delta + l4_delta)
-    return Rewrite(
-        kind, reader, writer, tail_at, macs, fold(TTL_DECREMENT_CHANGE + addr_delta), addresses, l4,
-        partial_start, addr_delta, complete_change, proto,
-    )  # fmt: skip
+    # ICMP has no pseudo-header: its sum sees the identifier only. Deltas are folded (16 bits): one
+    # end-around carry folds each sum.
+    change = l4_delta if kind == ECHO else addr_delta + l4_delta
+    ip_change = TTL_DECREMENT_CHANGE + addr_delta
+    fields = (kind, reader, writer, tail_at, macs, (ip_change & ONES) + (ip_change >> 16), addresses, l4,
+              partial_start, addr_delta, (change & ONES) + (change >> 16), proto)  # fmt: skip
+    return _new(Rewrite, fields)
 
 
 def apply(rw: Rewrite, pkt: bytes, fields: tuple[Any, ...], gather_from: int = NO_GATHER) -> Frame:

@@ -111,32 +111,27 @@ class Datapath:
                 return decision
             flows = self.flows
             if flows is None:
-                return self._route(in_port, pkt, now)
+                return self._route(in_port, pkt, now)[1]
             segment = self.port_segment[in_port]
             if tracer is not None:  # asked only: a trace takes the router's steps, as OVS's does
                 self._note_flow_cache(tracer, flows, segment, pkt, now)
-                return self._route(in_port, pkt, now)
+                return self._route(in_port, pkt, now)[1]
             hit = flows.forward(segment, pkt, now)
             if hit is not None:
                 return hit
-            forwarded, sent = self._route_for_cache(in_port, pkt, now)
+            forwarded, sent = self._route(in_port, pkt, now)
             flows.install(segment, pkt, forwarded, sent)
             return sent
         if decision.__class__ is tuple:
             if switch.router_port is None:
                 return decision
             flood: list[Transmit] = [(p, pkt) for p in decision]
-            flood.extend(self._route(in_port, pkt, now))
+            flood.extend(self._route(in_port, pkt, now)[1])
             return flood
         self._count_l2(in_port, decision)  # type: ignore[arg-type]
         return None
 
-    def _route(self, in_port: int, pkt: bytes, now: float) -> list[Transmit]:
-        return self._route_for_cache(in_port, pkt, now)[1]
-
-    def _route_for_cache(
-        self, in_port: int, pkt: bytes, now: float
-    ) -> tuple[Forwarded | None, list[Transmit]]:
+    def _route(self, in_port: int, pkt: bytes, now: float) -> tuple[Forwarded | None, list[Transmit]]:
         """The router's decision for a frame from in_port, switched into the egress segments; with
         the forwarded packet's action, for the flow cache."""
         router = self.router

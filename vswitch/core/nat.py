@@ -67,6 +67,7 @@ from .wire import (
 ICMP_ID_OFF: Final = 4
 ICMP_CSUM: Final = 2
 MAPPING: Final = struct.Struct("!B4sH")  # endpoint-independent mapping key: proto, address, port
+_new: Final = tuple.__new__  # a NamedTuple from a tuple, without its generated __new__ (a Python call)
 _L4_MIN: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: 8, PROTO_ICMP: 8}
 _IP_ADDRS: Final = slice(L3 + 12, L3 + 20)
 IP_ID_OFF: Final = L3 + 4
@@ -303,7 +304,7 @@ class Nat:
         if proto == PROTO_ICMP:  # the identifier stands where the key has the request's source port
             ports = ports[:2] if pkt[l4] == ECHO_REQUEST else ports[2:]
         p.route_to(ndst)
-        return NatChange(nsrc + ndst, ports, addr_delta, port_delta)
+        return _new(NatChange, (nsrc + ndst, ports, addr_delta, port_delta, False))
 
     # --- fragments (RFC 4787 REQ-14) ----------------------------------------------------------------
     def _remember_fragments(self, p: Packet, x: Xlate, now: float) -> None:

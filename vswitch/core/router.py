@@ -135,6 +135,7 @@ class Routed(NamedTuple):
 
 
 NOTHING: Final = Routed([])
+_new: Final = tuple.__new__  # a NamedTuple from a tuple, without its generated __new__ (a Python call)
 
 
 def wire_size(pkt: bytes, l4: int, end: int) -> int:
@@ -433,11 +434,12 @@ class Router:
             if self.tracer is not None:
                 name = self.interfaces[out_iface].name
                 self.tracer.note("ARP", f"next hop on {name} is {mac_str(neighbour.mac)} (cached)")
-            action = self._action(p, neighbour.mac + self._mac[out_iface])
+            action = _action(p, neighbour.mac + self._mac[out_iface])
             frame = apply(action, pkt, action.reader.unpack_from(pkt))
             assert isinstance(frame, bytes)  # apply gathers nothing by default
-            return Routed([(out_iface, frame)], Forwarded(action, out_iface, neighbour, p.flow, p.direction))
-        action = self._action(p, ZERO_MAC + self._mac[out_iface])
+            forwarded = _new(Forwarded, (action, out_iface, neighbour, p.flow, p.direction))
+            return _new(Routed, ([(out_iface, frame)], forwarded))
+        action = _action(p, ZERO_MAC + self._mac[out_iface])
         buf = bytearray(apply(action, pkt, action.reader.unpack_from(pkt)))  # type: ignore[arg-type]
         if too_big and buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, p.l4, p.end, p.proto):
             return Routed(self._refuse(p, Drop.BAD_VNET_HEADER))
@@ -446,13 +448,6 @@ class Router:
         # _fit splits it on the way out, here or when ARP answers.
         sent = self._resolve(buf, out_iface, next_hop, p, now, p.ledger)
         return Routed(self._fit(sent, p.ledger) if too_big else sent)
-
-    def _action(self, p: Packet, macs: bytes) -> Rewrite:
-        nat = p.nat
-        if nat is None:
-            return rewrite(p.proto, p.ihl, macs)
-        change = (nat.addresses, nat.l4, nat.addr_delta, nat.l4_delta)
-        return rewrite(p.proto, p.ihl, macs, change, addresses_only=nat.addresses_only)
 
     def _too_big(self, p: Packet, mtu: int, now: float) -> list[Transmit] | None:
         """Too big for the next hop: None if it can leave in fragments, else what is sent instead."""
@@ -658,6 +653,14 @@ class Router:
             }
             for i in self.interfaces.values()
         ]
+
+
+def _action(p: Packet, macs: bytes) -> Rewrite:
+    """The forward action for p: the new MACs, the TTL decrement and NAT's change, if any."""
+    nat = p.nat
+    if nat is None:
+        return rewrite(p.proto, p.ihl, macs)
+    return rewrite(p.proto, p.ihl, macs, nat[:4], addresses_only=nat.addresses_only)
 
 
 _ICMP_EVENTS: Final = {
