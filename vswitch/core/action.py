@@ -10,7 +10,9 @@ slow path translated. A new protocol adds a kind here (a VLAN tag, a tunnel head
 A rewrite reads the fields it needs with one precompiled unpack (`Rewrite.reader`; the caller unpacks,
 so the flow cache checks the same fields before it applies) and writes the new head with one pack
 (`Rewrite.writer`); the bytes past the last changed field are the received packet's, untouched, so
-NEEDS_CSUM offsets and TSO super-frames stay valid.
+NEEDS_CSUM offsets and TSO super-frames stay valid. Each Rewrite carries its kind's code compiled with
+its values (`Rewrite.write`, made by `_compile`), which `apply` runs and a flow-cache hit calls
+directly: one call a hit, no dispatch on the kind (the bench's NAT figure asked for it).
 
 Checksums (design.md): the IPv4 header checksum is complete and updated incrementally. The L4 field of
 a NEEDS_CSUM frame whose csum_start is this packet's L4 header holds the uncomplemented pseudo-header
@@ -21,6 +23,7 @@ takes addresses and ports; a UDP checksum of 0 means none and stays 0 (RFC 768),
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from .wire import (
@@ -60,6 +63,7 @@ ADDRESSES_WRITER: Final = struct.Struct(_FRONT + "12s" + _WORDS + "8s")
 _L4_MIDDLE: Final = {PROTO_TCP: 12, PROTO_UDP: 2}
 _L4_CSUM_END: Final = {PROTO_TCP: TCP_CSUM_OFF + 2, PROTO_UDP: UDP_CSUM_OFF + 2, PROTO_ICMP: 6}
 _LAYOUTS: dict[tuple[int, int, int], tuple[struct.Struct, struct.Struct]] = {}
+Write = Callable[[bytes, tuple[Any, ...], int], Frame]  # (pkt, the reader's fields, gather_from)
 # A NamedTuple made from a tuple: its generated __new__ is a Python call; the slow path makes a few a packet.
 _new: Final = tuple.__new__
 
@@ -79,6 +83,9 @@ class Rewrite(NamedTuple):
     partial_change: int  # L4 change for that partial sum: the addresses only
     complete_change: int  # L4 change for a complete checksum (an echo: the identifier only)
     proto: int
+    # This rewrite compiled (_compile): apply(rw, pkt, fields) is rw.write(pkt, fields, NO_GATHER). The
+    # flow cache calls it straight away: one call per hit, no dispatch on the kind.
+    write: Write
 
 
 def layout(kind: int, proto: int, ihl: int) -> tuple[struct.Struct, struct.Struct, int]:
@@ -120,7 +127,7 @@ def rewrite(
     if nat is None:  # the common slow-path case, built without a look-up
         fields = (PLAIN, PLAIN_READER, PLAIN_WRITER, L3 + 12, macs, TTL_DECREMENT_CHANGE, b"", b"",
                   partial_start, 0, 0, proto)  # fmt: skip
-        return _new(Rewrite, fields)
+        return _new(Rewrite, (*fields, _compile(*fields)))
     addresses, l4, addr_delta, l4_delta = nat
     kind = ADDRESSES if addresses_only else ECHO if proto == PROTO_ICMP else PORTS
     reader, writer, tail_at = layout(kind, proto, ihl)
@@ -130,68 +137,132 @@ def rewrite(
     ip_change = TTL_DECREMENT_CHANGE + addr_delta
     fields = (kind, reader, writer, tail_at, macs, (ip_change & ONES) + (ip_change >> 16), addresses, l4,
               partial_start, addr_delta, (change & ONES) + (change >> 16), proto)  # fmt: skip
-    return _new(Rewrite, fields)
+    return _new(Rewrite, (*fields, _compile(*fields)))
 
 
 def apply(rw: Rewrite, pkt: bytes, fields: tuple[Any, ...], gather_from: int = NO_GATHER) -> Frame:
     """The forwarded frame: pkt rewritten as rw says. fields is ``rw.reader.unpack_from(pkt)``.
 
     A tail longer than gather_from leaves as a Gather (head + memoryview of pkt, one writev, no copy).
-    Sums stay below 2**17 here, so one end-around carry folds them.
     """
-    (
-        kind,
-        _,
-        writer,
-        tail_at,
-        macs,
-        ip_change,
-        addresses,
-        l4,
-        partial_start,
-        partial_change,
-        complete_change,
-        proto,
-    ) = rw
+    return rw.write(pkt, fields, gather_from)
+
+
+def _compile(
+    kind: int,
+    reader: struct.Struct,
+    writer: struct.Struct,
+    tail_at: int,
+    macs: bytes,
+    ip_change: int,
+    addresses: bytes,
+    l4: bytes,
+    partial_start: int,
+    partial_change: int,
+    complete_change: int,
+    proto: int,
+) -> Write:
+    """The writer of one rewrite: the code of its kind, with its values bound. Every forwarded frame
+    is written by one of the functions made here. Sums stay below 2**17: one end-around carry folds."""
     if kind <= ADDRESSES:
+        return _ip_writer(writer.pack, tail_at, macs, ip_change, addresses if kind == ADDRESSES else None)
+    if kind == ECHO:
+        return _echo_writer(
+            writer.pack, tail_at, macs, ip_change, addresses, l4, partial_start, complete_change
+        )
+    return _ports_writer(
+        writer.pack, tail_at, macs, ip_change, addresses, l4, partial_start, partial_change, complete_change,
+        proto == PROTO_UDP,
+    )  # fmt: skip
+
+
+def _ip_writer(
+    pack: Callable[..., bytes], tail_at: int, macs: bytes, ip_change: int, addresses: bytes | None
+) -> Write:
+    """PLAIN (addresses None) and ADDRESSES: the IPv4 header only."""
+
+    def write_ip(pkt: bytes, fields: tuple[Any, ...], gather_from: int) -> Frame:
         vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum = fields
         change = (~csum & ONES) + ip_change  # RFC 1624 eqn. 3: TTL and addresses in one update
         csum = ~((change & ONES) + (change >> 16)) & ONES
-        if kind == PLAIN:
-            head = writer.pack(
-                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum
-            )
+        if addresses is None:
+            head = pack(vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum)
         else:
-            head = writer.pack(
+            head = pack(
                 vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum, addresses
-            )
-    else:
+            )  # fmt: skip
+        if len(pkt) - tail_at > gather_from:
+            return Gather(head, memoryview(pkt)[tail_at:])
+        return head + pkt[tail_at:]
+
+    return write_ip
+
+
+def _echo_writer(
+    pack: Callable[..., bytes],
+    tail_at: int,
+    macs: bytes,
+    ip_change: int,
+    addresses: bytes,
+    ident_bytes: bytes,
+    partial_start: int,
+    complete_change: int,
+) -> Write:
+    """ECHO: the addresses and the echo identifier, and the ICMP checksum unless partial."""
+
+    def write_echo(pkt: bytes, fields: tuple[Any, ...], gather_from: int) -> Frame:
+        (vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum, options, type_code,
+         l4_csum) = fields  # fmt: skip
+        change = (~csum & ONES) + ip_change
+        csum = ~((change & ONES) + (change >> 16)) & ONES
+        # No pseudo-header: a partial sum (the device adds up the whole message) needs nothing.
+        if not (vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == partial_start):
+            change = (~l4_csum & ONES) + complete_change
+            l4_csum = ~((change & ONES) + (change >> 16)) & ONES
+        head = pack(
+            vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
+            addresses, options, type_code, l4_csum, ident_bytes,
+        )  # fmt: skip
+        if len(pkt) - tail_at > gather_from:
+            return Gather(head, memoryview(pkt)[tail_at:])
+        return head + pkt[tail_at:]
+
+    return write_echo
+
+
+def _ports_writer(
+    pack: Callable[..., bytes],
+    tail_at: int,
+    macs: bytes,
+    ip_change: int,
+    addresses: bytes,
+    ports: bytes,
+    partial_start: int,
+    partial_change: int,
+    complete_change: int,
+    udp: bool,
+) -> Write:
+    """PORTS: the addresses and TCP or UDP ports, and the L4 checksum in its form."""
+
+    def write_ports(pkt: bytes, fields: tuple[Any, ...], gather_from: int) -> Frame:
         vnet, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto, csum, options, middle, l4_csum = fields
         change = (~csum & ONES) + ip_change
         csum = ~((change & ONES) + (change >> 16)) & ONES
-        partial = vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == partial_start
-        if kind == ECHO:
-            # No pseudo-header: a partial sum (the device adds up the whole message) needs nothing.
-            if not partial:
-                change = (~l4_csum & ONES) + complete_change
-                l4_csum = ~((change & ONES) + (change >> 16)) & ONES
-            head = writer.pack(
-                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
-                addresses, options, middle, l4_csum, l4,
-            )  # fmt: skip
-        else:
-            if partial:  # the field holds the uncomplemented pseudo-header sum: addresses only
-                change = l4_csum + partial_change
-                l4_csum = (change & ONES) + (change >> 16)
-            elif l4_csum or proto != PROTO_UDP:  # RFC 768: a UDP checksum of 0 is none
-                change = (~l4_csum & ONES) + complete_change
-                l4_csum = ~((change & ONES) + (change >> 16)) & ONES
-                if not l4_csum and proto == PROTO_UDP:
-                    l4_csum = ONES
-            head = writer.pack(
-                vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
-                addresses, options, l4, middle, l4_csum,
-            )  # fmt: skip
-    if len(pkt) - tail_at > gather_from:
-        return Gather(head, memoryview(pkt)[tail_at:])
-    return head + pkt[tail_at:]
+        if vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == partial_start:
+            # The field holds the uncomplemented pseudo-header sum: the addresses only.
+            change = l4_csum + partial_change
+            l4_csum = (change & ONES) + (change >> 16)
+        elif l4_csum or not udp:  # RFC 768: a UDP checksum of 0 is none, and none is added
+            change = (~l4_csum & ONES) + complete_change
+            l4_csum = ~((change & ONES) + (change >> 16)) & ONES
+            if not l4_csum and udp:
+                l4_csum = ONES
+        head = pack(
+            vnet, macs, ethertype, ver_ihl_tos, total, ident, frag, ttl_proto - TTL_ONE, csum,
+            addresses, options, ports, middle, l4_csum,
+        )  # fmt: skip
+        if len(pkt) - tail_at > gather_from:
+            return Gather(head, memoryview(pkt)[tail_at:])
+        return head + pkt[tail_at:]
+
+    return write_ports

@@ -46,7 +46,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .action import Rewrite, apply
+from .action import NO_GATHER, Rewrite, Write
 from .arp import Neighbour
 from .conntrack import Flow
 from .counters import Counters, Event
@@ -108,6 +108,8 @@ class CachedFlow(NamedTuple):
     hit unpacks it in one step."""
 
     rewrite: Rewrite
+    reader: struct.Struct  # the rewrite's: it reads the fields both the checks and the writer need
+    write: Write  # the rewrite's compiled writer (action.apply), called straight away on a hit
     proto: int
     addr_sum: int  # the header's address words, summed: the checksum check adds the rest
     min_total: int  # the smallest IPv4 total length that holds the L4 header
@@ -216,10 +218,10 @@ class FlowCache:
                 if not dry_run:
                     counters.flow_cache_misses += 1
                 return None
-        (rewrite, proto, addr_sum, min_total, mtu, flow, direction, timeout, neighbour, out_port, rx_port,
-         tx_port) = entry  # fmt: skip
+        (_, reader, write, proto, addr_sum, min_total, mtu, flow, direction, timeout, neighbour, out_port,
+         rx_port, tx_port) = entry  # fmt: skip
         try:
-            fields = rewrite.reader.unpack_from(pkt)
+            fields = reader.unpack_from(pkt)
         except struct.error:  # shorter than its L4 header
             if not dry_run:
                 counters.flow_cache_misses += 1
@@ -250,7 +252,7 @@ class FlowCache:
                 counters.flow_cache_misses += 1
             return None
         if dry_run:
-            return [(out_port, apply(rewrite, pkt, fields))]
+            return [(out_port, write(pkt, fields, NO_GATHER))]
         if flow is not None:
             self._refresh(flow, direction, timeout, now)
         counters.flow_cache_hits += 1
@@ -259,7 +261,7 @@ class FlowCache:
         counters.rx_bytes[rx_port] += length
         counters.tx_packets[tx_port] += 1
         counters.tx_bytes[tx_port] += length
-        return [(out_port, apply(rewrite, pkt, fields, GATHER_FROM))]
+        return [(out_port, write(pkt, fields, GATHER_FROM))]
 
     # --- learning from the slow path ---------------------------------------------------------------
     def install(self, segment: int, pkt: bytes, forwarded: Forwarded | None, sent: Sequence[Output]) -> None:
@@ -299,6 +301,8 @@ class FlowCache:
         assert rx_port is not None and tx_port is not None
         entry = CachedFlow(
             rewrite=rewrite,
+            reader=rewrite.reader,
+            write=rewrite.write,
             proto=pkt[IP_PROTO],
             addr_sum=sum(ADDRESSES.unpack_from(pkt, IP_SRC.start)),
             min_total=min_total,
