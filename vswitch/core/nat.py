@@ -220,14 +220,15 @@ class Nat:
         mappings, ports, fragments, held, held_bytes = saved
         self.mappings.clear()
         self.mappings.update(mappings)
-        for proto, (used, cursor) in ports.items():
-            self.ports[proto].used = used
+        for proto, (used, cursor) in ports.items():  # in place, as journal.py restores
+            self.ports[proto].used.clear()
+            self.ports[proto].used.update(used)
             self.ports[proto].cursor = cursor
         self.fragments.clear()
         self.fragments.update(fragments)
         self.held.clear()
         for key, (waiting, frames) in held.items():
-            waiting.frames = frames
+            waiting.frames[:] = frames
             self.held[key] = waiting
         self.held_bytes = held_bytes
 
