@@ -26,6 +26,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
+from .ipv4 import NatChange
 from .wire import (
     L3,
     PROTO_ICMP,
@@ -64,6 +65,10 @@ _L4_MIDDLE: Final = {PROTO_TCP: 12, PROTO_UDP: 2}
 _L4_CSUM_END: Final = {PROTO_TCP: TCP_CSUM_OFF + 2, PROTO_UDP: UDP_CSUM_OFF + 2, PROTO_ICMP: 6}
 _LAYOUTS: dict[tuple[int, int, int], tuple[struct.Struct, struct.Struct]] = {}
 Write = Callable[[bytes, tuple[Any, ...], int], Frame]  # (pkt, the reader's fields, gather_from)
+# The actions made so far, by what decided them: the slow path asks for the same one for every packet
+# of a flow. Emptied when full (a bound, not a cache that must stay warm: a miss only builds one again).
+MADE: dict[tuple[int, int, bytes, NatChange | None], Rewrite] = {}
+MADE_MAX: Final = 4096
 # A NamedTuple made from a tuple: its generated __new__ is a Python call; the slow path makes a few a packet.
 _new: Final = tuple.__new__
 
@@ -110,25 +115,26 @@ def layout(kind: int, proto: int, ihl: int) -> tuple[struct.Struct, struct.Struc
     return found[0], found[1], L3 + ihl + _L4_CSUM_END[proto]
 
 
-def rewrite(
-    proto: int,
-    ihl: int,
-    macs: bytes,
-    nat: tuple[bytes, bytes, int, int] | None = None,
-    *,
-    addresses_only: bool = False,
-) -> Rewrite:
-    """The action for a routed packet: TTL and MACs, and NAT's change if any.
+def rewrite(proto: int, ihl: int, macs: bytes, nat: NatChange | None = None) -> Rewrite:
+    """The action for a routed packet: TTL and MACs, and NAT's change if any (its addresses_only: a
+    later fragment, whose ports its first fragment carried). An action is a value: the same decision
+    gives the same one, built once (MADE, bounded)."""
+    key = (proto, ihl, macs, nat)
+    made = MADE.get(key)
+    if made is None:
+        if len(MADE) >= MADE_MAX:
+            MADE.clear()  # a new set of flows and neighbours: start again, no per-entry ageing
+        made = MADE[key] = _make(proto, ihl, macs, nat)
+    return made
 
-    nat: (new addresses, new ports or echo identifier, address delta, port or identifier delta).
-    addresses_only: a later fragment, whose ports its first fragment carried.
-    """
+
+def _make(proto: int, ihl: int, macs: bytes, nat: NatChange | None) -> Rewrite:
     partial_start = L3 + ihl - VNET_HDR_LEN  # csum_start counts from the Ethernet header
-    if nat is None:  # the common slow-path case, built without a look-up
+    if nat is None:
         fields = (PLAIN, PLAIN_READER, PLAIN_WRITER, L3 + 12, macs, TTL_DECREMENT_CHANGE, b"", b"",
                   partial_start, 0, 0, proto)  # fmt: skip
         return _new(Rewrite, (*fields, _compile(*fields)))
-    addresses, l4, addr_delta, l4_delta = nat
+    addresses, l4, addr_delta, l4_delta, addresses_only = nat
     kind = ADDRESSES if addresses_only else ECHO if proto == PROTO_ICMP else PORTS
     reader, writer, tail_at = layout(kind, proto, ihl)
     # ICMP has no pseudo-header: its sum sees the identifier only. Deltas are folded (16 bits): one

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from .action import Rewrite, apply, rewrite
+from .action import NO_GATHER, Rewrite, apply, rewrite
 from .arp import (
     ARP_HEADER,
     QUEUED_SEND_REQUEST,
@@ -360,7 +360,9 @@ class Router:
                 return held
             if p.released is not None:
                 return self._with_released(p, now)
-        return self._local_or_forward(p, now)
+        if p.dst in self._local:
+            return self._local_or_forward(p, now)
+        return self._forward(p, now)
 
     def _local_or_forward(self, p: Packet, now: float) -> Routed:
         if p.dst in self._local:
@@ -434,12 +436,12 @@ class Router:
             if self.tracer is not None:
                 name = self.interfaces[out_iface].name
                 self.tracer.note("ARP", f"next hop on {name} is {mac_str(neighbour.mac)} (cached)")
-            action = _action(p, neighbour.mac + self._mac[out_iface])
-            frame = apply(action, pkt, action.reader.unpack_from(pkt))
-            assert isinstance(frame, bytes)  # apply gathers nothing by default
+            action = rewrite(p.proto, p.ihl, neighbour.mac + self._mac[out_iface], p.nat)
+            frame = action.write(pkt, action.reader.unpack_from(pkt), NO_GATHER)  # action.apply, inline
+            assert isinstance(frame, bytes)  # nothing is gathered with NO_GATHER
             forwarded = _new(Forwarded, (action, out_iface, neighbour, p.flow, p.direction))
             return _new(Routed, ([(out_iface, frame)], forwarded))
-        action = _action(p, ZERO_MAC + self._mac[out_iface])
+        action = rewrite(p.proto, p.ihl, ZERO_MAC + self._mac[out_iface], p.nat)
         buf = bytearray(apply(action, pkt, action.reader.unpack_from(pkt)))  # type: ignore[arg-type]
         if too_big and buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, p.l4, p.end, p.proto):
             return Routed(self._refuse(p, Drop.BAD_VNET_HEADER))
@@ -653,14 +655,6 @@ class Router:
             }
             for i in self.interfaces.values()
         ]
-
-
-def _action(p: Packet, macs: bytes) -> Rewrite:
-    """The forward action for p: the new MACs, the TTL decrement and NAT's change, if any."""
-    nat = p.nat
-    if nat is None:
-        return rewrite(p.proto, p.ihl, macs)
-    return rewrite(p.proto, p.ihl, macs, nat[:4], addresses_only=nat.addresses_only)
 
 
 _ICMP_EVENTS: Final = {
