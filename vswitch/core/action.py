@@ -65,9 +65,10 @@ _L4_MIDDLE: Final = {PROTO_TCP: 12, PROTO_UDP: 2}
 _L4_CSUM_END: Final = {PROTO_TCP: TCP_CSUM_OFF + 2, PROTO_UDP: UDP_CSUM_OFF + 2, PROTO_ICMP: 6}
 _LAYOUTS: dict[tuple[int, int, int], tuple[struct.Struct, struct.Struct]] = {}
 Write = Callable[[bytes, tuple[Any, ...], int], Frame]  # (pkt, the reader's fields, gather_from)
-# The actions made so far, by what decided them: the slow path asks for the same one for every packet
-# of a flow. Emptied when full (a bound, not a cache that must stay warm: a miss only builds one again).
-MADE: dict[tuple[int, int, bytes, NatChange | None], Rewrite] = {}
+# The routed actions made so far, by protocol, header length and MACs: the slow path asks for the same
+# one for every packet to a next hop. Emptied when full (a bound, not a cache that must stay warm: a
+# miss only builds one again).
+MADE: dict[tuple[int, int, bytes], Rewrite] = {}
 MADE_MAX: Final = 4096
 # A NamedTuple made from a tuple: its generated __new__ is a Python call; the slow path makes a few a packet.
 _new: Final = tuple.__new__
@@ -117,14 +118,17 @@ def layout(kind: int, proto: int, ihl: int) -> tuple[struct.Struct, struct.Struc
 
 def rewrite(proto: int, ihl: int, macs: bytes, nat: NatChange | None = None) -> Rewrite:
     """The action for a routed packet: TTL and MACs, and NAT's change if any (its addresses_only: a
-    later fragment, whose ports its first fragment carried). An action is a value: the same decision
-    gives the same one, built once (MADE, bounded)."""
-    key = (proto, ihl, macs, nat)
+    later fragment, whose ports its first fragment carried). An action is a value: a routed one (no
+    NAT) depends on the next hop alone and is built once (MADE, bounded); one with NAT's change is
+    one flow's, and is built for its packet (the flow cache keeps it for the flow's later ones)."""
+    if nat is not None:
+        return _make(proto, ihl, macs, nat)
+    key = (proto, ihl, macs)
     made = MADE.get(key)
     if made is None:
         if len(MADE) >= MADE_MAX:
-            MADE.clear()  # a new set of flows and neighbours: start again, no per-entry ageing
-        made = MADE[key] = _make(proto, ihl, macs, nat)
+            MADE.clear()  # another set of neighbours: start again, no per-entry ageing
+        made = MADE[key] = _make(proto, ihl, macs, None)
     return made
 
 
