@@ -61,7 +61,7 @@ from vswitch.core.conntrack import TcpState
 from vswitch.core.datapath import Datapath, Transmit, Verdict
 from vswitch.core.journal import Journal
 from vswitch.core.wire import ZERO_VNET_HDR
-from vswitch.tools.debug.trace import Trace, trace, trace_many
+from vswitch.tools.debug.trace import Trace, outputs, trace, trace_many
 
 Step = tuple[Any, ...]
 UNKNOWN_MAC = "02:00:00:00:09:09"
@@ -95,6 +95,11 @@ TEXT = (IPv4Address, IPv4Interface, IPv4Network)  # immutable; compared as they 
 # mutable thing (a table's dict, a Counter, a deque, a bytearray, an entry, a flow) must come back as
 # the very object, as other tables hold it.
 BY_VALUE = (list, set, frozenset, tuple)
+
+
+def outputs_of(dp: Datapath, verdict: Verdict, pkt: bytes) -> list[tuple[str, bytes]]:
+    """A verdict as trace shows it (the trace tool's own mapping, for the real run beside it)."""
+    return outputs(verdict, pkt, dp.counters.names)
 
 
 def fingerprint(dp: Datapath) -> dict[str, Any]:
@@ -356,18 +361,6 @@ def test_the_fingerprint_sees_every_field(name: str) -> None:
     assert fingerprint(dp) != before
 
 
-def outputs(dp: Datapath, verdict: Verdict, pkt: bytes) -> list[tuple[str, bytes]]:
-    """A verdict as trace shows it: (port name, bytes) for each frame that leaves."""
-    names = dp.counters.names
-    if verdict is None:
-        return []
-    if isinstance(verdict, int):
-        return [(names[verdict], pkt)]
-    if isinstance(verdict, tuple):
-        return [(names[port], pkt) for port in verdict]
-    return [(names[port], bytes(out)) for port, out in verdict]
-
-
 def traced(trace_result: Trace) -> bool:
     """The pipeline spoke: an L2 stage at least (trace adds the "parse" stage itself)."""
     return any(stage.startswith("L2 ") for stage, _ in trace_result.stages)
@@ -383,7 +376,7 @@ def check_trace(dp: Datapath, frames: list[Transmit], now: float) -> list[Trace]
     assert_unchanged(before, fingerprint(dp))
     assert len(results) == len(frames) and all(traced(r) for r in results), results
     shadow_before = fingerprint(shadow)
-    real = [outputs(shadow, shadow.receive(port, pkt, now), pkt) for port, pkt in frames]
+    real = [outputs_of(shadow, shadow.receive(port, pkt, now), pkt) for port, pkt in frames]
     assert [r.outputs for r in results] == real
     assert fingerprint(shadow) != shadow_before  # committed, the frames change state (rx at least)
     return results

@@ -127,12 +127,13 @@ def trace_many(datapath: Datapath, frames: list[Transmit], now: float) -> list[T
             verdict = datapath.receive(in_port, pkt, now)
             if router is not None and (new := Counter(router.events) - events):
                 result.stages.append(("router", "events: " + ", ".join(sorted(new))))
-            result.outputs = _outputs(verdict, pkt, names)
+            result.outputs = outputs(verdict, pkt, names)
             results.append(result)
     return results
 
 
-def _outputs(verdict: Verdict, pkt: bytes, names: list[str]) -> list[tuple[str, bytes]]:
+def outputs(verdict: Verdict, pkt: bytes, names: list[str]) -> list[tuple[str, bytes]]:
+    """A verdict as trace shows it: (port name, bytes) for each frame that leaves."""
     if verdict is None:
         return []
     if isinstance(verdict, int):
