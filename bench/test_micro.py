@@ -187,9 +187,7 @@ def fill_flows(router: Router, flows: int) -> None:
         buf[l4 + 2 : l4 + 4] = U16.pack(1024 + (i >> 16))
         dst_int = base + (i & 0xFFFF)
         pkt = bytes(buf)
-        packet = Packet(
-            0, pkt, pkt, ledger, 20, l4, end, 17, 0, src, dst_int.to_bytes(4, "big"), dst_int, None
-        )
+        packet = Packet(0, pkt, pkt, ledger, 20, l4, end, 17, 0, src, dst_int.to_bytes(4, "big"), dst_int)
         process(packet, via_uplink, NOW)
     assert translated(router.receive(0, OUTBOUND, NOW))
     assert len(nat.conntrack) == flows

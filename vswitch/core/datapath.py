@@ -213,13 +213,13 @@ class Datapath:
             tracer.note("flow cache", "miss: the router decides, and the cache may keep the action")
 
     def _traced_l2(self, switch: Switch, in_port: int, pkt: bytes, now: float, where: str) -> Decision:
-        """One L2 decision, reported. The decision changes at most the source's FDB entry (learned,
-        moved or refreshed): the journal keeps it first."""
+        """One L2 decision, reported. A source learned or moved goes through Fdb.learn, which hands the
+        journal what it changes; one already known is refreshed in place by the decision itself: the
+        journal keeps its entry first."""
         tracer, journal = self.tracer, self._journal
         assert tracer is not None and journal is not None
         src, dst = pkt[16:22], pkt[10:16]
         before = switch.fdb.entries.get(src)
-        journal.keep(switch.fdb)
         if before is not None:
             journal.keep(before)
         old_port = None if before is None else before.port

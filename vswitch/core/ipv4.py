@@ -30,7 +30,6 @@ from .wire import (
 
 if TYPE_CHECKING:
     from .conntrack import Flow
-    from .trace import Tracer
 
 _HDR10: Final = struct.Struct("!10H")
 _U32: Final = struct.Struct("!I")
@@ -62,7 +61,6 @@ class Packet:
     src: bytes
     dst: bytes  # after NAT, the destination it is routed to
     dst_int: int
-    tracer: Tracer | None
     nat: NatChange | None = None  # NAT's translation, for the forward action
     flow: Flow | None = None  # the conntrack flow the packet belongs to, if tracked
     direction: int = 0
@@ -83,7 +81,6 @@ def parse(
     ledger: Counter[str],
     local: Container[bytes],
     broadcasts: Container[bytes],
-    tracer: Tracer | None,
 ) -> Packet | Drop:
     """Validate an IPv4 frame (virtio-net header + Ethernet) that reached a router interface."""
     size = len(pkt)
@@ -130,4 +127,4 @@ def parse(
         return Drop.IP_MARTIAN_DESTINATION
     frag = pkt[IP_FLAGS_FRAG] << 8 | pkt[IP_FLAGS_FRAG + 1]
     # Positional, in the fields' order: this is the slow path's one allocation per packet.
-    return Packet(iface, pkt, pkt, ledger, ihl, L3 + ihl, end, pkt[IP_PROTO], frag, src, dst, dst_int, tracer)
+    return Packet(iface, pkt, pkt, ledger, ihl, L3 + ihl, end, pkt[IP_PROTO], frag, src, dst, dst_int)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from .action import NO_GATHER, Rewrite, apply, rewrite
+from .action import Rewrite, apply, rewrite
 from .arp import (
     ARP_HEADER,
     QUEUED_SEND_REQUEST,
@@ -346,7 +346,7 @@ class Router:
 
     # --- IPv4: the stages --------------------------------------------------------------------------
     def _ipv4(self, iface: int, pkt: bytes, link_broadcast: bool, ledger: Counter[str], now: float) -> Routed:
-        p = parse(iface, pkt, link_broadcast, ledger, self._local, self._broadcasts, self.tracer)
+        p = parse(iface, pkt, link_broadcast, ledger, self._local, self._broadcasts)
         if not isinstance(p, Packet):
             self._count(ledger, p)
             return NOTHING
@@ -360,9 +360,7 @@ class Router:
                 return held
             if p.released is not None:
                 return self._with_released(p, now)
-        if p.dst in self._local:
-            return self._local_or_forward(p, now)
-        return self._forward(p, now)
+        return self._local_or_forward(p, now)
 
     def _local_or_forward(self, p: Packet, now: float) -> Routed:
         if p.dst in self._local:
@@ -437,12 +435,14 @@ class Router:
                 name = self.interfaces[out_iface].name
                 self.tracer.note("ARP", f"next hop on {name} is {mac_str(neighbour.mac)} (cached)")
             action = rewrite(p.proto, p.ihl, neighbour.mac + self._mac[out_iface], p.nat)
-            frame = action.write(pkt, action.reader.unpack_from(pkt), NO_GATHER)  # action.apply, inline
-            assert isinstance(frame, bytes)  # nothing is gathered with NO_GATHER
+            frame = apply(action, pkt, action.reader.unpack_from(pkt))
+            assert isinstance(frame, bytes)  # apply gathers nothing unless asked
             forwarded = _new(Forwarded, (action, out_iface, neighbour, p.flow, p.direction))
             return _new(Routed, ([(out_iface, frame)], forwarded))
         action = rewrite(p.proto, p.ihl, ZERO_MAC + self._mac[out_iface], p.nat)
-        buf = bytearray(apply(action, pkt, action.reader.unpack_from(pkt)))  # type: ignore[arg-type]
+        frame = apply(action, pkt, action.reader.unpack_from(pkt))
+        assert isinstance(frame, bytes)
+        buf = bytearray(frame)
         if too_big and buf[0] & VNET_F_NEEDS_CSUM and not complete_checksum(buf, p.l4, p.end, p.proto):
             return Routed(self._refuse(p, Drop.BAD_VNET_HEADER))
         # RFC 1812 5.2.6 / RFC 791 3.2: without DF, a packet too big leaves in fragments. It is resolved

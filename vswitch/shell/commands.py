@@ -21,7 +21,7 @@ def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
     snapshot = instance.datapath.counters.snapshot()
     if instance.router is not None:
         snapshot["router"] = {
-            "drops": dict(sorted(instance.router.drops.items())),
+            "drops": dict(sorted(instance.datapath.router_drops().items())),
             "events": dict(sorted(instance.router.events.items())),
         }
     return snapshot
