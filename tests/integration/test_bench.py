@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from vswitch.tools.bench import run, topologies
+from vswitch.tools.bench.measure import FLOOR_FIGURES
 
 from .conftest import links, namespaces
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.root
 
 # vde-l2 and ovs-l2 run when vde_switch and ovs-vswitchd are installed (the Makefile installs Debian's
 # vde2 and openvswitch-switch), so here they must run: a skip would hide a broken contender.
-CONTENDERS = ["kernel-bridge", "vswitch-l2", "kernel-nat", "vswitch-nat", "vde-l2", "ovs-l2"]
+CONTENDERS = ["kernel-bridge", "python-floor", "vswitch-l2", "kernel-nat", "vswitch-nat", "vde-l2", "ovs-l2"]
 BENCH_TIMEOUT = 120.0
 POSITIVE = [
     "tcp_gbps",
@@ -112,8 +113,18 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         "vswitch-nat / kernel-nat",
         "vde-l2 / kernel-bridge",
         "ovs-l2 / kernel-bridge",
+        "vswitch-l2 / python-floor",
+        "vswitch-nat / python-floor",
     }
     assert doc["ratios"]["vswitch-l2 / kernel-bridge"]["tcp_gbps"] > 0
+    # Against the floor: the figures the issue holds vswitch to, each a ratio of the two medians.
+    floor = doc["results"]["python-floor"]
+    for name in ("vswitch-l2", "vswitch-nat"):
+        ratios = doc["ratios"][f"{name} / python-floor"]
+        assert set(ratios) == set(FLOOR_FIGURES)
+        for key in FLOOR_FIGURES:
+            assert ratios[key] == pytest.approx(doc["results"][name][key] / floor[key]), (name, key)
+    assert "against python-floor" in proc.stdout
     assert doc["ratios"]["ovs-l2 / kernel-bridge"]["tcp_gbps"] > 0
     assert "ovs-l2" not in doc["skipped"]
     # OVS's userspace datapath, in its own switch namespace, with the taps opened for TSO.
@@ -133,6 +144,8 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         info = doc["contenders"][name]
         assert not alive(info["pid"]), f"{name}: vswitch pid {info['pid']} still running"
         assert vswitch_processes(info["instance"]) == []
+    floor_pid = doc["contenders"]["python-floor"]["pid"]
+    assert not alive(floor_pid), f"python-floor pid {floor_pid} still running"
     vde = doc["contenders"]["vde-l2"]["pid"]
     assert not alive(vde), f"vde_switch pid {vde} still running"
     # OVS: neither daemon (ovs-vswitchd was the charged pid; ovsdb-server and any other process would

@@ -212,6 +212,8 @@ def place_tap(
             return str(link.get("IFLA_ADDRESS") or link.get("address"))
     except NetlinkError as exc:
         raise KernelError(f"configuring {ifname} in {namespace or 'root'}: {os.strerror(exc.code)}") from None
+    except FileNotFoundError:  # pyroute2 opens /run/netns/NAME itself
+        raise KernelError(f"namespace {namespace} does not exist") from None
 
 
 def add_route(namespace: str | None, dst: IPv4Network, gateway: IPv4Address | None, ifname: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 # For the help text only (topologies.py, which imports pyroute2, holds the real lists; a test checks).
-CONTENDER_NAMES = "kernel-bridge,vswitch-l2,vswitch-l2-busy,kernel-nat,vswitch-nat"
+CONTENDER_NAMES = "kernel-bridge,python-floor,vswitch-l2,vswitch-l2-busy,kernel-nat,vswitch-nat"
 OPTIONAL_NAMES = "vde-l2,ovs-l2"
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .measure import FIGURES, Plan
+from .measure import FIGURES, FLOOR_FIGURES, Plan
+from .topologies import FLOOR
 
 KERNEL_COLOUR = "#4C72B0"
 VSWITCH_COLOUR = "#DD8452"
@@ -21,6 +22,7 @@ OTHER_COLOUR = "#55A868"  # another userspace switch without a colour of its own
 OTHERS: dict[str, tuple[str, str]] = {
     "vde-l2": ("#55A868", "vde_switch"),
     "ovs-l2": ("#8172B3", "Open vSwitch (userspace)"),
+    FLOOR: ("#8C8C8C", "floor (vswitch's IO, no switching)"),
 }
 
 
@@ -131,19 +133,40 @@ def print_table(doc: dict[str, Any]) -> None:
     table.add_column("unit")
     for name in names:
         table.add_column(name, justify="right")
-    for pair in doc["ratios"]:
+    kernel_pairs, floor_pairs = split_ratios(doc)
+    for pair in kernel_pairs:
         table.add_column(pair, justify="right", style="bold")
     for key, (label, unit, _higher) in FIGURES.items():
         row = [label, unit]
         row.extend(fmt(key, doc["results"][n].get(key)) for n in names)
-        for ratios in doc["ratios"].values():
-            value = ratios.get(key)
-            row.append("n/a" if value is None else f"{value:.2f}x")
+        row.extend(ratio_text(doc["ratios"][pair].get(key)) for pair in kernel_pairs)
         table.add_row(*row)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
+    if floor_pairs:
+        floor = Table(
+            title=f"vswitch against {FLOOR} (the same IO with no switching), ratios of the medians above",
+            title_justify="left",
+            header_style="bold",
+        )
+        floor.add_column("figure")
+        for pair in floor_pairs:
+            floor.add_column(pair.split(" / ")[0], justify="right", style="bold")
+        for key in FLOOR_FIGURES:
+            floor.add_row(FIGURES[key][0], *(ratio_text(doc["ratios"][p].get(key)) for p in floor_pairs))
+        console.print(floor)
     for name, note in doc["skipped"].items():
         console.print(f"[dim]{name}: {note}[/dim]")
+
+
+def split_ratios(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The ratio pairs against the kernel, and those against the floor, in the order they were made."""
+    floor = [pair for pair in doc["ratios"] if pair.endswith(f" / {FLOOR}")]
+    return [pair for pair in doc["ratios"] if pair not in floor], floor
+
+
+def ratio_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
@@ -159,8 +182,9 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
 
     names = list(doc["results"])
     keys = list(FIGURES)
+    floor_pairs = split_ratios(doc)[1]
     cols = 4
-    rows = (len(keys) + cols - 1) // cols
+    rows = (len(keys) + bool(floor_pairs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.9 * rows), squeeze=False)
     colours = [colour(n) for n in names]
     for ax, key in zip(axes.flat, keys, strict=False):
@@ -190,7 +214,9 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(keys) :]:
+    if floor_pairs:
+        floor_panel(axes.flat[len(keys)], doc, floor_pairs)
+    for ax in list(axes.flat)[len(keys) + bool(floor_pairs) :]:
         ax.set_visible(False)
     from matplotlib.patches import Patch
     from matplotlib.ticker import EngFormatter
@@ -217,3 +243,28 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.03, 1, 1))  # leave the bottom strip to the legend
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def floor_panel(ax: Any, doc: dict[str, Any], pairs: list[str]) -> None:
+    """Grouped bars: each vswitch contender's ratio to the floor, per figure; 1.0 is the floor."""
+    short = {
+        "tcp_gbps": "TCP",
+        "udp64_pps": "64B pps",
+        "cpu_us_per_pkt": "CPU sat.",
+        "cpu_us_per_pkt_50k": "CPU 50k",
+        "ping_avg_ms": "ping 5ms",
+        "ping_b2b_avg_ms": "ping b2b",
+    }
+    width = 0.8 / len(pairs)
+    shades = ["#DD8452", "#F0B27A", "#A0522D", "#E59866"]
+    for i, pair in enumerate(pairs):
+        values = [doc["ratios"][pair].get(k) for k in FLOOR_FIGURES]
+        xs = [j + (i - (len(pairs) - 1) / 2) * width for j in range(len(FLOOR_FIGURES))]
+        heights = [v if v is not None else 0.0 for v in values]
+        ax.bar(xs, heights, width=width, color=shades[i % len(shades)], label=pair.split(" / ")[0])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(FLOOR_FIGURES)), [short[k] for k in FLOOR_FIGURES], rotation=20, fontsize=8)
+    ax.set_title(f"vswitch / {FLOOR}\n(ratio of medians; 1.0 = the floor)", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)

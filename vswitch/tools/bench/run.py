@@ -26,11 +26,12 @@ from typing import Any
 
 from ... import __version__
 from . import measure, report
-from .measure import FIGURES, IperfServer, Plan
+from .measure import FIGURES, FLOOR_FIGURES, IperfServer, Plan
 from .topologies import (
     BASELINE,
     CONTENDERS,
     DESCRIPTIONS,
+    FLOOR,
     BenchError,
     Contender,
     available_optional,
@@ -260,13 +261,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summarise(doc: dict[str, Any]) -> None:
-    """Medians per contender and figure, then vswitch / kernel ratios for each pair measured."""
+    """Medians per contender and figure, then ratios of medians: each switch to its kernel
+    counterpart (every figure), and each vswitch contender to python-floor (FLOOR_FIGURES)."""
     for name, samples in doc["samples"].items():
         keys = [*FIGURES, "offered50k_pps"]
         doc["results"][name] = {k: measure.median([s.get(k) for s in samples]) for k in keys}
-    for ours, theirs in BASELINE.items():
-        if ours in doc["results"] and theirs in doc["results"]:
-            a, b = doc["results"][ours], doc["results"][theirs]
+    results = doc["results"]
+    pairs = [(ours, theirs, list(FIGURES)) for ours, theirs in BASELINE.items()]
+    pairs += [(name, FLOOR, list(FLOOR_FIGURES)) for name in results if name.startswith("vswitch")]
+    for ours, theirs, keys in pairs:
+        if ours in results and theirs in results:
+            a, b = results[ours], results[theirs]
             doc["ratios"][f"{ours} / {theirs}"] = {
-                k: (a[k] / b[k] if a.get(k) is not None and b.get(k) else None) for k in FIGURES
+                k: (a[k] / b[k] if a.get(k) is not None and b.get(k) else None) for k in keys
             }

@@ -40,7 +40,14 @@ STOP_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 15.0
 OUTSIDE = "198.18.0.1"  # the simulated outside world (RFC 2544 benchmarking range 198.18.0.0/15)
 
-CONTENDERS: tuple[str, ...] = ("kernel-bridge", "vswitch-l2", "vswitch-l2-busy", "kernel-nat", "vswitch-nat")
+CONTENDERS: tuple[str, ...] = (
+    "kernel-bridge",
+    "python-floor",
+    "vswitch-l2",
+    "vswitch-l2-busy",
+    "kernel-nat",
+    "vswitch-nat",
+)
 BUSY_POLL_USEC = 10_000  # vswitch-l2-busy: --busy-poll, longer than the ping interval (5 ms)
 # Optional contenders, measured only when installed; absent ones are named in the report.
 OPTIONAL: dict[str, str] = {"vde-l2": "vde_switch", "ovs-l2": "ovs-vswitchd"}
@@ -48,6 +55,7 @@ OPTIONAL: dict[str, str] = {"vde-l2": "vde_switch", "ovs-l2": "ovs-vswitchd"}
 BUILDABLE_OPTIONAL: tuple[str, ...] = ("vde-l2", "ovs-l2")
 SHORT: dict[str, str] = {
     "kernel-bridge": "kb",
+    "python-floor": "fl",
     "vswitch-l2": "l2",
     "vswitch-l2-busy": "lb",
     "kernel-nat": "kn",
@@ -63,6 +71,9 @@ BASELINE: dict[str, str] = {
     "vde-l2": "kernel-bridge",
     "ovs-l2": "kernel-bridge",
 }
+# The floor: vswitch's IO with no switch (floor.py). Every vswitch contender is also held to it.
+FLOOR = "python-floor"
+FLOOR_MODULE = "vswitch.tools.bench.floor"  # what python-floor runs (python -m)
 
 
 class BenchError(Exception):
@@ -91,6 +102,8 @@ class Contender:
     def kind(self) -> str:
         if self.name.startswith("vswitch"):
             return "vswitch"
+        if self.name == FLOOR:
+            return "floor"
         return "kernel" if self.name.startswith("kernel") else "other"
 
     @property
@@ -108,6 +121,7 @@ class Contender:
     def build(self) -> None:
         builders = {
             "kernel-bridge": self._kernel_bridge,
+            "python-floor": self._python_floor,
             "vswitch-l2": self._vswitch_l2,
             "vswitch-l2-busy": self._vswitch_l2_busy,
             "kernel-nat": self._kernel_nat,
@@ -184,6 +198,27 @@ class Contender:
         client, outside = self.ns("c"), self.ns("o")
         self._vswitch_up(["--segment", f"lan={client}", "--uplink", outside], [client, outside])
         self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE
+
+    def _python_floor(self) -> None:
+        """floor.py in a session of its own: two taps, A to B and back, no switching."""
+        assert self.run_dir is not None
+        a, b = self._new_ns("a"), self._new_ns("b")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        out_path = self.run_dir / f"floor-{self.prefix}.out"
+        err_path = self.run_dir / f"floor-{self.prefix}.err"
+        argv = [sys.executable, "-m", FLOOR_MODULE, f"{a}=10.0.0.1/24", f"{b}=10.0.0.2/24"]
+        argv += ["--tap-prefix", f"{self.prefix}fl"]
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"ready" not in out_path.read_bytes():
+            if self.proc.poll() is not None:
+                why = err_path.read_text(errors="replace").strip()
+                raise BenchError(f"{self.name}: exited {self.proc.returncode}: {why}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name}: not ready within {START_TIMEOUT:g}s")
+            time.sleep(0.05)
+        self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
 
     def _vde_l2(self) -> None:
         """vde_switch (Debian vde2) with a tap per host (`-t`), each moved into its namespace.
@@ -418,6 +453,10 @@ def cleanup_all(contenders: list[Contender], prefix: str) -> list[str]:
 
 DESCRIPTIONS: dict[str, str] = {
     "kernel-bridge": "2 namespaces, veths to a Linux bridge in its own namespace",
+    "python-floor": (
+        "the floor: vswitch's taps, uvloop and reads, each frame written to the other tap as it came "
+        "(no switching; vswitch/tools/bench/floor.py)"
+    ),
     "vswitch-l2": "vswitch up --ports a,b (one L2 segment, tap + virtio-net header + TSO)",
     "vswitch-l2-busy": f"the same with --busy-poll {BUSY_POLL_USEC} (latency for a busy core)",
     "kernel-nat": "client - veth - router ns (ip_forward, nft masquerade) - veth - outside 198.18.0.1",
