@@ -168,6 +168,11 @@ class Counters:
         self.drops.append(Counter())
         return len(self.names) - 1
 
+    def received(self, port: int, packets: int, nbytes: int) -> None:
+        """Count a batch of frames read off port: nbytes is their length without the vnet headers."""
+        self.rx_packets[port] += packets
+        self.rx_bytes[port] += nbytes
+
     def drop(self, port: int, reason: str) -> None:
         self.drops[port][reason] += 1
 

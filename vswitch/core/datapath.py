@@ -96,16 +96,24 @@ class Datapath:
 
     # --- the packet path ---------------------------------------------------------------------------
     def receive(self, in_port: int, pkt: bytes, now: float) -> Verdict:
+        """Count the frame as received on in_port, then `forward` it."""
         counters = self.counters
         counters.rx_packets[in_port] += 1
         if len(pkt) > VNET_HDR_LEN:  # a runt shorter than the vnet header must not count negative bytes
             counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
+        return self.forward(in_port, pkt, now)
+
+    def forward(self, in_port: int, pkt: bytes, now: float) -> Verdict:
+        """`receive` without the rx counters: for the IO shell, which adds a whole batch's up at once
+        (`Counters.received`). The L2 unicast verdict comes first and alone: it is nearly all traffic."""
         switch = self.port_switch[in_port]
         tracer = self.tracer
         if tracer is None:
             decision = switch.decide(in_port, pkt, now)
+            if decision.__class__ is int and decision != switch.router_port:
+                return decision
         else:
-            decision = self._traced_l2(switch, in_port, pkt, now, f"in on {counters.names[in_port]}")
+            decision = self._traced_l2(switch, in_port, pkt, now, f"in on {self.counters.names[in_port]}")
         if decision.__class__ is int:
             if decision != switch.router_port:
                 return decision

@@ -7,17 +7,23 @@ egress port id, the segment's flood tuple (every other port), or a Drop reason.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import Final
 
 from .counters import Drop
 from .fdb import Fdb
-from .wire import ETH_MIN, VNET_F_NEEDS_CSUM, VNET_HDR, VNET_HDR_LEN, ZERO_MAC
+from .wire import ETH_MIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_MAC
 
 # IEEE 802.1Q table 8-1: 01:80:c2:00:00:00 to 0f are link-local; a bridge consumes and never forwards them.
 RESERVED_GROUP_PREFIX: Final = b"\x01\x80\xc2\x00\x00"
 
 Decision = int | tuple[int, ...] | Drop
+# csum_start and csum_offset of the virtio-net header (bytes 6-9), read inline on every NEEDS_CSUM frame.
+_CSUM_FIELDS: Final = struct.Struct("<HH").unpack_from
+# The checksum field (2 bytes) at csum_start + csum_offset must lie inside the frame (tun.c refuses
+# the write otherwise): the two fields' sum plus this may not pass the buffer's length.
+_CSUM_END: Final = VNET_HDR_LEN + 2
 
 
 class Switch:
@@ -65,8 +71,10 @@ class Switch:
         """
         if len(pkt) < ETH_MIN:
             return Drop.RUNT
-        if pkt[0] & VNET_F_NEEDS_CSUM and not self._vnet_header_fits(pkt):
-            return Drop.BAD_VNET_HEADER
+        if pkt[0] & VNET_F_NEEDS_CSUM:
+            csum_start, csum_offset = _CSUM_FIELDS(pkt, 6)
+            if csum_start + csum_offset + _CSUM_END > len(pkt):
+                return Drop.BAD_VNET_HEADER
         if pkt[10] & 1:
             return self._group(in_port, pkt, now)
         entries = self.fdb.entries
@@ -84,13 +92,6 @@ class Switch:
         if entry.port == in_port:
             return Drop.SAME_PORT
         return entry.port
-
-    @staticmethod
-    def _vnet_header_fits(pkt: bytes) -> bool:
-        csum_start: int
-        csum_offset: int
-        _, _, _, _, csum_start, csum_offset = VNET_HDR.unpack_from(pkt)
-        return VNET_HDR_LEN + csum_start + csum_offset + 2 <= len(pkt)
 
     def _learn(self, in_port: int, src: bytes, now: float) -> Drop | None:
         """Validate a source address, then learn it (IEEE 802.1Q 8.7: only valid unicast sources)."""
