@@ -121,8 +121,7 @@ def socketpair_ports(
 
 def make_readable(shell: Shell, port: int) -> None:
     """What the event loop does when port's fd is readable."""
-    reader = next(r for p, r in shell._readers if p == port)
-    shell._on_readable(port, reader)
+    shell._on_readable(port, shell._drain_of[port])
 
 
 def drain_wire(wire: socket.socket) -> list[bytes]:
