@@ -171,3 +171,33 @@ def test_a_gather_frame_leaves_whole_in_one_write(bench: Bench) -> None:
         assert bench.received(1) == [head + sent[60:]]
         assert bench.datapath.counters.tx_bytes[1] - before == len(sent) - VNET_HDR_LEN
     assert captured == [("tx", head + sent[60:])]  # capture sees bytes, as from any other write
+
+
+def test_a_deadline_a_batch_brings_in_between_two_checks_still_fires() -> None:
+    """The core's next deadline is asked at most every TIMER_CHECK_INTERVAL: a batch that comes sooner
+    leaves a re-check behind, so the timer it needs is armed with no more traffic after it."""
+    loop = asyncio.new_event_loop()
+    datapath = Datapath(ageing=1.0)
+    shell = Shell(datapath, loop)
+    wires, inner = socketpair_ports(datapath, shell, 2)
+    fdb = datapath.segments[0].switch.fdb
+    try:
+        shell.start_timer()  # nothing to age: no timer, and the next check is an interval away
+        wires[0].send(b"\x00" * 20)  # a runt: counted, learns nothing
+        make_readable(shell, 0)
+        wires[0].send(frame(H[0], H[1]))  # learns H[0]: the FDB now has a deadline, a second away
+        make_readable(shell, 0)
+        assert H[0] in fdb.entries and datapath.counters.drops[0][Drop.RUNT] == 1
+
+        async def aged_out() -> bool:
+            deadline = loop.time() + 5.0
+            while H[0] in fdb.entries and loop.time() < deadline:
+                await asyncio.sleep(0.02)  # polling: the timer runs on this loop meanwhile
+            return H[0] not in fdb.entries
+
+        assert loop.run_until_complete(aged_out()), "the ageing timer was never armed"
+    finally:
+        shell.detach_all()
+        loop.close()
+        for end in wires + inner:
+            end.close()
