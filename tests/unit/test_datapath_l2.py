@@ -353,3 +353,56 @@ def test_malformed_input_never_raises_and_is_always_accounted(packets: list[tupl
     drops = sum(dp.counters.total_drops().values())
     assert sent + drops == len(packets) == sum(dp.counters.rx_packets)
     assert all(n >= 0 for n in dp.counters.rx_bytes)
+
+
+# --- the shell's forwarder ---------------------------------------------------------------------------
+class _Silent:
+    def note(self, stage: str, text: str) -> None:
+        pass
+
+    def drop(self, where: str, reason: str) -> None:
+        pass
+
+
+def test_the_forwarder_is_the_switchs_decision_only_without_the_router_and_a_tracer() -> None:
+    dp = lan()
+    switch = dp.segments[0].switch
+    assert dp.forwarder(0) == switch.decide  # the verdict is final on a plain L2 segment
+    with dp.tracing(_Silent()):
+        assert dp.forwarder(0) == dp.forward  # a trace takes every stage, and its journal
+    assert dp.forwarder(0) == switch.decide
+    switch.set_router_port(3, ROUTER)  # with the router on the segment, a frame may be its
+    assert dp.forwarder(0) == dp.forward
+
+
+ODD_FRAMES = [
+    frame(H[0], BROADCAST),
+    frame(H[0], H[1]),
+    frame(H[1], H[0]),
+    frame(H[0], H[0]),  # to itself: same port
+    frame(H[2], H[1], size=60),
+    frame(BROADCAST, H[1]),  # a group source
+    frame(bytes(6), H[1]),  # the zero source
+    frame(H[1], bytes.fromhex("0180c2000000")),  # link-local group
+    b"",
+    b"\x01" + bytes(30),  # a runt claiming NEEDS_CSUM
+    bytes([1, 0, 0, 0, 0, 0, 250, 0, 6, 0]) + frame(H[0], H[1])[VNET_HDR_LEN:],  # csum beyond the frame
+]
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(ODD_FRAMES)), max_size=40))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_the_forwarder_and_count_drop_do_what_receive_does(steps: list[tuple[int, bytes]]) -> None:
+    """What the shell does with a forwarder (a Drop verdict counted with count_drop, rx counted per
+    batch) leaves the same verdicts, tables and counters as receive."""
+    by_receive, by_forwarder = lan(), lan()
+    for now, (port, pkt) in enumerate(steps):
+        expected = by_receive.receive(port, pkt, float(now))
+        verdict = by_forwarder.forwarder(port)(port, pkt, float(now))
+        if isinstance(verdict, Drop):
+            by_forwarder.count_drop(port, verdict)
+            verdict = None
+        by_forwarder.counters.received(port, 1, max(0, len(pkt) - VNET_HDR_LEN))
+        assert verdict == expected
+    assert by_forwarder.counters.snapshot() == by_receive.counters.snapshot()
+    assert by_forwarder.segments[0].switch.fdb.table(0.0) == by_receive.segments[0].switch.fdb.table(0.0)

@@ -158,9 +158,9 @@ def test_a_gather_frame_leaves_whole_in_one_write(bench: Bench) -> None:
     def routed(port: int, pkt: bytes, now: float) -> list[tuple[int, Frame]]:
         return [(1, Gather(head, memoryview(pkt)[60:]))]
 
-    bench.datapath.forward = routed  # type: ignore[method-assign,assignment]
+    bench.datapath.forwarder = lambda port: routed  # type: ignore[method-assign,assignment]
     shell = bench.shell
-    shell._drain_of[0] = shell._drainer(0, shell._reader_of[0])  # a drain binds forward when made
+    shell._drain_of[0] = shell._drainer(0, shell._reader_of[0])  # a drain binds forwarder when made
     captured: list[tuple[str, bytes]] = []
     for observed in (False, True):
         if observed:

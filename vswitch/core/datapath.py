@@ -19,7 +19,7 @@ reason (the router's rollup ``Router.drops`` is counted at the same point). With
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,6 +35,10 @@ from .wire import VNET_HDR_LEN, Frame, mac_str
 
 # A list verdict's frames are bytes, or a Gather (flowcache.py: a long payload, written with writev).
 Verdict = int | tuple[int, ...] | Sequence[tuple[int, Frame]] | None
+# What a port's forwarder (Datapath.forwarder) answers: a Verdict, or a Drop the caller counts with
+# Datapath.count_drop (the switch's own decision, on a segment without the router).
+PortVerdict = Verdict | Drop
+Forwarder = Callable[[int, bytes, float], PortVerdict]
 
 
 @dataclass
@@ -138,6 +142,20 @@ class Datapath:
             return flood
         self._count_l2(in_port, decision)  # type: ignore[arg-type]
         return None
+
+    def forwarder(self, in_port: int) -> Forwarder:
+        """What the IO shell calls for each frame from in_port, asked once per batch: `forward`, or,
+        on a segment without the router while nothing traces, the switch's decision itself: its
+        verdict is final there, and one Python call less per frame is ~20% of the decision's cost. Its
+        drops come back as a Drop, for the caller to count (`count_drop`)."""
+        switch = self.port_switch[in_port]
+        if switch.router_port is None and self.tracer is None:
+            return switch.decide
+        return self.forward
+
+    def count_drop(self, port: int, reason: Drop) -> None:
+        """Count a drop a forwarder returned for a frame from port."""
+        self._count_l2(port, reason)
 
     def _route(self, in_port: int, pkt: bytes, now: float) -> tuple[Forwarded | None, list[Transmit]]:
         """The router's decision for a frame from in_port, switched into the egress segments; with
@@ -277,4 +295,4 @@ class Datapath:
         return Counter() if self.router is None else Counter(self.router.drops)
 
 
-__all__ = ["Datapath", "Drop", "Segment", "Transmit", "Verdict"]
+__all__ = ["Datapath", "Drop", "Forwarder", "PortVerdict", "Segment", "Transmit", "Verdict"]

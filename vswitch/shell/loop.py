@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ..core.counters import Drop, Event
-from ..core.datapath import Datapath, Verdict
+from ..core.datapath import Datapath, PortVerdict
 from ..core.wire import VNET_HDR_LEN, Frame, Gather
 
 BATCH: Final = 64
@@ -178,7 +178,7 @@ class Shell:
         """
         shell = self
         read = reader.read
-        forward = self.datapath.forward
+        forwarder = self.datapath.forwarder
         counters = self.datapath.counters
         rx_packets, rx_bytes = counters.rx_packets, counters.rx_bytes
         tx_packets, tx_bytes, drops = counters.tx_packets, counters.tx_bytes, counters.drops
@@ -190,6 +190,7 @@ class Shell:
             observed = shell._observers
             observers = observed.get(port) if observed else None
             hook = shell.hook
+            forward = forwarder(port)
             now = loop_time()
             count = nbytes = 0
             # The tx counters of a run of frames to one port, added up when the port changes.
@@ -241,7 +242,7 @@ class Shell:
                 elif verdict.__class__ is list and len(verdict) == 1:
                     out, data = verdict[0]  # a routed frame (flow cache or router)
                 else:
-                    shell._write_all(pkt, verdict)  # a flood, or the router's several frames
+                    shell._write_all(port, pkt, verdict)  # a flood, or the router's several frames
                     continue
                 if observed:
                     run_out = out
@@ -296,14 +297,18 @@ class Shell:
         log.warning("port %s: link gone (%s); no longer reading it", port, exc.strerror)
         return True
 
-    def _write_all(self, pkt: bytes, verdict: Verdict) -> None:
-        """A flood (a tuple of ports: pkt to each) or a list of (port, frame) to write."""
+    def _write_all(self, port: int, pkt: bytes, verdict: PortVerdict) -> None:
+        """A flood (a tuple of ports: pkt to each) or a list of (port, frame) to write; or a Drop of
+        the frame from port, for the datapath to count."""
+        if isinstance(verdict, Drop):
+            self.datapath.count_drop(port, verdict)
+            return
         write = self._write
-        if verdict.__class__ is tuple:
+        if isinstance(verdict, tuple):
             for out in verdict:
                 write(out, pkt)
-        else:
-            for out, data in verdict:  # type: ignore[misc,union-attr]
+        elif verdict is not None and not isinstance(verdict, int):
+            for out, data in verdict:
                 write(out, data)
 
     def _frame_error(self, port: int, reason: Drop, what: str) -> None:
