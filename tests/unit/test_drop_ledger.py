@@ -480,7 +480,7 @@ TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
     Drop.CONNTRACK_FULL: conntrack_full,
 }
 
-_SHELL = "counted by the IO shell (vswitch/shell/loop.py) around Datapath.receive, never by the core"
+_SHELL = "counted by the IO shell (vswitch/shell/loop.py) around the port's forwarder, never by the core"
 EXEMPT: dict[Drop, str] = {
     Drop.TX_QUEUE_FULL: f"a write to the tap would block: {_SHELL}",
     Drop.TX_ERROR: f"the kernel refused a write: {_SHELL}",

@@ -8,6 +8,7 @@ The event loop is never run: the tests call the reader callback the loop would c
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -201,3 +202,44 @@ def test_a_deadline_a_batch_brings_in_between_two_checks_still_fires() -> None:
         loop.close()
         for end in wires + inner:
             end.close()
+
+
+class FlakyReader:
+    """A tap whose first read fails with an error that is not a gone link, then hands over frames."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.reads: list[bytes | OSError] = [OSError(errno.EINVAL, "Invalid argument"), *frames]
+
+    def read(self, size: int) -> bytes | None:
+        if not self.reads:
+            return None  # EAGAIN
+        got = self.reads.pop(0)
+        if isinstance(got, OSError):
+            raise got
+        return got
+
+
+def test_rx_counts_every_frame_read_and_nothing_for_a_failed_read(bench: Bench) -> None:
+    """As a NIC counts rx: every frame taken off the port, at the length it came with, whatever the
+    hook did to it after; a read that failed received nothing (it is an rx-error drop)."""
+    learn(bench)
+    counters = bench.datapath.counters
+    packets, nbytes = counters.rx_packets[0], counters.rx_bytes[0]
+    sent = frame(H[0], H[1], size=300)
+    shell = bench.shell
+    shell._drain_of[0] = shell._drainer(0, FlakyReader([sent]))  # type: ignore[arg-type]
+    bench.readable(0)
+    assert bench.received(1) == [sent]
+    assert counters.drops[0][Drop.RX_ERROR] == 1
+    assert (counters.rx_packets[0] - packets, counters.rx_bytes[0] - nbytes) == (1, len(sent) - VNET_HDR_LEN)
+
+    shell.hook = lambda port, pkt, now: None if len(pkt) > 200 else pkt[:100]  # drop long, cut short
+    short = frame(H[0], H[1], size=150)
+    bench.wires[0].send(sent)
+    bench.wires[0].send(short)
+    shell._drain_of[0] = shell._drainer(0, shell._reader_of[0])
+    bench.readable(0)
+    assert bench.received(1) == [short[:100]]
+    assert counters.drops[0][Drop.HOOK] == 1
+    assert counters.rx_packets[0] - packets == 3
+    assert counters.rx_bytes[0] - nbytes == 2 * (len(sent) - VNET_HDR_LEN) + len(short) - VNET_HDR_LEN

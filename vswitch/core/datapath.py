@@ -1,7 +1,10 @@
 """The whole pipeline in one place: ports, segments (each a MAC-learning switch) and the router.
 
-`receive(port, pkt, now)` is the single entry for a packet. Its verdict is shaped for the IO shell's
-hot path, so the common cases allocate nothing:
+`receive(port, pkt, now)` is the entry for a packet: it counts the frame as received and calls
+`forward`. The IO shell counts a whole batch at once (`Counters.received`) and calls the port's
+`forwarder`: `forward`, or on a segment without the router the switch's own decision, whose drops
+come back as a `Drop` for `count_drop`. The verdict is shaped for the shell's hot path, so the common
+cases allocate nothing:
 - an ``int``: write pkt, unchanged, to that port;
 - a ``tuple`` of ints: write pkt, unchanged, to each (a flood);
 - a ``list`` of (port, frame): write each to its port (the router or the flow cache made or changed

@@ -180,7 +180,6 @@ class Shell:
         read = reader.read
         forwarder = self.datapath.forwarder
         counters = self.datapath.counters
-        rx_packets, rx_bytes = counters.rx_packets, counters.rx_bytes
         tx_packets, tx_bytes, drops = counters.tx_packets, counters.tx_bytes, counters.drops
         fds = self._fd_list
         loop_time = self.loop.time
@@ -192,7 +191,7 @@ class Shell:
             hook = shell.hook
             forward = forwarder(port)
             now = loop_time()
-            count = nbytes = 0
+            count = nbytes = failed = 0
             # The tx counters of a run of frames to one port, added up when the port changes.
             run_out = -1
             run_frames = run_bytes = 0
@@ -203,6 +202,7 @@ class Shell:
                     if shell._read_failed(port, exc):
                         count -= 1
                         break
+                    failed += 1  # nothing was received: it costs a turn of the budget only
                     continue
                 if pkt is None:
                     count -= 1
@@ -272,8 +272,10 @@ class Shell:
                 tx_bytes[run_out] += run_bytes - VNET_HDR_LEN * run_frames
             if count:
                 shell._last_out = run_out
-                rx_packets[port] += count
-                rx_bytes[port] += max(0, nbytes - VNET_HDR_LEN * count)  # a tap's frames all carry one
+                # Every frame read off the port, whatever befell it after (as a NIC counts rx); a
+                # tap's frames all carry the vnet header.
+                received = count - failed
+                counters.received(port, received, max(0, nbytes - VNET_HDR_LEN * received))
                 if now >= shell._check_timer_at:
                     shell._rearm(now)
                 elif shell._recheck is None:
