@@ -115,51 +115,72 @@ class Display:
         )
 
 
-def print_table(doc: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+Grid = tuple[str, list[str], list[list[str]]]  # a title, the column headers, the rows
 
+
+def tables(doc: dict[str, Any]) -> list[Grid]:
+    """The report's tables as text cells: every figure of every contender with the ratios to the
+    kernel, then (when python-floor ran) each vswitch contender's ratios to the floor."""
     names = list(doc["results"])
     machine = doc["machine"]
-    table = Table(
-        title=(
-            f"vswitch bench ({doc['mode']}): medians of {doc['rounds']} round(s); "
-            f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
-            f"TCP {congestion(doc)}"
-        ),
-        title_justify="left",
-        header_style="bold",
-    )
-    table.add_column("figure")
-    table.add_column("unit")
-    for name in names:
-        table.add_column(name, justify="right")
     kernel_pairs, floor_pairs = split_ratios(doc)
-    for pair in kernel_pairs:
-        table.add_column(pair, justify="right", style="bold")
+    title = (
+        f"vswitch bench ({doc['mode']}): medians of {doc['rounds']} round(s); "
+        f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
+        f"TCP {congestion(doc)}"
+    )
+    rows = []
     for key, (label, unit, _higher) in FIGURES.items():
         row = [label, unit]
         row.extend(fmt(key, doc["results"][n].get(key)) for n in names)
         row.extend(ratio_text(doc["ratios"][pair].get(key)) for pair in kernel_pairs)
-        table.add_row(*row)
-    # Not a terminal (a pipe, a log file): as wide as the columns need, so no figure is cut or wrapped.
-    wide = 40 + 14 * (len(names) + len(kernel_pairs))
-    console = Console(width=None if sys.stdout.isatty() else max(160, wide))
-    console.print(table)
+        rows.append(row)
+    grids: list[Grid] = [(title, ["figure", "unit", *names, *kernel_pairs], rows)]
     if floor_pairs:
-        floor = Table(
-            title=f"vswitch against {FLOOR} (the same IO with no switching), ratios of the medians above",
-            title_justify="left",
-            header_style="bold",
-        )
-        floor.add_column("figure")
-        for pair in floor_pairs:
-            floor.add_column(pair.split(" / ")[0], justify="right", style="bold")
-        for key in FLOOR_FIGURES:
-            floor.add_row(FIGURES[key][0], *(ratio_text(doc["ratios"][p].get(key)) for p in floor_pairs))
-        console.print(floor)
-    for name, note in doc["skipped"].items():
-        console.print(f"[dim]{name}: {note}[/dim]")
+        floor_rows = [
+            [FIGURES[key][0], *(ratio_text(doc["ratios"][p].get(key)) for p in floor_pairs)]
+            for key in FLOOR_FIGURES
+        ]
+        floor_title = f"vswitch against {FLOOR} (the same IO with no switching), ratios of the medians above"
+        grids.append((floor_title, ["figure", *(p.split(" / ")[0] for p in floor_pairs)], floor_rows))
+    return grids
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    """On a terminal, rich tables; into a pipe or a file, markdown tables a person can read and paste
+    (rich would wrap them at the width it guesses)."""
+    grids = tables(doc)
+    notes = [f"{name}: {note}" for name, note in doc["skipped"].items()]
+    if not sys.stdout.isatty():
+        print("\n\n".join(markdown(*grid) for grid in grids))
+        for note in notes:
+            print(f"\n{note}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for title, header, rows in grids:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for i, column in enumerate(header):
+            numeric = i >= 1 and column != "unit"
+            table.add_column(
+                column, justify="right" if numeric else "left", style="bold" if "/" in column else None
+            )
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]")
+
+
+def markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table under its title: text columns left, figures right."""
+    numeric = [i >= 1 and column != "unit" for i, column in enumerate(header)]
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---:" if right else "---" for right in numeric) + "|")
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(lines)
 
 
 def split_ratios(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
