@@ -396,6 +396,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     table("port counters", ["port", "rx packets", "rx bytes", "tx packets", "tx bytes", "drops"], rows)
     if snap["events"]:
         print("switch events: " + ", ".join(f"{k}={v}" for k, v in snap["events"].items()))
+    from .tools.debug.top import table_sizes
+
+    sizes = table_sizes(snap.get("tables", {}))
+    if sizes:
+        print("tables: " + ", ".join(sizes))
     router = snap.get("router")
     if router:
         print("router drops: " + (", ".join(f"{k}={v}" for k, v in router["drops"].items()) or "-"))

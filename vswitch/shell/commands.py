@@ -18,7 +18,16 @@ def _fdb(instance: Instance, _req: dict[str, Any]) -> Any:
 
 
 def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
-    snapshot = instance.datapath.counters.snapshot()
+    datapath = instance.datapath
+    snapshot = datapath.counters.snapshot()
+    tables: dict[str, Any] = {"fdb": {seg.name: len(seg.switch.fdb) for seg in datapath.segments}}
+    if instance.router is not None:
+        tables["arp"] = len(instance.router.arp.entries)
+        if instance.router.nat is not None:
+            tables["conntrack"] = len(instance.router.nat.conntrack)
+    if datapath.flows is not None:
+        tables["flow_cache"] = len(datapath.flows)
+    snapshot["tables"] = tables  # sizes as they are now, for `vswitch top` and scripts
     if instance.router is not None:
         snapshot["router"] = {
             "drops": dict(sorted(instance.datapath.router_drops().items())),

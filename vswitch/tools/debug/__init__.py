@@ -1,4 +1,4 @@
-"""Packet-level debugging: capture, trace, inject, pingall, doctor, and the Prometheus endpoint.
+"""Packet-level debugging: capture, trace, inject, pingall, doctor, top, and the Prometheus endpoint.
 
 `SERVED` is the whole control table a switch serves: the shell's own commands and this package's
 server sides (capture, trace, trace-live, inject, debug-info). The CLI and the Python API both hand it
@@ -15,7 +15,7 @@ from typing import Any, Final
 from ...shell.commands import BASE
 from ...shell.control import ControlError, ControlTable
 from ...shell.instance import Instance
-from . import capture, common, doctor, inject, pingall, trace
+from . import capture, common, doctor, inject, pingall, top, trace
 from .bpf import FilterError
 from .pcap import PcapError
 
@@ -52,12 +52,14 @@ def register(sub: Any) -> dict[str, Handler]:
     inject.add_parser(sub)
     pingall.add_parser(sub)
     doctor.add_parser(sub)
+    top.add_parser(sub)
     return {
         "capture": _guarded(capture.cmd_capture),
         "trace": _guarded(trace.cmd_trace),
         "inject": _guarded(inject.cmd_inject),
         "pingall": _guarded(pingall.cmd_pingall),
         "doctor": _guarded(doctor.cmd_doctor),
+        "top": _guarded(top.cmd_top),
     }
 
 
