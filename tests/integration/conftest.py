@@ -141,6 +141,32 @@ def finish(proc: subprocess.Popen[str], timeout: float, what: str) -> dict[str, 
     return result
 
 
+def background_cli(env: Env, sw: Switch, *args: str) -> subprocess.Popen[str]:
+    """`vswitch ARGS --name SW` in the background (capture, trace --live); stopped in teardown."""
+    proc = subprocess.Popen(
+        [*VSWITCH, *args, "--name", sw.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env.environ,
+    )  # fmt: skip
+    env.peers.append(proc)
+    return proc
+
+
+def ping_until_exit(proc: subprocess.Popen[str], ns: str, addr: str, what: str) -> str:
+    """Ping (bounded, one at a time) until a capture process has seen enough and exits 0 (a capture
+    attaches asynchronously, so the first pings may go by unseen); its stdout."""
+
+    def done() -> bool:
+        if proc.poll() is not None:
+            return True
+        netns_exec(ns, ["ping", "-n", "-c", "1", "-W", "1", addr], check=False)
+        return proc.poll() is not None
+
+    wait_for(done, 30, what)
+    out, err = proc.communicate(timeout=CLI_TIMEOUT)
+    assert proc.returncode == 0, err
+    return out
+
+
 def sigterm_then_kill(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
     terminate(proc, "a test's process", timeout)
 

@@ -15,7 +15,17 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from .conftest import CLI_TIMEOUT, VSWITCH, Env, Switch, make_world, netns_exec, pings, read_line, wait_for
+from .conftest import (
+    CLI_TIMEOUT,
+    VSWITCH,
+    Env,
+    Switch,
+    background_cli,
+    make_world,
+    ping_until_exit,
+    pings,
+    read_line,
+)
 
 pytestmark = pytest.mark.root
 
@@ -45,27 +55,6 @@ def vs(env: Env, sw: Switch, *args: str, timeout: float = 60.0) -> subprocess.Co
     return env.vswitch(*args, "--name", sw.name, timeout=timeout)
 
 
-def background(env: Env, sw: Switch, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [*VSWITCH, *args, "--name", sw.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env.environ,
-    )  # fmt: skip
-    env.peers.append(proc)
-    return proc
-
-
-def ping_until_exit(proc: subprocess.Popen[str], ns: str, addr: str, what: str) -> None:
-    """Ping (bounded, one at a time) until the capture process has seen enough and exits."""
-
-    def done() -> bool:
-        if proc.poll() is not None:
-            return True
-        netns_exec(ns, ["ping", "-n", "-c", "1", "-W", "1", addr], check=False)
-        return proc.poll() is not None
-
-    wait_for(done, 30, what)
-
-
 def test_capture_writes_a_pcap_that_tshark_and_scapy_read(denv: Env) -> None:
     from scapy.layers.inet import ICMP
     from scapy.utils import rdpcap
@@ -73,9 +62,8 @@ def test_capture_writes_a_pcap_that_tshark_and_scapy_read(denv: Env) -> None:
     a, b = denv.ns("a"), denv.ns("b")
     sw = denv.switch(a, b)
     path = denv.tmp / "a.pcap"
-    cap = background(denv, sw, "capture", a, "-w", str(path), "--count", "4", "--filter", "icmp")
+    cap = background_cli(denv, sw, "capture", a, "-w", str(path), "--count", "4", "--filter", "icmp")
     ping_until_exit(cap, a, "10.0.0.2", "capture of 4 ICMP frames")
-    assert cap.returncode == 0, cap.stderr.read() if cap.stderr else ""
 
     shark = subprocess.run(
         ["tshark", "-r", str(path), "-Y", "icmp", "-T", "fields", "-e", "icmp.type", "-e", "ip.src"],
@@ -91,9 +79,8 @@ def test_capture_writes_a_pcap_that_tshark_and_scapy_read(denv: Env) -> None:
 def test_capture_prints_summaries_with_direction(denv: Env) -> None:
     a, b = denv.ns("a"), denv.ns("b")
     sw = denv.switch(a, b)
-    cap = background(denv, sw, "capture", b, "--count", "2", "--filter", "icmp and host 10.0.0.1")
-    ping_until_exit(cap, a, "10.0.0.2", "capture of 2 summary lines")
-    out = cap.stdout.read() if cap.stdout else ""
+    cap = background_cli(denv, sw, "capture", b, "--count", "2", "--filter", "icmp and host 10.0.0.1")
+    out = ping_until_exit(cap, a, "10.0.0.2", "capture of 2 summary lines")
     lines = out.splitlines()
     assert len(lines) == 2, out
     assert any(f" {b} out " in x and "echo-request" in x for x in lines), out
@@ -182,8 +169,8 @@ def test_metrics_endpoint_serves_prometheus_text(denv: Env) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = reply.read().decode()
-    values = {
-        line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[0] != "#"
+    values = {  # prometheus-client writes every value as a float ("3.0")
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[0] != "#"
     }
     assert values[f'vswitch_port_rx_packets_total{{port="{ns["a"]}"}}'] >= 1
     assert values[f'vswitch_port_tx_bytes_total{{port="{ns["c"]}"}}'] > 0

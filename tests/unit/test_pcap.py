@@ -1,17 +1,29 @@
 """The pcap writer: scapy reads what we write (global header, records, a >MTU TSO frame whole), and
-our reader reads what scapy writes."""
+our reader reads what scapy writes. The pcapng writer: scapy and tshark read back each frame's
+interface (by name), direction and nanosecond timestamp; the blocks are laid out and padded as the
+format says."""
 
 from __future__ import annotations
 
 import io
 import struct
+import subprocess
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
-from scapy.utils import rdpcap, wrpcap
+from scapy.utils import PcapNgReader, rdpcap, wrpcap
 
-from vswitch.tools.debug.pcap import LINKTYPE_ETHERNET, SNAPLEN, PcapWriter, read_pcap
+from vswitch.tools.debug.pcap import (
+    INBOUND,
+    LINKTYPE_ETHERNET,
+    OUTBOUND,
+    SNAPLEN,
+    PcapNgWriter,
+    PcapWriter,
+    read_pcap,
+)
 
 
 def test_scapy_reads_our_pcap(tmp_path: Path) -> None:
@@ -48,3 +60,110 @@ def test_record_header_lengths() -> None:
     data = out.getvalue()
     assert struct.unpack_from("<IIII", data, 24) == (2, 1, 20, 20)
     assert data[40:] == b"\x01" * 20
+
+
+# --- pcapng ------------------------------------------------------------------------------------------
+T0 = 1_700_000_000_123_456_789  # ns: the last three digits are lost at microsecond resolution
+
+
+def pcapng_frames() -> list[tuple[str, int, bytes, int]]:
+    """(interface, ns, frame, direction): an echo request in on ns1 and out on ns2, the reply back."""
+    request = bytes(
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.0.0.1", dst="10.0.0.2") / ICMP()
+    )
+    reply = bytes(
+        Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+        / IP(src="10.0.0.2", dst="10.0.0.1")
+        / ICMP(type=0)
+        / b"odd"  # a frame length that is not a multiple of 4: the EPB is padded
+    )
+    return [
+        ("ns1", T0, request, INBOUND),
+        ("ns2", T0 + 1_001, request, OUTBOUND),
+        ("ns2", T0 + 50_000, reply, INBOUND),
+        ("ns1", T0 + 50_999, reply, OUTBOUND),
+    ]
+
+
+def write_pcapng(path: Path, interfaces: list[str]) -> list[tuple[str, int, bytes, int]]:
+    frames = pcapng_frames()
+    with open(path, "wb") as out:
+        writer = PcapNgWriter(out, interfaces)
+        for name, ns, frame, direction in frames:
+            writer.write(name, ns, frame, direction)
+    assert writer.count == len(frames)
+    return frames
+
+
+def test_scapy_reads_our_pcapng_with_interfaces_directions_and_nanoseconds(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    frames = write_pcapng(path, ["ns1", "ns2", "idle"])
+    data = path.read_bytes()
+    assert len(data) % 4 == 0
+    assert struct.unpack_from("<II", data) == (0x0A0D0D0A, struct.unpack_from("<I", data, 4)[0])
+    assert struct.unpack_from("<I", data, 8)[0] == 0x1A2B3C4D  # little-endian section
+
+    reader = PcapNgReader(str(path))
+    packets = list(reader)
+    reader.close()
+    names = [options.get("name") for _linktype, _snaplen, options in reader.interfaces]
+    assert names == [b"ns1", b"ns2", b"idle"]  # an interface with no frame is still described
+    assert [options["tsresol"] for _l, _s, options in reader.interfaces] == [10**9] * 3
+    assert [linktype for linktype, _s, _o in reader.interfaces] == [LINKTYPE_ETHERNET] * 3
+    assert [bytes(p) for p in packets] == [f for _n, _t, f, _d in frames]
+    assert [p.sniffed_on for p in packets] == [n for n, _t, _f, _d in frames]
+    assert [p.direction for p in packets] == [d for _n, _t, _f, d in frames] == [1, 2, 1, 2]
+    assert [int(p.time * 10**9) for p in packets] == [t for _n, t, _f, _d in frames]  # to the ns
+    assert packets[0][ICMP].type == 8 and packets[3][ICMP].type == 0
+
+
+def test_tshark_reads_our_pcapng(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    frames = write_pcapng(path, ["ns1", "ns2"])
+    fields = ["frame.interface_name", "frame.packet_flags_direction", "frame.time_epoch", "icmp.type"]
+    shark = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", *(a for f in fields for a in ("-e", f))],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    rows = [line.split("\t") for line in shark.stdout.splitlines()]
+    assert [(r[0], int(r[1], 0), r[3]) for r in rows] == [  # tshark 4.0 prints 0x00000001
+        ("ns1", INBOUND, "8"),
+        ("ns2", OUTBOUND, "8"),
+        ("ns2", INBOUND, "0"),
+        ("ns1", OUTBOUND, "0"),
+    ]
+    for row, (_n, ns, _f, _d) in zip(rows, frames, strict=True):
+        seconds, fraction = row[2].split(".")
+        assert int(seconds) * 10**9 + int(fraction.ljust(9, "0")[:9]) == ns  # nanoseconds kept
+
+
+def test_pcapng_block_layout() -> None:
+    out = io.BytesIO()
+    writer = PcapNgWriter(out, ["abcde"])  # a 5-byte name: its option is padded to 8
+    header = out.getvalue()
+    shb_len = struct.unpack_from("<I", header, 4)[0]
+    assert struct.unpack_from("<I", header, shb_len - 4)[0] == shb_len
+    idb = header[shb_len:]
+    kind, total, linktype, _reserved, snaplen = struct.unpack_from("<IIHHI", idb)
+    assert (kind, total, linktype, snaplen) == (1, len(idb), LINKTYPE_ETHERNET, SNAPLEN)
+    options = idb[16:-4]
+    assert options == (
+        struct.pack("<HH", 2, 5) + b"abcde\0\0\0"  # if_name
+        + struct.pack("<HH", 9, 1) + b"\x09\0\0\0"  # if_tsresol = 9: nanoseconds
+        + struct.pack("<HH", 0, 0)
+    )  # fmt: skip
+    writer.write("abcde", (5 << 32) + 7, b"\x01" * 13, OUTBOUND)
+    epb = out.getvalue()[len(header) :]
+    kind, total, ifid, high, low, caplen, origlen = struct.unpack_from("<IIIIIII", epb)
+    assert (kind, total, ifid, high, low, caplen, origlen) == (6, len(epb), 0, 5, 7, 13, 13)
+    assert epb[28:44] == b"\x01" * 13 + b"\0\0\0"
+    assert epb[44:-4] == struct.pack("<HHI", 2, 4, OUTBOUND) + struct.pack("<HH", 0, 0)  # epb_flags
+    writer.write("abcde", 1, b"\x02" * 4)  # direction unknown: no options at all
+    assert len(out.getvalue()) - len(header) - len(epb) == 32 + 4
+
+
+def test_pcapng_refuses_no_or_repeated_interfaces() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        PcapNgWriter(io.BytesIO(), [])
+    with pytest.raises(ValueError, match="repeat"):
+        PcapNgWriter(io.BytesIO(), ["a", "a"])

@@ -1,9 +1,17 @@
-"""`vswitch capture`: both directions of one port of a running switch, as pcap or summary lines.
+"""`vswitch capture`: both directions of one or more ports of a running switch, as pcap, pcapng or
+summary lines.
 
-Server side, the capture is a Shell observer on the port, so a switch with no capture pays nothing.
-The observer only filters (bpf.py, raw bytes, no scapy) and appends to a bounded queue; a task
-writes the queue to the client as JSON lines. A slow client never blocks the datapath: when the queue
-is full the frame is dropped and counted, and every line carries the running drop count.
+Server side, the capture is a Shell observer on each port asked for, so a switch with no capture pays
+nothing. The observers only filter (bpf.py, raw bytes, no scapy) and append to one bounded queue; a
+task writes the queue to the client as JSON lines. Several ports share the one queue and the one
+stream: the observers run in the datapath's own order on the event loop, so the lines are already in
+the order the switch saw the frames and the client has nothing to merge. A slow client never blocks
+the datapath: when the queue is full the frame is dropped and counted, and every line carries the
+running drop count.
+
+A line: {"port": label, "dir": "rx" | "tx", "t": seconds (float), "ns": nanoseconds since the epoch,
+"data": base64, "dropped": n}. "rx" is a frame the switch read from the port's tap (it came out of
+the namespace: inbound on that interface), "tx" one the switch wrote to it (outbound).
 """
 
 from __future__ import annotations
@@ -14,48 +22,80 @@ import collections
 import json
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from ...core.wire import VNET_HDR_LEN
-from ...shell.control import ControlError
-from .common import b64, client_gone, instance_socket, port_stream_setup, unb64
+from ...shell.control import CommandError, ControlError
+from .common import b64, client_gone, instance_socket, live_port, shell_of, unb64
 
 if TYPE_CHECKING:
-    from ...shell.instance import Instance
+    from ...shell.instance import Instance, LivePort
+    from ...shell.loop import Shell
 
 QUEUE_FRAMES: Final = 4096
 QUEUE_BYTES: Final = 32 << 20
+MAX_PORTS: Final = 4096
+
+
+def capture_setup(
+    instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter
+) -> tuple[list[LivePort], Callable[[bytes], bool], Shell] | None:
+    """The ports ("ports": a list of labels, or "port": one), the filter and the shell; or, for a bad
+    request, an error line already written to the client and None."""
+    from .bpf import FilterError, compile_filter
+
+    try:
+        labels = req.get("ports")
+        if labels is None:
+            labels = [req.get("port")]
+        if not isinstance(labels, list) or not 0 < len(labels) <= MAX_PORTS:
+            raise CommandError(f'"ports" must be a list of 1 to {MAX_PORTS} port names')
+        ports = [live_port(instance, label) for label in labels]
+        ports = list({port.id: port for port in ports}.values())  # once each, in order
+        return ports, compile_filter(req.get("filter")), shell_of(instance)
+    except (CommandError, FilterError) as exc:
+        writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+        return None
 
 
 async def capture_stream(
     instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    setup = port_stream_setup(instance, req, writer)
+    setup = capture_setup(instance, req, writer)
     if setup is None:
         return
-    port, matches, shell = setup
+    ports, matches, shell = setup
     count = int(req.get("count") or 0)  # 0: until the client goes away
-    queue: collections.deque[tuple[str, float, bytes]] = collections.deque()
+    queue: collections.deque[tuple[str, str, int, bytes]] = collections.deque()
     state = {"bytes": 0, "dropped": 0}
     wake = asyncio.Event()
 
-    def observer(direction: str, pkt: bytes) -> None:
-        frame = pkt[VNET_HDR_LEN:]
-        if not matches(frame):
-            return
-        if len(queue) >= QUEUE_FRAMES or state["bytes"] + len(frame) > QUEUE_BYTES:
-            state["dropped"] += 1
-            return
-        queue.append((direction, time.time(), frame))
-        state["bytes"] += len(frame)
-        wake.set()
+    def observer_for(label: str) -> Callable[[str, bytes], None]:
+        def observer(direction: str, pkt: bytes) -> None:
+            frame = pkt[VNET_HDR_LEN:]
+            if not matches(frame):
+                return
+            if len(queue) >= QUEUE_FRAMES or state["bytes"] + len(frame) > QUEUE_BYTES:
+                state["dropped"] += 1
+                return
+            queue.append((label, direction, time.time_ns(), frame))
+            state["bytes"] += len(frame)
+            wake.set()
 
-    shell.observe(port.id, observer)
+        return observer
+
+    observers = [(port.id, observer_for(port.label)) for port in ports]
+    for port_id, observer in observers:
+        shell.observe(port_id, observer)
     gone = asyncio.ensure_future(client_gone(reader))
     waiter: asyncio.Future[Any] | None = None
     sent = 0
     try:
-        writer.write(json.dumps({"ok": True, "result": {"port": port.label}}).encode() + b"\n")
+        labels = [port.label for port in ports]
+        reply = {"ok": True, "result": {"port": labels[0], "ports": labels}}
+        writer.write(json.dumps(reply).encode() + b"\n")
         await writer.drain()
         while not gone.done():
             waiter = asyncio.ensure_future(wake.wait())
@@ -63,9 +103,16 @@ async def capture_stream(
             waiter.cancel()
             wake.clear()
             while queue:
-                direction, stamp, frame = queue.popleft()
+                label, direction, stamp, frame = queue.popleft()
                 state["bytes"] -= len(frame)
-                record = {"dir": direction, "t": stamp, "data": b64(frame), "dropped": state["dropped"]}
+                record = {
+                    "port": label,
+                    "dir": direction,
+                    "t": stamp / 1e9,
+                    "ns": stamp,
+                    "data": b64(frame),
+                    "dropped": state["dropped"],
+                }
                 writer.write(json.dumps(record).encode() + b"\n")
                 sent += 1
                 if count and sent >= count:
@@ -73,33 +120,94 @@ async def capture_stream(
                     return
             await writer.drain()
     finally:
-        shell.unobserve(port.id, observer)
+        for port_id, observer in observers:
+            shell.unobserve(port_id, observer)
         gone.cancel()
         if waiter is not None:  # still pending when the server's close() cancelled us
             waiter.cancel()
 
 
 # --- client side -------------------------------------------------------------------------------------
+class UsageError(Exception):
+    """The command line asks for something capture cannot do: one line on stderr and exit status 2."""
+
+
+def stamp_ns(record: dict[str, Any]) -> int:
+    """A line's timestamp in nanoseconds ("ns"; from a switch that sends only "t", from that)."""
+    if "ns" in record:
+        return int(record["ns"])
+    return round(float(record["t"]) * 1e9)
+
+
 def summary(record: dict[str, Any], port: str) -> str:
     import scapy.layers.inet  # noqa: F401  (binds IP, TCP, UDP, ICMP under Ether)
     from scapy.layers.l2 import Ether
 
-    stamp = time.strftime("%H:%M:%S", time.localtime(record["t"])) + f".{int(record['t'] % 1 * 1e6):06d}"
+    seconds, nanos = divmod(stamp_ns(record), 1_000_000_000)
+    stamp = time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{nanos // 1000:06d}"
     frame = unb64(record["data"])
     arrow = "in " if record["dir"] == "rx" else "out"
     return f"{stamp} {port} {arrow} {Ether(frame).summary()}  ({len(frame)} bytes)"
 
 
-def cmd_capture(args: argparse.Namespace) -> int:
-    from .common import stream as open_stream
-    from .pcap import PcapWriter
+def chosen_ports(args: argparse.Namespace) -> list[str]:
+    """The port labels to capture, in order, each once: PORT[,PORT...] or every port with --all."""
+    from .common import call
 
-    fields = {"port": args.port, "filter": args.filter, "count": args.count or 0}
+    if args.all and args.ports:
+        raise UsageError("give PORT[,PORT...] or --all, not both")
+    if args.all:
+        labels = [str(p["port"]) for p in call(args, "status")["ports"]]
+        if not labels:
+            raise ControlError("the instance has no ports")
+    elif not args.ports:
+        raise UsageError("name the ports to capture (PORT[,PORT...]) or give --all")
+    else:
+        labels = [label.strip() for label in args.ports.split(",")]
+        if not all(labels):
+            raise UsageError(f"an empty port name in {args.ports!r}")
+    return list(dict.fromkeys(labels))
+
+
+def file_format(args: argparse.Namespace, ports: list[str]) -> str | None:
+    """ "pcap", "pcapng" or None (no -w: summary lines). --format decides, else the file's extension,
+    else pcapng for several ports and classic pcap for one (as before pcapng)."""
+    if not args.write:
+        if args.format:
+            raise UsageError("--format needs -w FILE")
+        return None
+    suffix = Path(args.write).suffix.lower()
+    fmt = args.format or {".pcapng": "pcapng", ".pcap": "pcap"}.get(suffix)
+    if fmt is None:
+        fmt = "pcapng" if len(ports) > 1 else "pcap"
+    if fmt == "pcap" and len(ports) > 1:
+        raise UsageError(
+            f"a classic pcap holds one port, not {len(ports)} ({', '.join(ports)}): "
+            "write FILE.pcapng (or --format pcapng) to keep each frame's port and direction"
+        )
+    return fmt
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    try:
+        ports = chosen_ports(args)
+        fmt = file_format(args, ports)
+    except UsageError as exc:
+        print(f"vswitch capture: error: {exc}", file=sys.stderr)
+        return 2
+    return run_capture(args, ports, fmt)
+
+
+def run_capture(args: argparse.Namespace, ports: list[str], fmt: str | None) -> int:
+    from .common import stream as open_stream
+    from .pcap import INBOUND, OUTBOUND, PcapNgWriter, PcapWriter
+
+    fields = {"ports": ports, "filter": args.filter, "count": args.count or 0}
     out: IO[bytes] | None = None
-    writer: PcapWriter | None = None
-    if args.write:
+    writer: PcapWriter | PcapNgWriter | None = None
+    if fmt is not None:
         out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")  # noqa: SIM115
-        writer = PcapWriter(out)
+        writer = PcapNgWriter(out, ports) if fmt == "pcapng" else PcapWriter(out)
     records = open_stream(instance_socket(args), "capture", **fields)
     got = dropped = 0
     try:
@@ -108,11 +216,16 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 raise ControlError(str(record.get("error")))
             got += 1
             dropped = int(record.get("dropped", 0))
-            if writer is not None:
+            port = str(record.get("port", ports[0]))
+            if isinstance(writer, PcapNgWriter):
+                direction = INBOUND if record["dir"] == "rx" else OUTBOUND
+                writer.write(port, stamp_ns(record), unb64(record["data"]), direction)
+                writer.flush()
+            elif writer is not None:
                 writer.write(float(record["t"]), unb64(record["data"]))
                 writer.flush()
             else:
-                print(summary(record, args.port), flush=True)
+                print(summary(record, port), flush=True)
             if args.count and got >= args.count:
                 break
     except KeyboardInterrupt:
@@ -128,18 +241,31 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION: Final = """\
+Directions are the port's as the switch sees it: "in" (inbound) is a frame the switch read from the
+port, "out" (outbound) one it wrote to the port.
+
+-w FILE.pcapng (also: several ports with -w -, or --format pcapng) writes pcapng: one interface per
+port, named after it, each frame's direction in its flags, nanosecond timestamps. -w FILE.pcap writes
+classic pcap, for one port only."""
+
+
 def add_parser(sub: Any) -> None:
     from .bpf import __doc__ as filter_doc
 
     p = sub.add_parser(
         "capture",
-        help="capture both directions of a port (pcap with -w, else one line per packet)",
-        description="Filter language: " + (filter_doc or "").split("\n\n", 1)[-1],
+        help="capture both directions of ports (pcap or pcapng with -w, else one line per packet)",
+        description=DESCRIPTION + "\n\nFilter language: " + (filter_doc or "").split("\n\n", 1)[-1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("port", metavar="PORT", help="the port: its namespace name, or 'host'")
-    p.add_argument("-w", "--write", metavar="FILE.pcap", help="write a pcap file ('-' for stdout)")
-    p.add_argument("-c", "--count", type=int, help="stop after N packets")
+    p.add_argument("ports", metavar="PORT[,PORT...]", nargs="?", help="the ports: namespace names, or 'host'")
+    p.add_argument("--all", action="store_true", help="every port of the instance")
+    p.add_argument("-w", "--write", metavar="FILE", help="write FILE.pcapng or FILE.pcap ('-' for stdout)")
+    p.add_argument(
+        "--format", choices=("pcap", "pcapng"), help="the file format (default: from FILE's extension)"
+    )
+    p.add_argument("-c", "--count", type=int, help="stop after N packets (all ports together)")
     p.add_argument(
         "-f", "--filter", metavar="EXPR", help="tcpdump-like: icmp, tcp port 80, host 10.0.0.2 ..."
     )

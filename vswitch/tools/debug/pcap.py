@@ -1,14 +1,24 @@
-"""The classic pcap file format (libpcap's savefile.c), written and read without scapy.
+"""Capture files written without scapy: classic pcap (one port) and pcapng (ports and directions).
 
-A global header (magic, version 2.4, snaplen, linktype 1 = Ethernet) and one record per frame
-(seconds, microseconds, captured length, original length). Frames are Ethernet: the virtio-net header
-is stripped by the caller. TSO super-frames are kept whole, so the snaplen is 262144 like tcpdump's.
+Classic pcap (libpcap's savefile.c): a global header (magic, version 2.4, snaplen, linktype 1 =
+Ethernet) and one record per frame (seconds, microseconds, captured length, original length). It has
+no place for the port or the direction of a frame.
+
+pcapng (draft-ietf-opsawg-pcapng), little-endian: a Section Header Block, one Interface Description
+Block per port (its name in if_name, if_tsresol = 9: nanoseconds), then one Enhanced Packet Block per
+frame, on the interface of its port, with the direction in the epb_flags option (bits 0-1: 01 inbound,
+10 outbound). Every block and option is padded to 32 bits. scapy's PcapNgWriter (2.8) is not used: it
+has no if_tsresol (microseconds only, from a float), always writes an unnamed interface 0 first and
+writes only to a file it opens itself.
+
+Frames are Ethernet: the virtio-net header is stripped by the caller. TSO super-frames are kept whole,
+so the snaplen is 262144 like tcpdump's.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Final
 
 MAGIC_USEC: Final = 0xA1B2C3D4
@@ -38,6 +48,85 @@ class PcapWriter:
         kept = frame[: self.snaplen]
         self.out.write(RECORD.pack(seconds, micros, len(kept), len(frame)))
         self.out.write(kept)
+        self.count += 1
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+# --- pcapng ---------------------------------------------------------------------------------------------
+BLOCK_SHB: Final = 0x0A0D0D0A
+BLOCK_IDB: Final = 0x00000001
+BLOCK_EPB: Final = 0x00000006
+BYTE_ORDER_MAGIC: Final = 0x1A2B3C4D
+OPT_ENDOFOPT: Final = 0
+SHB_USERAPPL: Final = 4
+IF_NAME: Final = 2
+IF_TSRESOL: Final = 9
+EPB_FLAGS: Final = 2
+INBOUND: Final = 1  # epb_flags bits 0-1
+OUTBOUND: Final = 2
+TSRESOL_NS: Final = 9  # 10^-9 s
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\x00" * (-len(data) % 4)
+
+
+def _options(*options: tuple[int, bytes]) -> bytes:
+    """Options (code, length, value padded to 32 bits) and opt_endofopt; nothing for no options."""
+    if not options:
+        return b""
+    body = b"".join(struct.pack("<HH", code, len(value)) + _pad(value) for code, value in options)
+    return body + struct.pack("<HH", OPT_ENDOFOPT, 0)
+
+
+def _block(block_type: int, body: bytes) -> bytes:
+    """Type, total length, the body padded to 32 bits, the total length again."""
+    body = _pad(body)
+    total = 12 + len(body)
+    return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
+
+
+class PcapNgWriter:
+    """Appends Ethernet frames of several interfaces to an open binary file, nanosecond timestamps.
+
+    The section header and one interface description per name (ids 0, 1, ... in the given order) are
+    written at once, so an interface that sees no frame is still in the file.
+    """
+
+    def __init__(
+        self, out: BinaryIO, interfaces: Sequence[str], snaplen: int = SNAPLEN, application: str = "vswitch"
+    ) -> None:
+        if not interfaces:
+            raise ValueError("a pcapng capture needs at least one interface")
+        if len(set(interfaces)) != len(interfaces):
+            raise ValueError(f"interface names repeat: {', '.join(interfaces)}")
+        self.out = out
+        self.snaplen = snaplen
+        self.count = 0
+        self.ids = {name: index for index, name in enumerate(interfaces)}
+        shb = struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1)  # version 1.0, section length unknown
+        out.write(_block(BLOCK_SHB, shb + _options((SHB_USERAPPL, application.encode()))))
+        for name in interfaces:
+            idb = struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen)
+            opts = _options((IF_NAME, name.encode()), (IF_TSRESOL, bytes([TSRESOL_NS])))
+            out.write(_block(BLOCK_IDB, idb + opts))
+
+    def write(self, interface: str, timestamp_ns: int, frame: bytes, direction: int | None = None) -> None:
+        """One frame seen on interface at timestamp_ns (ns since the epoch); direction INBOUND,
+        OUTBOUND or None (not known: no epb_flags)."""
+        kept = frame[: self.snaplen]
+        header = struct.pack(
+            "<IIIII",
+            self.ids[interface],
+            timestamp_ns >> 32,
+            timestamp_ns & 0xFFFFFFFF,
+            len(kept),
+            len(frame),
+        )
+        opts = _options() if direction is None else _options((EPB_FLAGS, struct.pack("<I", direction & 3)))
+        self.out.write(_block(BLOCK_EPB, header + _pad(kept) + opts))
         self.count += 1
 
     def flush(self) -> None:
