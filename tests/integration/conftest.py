@@ -299,7 +299,9 @@ class Switch:
             request(self.socket_path, "status", timeout=2.0)
         except (ControlError, OSError, ValueError):
             return False
-        return True
+        # Its port table is printed once everything is up (the metrics server starts after the
+        # control socket answers): ready is both.
+        return "\n" in self.stdout()
 
     def stdout(self) -> str:
         return self.stdout_path.read_text()

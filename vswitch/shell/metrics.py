@@ -1,7 +1,19 @@
 """`vswitch up --metrics [HOST:]PORT`: the counters in Prometheus text format, on GET /metrics.
 
-A tiny asyncio HTTP/1.0 responder on the switch's own loop: one request per connection, the page built
-from the counters at that moment (a read of a few lists; nothing on the packet path changes).
+prometheus-client does the exposition: `DatapathCollector.collect` builds metric families from the
+counters when a scrape asks for them (nothing is added to the packet path, which keeps counting into
+its plain lists), and `generate_latest` writes the HELP and TYPE lines, escapes label values and
+formats the samples. The registry is a private one: no default collectors of the library's global
+REGISTRY (its gc and platform series) leak in; the process collector is registered on purpose, as
+process_cpu_seconds_total is the cost of a userspace switch and process_open_fds counts its taps.
+
+The HTTP side stays a tiny asyncio HTTP/1.0 responder on the switch's own loop, not the library's
+threaded server (`start_http_server`): the datapath is changed only on the loop's thread, and a
+collect from another thread would read its lists and Counters while the loop grows them ("dict
+changed size during iteration", or a page mixing two moments). Served on the loop, a scrape is one
+synchronous read between two batches of packets. One request per connection, its head bounded in size
+(16 KiB) and, like the reply, in time (5 s).
+
 Loopback only unless --metrics-public: the counters name every namespace and address in use.
 """
 
@@ -9,11 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from ipaddress import ip_address
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..core.datapath import Datapath
 
+# The text format generate_latest writes (prometheus-client's CONTENT_TYPE_PLAIN_0_0_4; older
+# releases, which pyproject allows, call it CONTENT_TYPE_LATEST, newer ones use that name for 1.0.0).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REQUEST_LIMIT = 16384  # bytes of request head
+TIMEOUT = 5.0  # seconds to send the request head, and to take the reply
+
+PORT_COLUMNS = (
+    ("rx_packets", "frames received from the port"),
+    ("rx_bytes", "bytes received from the port (Ethernet, no vnet header)"),
+    ("tx_packets", "frames written to the port"),
+    ("tx_bytes", "bytes written to the port"),
+)
 
 
 def parse_listen(text: str, public: bool = False) -> tuple[str, int]:
@@ -33,73 +60,90 @@ def parse_listen(text: str, public: bool = False) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class DatapathCollector:
+    """The datapath's counters as metric families, read at scrape time.
+
+    A counter family is named without its "_total" (CounterMetricFamily strips it, and the exposition
+    adds it back to the family's samples and HELP/TYPE lines): the series are vswitch_..._total as
+    they have always been. Call `collect` on the loop's thread only (see the module docstring).
+    """
+
+    def __init__(self, datapath: Datapath) -> None:
+        self.datapath = datapath
+
+    def collect(self) -> Iterator[Metric]:
+        datapath = self.datapath
+        counters = datapath.counters
+        names = counters.names
+        for column, text in PORT_COLUMNS:
+            family = CounterMetricFamily(f"vswitch_port_{column}", text, labels=["port"])
+            for name, value in zip(names, getattr(counters, column), strict=True):
+                family.add_metric([name], value)
+            yield family
+        drops = CounterMetricFamily(
+            "vswitch_drops", "frames dropped, by port and reason", labels=["port", "reason"]
+        )
+        for name, per_port in zip(names, counters.drops, strict=True):
+            for reason, count in sorted(per_port.items()):
+                drops.add_metric([name, reason], count)
+        yield drops
+        router = CounterMetricFamily(
+            "vswitch_router_drops", "packets the router dropped, by reason", labels=["reason"]
+        )
+        if datapath.router is not None:
+            for reason, count in sorted(datapath.router_drops().items()):
+                router.add_metric([reason], count)
+        yield router
+        flows = datapath.flows
+        if flows is not None:
+            lookups = CounterMetricFamily(
+                "vswitch_flow_cache_lookups",
+                "routed frames looked up in the flow cache, by result",
+                labels=["result"],
+            )
+            lookups.add_metric(["hit"], counters.flow_cache_hits)
+            lookups.add_metric(["miss"], counters.flow_cache_misses)
+            yield lookups
+            yield GaugeMetricFamily("vswitch_flow_cache_entries", "flows with a cached decision", len(flows))
+        entries = sum(len(segment.switch.fdb) for segment in datapath.segments)
+        yield GaugeMetricFamily("vswitch_fdb_entries", "MAC addresses learned", entries)
 
 
-def render(datapath: Datapath) -> str:
-    counters = datapath.counters
-    lines: list[str] = []
-    columns = (
-        ("rx_packets", counters.rx_packets, "frames received from the port"),
-        ("rx_bytes", counters.rx_bytes, "bytes received from the port (Ethernet, no vnet header)"),
-        ("tx_packets", counters.tx_packets, "frames written to the port"),
-        ("tx_bytes", counters.tx_bytes, "bytes written to the port"),
-    )
-    for name, values, text in columns:
-        metric = f"vswitch_port_{name}_total"
-        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
-        lines += [f'{metric}{{port="{_label(n)}"}} {values[i]}' for i, n in enumerate(counters.names)]
-    lines += [
-        "# HELP vswitch_drops_total frames dropped, by port and reason",
-        "# TYPE vswitch_drops_total counter",
-    ]
-    for i, name in enumerate(counters.names):
-        for reason, count in sorted(counters.drops[i].items()):
-            lines.append(f'vswitch_drops_total{{port="{_label(name)}",reason="{_label(reason)}"}} {count}')
-    lines += [
-        "# HELP vswitch_router_drops_total packets the router dropped, by reason",
-        "# TYPE vswitch_router_drops_total counter",
-    ]
-    if datapath.router is not None:
-        for reason, count in sorted(datapath.router_drops().items()):
-            lines.append(f'vswitch_router_drops_total{{reason="{_label(reason)}"}} {count}')
-    flows = datapath.flows
-    if flows is not None:
-        lines += [
-            "# HELP vswitch_flow_cache_lookups_total routed frames looked up in the flow cache, by result",
-            "# TYPE vswitch_flow_cache_lookups_total counter",
-            f'vswitch_flow_cache_lookups_total{{result="hit"}} {counters.flow_cache_hits}',
-            f'vswitch_flow_cache_lookups_total{{result="miss"}} {counters.flow_cache_misses}',
-            "# HELP vswitch_flow_cache_entries flows with a cached decision",
-            "# TYPE vswitch_flow_cache_entries gauge",
-            f"vswitch_flow_cache_entries {len(flows)}",
-        ]
-    entries = sum(len(s.switch.fdb) for s in datapath.segments)
-    lines += ["# HELP vswitch_fdb_entries MAC addresses learned", "# TYPE vswitch_fdb_entries gauge"]
-    lines.append(f"vswitch_fdb_entries {entries}")
-    return "\n".join(lines) + "\n"
+def make_registry(datapath: Datapath, process: bool = True) -> CollectorRegistry:
+    """A private registry with the datapath's collector and, if process, the process collector."""
+    registry = CollectorRegistry()
+    registry.register(DatapathCollector(datapath))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render(datapath: Datapath, process: bool = False) -> str:
+    """The exposition of the datapath's counters (and, if process, the process's), as served."""
+    return generate_latest(make_registry(datapath, process)).decode()
 
 
 async def start_metrics(datapath: Datapath, host: str, port: int) -> asyncio.AbstractServer:
+    registry = make_registry(datapath)
+
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
             method, _, rest = head.decode("latin-1").partition(" ")
             path = rest.split(" ", 1)[0]
             if method != "GET":
-                status, body, ctype = "405 Method Not Allowed", "GET only\n", "text/plain"
+                status, data, ctype = "405 Method Not Allowed", b"GET only\n", "text/plain"
             elif path.split("?", 1)[0] != "/metrics":
-                status, body, ctype = "404 Not Found", "try /metrics\n", "text/plain"
+                status, data, ctype = "404 Not Found", b"try /metrics\n", "text/plain"
             else:
-                status, body, ctype = "200 OK", render(datapath), CONTENT_TYPE
-            data = body.encode()
+                # On the loop's thread, between two batches: the counters cannot change under it.
+                status, data, ctype = "200 OK", generate_latest(registry), CONTENT_TYPE
             writer.write(
                 f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
                 f"Connection: close\r\n\r\n".encode()
                 + data
             )
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
@@ -107,4 +151,4 @@ async def start_metrics(datapath: Datapath, host: str, port: int) -> asyncio.Abs
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    return await asyncio.start_server(client, host, port, limit=16384)
+    return await asyncio.start_server(client, host, port, limit=REQUEST_LIMIT)
