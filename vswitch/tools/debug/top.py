@@ -77,7 +77,7 @@ def table_sizes(tables: dict[str, Any]) -> list[str]:
     return sizes
 
 
-def render(view: dict[str, Any], instance: str) -> Any:
+def render(view: dict[str, Any], instance: str, live: bool = True) -> Any:
     """The screen: a table of ports, then drops and tables on one line each."""
     from rich.console import Group
     from rich.table import Table
@@ -97,7 +97,7 @@ def render(view: dict[str, Any], instance: str) -> Any:
         table,
         Text(f"drops: {drops or 'none'}"),
         Text("tables: " + (", ".join(table_sizes(view["tables"])) or "-")),
-        Text("q or Ctrl-C to leave", style="dim"),
+        Text("q or Ctrl-C to leave" if live else "", style="dim"),
     )
 
 
@@ -145,7 +145,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         else:
             from rich.console import Console
 
-            Console().print(render(view, args.name))
+            Console().print(render(view, args.name, live=False))
         return 0
     from rich.console import Console
     from rich.live import Live
