@@ -78,6 +78,11 @@ def test_capture_two_ports_to_pcapng(penv: Env) -> None:
     cap = background_cli(penv, sw, "capture", f"{a},{b}", "-w", str(path), "-c", "8", "-f", "icmp")
     ping_until_exit(cap, a, ip[b], "capture of 8 ICMP frames on two ports")
     check_file(path, a, b, ip[a], 8)
+    # The capture is trace's input as it is: the first frame, the echo request as it came in on a.
+    traced = penv.vswitch("trace", a, "--pcap", str(path), "--index", "0", "--name", sw.name)
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout.splitlines()[0] == f"trace on port {a}", traced.stdout
+    assert f"{ip[a]} > {ip[b]} ICMP" in traced.stdout and f"-> port {b}" in traced.stdout, traced.stdout
 
 
 def test_capture_all_ports_to_pcapng(penv: Env) -> None:

@@ -20,6 +20,7 @@ from vswitch.tools.debug.pcap import (
     LINKTYPE_ETHERNET,
     OUTBOUND,
     SNAPLEN,
+    PcapError,
     PcapNgWriter,
     PcapWriter,
     read_pcap,
@@ -167,3 +168,58 @@ def test_pcapng_refuses_no_or_repeated_interfaces() -> None:
         PcapNgWriter(io.BytesIO(), [])
     with pytest.raises(ValueError, match="repeat"):
         PcapNgWriter(io.BytesIO(), ["a", "a"])
+
+
+# --- reading pcapng (trace --pcap) -------------------------------------------------------------------
+def test_we_read_our_pcapng_frames_and_times(tmp_path: Path) -> None:
+    path = tmp_path / "x.pcapng"
+    frames = write_pcapng(path, ["ns1", "ns2", "idle"])
+    got = list(read_pcap(path.read_bytes()))
+    assert [frame for _t, frame in got] == [frame for _i, _ns, frame, _d in frames]
+    for (stamp, _frame), (_i, ns, _f, _d) in zip(got, frames, strict=True):
+        assert stamp == pytest.approx(ns / 1e9, abs=1e-6)  # a float of epoch seconds: ~0.2 us apart
+
+
+def test_we_read_scapys_pcapng_in_microseconds(tmp_path: Path) -> None:
+    from scapy.utils import PcapNgWriter as ScapyPcapNgWriter
+
+    packets = [Ether() / IP(dst="10.0.0.2") / ICMP(), Ether() / IP(dst="10.0.0.3") / TCP()]
+    for packet, stamp in zip(packets, (1700000000.5, 1700000002.25), strict=True):
+        packet.time = stamp
+    path = tmp_path / "scapy.pcapng"
+    with ScapyPcapNgWriter(str(path)) as writer:
+        for packet in packets:
+            writer.write(packet)
+    got = list(read_pcap(path.read_bytes()))
+    assert [frame for _t, frame in got] == [bytes(p) for p in packets]
+    assert [t for t, _f in got] == pytest.approx([1700000000.5, 1700000002.25], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "cut in a block",
+        "a block longer than the file",
+        "a packet of an undescribed interface",
+        "not Ethernet",
+    ],
+)
+def test_a_damaged_pcapng_is_one_pcap_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "x.pcapng"
+    write_pcapng(path, ["ns1", "ns2"])
+    data = bytearray(path.read_bytes())
+    shb_length = struct.unpack_from("<I", data, 4)[0]
+    first_idb = shb_length
+    if damage == "cut in a block":
+        data = data[: len(data) - 7]
+    elif damage == "a block longer than the file":
+        struct.pack_into("<I", data, first_idb + 4, len(data) * 2)
+    elif damage == "a packet of an undescribed interface":
+        idb_length = struct.unpack_from("<I", data, first_idb + 4)[0]
+        epb = first_idb + 2 * idb_length  # after the two interface descriptions
+        assert struct.unpack_from("<I", data, epb)[0] == 6
+        struct.pack_into("<I", data, epb + 8, 7)
+    else:
+        struct.pack_into("<H", data, first_idb + 8, 101)  # LINKTYPE_RAW
+    with pytest.raises(PcapError):
+        list(read_pcap(bytes(data)))

@@ -134,7 +134,11 @@ class PcapNgWriter:
 
 
 def read_pcap(data: bytes) -> Iterator[tuple[float, bytes]]:
-    """(timestamp, frame) for each record of a pcap in either byte order, micro- or nanoseconds."""
+    """(timestamp, frame) for each record of a pcap in either byte order, micro- or nanoseconds, or of
+    a pcapng (what `capture -w FILE.pcapng` writes, or tshark and Wireshark)."""
+    if len(data) >= 4 and struct.unpack_from("<I", data)[0] == BLOCK_SHB:
+        yield from read_pcapng(data)
+        return
     if len(data) < GLOBAL.size:
         raise PcapError("too short for a pcap global header")
     for order in ("<", ">"):
@@ -142,7 +146,7 @@ def read_pcap(data: bytes) -> Iterator[tuple[float, bytes]]:
         if magic in (MAGIC_USEC, MAGIC_NSEC):
             break
     else:
-        raise PcapError("not a pcap file (pcapng is not supported: convert with `editcap -F pcap`)")
+        raise PcapError("neither a pcap nor a pcapng file")
     divisor = 1e9 if magic == MAGIC_NSEC else 1e6
     linktype = struct.unpack_from(order + "I", data, 20)[0] & 0xFFFF
     if linktype != LINKTYPE_ETHERNET:
@@ -156,3 +160,70 @@ def read_pcap(data: bytes) -> Iterator[tuple[float, bytes]]:
             raise PcapError("the last record is cut short")
         yield seconds + fraction / divisor, data[offset : offset + incl]
         offset += incl
+
+
+BLOCK_SPB: Final = 0x00000003  # simple packet block: no interface id, no timestamp
+
+
+def read_pcapng(data: bytes) -> Iterator[tuple[float, bytes]]:
+    """(timestamp, frame) for each packet of a pcapng (RFC draft-ietf-opsawg-pcapng): enhanced and
+    simple packet blocks of Ethernet interfaces, each interface's if_tsresol honoured; other blocks are
+    passed over. Every length is checked against the data, so a cut or corrupt file is a PcapError."""
+    offset = 0
+    order = "<"
+    resolutions: list[float] = []  # per interface of the current section: seconds per tick
+    while offset < len(data):
+        if offset + 12 > len(data):
+            raise PcapError("a pcapng block is cut short")
+        if struct.unpack_from("<I", data, offset)[0] == BLOCK_SHB:  # a section: its byte order
+            magic = data[offset + 8 : offset + 12]
+            order = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(magic, "")
+            if not order:
+                raise PcapError("a pcapng section header with an unknown byte-order magic")
+            resolutions = []
+        block_type, length = struct.unpack_from(order + "II", data, offset)
+        if length < 12 or length % 4 or offset + length > len(data):
+            raise PcapError(f"a pcapng block of {length} bytes at offset {offset} does not fit the file")
+        body = data[offset + 8 : offset + length - 4]
+        offset += length
+        if block_type == BLOCK_IDB:
+            resolutions.append(_interface(body, order))
+        elif block_type == BLOCK_EPB:
+            yield _enhanced(body, order, resolutions)
+        elif block_type == BLOCK_SPB:
+            if len(body) < 4:
+                raise PcapError("a simple packet block is too short")
+            (original,) = struct.unpack_from(order + "I", body)
+            yield 0.0, body[4 : 4 + original]
+
+
+def _interface(body: bytes, order: str) -> float:
+    """An interface description: Ethernet only; its timestamps' resolution (default microseconds)."""
+    if len(body) < 8:
+        raise PcapError("an interface description block is too short")
+    linktype = struct.unpack_from(order + "H", body)[0]
+    if linktype != LINKTYPE_ETHERNET:
+        raise PcapError(f"link type {linktype} is not Ethernet (1)")
+    resolution = 1e-6
+    at = 8
+    while at + 4 <= len(body):
+        code, size = struct.unpack_from(order + "HH", body, at)
+        if code == 0:  # opt_endofopt
+            break
+        value = body[at + 4 : at + 4 + size]
+        if code == IF_TSRESOL and size == 1:
+            exponent = value[0] & 0x7F
+            resolution = 2.0**-exponent if value[0] & 0x80 else 10.0**-exponent
+        at += 4 + size + (-size % 4)
+    return resolution
+
+
+def _enhanced(body: bytes, order: str, resolutions: list[float]) -> tuple[float, bytes]:
+    if len(body) < 20:
+        raise PcapError("an enhanced packet block is too short")
+    interface, high, low, captured, _original = struct.unpack_from(order + "IIIII", body)
+    if interface >= len(resolutions):
+        raise PcapError(f"a packet names interface {interface}, which the file does not describe")
+    if 20 + captured > len(body):
+        raise PcapError("an enhanced packet block's frame is cut short")
+    return ((high << 32) | low) * resolutions[interface], body[20 : 20 + captured]

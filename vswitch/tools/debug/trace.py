@@ -360,7 +360,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("port", metavar="PORT", help="the ingress port (namespace name, or 'host')")
     p.add_argument("packet", metavar="PACKET", nargs="?", help="a scapy expression starting with Ether(")
-    p.add_argument("--pcap", metavar="FILE", help="take the frame from a pcap file")
+    p.add_argument("--pcap", metavar="FILE", help="take the frame from a pcap or pcapng file")
     p.add_argument("--index", type=int, default=0, help="which record of --pcap (default 0)")
     p.add_argument("--send", action="store_true", help="then deliver it for real, with side effects")
     p.add_argument("--live", action="store_true", help="trace the next real frames received on PORT")
