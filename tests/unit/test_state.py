@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from vswitch.shell.state import pid_alive, process_start
+import pytest
+
+from vswitch.shell.state import DEFAULT_RUN_DIR, RUN_DIR_ENV, pid_alive, process_start, run_dir
 
 
 def test_a_running_process_is_alive_and_its_start_time_identifies_it() -> None:
@@ -36,3 +39,14 @@ def test_an_exited_but_unreaped_child_is_not_alive() -> None:
 def test_no_such_process() -> None:
     assert not pid_alive(0)
     assert process_start(2**22 + 12345) is None
+
+
+def test_an_empty_run_dir_setting_is_the_default_not_the_current_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    assert run_dir() == DEFAULT_RUN_DIR
+    monkeypatch.setenv(RUN_DIR_ENV, "/tmp/elsewhere")
+    assert run_dir() == Path("/tmp/elsewhere")
+    monkeypatch.delenv(RUN_DIR_ENV)
+    assert run_dir() == DEFAULT_RUN_DIR

@@ -19,7 +19,9 @@ DEFAULT_RUN_DIR = Path("/run/vswitch")
 
 
 def run_dir() -> Path:
-    return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
+    """VSWITCH_RUN_DIR, or /run/vswitch when it is unset or empty (an empty one would mean the current
+    directory: a state file and a control socket wherever the command happened to run)."""
+    return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
 
 
 def state_path(instance: str) -> Path:
