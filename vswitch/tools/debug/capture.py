@@ -27,43 +27,20 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from ...core.wire import VNET_HDR_LEN
-from ...shell.control import CommandError, ControlError
-from .common import b64, client_gone, instance_socket, live_port, shell_of, unb64
+from ...shell.control import ControlError
+from .common import b64, client_gone, instance_socket, port_stream_setup, unb64
 
 if TYPE_CHECKING:
-    from ...shell.instance import Instance, LivePort
-    from ...shell.loop import Shell
+    from ...shell.instance import Instance
 
 QUEUE_FRAMES: Final = 4096
 QUEUE_BYTES: Final = 32 << 20
-MAX_PORTS: Final = 4096
-
-
-def capture_setup(
-    instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter
-) -> tuple[list[LivePort], Callable[[bytes], bool], Shell] | None:
-    """The ports ("ports": a list of labels, or "port": one), the filter and the shell; or, for a bad
-    request, an error line already written to the client and None."""
-    from .bpf import FilterError, compile_filter
-
-    try:
-        labels = req.get("ports")
-        if labels is None:
-            labels = [req.get("port")]
-        if not isinstance(labels, list) or not 0 < len(labels) <= MAX_PORTS:
-            raise CommandError(f'"ports" must be a list of 1 to {MAX_PORTS} port names')
-        ports = [live_port(instance, label) for label in labels]
-        ports = list({port.id: port for port in ports}.values())  # once each, in order
-        return ports, compile_filter(req.get("filter")), shell_of(instance)
-    except (CommandError, FilterError) as exc:
-        writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
-        return None
 
 
 async def capture_stream(
     instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    setup = capture_setup(instance, req, writer)
+    setup = port_stream_setup(instance, req, writer, many=True)
     if setup is None:
         return
     ports, matches, shell = setup

@@ -9,7 +9,7 @@ import json
 import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ...config.topology import ConfigError, check_instance
 from ...shell.control import CommandError, ControlError, request
@@ -18,6 +18,8 @@ from ...shell.state import socket_path
 if TYPE_CHECKING:
     from ...shell.instance import Instance, LivePort
     from ...shell.loop import Shell
+
+MAX_PORTS: Final = 4096  # ports one capture stream may ask for
 
 
 def b64(data: bytes) -> str:
@@ -46,6 +48,33 @@ def shell_of(instance: Instance) -> Shell:
     return instance.shell
 
 
+def requested_ports(instance: Instance, req: dict[str, Any]) -> list[LivePort]:
+    """The ports a stream asks for ("ports": a list of labels, or "port": one), each once, in order."""
+    labels = req.get("ports")
+    if labels is None:
+        labels = [req.get("port")]
+    if not isinstance(labels, list) or not 0 < len(labels) <= MAX_PORTS:
+        raise CommandError(f'"ports" must be a list of 1 to {MAX_PORTS} port names')
+    ports = [live_port(instance, label) for label in labels]
+    return list({port.id: port for port in ports}.values())
+
+
+def port_stream_setup(
+    instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter, many: bool = False
+) -> tuple[list[LivePort], Callable[[bytes], bool], Shell] | None:
+    """What capture and live trace both need: the port ("port"; with many, `requested_ports`), the
+    filter and the shell; or, for a bad request, an error line already written to the client and
+    None."""
+    from .bpf import FilterError, compile_filter
+
+    try:
+        ports = requested_ports(instance, req) if many else [live_port(instance, req.get("port"))]
+        return ports, compile_filter(req.get("filter")), shell_of(instance)
+    except (CommandError, FilterError) as exc:
+        writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+        return None
+
+
 async def client_gone(reader: asyncio.StreamReader) -> None:
     """Return when a streaming command's client goes away (EOF or an error). Whatever it sends
     meanwhile is read and thrown away in small pieces: read() would keep all of it until EOF."""
@@ -57,20 +86,6 @@ async def client_gone(reader: asyncio.StreamReader) -> None:
 
 
 # --- client side -------------------------------------------------------------------------------------
-def port_stream_setup(
-    instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter
-) -> tuple[LivePort, Callable[[bytes], bool], Shell] | None:
-    """What capture and live trace both need: the port, its filter and the shell; or, for a bad
-    request, an error line already written to the client and None."""
-    from .bpf import FilterError, compile_filter
-
-    try:
-        return live_port(instance, req.get("port")), compile_filter(req.get("filter")), shell_of(instance)
-    except (CommandError, FilterError) as exc:
-        writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
-        return None
-
-
 def instance_socket(args: argparse.Namespace) -> Path:
     try:
         check_instance(args.name)

@@ -190,7 +190,7 @@ async def trace_live(
     setup = port_stream_setup(instance, req, writer)
     if setup is None:
         return
-    port, matches, shell = setup
+    [port], matches, shell = setup
     loop = asyncio.get_running_loop()
     # Never more than count results exist: the observer stops tracing once it has made them all.
     results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
