@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,21 +204,9 @@ class Contender:
         """floor.py in a session of its own: two taps, A to B and back, no switching."""
         assert self.run_dir is not None
         a, b = self._new_ns("a"), self._new_ns("b")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        out_path = self.run_dir / f"floor-{self.prefix}.out"
-        err_path = self.run_dir / f"floor-{self.prefix}.err"
         argv = [sys.executable, "-m", FLOOR_MODULE, f"{a}=10.0.0.1/24", f"{b}=10.0.0.2/24"]
         argv += ["--tap-prefix", f"{self.prefix}fl"]
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while b"ready" not in out_path.read_bytes():
-            if self.proc.poll() is not None:
-                why = err_path.read_text(errors="replace").strip()
-                raise BenchError(f"{self.name}: exited {self.proc.returncode}: {why}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name}: not ready within {START_TIMEOUT:g}s")
-            time.sleep(0.05)
+        self._start(argv, f"floor-{self.prefix}", "floor.py", lambda out: b"ready" in out)
         self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
 
     def _vde_l2(self) -> None:
@@ -311,21 +300,32 @@ class Contender:
         self.instance = f"b{self.prefix[3:]}{SHORT[self.name]}"
         # vswitch creates these namespaces and removes them on exit; listed so a crash is mopped up.
         self.namespaces.extend(created)
-        out_path = self.run_dir / f"{self.instance}.out"
-        err_path = self.run_dir / f"{self.instance}.err"
         env = {**os.environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
         argv = [sys.executable, "-m", "vswitch", "up", *topology, "--name", self.instance, "--json"]
+        self._start(argv, self.instance, "vswitch up", lambda out: bool(out.strip()), env)
+
+    def _start(
+        self,
+        argv: list[str],
+        stem: str,
+        what: str,
+        ready: Callable[[bytes], bool],
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Run argv in a session of its own, its output in run_dir/STEM.out and .err, until ready(its
+        stdout so far) says so; BenchError with its stderr if it exits first or takes too long."""
+        assert self.run_dir is not None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        out_path, err_path = self.run_dir / f"{stem}.out", self.run_dir / f"{stem}.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
-        while not out_path.read_bytes().strip():
+        while not ready(out_path.read_bytes()):
             if self.proc.poll() is not None:
-                raise BenchError(
-                    f"{self.name}: vswitch up exited {self.proc.returncode}: "
-                    f"{err_path.read_text(errors='replace').strip()}"
-                )
+                why = err_path.read_text(errors="replace").strip()
+                raise BenchError(f"{self.name}: {what} exited {self.proc.returncode}: {why}")
             if time.monotonic() > deadline:
-                raise BenchError(f"{self.name}: vswitch up was not ready within {START_TIMEOUT:g}s")
+                raise BenchError(f"{self.name}: {what} was not ready within {START_TIMEOUT:g}s")
             time.sleep(0.05)
 
     # --- teardown ----------------------------------------------------------------------------------
