@@ -18,21 +18,21 @@ def _fdb(instance: Instance, _req: dict[str, Any]) -> Any:
 
 
 def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
-    datapath = instance.datapath
+    datapath, router = instance.datapath, instance.router
     snapshot = datapath.counters.snapshot()
+    # The tables' sizes as they are now, for `vswitch top` and scripts.
     tables: dict[str, Any] = {"fdb": {seg.name: len(seg.switch.fdb) for seg in datapath.segments}}
-    if instance.router is not None:
-        tables["arp"] = len(instance.router.arp.entries)
-        if instance.router.nat is not None:
-            tables["conntrack"] = len(instance.router.nat.conntrack)
+    if router is not None:
+        tables["arp"] = len(router.arp.entries)
+        if router.nat is not None:
+            tables["conntrack"] = len(router.nat.conntrack)
+        snapshot["router"] = {
+            "drops": dict(sorted(datapath.router_drops().items())),
+            "events": dict(sorted(router.events.items())),
+        }
     if datapath.flows is not None:
         tables["flow_cache"] = len(datapath.flows)
-    snapshot["tables"] = tables  # sizes as they are now, for `vswitch top` and scripts
-    if instance.router is not None:
-        snapshot["router"] = {
-            "drops": dict(sorted(instance.datapath.router_drops().items())),
-            "events": dict(sorted(instance.router.events.items())),
-        }
+    snapshot["tables"] = tables
     return snapshot
 
 
