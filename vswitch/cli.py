@@ -120,6 +120,20 @@ def build_parser() -> Parser:
         "between them (default 1500)",
     )
     up.add_argument(
+        "--vxlan",
+        action="append",
+        default=[],
+        metavar="SEGMENT=VNI,local=ADDR,netns=NS,remote=ADDR[,...]",
+        help="stretch a segment to remote VTEPs over VXLAN (RFC 7348); also dstport=4789, ttl=64",
+    )
+    up.add_argument(
+        "--vxlan-fdb",
+        action="append",
+        default=[],
+        metavar="SEGMENT=MAC@ADDR",
+        help="a static FDB entry: MAC lives behind the remote VTEP at ADDR (repeatable)",
+    )
+    up.add_argument(
         "--flow-cache",
         type=non_negative_int,
         metavar="N",
@@ -201,6 +215,12 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
             req.mtu = mtu
         else:
             req.segment_mtu[segment] = mtu
+    for text in args.vxlan:
+        segment, spec = topology.parse_vxlan(text)
+        if segment in req.vxlan:
+            raise ConfigError(f"--vxlan {segment}: the segment has a tunnel already")
+        req.vxlan[segment] = spec
+    req.vxlan_fdb.extend(topology.parse_vxlan_fdb(text) for text in args.vxlan_fdb)
     return topology.build(req)
 
 

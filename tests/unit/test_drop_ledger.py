@@ -22,6 +22,7 @@ from vswitch.core.datapath import Datapath
 from vswitch.core.nat import FRAGMENT_TIMEOUT, HELD_DATAGRAMS_MAX, NatConfig, PortForward
 from vswitch.core.router import Interface, Router
 from vswitch.core.routes import Route
+from vswitch.core.vxlan import Tunnel, Vtep
 from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
 from vswitch.tools.debug.trace import render, trace
 
@@ -480,6 +481,65 @@ TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
     Drop.CONNTRACK_FULL: conntrack_full,
 }
 
+# VXLAN: a frame too big for the tunnel comes from a port like any other.
+REMOTE = "198.18.5.2"
+
+
+def tunnelled() -> tuple[Datapath, dict[str, int], Vtep]:
+    """lan with port a and a VXLAN tunnel (VNI 42, inner MTU 1450) to one remote, 198.18.5.2."""
+    dp, ports = switched("a")
+    tunnel = Tunnel(42, 0, -1, "198.18.5.1", mtu=1450)
+    dp.add_tunnel(tunnel, [(REMOTE, True)])
+    vtep = Vtep("198.18.5.1", 4789)
+    vtep.add(tunnel)
+    ports["tunnel"], ports["remote"] = tunnel.port, tunnel.remotes[REMOTE]
+    return dp, ports, vtep
+
+
+def vxlan_too_big() -> Scenario:
+    """1451 bytes of IPv4 flooded toward the tunnel, whose inner MTU is 1450 (RFC 7348 section 4.3:
+    no fragmentation of the outer packet): dropped, never sent to be refused by the underlay."""
+    dp, ports, _ = tunnelled()
+    frame = buf(
+        Ether(src="02:00:00:00:0a:01", dst="ff:ff:ff:ff:ff:ff")
+        / IP(src="10.1.0.2", dst="10.1.0.9")
+        / UDP()
+        / bytes(1423)
+    )
+    return Scenario(dp=dp, port=ports["a"], frame=frame, by_router=False)
+
+
+TRIGGERS[Drop.VXLAN_TOO_BIG] = vxlan_too_big
+
+
+# Drops of what the underlay socket received, decided before there is a frame (Datapath.receive_underlay),
+# charged to the tunnel's own port (vx42): (payload, source address).
+def _vxlan(flags: int, word: int, inner: bytes) -> bytes:
+    return flags.to_bytes(4, "big") + word.to_bytes(4, "big") + inner
+
+
+INNER = bytes(
+    Ether(src="02:00:00:00:09:01", dst="ff:ff:ff:ff:ff:ff") / IP(src="10.1.0.9", dst="10.1.0.2") / UDP()
+)
+UNDERLAY_TRIGGERS: dict[Drop, tuple[bytes, str]] = {
+    Drop.VXLAN_RUNT: (_vxlan(0x08000000, 42 << 8, INNER[:13]), REMOTE),
+    Drop.VXLAN_BAD_FLAGS: (_vxlan(0x08000001, 42 << 8, INNER), REMOTE),
+    Drop.VXLAN_UNKNOWN_VNI: (_vxlan(0x08000000, 43 << 8, INNER), REMOTE),
+    Drop.VXLAN_UNKNOWN_REMOTE: (_vxlan(0x08000000, 42 << 8, INNER), "198.18.5.3"),
+}
+
+
+@pytest.mark.parametrize("reason", list(UNDERLAY_TRIGGERS), ids=str)
+def test_an_underlay_datagram_dropped_is_counted_once_on_the_tunnels_port(reason: Drop) -> None:
+    dp, ports, vtep = tunnelled()
+    ledger = Ledger(dp)
+    payload, source = UNDERLAY_TRIGGERS[reason]
+    port, frame, verdict = dp.receive_underlay(vtep, payload, source, NOW)
+    assert (port, frame, verdict) == (ports["tunnel"], None, None)
+    ledger.assert_one_drop(reason, Scenario(dp=dp, port=ports["tunnel"], frame=b"", by_router=False))
+    assert dp.counters.rx_packets[ports["remote"]] == 0  # nothing entered the segment
+
+
 _SHELL = "counted by the IO shell (vswitch/shell/loop.py) around the port's forwarder, never by the core"
 EXEMPT: dict[Drop, str] = {
     Drop.TX_QUEUE_FULL: f"a write to the tap would block: {_SHELL}",
@@ -607,7 +667,8 @@ def test_the_trace_of_a_frame_dropped_on_a_timer_says_why_it_waits(reason: Drop)
 def test_every_member_is_triggered_or_exempt_and_none_is_both() -> None:
     """A new member needs a frame that triggers it, or a reason no frame can."""
     assert set(TRIGGERS) & set(EXEMPT) == set()
-    assert set(Drop) - set(TRIGGERS) - set(EXEMPT) == set()
+    assert set(Drop) - set(TRIGGERS) - set(EXEMPT) - set(UNDERLAY_TRIGGERS) == set()
+    assert set(UNDERLAY_TRIGGERS) & (set(TRIGGERS) | set(EXEMPT)) == set()
     assert set(TIMER_TRIGGERS) <= set(TRIGGERS)
     assert all(why.strip() for why in EXEMPT.values())
 

@@ -22,6 +22,11 @@ from typing import Any, Final
 
 from ..core.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from ..core.flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_ENTRIES
+from ..core.vxlan import DEFAULT_PORT as VXLAN_PORT
+from ..core.vxlan import DEFAULT_TTL as VXLAN_TTL
+from ..core.vxlan import OVERHEAD as VXLAN_OVERHEAD
+from ..core.vxlan import VNI_MAX
+from ..core.wire import parse_mac
 
 IFNAMSIZ: Final = 16  # the kernel's limit on a link name, with its NUL
 
@@ -73,6 +78,26 @@ class PortSpec:
         return self.namespace if self.namespace is not None else HOST
 
 
+@dataclass(frozen=True)
+class VxlanSpec:
+    """A segment's VXLAN tunnel (RFC 7348): its VNI, the underlay socket's end, the remote VTEPs."""
+
+    vni: int
+    local: IPv4Address
+    netns: str | None  # the underlay's namespace (None: the root namespace)
+    remotes: tuple[IPv4Address, ...] = ()
+    dstport: int = VXLAN_PORT
+    ttl: int = VXLAN_TTL
+    fdb: tuple[tuple[bytes, IPv4Address], ...] = ()  # static (MAC, remote) entries
+
+    @property
+    def all_remotes(self) -> list[tuple[IPv4Address, bool]]:
+        """Every remote with whether floods reach it: one named only by a static entry is not."""
+        named = [(r, True) for r in self.remotes]
+        extra = dict.fromkeys(a for _, a in self.fdb if a not in self.remotes)
+        return named + [(a, False) for a in extra]
+
+
 @dataclass
 class SegmentSpec:
     name: str
@@ -80,6 +105,8 @@ class SegmentSpec:
     ports: list[PortSpec] = field(default_factory=list)
     gateway: IPv4Interface | None = None  # the router's address here (routed topologies only)
     mtu: int = DEFAULT_MTU  # of every port on the segment and of the router's interface on it
+    mtu_given: bool = False  # the user set mtu: a tunnel checks it instead of setting its own
+    vxlan: VxlanSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +317,106 @@ def parse_route(text: str) -> RouteSpec:
     return RouteSpec(parse_subnet(prefix), parse_address(via, "route gateway"))
 
 
+VXLAN_KEYS = ("remote", "local", "netns", "dstport", "ttl", "group")
+
+
+def _udp_port(text: str, what: str) -> int:
+    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{what} must be a UDP port from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def parse_vxlan(text: str) -> tuple[str, VxlanSpec]:
+    """`SEGMENT=VNI,local=ADDR[,netns=NS][,remote=ADDR]...[,dstport=PORT][,ttl=N]`."""
+    usage = "expected SEGMENT=VNI,local=ADDR,netns=NS,remote=ADDR[,remote=ADDR...][,dstport=4789][,ttl=64]"
+    head, *options = text.split(",")
+    name, eq, vni_text = head.partition("=")
+    if not eq or not SEGMENT_RE.fullmatch(name.strip()):
+        raise ConfigError(f"--vxlan {text!r}: {usage}")
+    values: dict[str, list[str]] = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        key = key.strip()
+        if not eq or key not in VXLAN_KEYS:
+            raise ConfigError(f"--vxlan {text!r}: unknown option {option!r} ({usage})")
+        values.setdefault(key, []).append(value.strip())
+    return name.strip(), vxlan_spec(
+        f"--vxlan {name.strip()}",
+        vni_text.strip(),
+        values.get("local", []),
+        values.get("netns", []),
+        values.get("remote", []),
+        values.get("dstport", []),
+        values.get("ttl", []),
+        values.get("group", []),
+    )
+
+
+def vxlan_spec(
+    what: str,
+    vni_text: str,
+    local: list[str],
+    netns: list[str],
+    remotes: list[str],
+    dstport: list[str],
+    ttl: list[str],
+    group: list[str] = (),  # type: ignore[assignment]
+) -> VxlanSpec:
+    """One VxlanSpec from its values as text (the command line's and TOML's alike)."""
+    if not vni_text.isdigit() or not 0 <= int(vni_text) <= VNI_MAX:
+        raise ConfigError(f"{what}: the VNI must be a number from 0 to {VNI_MAX}, not {vni_text!r}")
+    for key, given in (("local", local), ("netns", netns), ("dstport", dstport), ("ttl", ttl)):
+        if len(given) > 1:
+            raise ConfigError(f"{what}: {key}= is given twice")
+    if group:
+        raise ConfigError(
+            f"{what}: group= (a multicast underlay) is not supported; name each remote= instead"
+        )
+    if not local:
+        raise ConfigError(f"{what}: local=ADDR is required (the underlay address to send from)")
+    local_address = _unicast(local[0], f"{what}: local address")
+    remote_addresses = [_unicast(r, f"{what}: remote address") for r in remotes]
+    if len(set(remote_addresses)) != len(remote_addresses):
+        raise ConfigError(f"{what}: a remote is named twice")
+    if local_address in remote_addresses:
+        raise ConfigError(f"{what}: the local address {local_address} cannot be a remote too")
+    hops = int(ttl[0]) if ttl and ttl[0].isdigit() else -1
+    if ttl and not 1 <= hops <= 255:
+        raise ConfigError(f"{what}: ttl must be from 1 to 255, not {ttl[0]!r}")
+    return VxlanSpec(
+        int(vni_text),
+        local_address,
+        check_namespace(netns[0]) if netns else None,
+        tuple(remote_addresses),
+        _udp_port(dstport[0], f"{what}: dstport") if dstport else VXLAN_PORT,
+        hops if ttl else VXLAN_TTL,
+    )
+
+
+def _unicast(text: str, what: str) -> IPv4Address:
+    address = parse_address(text, what)
+    if address.is_multicast or address.is_unspecified or address == IPv4Address("255.255.255.255"):
+        raise ConfigError(f"{what} {address} must be a unicast address")
+    return address
+
+
+def parse_vxlan_fdb(text: str) -> tuple[str, bytes, IPv4Address]:
+    """`SEGMENT=MAC@ADDR`: a static entry, the MAC behind the remote VTEP at ADDR."""
+    name, eq, rest = text.partition("=")
+    mac_text, at, addr = rest.partition("@")
+    if not eq or not at or not SEGMENT_RE.fullmatch(name.strip()):
+        raise ConfigError(
+            f"--vxlan-fdb {text!r}: expected SEGMENT=MAC@ADDR, e.g. lan=02:00:00:00:00:01@10.9.0.2"
+        )
+    try:
+        mac = parse_mac(mac_text.strip())
+    except ValueError:
+        raise ConfigError(f"--vxlan-fdb {text!r}: invalid MAC address {mac_text!r}") from None
+    if mac[0] & 1 or mac == bytes(6):
+        raise ConfigError(f"--vxlan-fdb {text!r}: a static entry needs a unicast MAC")
+    return name.strip(), mac, _unicast(addr, f"--vxlan-fdb {name.strip()}: remote address")
+
+
 # --- building the whole picture --------------------------------------------------------------------
 @dataclass
 class Request:
@@ -313,6 +440,8 @@ class Request:
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
     mtu: int | None = None  # every segment's, unless segment_mtu names it
     segment_mtu: dict[str, int] = field(default_factory=dict)
+    vxlan: dict[str, VxlanSpec] = field(default_factory=dict)  # by segment name
+    vxlan_fdb: list[tuple[str, bytes, IPv4Address]] = field(default_factory=list)
 
 
 def build(request: Request) -> Topology:
@@ -354,11 +483,15 @@ def build(request: Request) -> Topology:
         if subnet is None:
             subnet = _next_free_subnet(used)
             used.append(subnet)
-        segment = SegmentSpec(name, subnet, list(ports), mtu=request.segment_mtu.get(name, default_mtu))
+        given = name in request.segment_mtu or request.mtu is not None
+        segment = SegmentSpec(
+            name, subnet, list(ports), mtu=request.segment_mtu.get(name, default_mtu), mtu_given=given
+        )
         if routed:
             segment.gateway = IPv4Interface(f"{next(subnet.hosts())}/{subnet.prefixlen}")
         segments.append(segment)
 
+    _attach_vxlan(request, segments)
     host_ifname = request.host_ifname or f"vs-{request.name}"
     for segment in segments:
         segment.ports = [
@@ -384,6 +517,53 @@ def build(request: Request) -> Topology:
         uplink_mtu=request.segment_mtu.get(UPLINK_SEGMENT, default_mtu),
     )
     return validate(topology)
+
+
+def _attach_vxlan(request: Request, segments: list[SegmentSpec]) -> None:
+    """Each --vxlan and --vxlan-fdb onto its segment; one VNI per underlay socket, one tunnel each."""
+    by_name = {s.name: s for s in segments}
+    for name in request.vxlan:
+        if name not in by_name:
+            raise ConfigError(f"--vxlan {name}: there is no segment {name!r}")
+    fdb: dict[str, list[tuple[bytes, IPv4Address]]] = {}
+    for name, mac, address in request.vxlan_fdb:
+        if name not in request.vxlan:
+            raise ConfigError(f"--vxlan-fdb {name}: segment {name!r} has no --vxlan tunnel")
+        if any(m == mac for m, _ in fdb.get(name, [])):
+            raise ConfigError(f"--vxlan-fdb {name}: MAC {mac.hex(':')} is given twice")
+        fdb.setdefault(name, []).append((mac, address))
+    vnis: dict[int, str] = {}
+    for name, spec in request.vxlan.items():
+        if spec.vni in vnis:
+            raise ConfigError(f"--vxlan {name}: VNI {spec.vni} is already segment {vnis[spec.vni]}'s")
+        vnis[spec.vni] = name
+        entries = tuple(fdb.get(name, ()))
+        if not spec.remotes and not entries:
+            raise ConfigError(f"--vxlan {name}: name at least one remote=ADDR (or a --vxlan-fdb entry)")
+        if spec.local in [a for _, a in entries]:
+            raise ConfigError(f"--vxlan-fdb {name}: {spec.local} is the local address, not a remote")
+        segment = by_name[name]
+        segment.vxlan = VxlanSpec(
+            spec.vni, spec.local, spec.netns, spec.remotes, spec.dstport, spec.ttl, entries
+        )
+        if segment.mtu_given and segment.mtu < MTU_MIN:
+            raise ConfigError(f"--vxlan {name}: mtu {segment.mtu} is below {MTU_MIN}")
+
+
+def underlay_mtu_check(segment: SegmentSpec, underlay_mtu: int) -> int:
+    """The MTU a tunnel segment runs with: underlay - 50 unless the user set one, which must fit."""
+    inner = underlay_mtu - VXLAN_OVERHEAD
+    if segment.mtu_given and segment.mtu > inner:
+        raise ConfigError(
+            f"segment {segment.name}: mtu {segment.mtu} does not fit the VXLAN tunnel, whose inner "
+            f"MTU is {inner} (the underlay's {underlay_mtu} minus {VXLAN_OVERHEAD} of encapsulation)"
+        )
+    if not segment.mtu_given and inner < MTU_MIN:
+        raise ConfigError(
+            f"segment {segment.name}: the underlay's MTU {underlay_mtu} leaves {inner} for the tunnel, "
+            f"below {MTU_MIN}"
+        )
+    return segment.mtu if segment.mtu_given else inner
 
 
 def _next_free_subnet(used: list[IPv4Network]) -> IPv4Network:
@@ -526,7 +706,8 @@ TOML_KEYS = {
 }
 
 
-SEGMENT_KEYS = {"name", "ports", "subnet", "mtu"}
+SEGMENT_KEYS = {"name", "ports", "subnet", "mtu", "vxlan"}
+VXLAN_TOML_KEYS = {"vni", "local", "netns", "remote", "dstport", "ttl", "fdb", "group"}
 
 
 def request_from_toml(text: str) -> Request:
@@ -566,6 +747,8 @@ def request_from_toml(text: str) -> Request:
         req.segments.append((str(seg["name"]), ports, subnet))
         if "mtu" in seg:
             req.segment_mtu[str(seg["name"])] = check_mtu(seg["mtu"], f"mtu of segment {seg['name']}")
+        if "vxlan" in seg:
+            _vxlan_from_toml(req, str(seg["name"]), seg["vxlan"])
     if "uplink" in data:
         up = data["uplink"]
         if isinstance(up, str):
@@ -598,6 +781,39 @@ def request_from_toml(text: str) -> Request:
     if "mtu" in data:
         req.mtu = check_mtu(data["mtu"], "mtu")
     return req
+
+
+def _vxlan_from_toml(req: Request, name: str, table: object) -> None:
+    """A [segment.vxlan] table: vni, local, netns, remote (one or a list), dstport, ttl, fdb."""
+    what = f"[segment.vxlan] of {name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{what} must be a table (write it as a [segment.vxlan] section)")
+    unknown = set(table) - VXLAN_TOML_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {what}: {', '.join(sorted(unknown))}")
+    if "vni" not in table or isinstance(table["vni"], bool) or not isinstance(table["vni"], int):
+        raise ConfigError(f"{what}: vni must be a whole number")
+
+    def one(key: str) -> list[str]:
+        if key not in table:
+            return []
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ConfigError(f"{what}: {key} must be a string or a number, not {value!r}")
+        return [str(value)]
+
+    req.vxlan[name] = vxlan_spec(
+        what,
+        str(table["vni"]),
+        one("local"),
+        one("netns"),
+        _list(table, "remote"),
+        one("dstport"),
+        one("ttl"),
+        _list(table, "group"),
+    )
+    for entry in _list(table, "fdb"):
+        req.vxlan_fdb.append(parse_vxlan_fdb(f"{name}={entry}"))
 
 
 def _str(data: dict[str, Any], key: str, default: str) -> str:

@@ -62,6 +62,12 @@ class Drop(StrEnum):
     IP_MARTIAN_DESTINATION = "ip-martian-destination"  # 0/8, 127/8, 240/4 (RFC 1812 5.3.7)
     L4_BAD_CHECKSUM = "l4-bad-checksum"  # an ICMP message to the router that does not verify
     CONNTRACK_FULL = "conntrack-full"  # table full and every flow is established (assured)
+    # VXLAN (RFC 7348): what the underlay socket received, and what cannot go into the tunnel
+    VXLAN_RUNT = "vxlan-runt"  # shorter than a VXLAN header and an inner Ethernet header
+    VXLAN_BAD_FLAGS = "vxlan-bad-flags"  # I flag not set, or a reserved bit set (the kernel drops these)
+    VXLAN_UNKNOWN_VNI = "vxlan-unknown-vni"  # a VNI no segment of ours carries
+    VXLAN_UNKNOWN_REMOTE = "vxlan-unknown-remote"  # from an address that is not one of the VNI's remotes
+    VXLAN_TOO_BIG = "vxlan-too-big"  # an inner frame over the tunnel's MTU (the underlay's minus 50)
 
 
 class Event(StrEnum):

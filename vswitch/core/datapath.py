@@ -34,6 +34,7 @@ from .journal import Journal
 from .l2 import Decision, Switch
 from .router import Forwarded, Router, Transmit
 from .trace import Tracer
+from .vxlan import HEADER_LEN, Tunnel, Vtep, received_vnet_header
 from .wire import VNET_HDR_LEN, Frame, mac_str
 
 # A list verdict's frames are bytes, or a Gather (flowcache.py: a long payload, written with writev).
@@ -70,6 +71,8 @@ class Datapath:
         self.flows: FlowCache | None = None  # with a Router attached, unless flow_cache_max is 0
         self.tracer: Tracer | None = None  # set by `trace` only: None on the packet path
         self._journal: Journal | None = None
+        self.tunnels: list[Tunnel] = []
+        self.encaps: dict[int, Tunnel] = {}  # a remote VTEP's port -> its tunnel (push on the way out)
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
@@ -79,10 +82,11 @@ class Datapath:
             self.flows.add_segment(self.segments[-1].switch)
         return len(self.segments) - 1
 
-    def add_port(self, name: str, segment: int) -> int:
+    def add_port(self, name: str, segment: int, group: int | None = None, flood: bool = True) -> int:
+        """group and flood: Switch.add_port's (a tunnel's remotes are one split-horizon group)."""
         seg = self.segments[segment]
         port = self.counters.add_port(name)
-        seg.switch.add_port(port)
+        seg.switch.add_port(port, group, flood)
         seg.ports.append(port)
         self.port_switch.append(seg.switch)
         self.port_segment.append(segment)
@@ -101,6 +105,19 @@ class Datapath:
             switches = [seg.switch for seg in self.segments]
             self.flows = FlowCache(router, switches, self.counters, self.flow_cache_max)
 
+    def add_tunnel(self, tunnel: Tunnel, remotes: list[tuple[str, bool]]) -> None:
+        """Give tunnel a port of its own (its underlay drops) and one per (remote address, flooded):
+        a remote named only by a static FDB entry is not flooded to."""
+        seg = self.segments[tunnel.segment]
+        tunnel.port = self.counters.add_port(f"vx{tunnel.vni}")
+        self.port_switch.append(seg.switch)
+        self.port_segment.append(tunnel.segment)
+        for address, flooded in remotes:
+            port = self.add_port(f"vx{tunnel.vni}@{address}", tunnel.segment, tunnel.port, flooded)
+            tunnel.add_remote(address, port)
+            self.encaps[port] = tunnel
+        self.tunnels.append(tunnel)
+
     # --- the packet path ---------------------------------------------------------------------------
     def receive(self, in_port: int, pkt: bytes, now: float) -> Verdict:
         """Count the frame as received on in_port, then `forward` it."""
@@ -108,7 +125,26 @@ class Datapath:
         counters.rx_packets[in_port] += 1
         if len(pkt) > VNET_HDR_LEN:  # a runt shorter than the vnet header must not count negative bytes
             counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
+        if self.encaps:
+            return self.forward_tunnelled(in_port, pkt, now)
         return self.forward(in_port, pkt, now)
+
+    def receive_underlay(
+        self, vtep: Vtep, payload: bytes, source: str, now: float
+    ) -> tuple[int, bytes | None, Verdict]:
+        """A datagram from a VTEP's underlay socket (the UDP payload, from source): checked
+        (Vtep.receive), then as a frame (virtio-net header + the inner frame) received on its remote's
+        port and forwarded. Returns (that port, the frame, the verdict), or (the port charged, None,
+        None) for a drop, counted."""
+        port, reason = vtep.receive(payload, source)
+        if reason is not None:
+            self._count_l2(port, reason)
+            return port, None, None
+        inner = memoryview(payload)[HEADER_LEN:]
+        pkt = b"".join((received_vnet_header(inner, self.encaps[port].mtu), inner))
+        self.counters.rx_packets[port] += 1
+        self.counters.rx_bytes[port] += len(inner)
+        return port, pkt, self.forward_tunnelled(port, pkt, now)
 
     def forward(self, in_port: int, pkt: bytes, now: float) -> Verdict:
         """`receive` without the rx counters: for the IO shell, which adds a whole batch's up at once
@@ -152,9 +188,63 @@ class Datapath:
         verdict is final there, and one Python call less per frame is ~20% of the decision's cost. Its
         drops come back as a Drop, for the caller to count (`count_drop`)."""
         switch = self.port_switch[in_port]
+        if self.encaps and (switch.router_port is not None or self._tunnelled(in_port)):
+            return self.forward_tunnelled
         if switch.router_port is None and self.tracer is None:
             return switch.decide
         return self.forward
+
+    def _tunnelled(self, port: int) -> bool:
+        segment = self.port_segment[port]
+        return any(t.segment == segment for t in self.tunnels)
+
+    # --- the tunnel push: the egress action for a remote VTEP's port ------------------------------
+    def forward_tunnelled(self, in_port: int, pkt: bytes, now: float) -> Verdict:
+        """`forward`, then every frame bound for a remote VTEP wrapped for the underlay (vxlan.py)."""
+        verdict = self.forward(in_port, pkt, now)
+        encaps = self.encaps
+        if isinstance(verdict, int):
+            tunnel = encaps.get(verdict)
+            if tunnel is None:
+                return verdict
+            if encaps.get(in_port) is tunnel:  # split horizon: never from the underlay back into it
+                self._count_l2(in_port, Drop.SAME_PORT)
+                return None
+            return self._push(in_port, tunnel, verdict, pkt)
+        if verdict is None:
+            return None
+        if isinstance(verdict, tuple):
+            if not any(p in encaps for p in verdict):
+                return verdict
+            return self.encapsulate(in_port, [(p, pkt) for p in verdict])
+        return self.encapsulate(in_port, verdict)
+
+    def encapsulate(self, in_port: int, frames: Sequence[tuple[int, Frame]]) -> list[tuple[int, Frame]]:
+        """frames with each one bound for a remote VTEP's port pushed into the tunnel."""
+        encaps = self.encaps
+        if not any(port in encaps for port, _ in frames):
+            return list(frames)
+        out: list[tuple[int, Frame]] = []
+        for port, frame in frames:
+            tunnel = encaps.get(port)
+            if tunnel is None:
+                out.append((port, frame))
+            else:
+                out.extend(self._push(in_port, tunnel, port, bytes(frame)))
+        return out
+
+    def _push(self, in_port: int, tunnel: Tunnel, port: int, pkt: bytes) -> list[tuple[int, Frame]]:
+        packets = tunnel.push(port, pkt)
+        if isinstance(packets, Drop):  # charged to the ingress port; a timer's frame to the tunnel
+            self._count_l2(in_port if in_port >= 0 else tunnel.port, packets)
+            return []
+        if self.tracer is not None:
+            self.tracer.note(
+                f"vxlan {tunnel.vni}",
+                f"push: outer {tunnel.local} -> {tunnel.addresses[port]}:{tunnel.dstport} "
+                f"(udp, DF, ttl {tunnel.ttl}), {len(packets)} packet(s)",
+            )
+        return [(port, packet) for packet in packets]
 
     def count_drop(self, port: int, reason: Drop) -> None:
         """Count a drop a forwarder returned for a frame from port."""
@@ -281,12 +371,13 @@ class Datapath:
                 best = deadline
         return best
 
-    def on_timer(self, now: float) -> list[Transmit]:
+    def on_timer(self, now: float) -> list[tuple[int, Frame]]:
         for seg in self.segments:
             seg.switch.fdb.age(now)
         if self.router is None:
             return []
-        return self.from_router(self.router.on_timer(now), now)
+        frames: list[tuple[int, Frame]] = list(self.from_router(self.router.on_timer(now), now))
+        return self.encapsulate(-1, frames) if self.encaps else frames
 
     # --- the ledger --------------------------------------------------------------------------------
     def drop_reasons(self) -> dict[str, int]:

@@ -30,6 +30,7 @@ class FdbEntry:
     port: int
     seen: float
     static: bool = False
+    owned: bool = True  # a static entry for the switch's own MAC (a frame from it elsewhere is refused)
 
 
 class Fdb:
@@ -63,13 +64,14 @@ class Fdb:
         entry = self.entries.get(mac)
         return None if entry is None else entry.port
 
-    def add_static(self, mac: bytes, port: int) -> None:
-        """An address the switch owns (a router interface): never aged, never moved by learning."""
+    def add_static(self, mac: bytes, port: int, owned: bool = True) -> None:
+        """An address the switch owns (a router interface), or with owned False one configured to live
+        behind a port (a remote VTEP's MAC): never aged, never moved by learning."""
         old = self.entries.get(mac)
         keep(self.journal, self)
         if old is not None and not old.static:
             self._learned -= 1
-        self.entries[mac] = FdbEntry(port, 0.0, static=True)
+        self.entries[mac] = FdbEntry(port, 0.0, static=True, owned=owned)
         if old is not None:
             self._changed()
 
@@ -80,7 +82,7 @@ class Fdb:
             keep(self.journal, self, entry)
         if entry is not None:
             if entry.static:
-                return entry.port == port
+                return entry.port == port or not entry.owned
             if entry.port != port:
                 entry.port = port
                 self.events[Event.FDB_MOVES] += 1

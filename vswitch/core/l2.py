@@ -35,13 +35,22 @@ class Switch:
         # The router's interface on this segment: a port with no fd, reached through the datapath.
         self.router_port: int | None = None
         self.flood_sets: dict[int, tuple[int, ...]] = {}
+        # Split horizon: ports of one group (a tunnel's remotes) never flood to each other.
+        self.groups: dict[int, int] = {}
+        self.unflooded: set[int] = set()  # reached by their FDB entries only (a remote named only there)
         for port in ports:
             self.add_port(port)
 
-    def add_port(self, port: int) -> None:
+    def add_port(self, port: int, group: int | None = None, flood: bool = True) -> None:
+        """group: the port's split-horizon group (frames from it never flood to another of the same);
+        flood False: floods never reach it (only a static FDB entry does)."""
         if port in self.ports or port == self.router_port:
             raise ValueError(f"port {port} is already on this switch")
         self.ports.append(port)
+        if group is not None:
+            self.groups[port] = group
+        if not flood:
+            self.unflooded.add(port)
         self._rebuild_flood_sets()
 
     def set_router_port(self, port: int, mac: bytes) -> None:
@@ -54,14 +63,21 @@ class Switch:
 
     def remove_port(self, port: int) -> None:
         self.ports.remove(port)
+        self.groups.pop(port, None)
+        self.unflooded.discard(port)
         self.fdb.forget_port(port)
         self._rebuild_flood_sets()
 
     def _rebuild_flood_sets(self) -> None:
         """Flood sets hold real ports only; the datapath hands the router its copy itself."""
-        self.flood_sets = {p: tuple(q for q in self.ports if q != p) for p in self.ports}
+        groups, unflooded = self.groups, self.unflooded
+        flooded = [q for q in self.ports if q not in unflooded]
+        self.flood_sets = {
+            p: tuple(q for q in flooded if q != p and (p not in groups or groups.get(q) != groups[p]))
+            for p in self.ports
+        }
         if self.router_port is not None:
-            self.flood_sets[self.router_port] = tuple(self.ports)
+            self.flood_sets[self.router_port] = tuple(flooded)
 
     def decide(self, in_port: int, pkt: bytes, now: float) -> Decision:
         """Where a frame that arrived on in_port goes. pkt starts with the virtio-net header.

@@ -13,11 +13,14 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
+
+T = TypeVar("T")
 
 IFA_F_NODAD = 0x02  # include/uapi/linux/if_addr.h: skip duplicate address detection
 IFF_UP = 0x1  # include/uapi/linux/if.h
@@ -63,31 +66,73 @@ CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
 
 
-def netns_cookie(name: str) -> int | None:
-    """The named namespace's cookie: a 64-bit number the kernel gives each namespace and never
-    reuses, unlike its inode (a namespace made after ours was removed can get ours). Read from a
-    socket made inside it, on a thread of its own that ends right after: setns(2) moves only the
-    calling thread. None: no such namespace."""
-    found: list[int] = []
+def in_namespace(name: str | None, work: Callable[[], T]) -> T:
+    """work() run inside the named namespace (None: here), on a thread of its own that ends right
+    after: setns(2) moves only the calling thread, and what work makes there (a socket) stays in
+    that namespace for good. Raises FileNotFoundError when there is no such namespace, and whatever
+    work raised."""
+    if name is None:
+        return work()
+    result: list[T] = []
+    failure: list[BaseException] = []
 
-    def probe() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
+    def run() -> None:
         try:
+            libc = ctypes.CDLL(None, use_errno=True)
             fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                return
-        finally:
-            os.close(fd)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            found.append(int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little"))
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, f"setns into {name}: {os.strerror(code)}")
+            finally:
+                os.close(fd)
+            result.append(work())
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            failure.append(exc)
 
-    thread = threading.Thread(target=probe, name=f"netns-cookie-{name}")
+    thread = threading.Thread(target=run, name=f"netns-{name}")
     thread.start()
     thread.join()
-    return found[0] if found else None
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def netns_cookie(name: str) -> int | None:
+    """The named namespace's cookie: a 64-bit number the kernel gives each namespace and never
+    reuses, unlike its inode (a namespace made after ours was removed can get ours). None: no such
+    namespace."""
+
+    def probe() -> int:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+    try:
+        return in_namespace(name, probe)
+    except OSError:
+        return None
+
+
+def route_mtu(namespace: str | None, destination: IPv4Address) -> int:
+    """The MTU toward destination in namespace: the route's own (RTAX_MTU) if it has one, else the
+    MTU of the interface the route leaves by. KernelError when nothing routes there."""
+    try:
+        with open_existing_namespace(namespace) as ipr:
+            routes = ipr.route("get", dst=str(destination))
+            if not routes:
+                raise KernelError(f"no route to {destination}")
+            route = routes[0]
+            metrics = route.get_attr("RTA_METRICS")
+            mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+            if mtu:
+                return int(mtu)
+            link = ipr.get_links(route.get_attr("RTA_OIF"))[0]
+            return int(link.get_attr("IFLA_MTU"))
+    except NetlinkError as exc:
+        where = f"namespace {namespace}" if namespace else "the root namespace"
+        raise KernelError(f"no route to {destination} in {where}: {os.strerror(exc.code)}") from None
+    except FileNotFoundError:
+        raise KernelError(f"namespace {namespace} does not exist") from None
 
 
 def create_netns(name: str) -> tuple[int, int | None]:

@@ -12,13 +12,16 @@ import errno
 import io
 import logging
 import os
+import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from ..core.counters import Drop, Event
 from ..core.datapath import Datapath, PortVerdict
-from ..core.wire import VNET_HDR_LEN, Frame, Gather
+from ..core.vxlan import Vtep
+from ..core.wire import VNET_HDR_LEN, ZERO_VNET_HDR, Frame, Gather
 
 BATCH: Final = 64
 # 64 KiB TSO super-frame + the virtio-net header; anything smaller silently truncates (design.md).
@@ -35,6 +38,10 @@ SPIN_SLICE: Final = 0.002  # a busy poll hands the event loop its turn this ofte
 # comes sooner leaves one re-check for then, so a deadline it brought forward fires at most this late.
 TIMER_CHECK_INTERVAL: Final = 0.01
 log = logging.getLogger("vswitch")
+# What observers of a tunnel's remote port see: the outer packet as an Ethernet frame (zero MACs,
+# IPv4), behind a zero virtio-net header, so capture can show it (--outer) or cut it to the inner frame.
+OUTER_ETHERNET: Final = ZERO_VNET_HDR + bytes(12) + b"\x08\x00"
+_OUTER_RX: Final = struct.Struct("!BBHHHBBH4s4sHHHH")
 
 
 # An observer sees every frame a port receives ("rx") or is sent ("tx"), virtio-net header included.
@@ -73,6 +80,7 @@ class Shell:
         self._errors_unlogged = 0
         self.hook: Hook | None = None
         self._write = self._write_plain
+        self._vtep_fds: list[int] = []
 
     def attach(self, port: int, fd: int) -> None:
         self.fds[port] = fd
@@ -90,10 +98,27 @@ class Shell:
         self._drains = list(self._drain_of.values())
         self.loop.add_reader(fd, self._on_readable, port, drain)
 
+    def attach_sender(self, port: int, fd: int) -> None:
+        """A port that is only written (a remote VTEP's raw socket): no reader of its own."""
+        while len(self._fd_list) <= port:
+            self._fd_list.append(-1)
+        self._fd_list[port] = fd
+        while len(self._peer_skip) < len(self._fd_list):
+            self._peer_skip.append(0)
+
+    def attach_vtep(self, vtep: Vtep, sock: socket.socket) -> None:
+        """The underlay socket of a VTEP: its frames arrive on the port of the remote that sent them."""
+        drain = self._vtep_drainer(vtep, sock)
+        self._drain_of[vtep.ledger_port] = drain
+        self._drains = list(self._drain_of.values())
+        self._vtep_fds.append(sock.fileno())
+        self.loop.add_reader(sock.fileno(), self._on_readable, vtep.ledger_port, drain)
+
     def detach_all(self) -> None:
-        for fd in self.fds.values():
+        for fd in [*self.fds.values(), *self._vtep_fds]:
             self.loop.remove_reader(fd)
         self.fds.clear()
+        self._vtep_fds.clear()
         self._reader_of.clear()
         self._drain_of.clear()
         self._drains = []
@@ -284,6 +309,56 @@ class Shell:
 
         return drain
 
+    def _vtep_drainer(self, vtep: Vtep, sock: socket.socket) -> Callable[[], int]:
+        """The drain of an underlay socket: up to BATCH datagrams, each handed to the core
+        (Datapath.receive_underlay: checked, then forwarded as a frame from its remote's port)."""
+        shell = self
+        recv = sock.recvfrom
+        receive = self.datapath.receive_underlay
+        counters = self.datapath.counters
+        loop_time = self.loop.time
+        dport = vtep.dstport
+        local = socket.inet_aton(vtep.local)
+
+        def drain() -> int:
+            now = loop_time()
+            count = 0
+            for count in range(1, BATCH + 1):
+                try:
+                    payload, source = recv(READ_SIZE)
+                except BlockingIOError:
+                    count -= 1
+                    break
+                except OSError:
+                    counters.drop(vtep.ledger_port, Drop.RX_ERROR)
+                    continue
+                try:
+                    port, pkt, verdict = receive(vtep, payload, source[0], now)
+                except Exception:
+                    shell._frame_error(
+                        vtep.ledger_port, Drop.INTERNAL_ERROR, "internal error on an underlay datagram"
+                    )
+                    continue
+                observers = shell._observers.get(port) if shell._observers else None
+                if observers is not None:  # the outer packet, its IPv4 and UDP headers rebuilt
+                    outer = OUTER_ETHERNET + _OUTER_RX.pack(
+                        0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0,
+                        socket.inet_aton(source[0]), local, source[1], dport, 8 + len(payload), 0,
+                    ) + payload  # fmt: skip
+                    for observer in observers:
+                        observer("rx", outer)
+                if pkt is None:
+                    continue
+                if isinstance(verdict, int):
+                    shell._write(verdict, pkt)
+                else:
+                    shell._write_all(port, pkt, verdict)
+            if count and now >= shell._check_timer_at:
+                shell._rearm(now)
+            return count
+
+        return drain
+
     def _read_failed(self, port: int, exc: OSError) -> bool:
         """A read raised: True if the link is gone (stop reading it), else one frame lost (counted)."""
         if exc.errno not in LINK_GONE:
@@ -352,6 +427,8 @@ class Shell:
         sent = self._write_plain(port, data)
         if sent:
             frame = bytes(data)  # a Gather joined: observers keep frames as bytes
+            if port in self.datapath.encaps:  # an outer packet, as a frame (OUTER_ETHERNET)
+                frame = OUTER_ETHERNET + frame
             try:
                 for observer in self._observers.get(port, ()):
                     observer("tx", frame)

@@ -58,8 +58,9 @@ class Tap:
             self.fd = -1
 
 
-def open_tap(name: str) -> Tap:
-    """Create tap `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), non-blocking, offloads enabled.
+def open_tap(name: str, offloads: bool = True) -> Tap:
+    """Create tap `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), non-blocking, offloads enabled (or,
+    with offloads False, none: the namespace's stack hands over complete, MTU-sized frames).
 
     Raises TapError with a sentence a user can act on.
     """
@@ -82,6 +83,9 @@ def open_tap(name: str) -> Tap:
             if exc.errno == errno.EPERM:
                 raise TapError("creating a tap needs CAP_NET_ADMIN: run as root") from None
             raise TapError(f"TUNSETIFF {name}: {exc.strerror}") from None
+        if not offloads:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+            return Tap(fd, name, 0)
         return Tap(fd, name, enable_offloads(fd))
     except BaseException:
         os.close(fd)

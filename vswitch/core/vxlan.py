@@ -1,0 +1,199 @@
+"""VXLAN (RFC 7348): a segment stretched to remote VTEPs over a UDP/IPv4 underlay. Pure.
+
+A tunnel is one more kind of port on a segment, seen from the switch as one port per remote VTEP:
+- the switch learns a remote MAC on the port of the VTEP it came from, so the FDB says which remote
+  owns it (the kernel's vxlan FDB keeps the same: MAC -> dst), it ages and is bounded with the rest;
+- a flood reaches every remote's port: head-end replication (RFC 7348 section 4.2);
+- the remotes of one tunnel are one split-horizon group: what came from the underlay never goes back
+  into it (the kernel bridge floods to its one vxlan device except the one it came in on, the same).
+
+`Tunnel.push` is the egress action: it finishes an offloaded frame (gso.py: the underlay carries no
+super-frames and no partial checksums), checks the tunnel's MTU, and prepends the outer IPv4, UDP and
+VXLAN headers. The outer IPv4 header is a template per remote, sent through a raw socket with
+IP_HDRINCL: DF and TTL are ours to set; the total length, id and header checksum are left 0 for the
+kernel to fill in (raw(7)). `Vtep.receive` is the ingress: it validates what the underlay socket
+received and names the port the inner frame arrives on, or the drop.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Final
+
+from .checksum import ones_sum
+from .counters import Drop
+from .gso import GsoError, segment
+from .wire import ETHERTYPE_VLAN, GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, VNET_HDR_LEN, ZERO_VNET_HDR
+
+DEFAULT_PORT: Final = 4789  # IANA's VXLAN port (RFC 7348 section 5)
+DEFAULT_TTL: Final = 64
+HEADER_LEN: Final = 8
+# What the underlay adds to an inner frame: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8. The inner
+# MTU is the underlay's minus this, as the kernel's vxlan device and Docker's overlay (1450) take it.
+OVERHEAD: Final = 50
+OUTER_LEN: Final = 20 + 8 + HEADER_LEN  # what push prepends to the inner frame (no outer Ethernet)
+FLAG_I: Final = 0x08000000  # "I": the VNI is valid; RFC 7348 section 5: every other bit is reserved
+VNI_MAX: Final = (1 << 24) - 1
+# RFC 7348 section 5: the source port from a hash of the inner headers, in the dynamic range.
+SPORT_BASE: Final = 49152
+SPORT_MASK: Final = 0x3FFF
+IP_DF: Final = 0x4000
+PROTO_UDP: Final = 17
+_OUTER_IP: Final = struct.Struct("!BBHHHBBH4s4s")
+_UDP_VXLAN: Final = struct.Struct("!HHHHII")  # source, destination, length, checksum; flags, VNI << 8
+_HEADER: Final = struct.Struct("!II")
+_FRAME_MIN: Final = HEADER_LEN + 14  # a VXLAN header and an inner Ethernet header
+_INNER_IPV4: Final = b"\x08\x00"
+_VLAN: Final = ETHERTYPE_VLAN.to_bytes(2, "big")
+
+
+def outer_ipv4_header(local: str, remote: str, ttl: int) -> bytes:
+    """The outer IPv4 header (RFC 791) toward one remote: DF set (RFC 7348 section 4.3: VTEPs must not
+    fragment), protocol UDP; length, id and checksum 0 for the kernel to fill in."""
+    return _OUTER_IP.pack(
+        0x45, 0, 0, 0, IP_DF, ttl, PROTO_UDP, 0, IPv4Address(local).packed, IPv4Address(remote).packed
+    )
+
+
+def source_port(pkt: bytes) -> int:
+    """RFC 7348 section 5: a hash of the inner flow, so the underlay's ECMP spreads flows and keeps
+    each one on one path. IPv4: addresses and ports (ihl 5); anything else: the MAC addresses."""
+    if pkt[22:24] == _INNER_IPV4:
+        return SPORT_BASE | (hash(pkt[36:48]) & SPORT_MASK)
+    return SPORT_BASE | (hash(pkt[10:22]) & SPORT_MASK)
+
+
+def parse_header(payload: bytes | memoryview) -> int | Drop:
+    """The VNI of a received VXLAN packet (its UDP payload), or why it is dropped. As the kernel's
+    vxlan_rcv: too short to carry an inner Ethernet header, or any flag but I, or the reserved byte
+    after the VNI set (no extension is enabled here), is a malformed packet."""
+    if len(payload) < _FRAME_MIN:
+        return Drop.VXLAN_RUNT
+    flags, word = _HEADER.unpack_from(payload)
+    if flags != FLAG_I or word & 0xFF:
+        return Drop.VXLAN_BAD_FLAGS
+    vni: int = word >> 8
+    return vni
+
+
+_PARTIAL_AT: Final = {6: 16, 17: 6}  # TCP's and UDP's checksum field, from the L4 header
+
+
+def received_vnet_header(frame: bytes | memoryview, mtu: int) -> bytes:
+    """The virtio-net header for an inner frame from the underlay (frame: from its Ethernet header).
+
+    A Linux sender's inner TCP or UDP checksum is often left partial: over veth, an skb stays
+    CHECKSUM_PARTIAL all the way into our UDP socket, and its checksum field holds only the
+    pseudo-header sum (the kernel's own vxlan trusts such an skb as it is). Written to a tap as a
+    complete frame, the receiving stack would drop it as corrupt. When the field holds exactly that sum,
+    the frame goes on as the NEEDS_CSUM frame it is (csum_start, csum_offset), as a tap of the sender's
+    would have handed it over; any other value is a complete checksum, which the receiver verifies.
+    Over veth the sender's TCP super-frame (GSO) can arrive whole, too: one longer than the tunnel's
+    MTU goes on as the TSO frame it is, cut at the MSS that MTU allows (gso_size), so the router and the
+    taps see its true wire size."""
+    if len(frame) < 34 or frame[12:14] != _INNER_IPV4 or frame[14] != 0x45:
+        return ZERO_VNET_HDR
+    proto = frame[23]
+    offset = _PARTIAL_AT.get(proto)
+    if offset is None or frame[20:22] not in (b"\0\0", b"\x40\0"):  # a fragment: no L4 header to finish
+        return ZERO_VNET_HDR
+    total = int.from_bytes(frame[16:18], "big")
+    at = 34 + offset
+    if total < 20 + offset + 2 or at + 2 > len(frame) or 14 + total > len(frame):
+        return ZERO_VNET_HDR
+    pseudo = ones_sum(bytes(frame[26:34]) + bytes((0, proto)) + (total - 20).to_bytes(2, "big"))
+    if int.from_bytes(frame[at : at + 2], "big") != pseudo:
+        return ZERO_VNET_HDR
+    if total > mtu and proto == 6:
+        header_end = 34 + (frame[46] >> 4) * 4
+        if header_end - 14 < total:
+            return VNET_HDR.pack(
+                VNET_F_NEEDS_CSUM, GSO_TCPV4, header_end, mtu - (header_end - 14), 34, offset
+            )
+    return VNET_HDR.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, 34, offset)
+
+
+@dataclass
+class Tunnel:
+    """One segment's tunnel: its VNI, its local end, and a port per remote VTEP."""
+
+    vni: int
+    segment: int
+    port: int  # the tunnel's own port: no fd; the underlay's drops are counted on it
+    local: str
+    dstport: int = DEFAULT_PORT
+    ttl: int = DEFAULT_TTL
+    mtu: int = 1450  # the inner MTU: the underlay's minus OVERHEAD
+    remotes: dict[str, int] = field(default_factory=dict)  # remote address -> its port
+    addresses: dict[int, str] = field(default_factory=dict)  # port -> remote address
+    heads: dict[int, bytes] = field(default_factory=dict)  # port -> its outer IPv4 header
+
+    def add_remote(self, address: str, port: int) -> None:
+        self.remotes[address] = port
+        self.addresses[port] = address
+        self.heads[port] = outer_ipv4_header(self.local, address, self.ttl)
+
+    def push(self, port: int, pkt: bytes) -> list[bytes] | Drop:
+        """The packets to send to the remote behind port for pkt (virtio-net header + frame), or why
+        not. More than one when pkt is a GSO super-frame."""
+        if pkt[0] or pkt[1]:  # NEEDS_CSUM, GSO: the underlay carries neither
+            try:
+                frames = segment(pkt)
+            except GsoError:
+                return Drop.BAD_VNET_HEADER
+        else:
+            frames = [pkt]
+        limit = self.mtu + 14 + VNET_HDR_LEN
+        head = self.heads[port]
+        pack = _UDP_VXLAN.pack
+        dstport, vni = self.dstport, self.vni << 8
+        out: list[bytes] = []
+        for frame in frames:
+            size = len(frame)
+            if size > limit and not (size <= limit + 4 and frame[22:24] == _VLAN):
+                return Drop.VXLAN_TOO_BIG
+            udp = pack(source_port(frame), dstport, size - VNET_HDR_LEN + 16, 0, FLAG_I, vni)
+            out.append(b"".join((head, udp, memoryview(frame)[VNET_HDR_LEN:])))
+        return out
+
+
+@dataclass
+class Vtep:
+    """One underlay socket (local address and UDP port) and the tunnels it serves, by VNI."""
+
+    local: str
+    dstport: int
+    tunnels: dict[int, Tunnel] = field(default_factory=dict)
+
+    def add(self, tunnel: Tunnel) -> None:
+        if tunnel.vni in self.tunnels:
+            raise ValueError(f"VNI {tunnel.vni} twice on {self.local}:{self.dstport}")
+        self.tunnels[tunnel.vni] = tunnel
+
+    @property
+    def ledger_port(self) -> int:
+        """Where a drop that belongs to no tunnel (runt, bad flags, unknown VNI) is counted."""
+        return next(iter(self.tunnels.values())).port
+
+    def receive(self, payload: bytes | memoryview, source: str) -> tuple[int, Drop | None]:
+        """(the remote's port, None) for a packet to let in, or (the port to charge, the reason).
+        Remotes are static: a packet from another address never enters a segment (RFC 7348 section
+        7: traffic is accepted only from the VTEPs configured for the VNI)."""
+        vni = parse_header(payload)
+        if isinstance(vni, Drop):
+            return self.ledger_port, vni
+        tunnel = self.tunnels.get(vni)
+        if tunnel is None:
+            return self.ledger_port, Drop.VXLAN_UNKNOWN_VNI
+        port = tunnel.remotes.get(source)
+        if port is None:
+            return tunnel.port, Drop.VXLAN_UNKNOWN_REMOTE
+        return port, None
+
+
+def remote_ports(tunnels: Iterable[Tunnel]) -> dict[int, Tunnel]:
+    """Every remote's port, with its tunnel: the ports whose frames push() must wrap."""
+    return {port: tunnel for tunnel in tunnels for port in tunnel.addresses}
