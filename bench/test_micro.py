@@ -29,6 +29,7 @@ from vswitch.core.ipv4 import Packet
 from vswitch.core.nat import NatConfig
 from vswitch.core.router import Interface, Router
 from vswitch.core.routes import Route
+from vswitch.core.vxlan import Tunnel, Vtep
 from vswitch.core.wire import L3, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
 from vswitch.shell.loop import BATCH, READ_SIZE, Shell, new_loop
 from vswitch.tools.bench.floor import pump
@@ -338,6 +339,48 @@ def test_l2_offloaded_unicast(benchmark: Any) -> None:
     dp, a, b = l2_datapath(2)
     frame = OFFLOADED + udp(HOST_A, HOST_B, "10.0.0.1", "10.0.0.2")[VNET_HDR_LEN:]
     assert benchmark(dp.forwarder(a), a, frame, NOW) == b
+    per_second(benchmark)
+
+
+# --- VXLAN ------------------------------------------------------------------------------------------------
+VTEP_LOCAL, VTEP_REMOTE = "198.18.7.1", "198.18.7.2"
+
+
+def tunnel_datapath() -> tuple[Datapath, int, int, Vtep]:
+    """lan: port a and a VXLAN tunnel (VNI 42) to one remote, behind which HOST_B is learned."""
+    dp = Datapath()
+    seg = dp.add_segment("lan")
+    a = dp.add_port("a", seg)
+    tunnel = Tunnel(42, seg, -1, VTEP_LOCAL)
+    dp.add_tunnel(tunnel, [(VTEP_REMOTE, True)])
+    vtep = Vtep(VTEP_LOCAL, 4789)
+    vtep.add(tunnel)
+    remote = tunnel.remotes[VTEP_REMOTE]
+    dp.receive(a, udp(HOST_A, HOST_B, "10.0.0.1", "10.0.0.2"), NOW)
+    dp.receive_underlay(vtep, underlay_payload(), VTEP_REMOTE, NOW)
+    return dp, a, remote, vtep
+
+
+def underlay_payload() -> bytes:
+    """What the underlay socket receives from the remote: a VXLAN header (VNI 42) and HOST_B's frame."""
+    return bytes.fromhex("0800000000002a00") + udp(HOST_B, HOST_A, "10.0.0.2", "10.0.0.1")[VNET_HDR_LEN:]
+
+
+def test_vxlan_push(benchmark: Any) -> None:
+    """A complete 64-byte frame from port a to HOST_B, behind the remote: decided and encapsulated."""
+    dp, a, remote, _ = tunnel_datapath()
+    frame = udp(HOST_A, HOST_B, "10.0.0.1", "10.0.0.2")
+    out = benchmark(dp.forwarder(a), a, frame, NOW)
+    assert isinstance(out, list) and out[0][0] == remote and len(out[0][1]) == len(frame) - VNET_HDR_LEN + 36
+    per_second(benchmark)
+
+
+def test_vxlan_receive(benchmark: Any) -> None:
+    """An underlay datagram for HOST_A: checked, decapsulated and switched to port a."""
+    dp, a, _, vtep = tunnel_datapath()
+    payload = underlay_payload()
+    _, frame, verdict = benchmark(dp.receive_underlay, vtep, payload, VTEP_REMOTE, NOW)
+    assert verdict == a and frame is not None
     per_second(benchmark)
 
 

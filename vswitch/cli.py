@@ -390,6 +390,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             for p in result["ports"]
         ],
     )
+    for t in result.get("tunnels") or []:
+        print(
+            f"vxlan {t['port']}: segment {t['segment']}, VNI {t['vni']}, local {t['local']}:{t['dstport']} "
+            f"in {t['netns'] or 'the root namespace'}, mtu {t['mtu']} (underlay {t['underlay_mtu']}), "
+            f"ttl {t['ttl']}"
+        )
+        table(
+            "remote VTEPs",
+            ["port", "remote", "flooded", "rx packets", "tx packets"],
+            [
+                [r["port"], r["address"], "yes" if r.get("flooded", True) else "no (fdb only)",
+                 str(r["rx_packets"]), str(r["tx_packets"])]
+                for r in t["remotes"]
+            ],
+        )  # fmt: skip
     return 0
 
 

@@ -25,7 +25,17 @@ pytestmark = pytest.mark.root
 
 # vde-l2 and ovs-l2 run when vde_switch and ovs-vswitchd are installed (the Makefile installs Debian's
 # vde2 and openvswitch-switch), so here they must run: a skip would hide a broken contender.
-CONTENDERS = ["kernel-bridge", "python-floor", "vswitch-l2", "kernel-nat", "vswitch-nat", "vde-l2", "ovs-l2"]
+CONTENDERS = [
+    "kernel-bridge",
+    "python-floor",
+    "vswitch-l2",
+    "kernel-nat",
+    "vswitch-nat",
+    "kernel-vxlan",
+    "vswitch-vxlan",
+    "vde-l2",
+    "ovs-l2",
+]
 BENCH_TIMEOUT = 120.0
 POSITIVE = [
     "tcp_gbps",
@@ -113,6 +123,7 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         "vswitch-nat / kernel-nat",
         "vde-l2 / kernel-bridge",
         "ovs-l2 / kernel-bridge",
+        "vswitch-vxlan / kernel-vxlan",  # not against the floor: two processes, a UDP socket each
         "vswitch-l2 / python-floor",
         "vswitch-nat / python-floor",
     }
@@ -131,6 +142,13 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     ovs = doc["contenders"]["ovs-l2"]
     assert ovs["namespaces"] == [f"{doc['prefix']}-ov-{tag}" for tag in ("a", "b", "sw")]
     assert "Open vSwitch" in ovs["description"] and "TSO on" in ovs["description"], ovs["description"]
+    # The VXLAN pair: two hosts and two ends each; vswitch's side is two processes, both charged.
+    for name, short in (("kernel-vxlan", "kx"), ("vswitch-vxlan", "vx")):
+        tags = ("ha", "hb", "n1", "n2")
+        assert doc["contenders"][name]["namespaces"] == [f"{doc['prefix']}-{short}-{tag}" for tag in tags]
+    vxlan = doc["contenders"]["vswitch-vxlan"]
+    assert len(vxlan["pids"]) == 2 and vxlan["pid"] == vxlan["pids"][0]
+    assert doc["contenders"]["kernel-vxlan"]["pids"] == []
 
     png = png_files[0].read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -140,10 +158,14 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     for name in CONTENDERS:
         server = doc["contenders"][name]["iperf3_pid"]
         assert not alive(server), f"{name}: iperf3 server pid {server} still running"
-    for name in ("vswitch-l2", "vswitch-nat"):
+    for name in ("vswitch-l2", "vswitch-nat", "vswitch-vxlan"):
         info = doc["contenders"][name]
-        assert not alive(info["pid"]), f"{name}: vswitch pid {info['pid']} still running"
-        assert vswitch_processes(info["instance"]) == []
+        for pid in info["pids"]:
+            assert not alive(pid), f"{name}: vswitch pid {pid} still running"
+    for instance in (doc["contenders"][n]["instance"] for n in ("vswitch-l2", "vswitch-nat")):
+        assert vswitch_processes(instance) == []
+    vxlan_instance = doc["contenders"]["vswitch-vxlan"]["instance"]  # ...vxa; its peer is ...vxb
+    assert vswitch_processes(vxlan_instance) == vswitch_processes(vxlan_instance[:-1] + "b") == []
     floor_pid = doc["contenders"]["python-floor"]["pid"]
     assert not alive(floor_pid), f"python-floor pid {floor_pid} still running"
     vde = doc["contenders"]["vde-l2"]["pid"]

@@ -513,6 +513,24 @@ def test_two_instances_on_two_hosts_ping_and_carry_tcp(xenv: Env) -> None:
     transfer(xenv, nsx, nsy, "10.0.0.2", TCP_BYTES, seed=44)
 
 
+def test_doctor_flags_an_address_two_instances_both_gave_out(xenv: Env) -> None:
+    """Two instances number their ports alike: each namespace's 10.0.0.1 answers the other's ARP
+    probe across the tunnel, and doctor says so on both sides (as arping -D would); a third address,
+    given once, is not flagged."""
+    ha, hb = host_pair(xenv)
+    nsx, nsy, nsz = xenv.ns("x"), xenv.ns("y"), xenv.ns("z")
+    one = xenv.switch(f"{nsx}:eth0=10.0.0.1/24,{nsz}:eth0=10.0.0.3/24", args=vxlan_args("lan", A, ha, B))
+    two = xenv.switch(f"{nsy}:eth0=10.0.0.1/24", args=vxlan_args("lan", B, hb, A))
+    for sw, ns, other in ((one, nsx, nsy), (two, nsy, nsx)):
+        doctor = xenv.vswitch("doctor", "--name", sw.name, timeout=60)
+        problems = [line for line in doctor.stdout.splitlines() if line.startswith("PROBLEM")]
+        assert doctor.returncode == 1, doctor.stdout
+        assert any(ns in line and "10.0.0.1" in line and mac_of(other) in line for line in problems), (
+            doctor.stdout
+        )
+        assert not any("10.0.0.3" in line for line in problems), doctor.stdout
+
+
 # --- 5. three instances on a bridged underlay ---------------------------------------------------------------
 def test_three_instances_full_mesh_ping_and_flood_a_broadcast_to_both_others(xenv: Env) -> None:
     hosts = host_star(xenv, 3)

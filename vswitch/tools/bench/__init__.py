@@ -1,4 +1,4 @@
-"""`vswitch bench`: vswitch against the kernel's bridge and NAT, the same topology side by side.
+"""`vswitch bench`: vswitch against the kernel's bridge, NAT and VXLAN, the same topology side by side.
 
 Only the argument parser lives here; the bench itself (pyroute2 plumbing, rich, matplotlib) is
 imported when the command runs, so registering the subcommand keeps `vswitch up` start-up fast.
@@ -12,7 +12,9 @@ from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 # For the help text only (topologies.py, which imports pyroute2, holds the real lists; a test checks).
-CONTENDER_NAMES = "kernel-bridge,python-floor,vswitch-l2,vswitch-l2-busy,kernel-nat,vswitch-nat"
+CONTENDER_NAMES = (
+    "kernel-bridge,python-floor,vswitch-l2,vswitch-l2-busy,kernel-nat,vswitch-nat,kernel-vxlan,vswitch-vxlan"
+)
 OPTIONAL_NAMES = "vde-l2,ovs-l2"
 
 
@@ -33,10 +35,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
         description=(
             "Build the same topology on each contender in namespaces of its own, measure them in "
             "interleaved rounds and report medians (table, JSON, PNG chart). Default: 3 rounds, "
-            "about 12 minutes with vde_switch and Open vSwitch; --quick: 1 round, about 1 minute."
+            "about 17 minutes with vde_switch and Open vSwitch; --quick: 1 round, about 2 minutes."
         ),
     )
-    bench.add_argument("--quick", action="store_true", help="a ~1 minute smoke run (short loads, 1 round)")
+    bench.add_argument("--quick", action="store_true", help="a ~2 minute smoke run (short loads, 1 round)")
     bench.add_argument("--out", metavar="DIR", help="where the JSON and PNG go (default: bench/results)")
     bench.add_argument("--rounds", type=_rounds, metavar="N", help="interleaved rounds (default 3, quick 1)")
     bench.add_argument(

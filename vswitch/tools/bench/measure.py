@@ -7,8 +7,10 @@
   not iperf3's own count: iperf3 counts what its socket took, so a slow receiving application would
   be charged to the switch; the counter counts what the switch delivered into the namespace.
 - CPU µs per packet: the switch process's utime + stime (/proc/PID/stat) over the same window,
-  divided by the packets delivered in it. The kernel contenders forward in softirq context, charged
-  to whichever task happens to run: no figure (None, shown as n/a).
+  divided by the packets delivered in it; for vswitch-vxlan the sum of its two processes' (every
+  packet crosses both: encapsulated by one, decapsulated by the other). The kernel contenders forward
+  (and encapsulate) in softirq context, charged to whichever task happens to run: no figure (None,
+  shown as n/a).
 - Loss at 50 kpps: iperf3 paced to 50,000 64-byte frames per second; loss from the client's
   tx_packets and the server's rx_packets deltas over the whole run (again what the switch lost, not
   the receiving socket).
@@ -202,10 +204,13 @@ class Sampler:
         self.client.close()
 
     def sample(self) -> tuple[float, int, int, float | None]:
-        """(monotonic time, server rx_packets, client tx_packets, switch CPU seconds or None)."""
+        """(monotonic time, server rx_packets, client tx_packets, switch CPU seconds or None): the CPU
+        of every switch process the contender has (two for vswitch-vxlan), None when the kernel
+        forwards."""
         rx = interface_counters(self.server, self.c.server_if)[0]
         tx = interface_counters(self.client, self.c.client_if)[1]
-        cpu = cpu_seconds(self.c.pid) if self.c.pid is not None else None
+        pids = self.c.pids
+        cpu = sum(cpu_seconds(pid) for pid in pids) if pids else None
         return time.monotonic(), rx, tx, cpu
 
 

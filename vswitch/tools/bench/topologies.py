@@ -8,6 +8,10 @@ through pyroute2 (netlink); the only commands run are `sysctl` and `nft -f -` in
 namespace, which netlink does not cover, and the other switches' own programs (vde_switch; OVS's
 ovsdb-tool, ovsdb-server, ovs-vswitchd and ovs-vsctl: see ovs.py).
 
+The VXLAN pair (vxlan.py) has two host namespaces joined by an underlay veth and an end namespace
+behind each, on the kernel's vxlan devices and bridges or on one `vswitch up` per host; the vswitch
+side's CPU per packet is both processes'.
+
 A vswitch contender is a real `vswitch up` subprocess with its own --name and VSWITCH_RUN_DIR, in a
 session of its own (Ctrl-C reaches the bench, which then stops it in order): SIGTERM first, SIGKILL
 and `vswitch down` if it does not go.
@@ -31,6 +35,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ...shell.kernel import remove_netns_named, stop_signals_held
+from . import vxlan
 from .ovs import OvsError, PrivateOvs
 from .ovs import version as ovs_version
 from .process import terminate
@@ -48,6 +53,8 @@ CONTENDERS: tuple[str, ...] = (
     "vswitch-l2-busy",
     "kernel-nat",
     "vswitch-nat",
+    "kernel-vxlan",
+    "vswitch-vxlan",
 )
 BUSY_POLL_USEC = 10_000  # vswitch-l2-busy: --busy-poll, longer than the ping interval (5 ms)
 # Optional contenders, measured only when installed; absent ones are named in the report.
@@ -61,6 +68,8 @@ SHORT: dict[str, str] = {
     "vswitch-l2-busy": "lb",
     "kernel-nat": "kn",
     "vswitch-nat": "vn",
+    "kernel-vxlan": "kx",
+    "vswitch-vxlan": "vx",
     "vde-l2": "vd",
     "ovs-l2": "ov",
 }
@@ -69,16 +78,31 @@ BASELINE: dict[str, str] = {
     "vswitch-l2": "kernel-bridge",
     "vswitch-l2-busy": "kernel-bridge",
     "vswitch-nat": "kernel-nat",
+    "vswitch-vxlan": "kernel-vxlan",
     "vde-l2": "kernel-bridge",
     "ovs-l2": "kernel-bridge",
 }
-# The floor: vswitch's IO with no switch (floor.py). Every vswitch contender is also held to it.
+# The floor: vswitch's IO with no switch (floor.py). Every vswitch contender is also held to it, but
+# those in NOT_AGAINST_FLOOR.
 FLOOR = "python-floor"
 FLOOR_MODULE = "vswitch.tools.bench.floor"  # what python-floor runs (python -m)
+# vswitch contenders not held to the floor, and why: the floor is one process between two taps.
+NOT_AGAINST_FLOOR: dict[str, str] = {
+    "vswitch-vxlan": "two processes, each between a tap and a UDP socket: not the floor's IO",
+}
 
 
 class BenchError(Exception):
     """A contender could not be built or measured; str() is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class Vswitch:
+    """One `vswitch up` process a contender started: what stopping it and `vswitch down` need."""
+
+    instance: str
+    run_dir: Path  # its VSWITCH_RUN_DIR
+    proc: subprocess.Popen[bytes]
 
 
 @dataclass
@@ -94,10 +118,11 @@ class Contender:
     client_if: str = "eth0"
     server_if: str = "eth0"
     namespaces: list[str] = field(default_factory=list)  # the ones this contender created
-    proc: subprocess.Popen[bytes] | None = None  # the vswitch (or vde_switch) process, if any
+    proc: subprocess.Popen[bytes] | None = None  # the (first) vswitch, vde_switch or floor process
     ovs: PrivateOvs | None = None  # ovs-l2: its private ovsdb-server and ovs-vswitchd
-    instance: str | None = None
+    instance: str | None = None  # the (first) vswitch's --name
     run_dir: Path | None = None
+    vswitches: list[Vswitch] = field(default_factory=list)  # every `vswitch up` (vswitch-vxlan: two)
 
     @property
     def kind(self) -> str:
@@ -114,6 +139,14 @@ class Contender:
             return self.ovs.vswitchd.pid if self.ovs.vswitchd is not None else None
         return self.proc.pid if self.proc is not None else None
 
+    @property
+    def pids(self) -> list[int]:
+        """Every process whose CPU time is charged to the packets: both vswitches of vswitch-vxlan
+        (a packet crosses the two), else the one switch process; none when the kernel forwards."""
+        if self.vswitches:
+            return [v.proc.pid for v in self.vswitches]
+        return [self.pid] if self.pid is not None else []
+
     def ns(self, tag: str) -> str:
         """prefix-XX-tag: XX tells the contenders apart (kb, l2, kn, vn), so names never collide."""
         return f"{self.prefix}-{SHORT[self.name]}-{tag}"
@@ -127,6 +160,8 @@ class Contender:
             "vswitch-l2-busy": self._vswitch_l2_busy,
             "kernel-nat": self._kernel_nat,
             "vswitch-nat": self._vswitch_nat,
+            "kernel-vxlan": self._kernel_vxlan,
+            "vswitch-vxlan": self._vswitch_vxlan,
             "vde-l2": self._vde_l2,
             "ovs-l2": self._ovs_l2,
         }
@@ -184,6 +219,43 @@ class Contender:
         )
         in_netns(router, ["nft", "-f", "-"], stdin=rules)
         self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE
+
+    def _kernel_vxlan(self) -> None:
+        """Two hosts on an underlay veth, each with a vxlan device and a veth to its end namespace in
+        a Linux bridge (vxlan.py)."""
+        hosts = [self._new_ns(host) for host, _, _, _ in vxlan.SIDES]
+        ends = [self._new_ns(end) for _, _, end, _ in vxlan.SIDES]
+        vxlan.underlay(*hosts)
+        locals_ = [local for _, local, _, _ in vxlan.SIDES]
+        for host, end, local, remote, (_, _, _, address) in zip(
+            hosts, ends, locals_, reversed(locals_), vxlan.SIDES, strict=True
+        ):
+            vxlan.kernel_vtep(host, end, local, remote, address)
+        self._check_overlay_mtu(ends)
+        self.client_ns, self.server_ns, self.server_ip = ends[0], ends[1], vxlan.SIDES[1][3]
+
+    def _vswitch_vxlan(self) -> None:
+        """The same hosts and underlay, and a `vswitch up` per host that makes its end namespace and
+        carries segment lan to the other host's vswitch over VXLAN. Both are started, each with its
+        own --name and VSWITCH_RUN_DIR, and both must be ready before anything is measured."""
+        assert self.run_dir is not None
+        hosts = [self._new_ns(host) for host, _, _, _ in vxlan.SIDES]
+        vxlan.underlay(*hosts)
+        locals_ = [local for _, local, _, _ in vxlan.SIDES]
+        ends = [self.ns(end) for _, _, end, _ in vxlan.SIDES]
+        for host, end, local, remote, (tag, _, _, address) in zip(
+            hosts, ends, locals_, reversed(locals_), vxlan.SIDES, strict=True
+        ):
+            instance = f"b{self.prefix[3:]}{SHORT[self.name]}{tag[-1]}"  # ...vxa, ...vxb
+            topology = vxlan.vswitch_topology(host, end, local, remote, address)
+            self._vswitch_up(topology, [end], instance, self.run_dir / instance)
+        self._check_overlay_mtu(ends)
+        self.client_ns, self.server_ns, self.server_ip = ends[0], ends[1], vxlan.SIDES[1][3]
+
+    def _check_overlay_mtu(self, ends: list[str]) -> None:
+        problems = vxlan.mtu_problems(ends)
+        if problems:
+            raise BenchError(f"{self.name}: {'; '.join(problems)}")
 
     def _vswitch_l2(self) -> None:
         a, b = self.ns("a"), self.ns("b")
@@ -293,16 +365,26 @@ class Contender:
         self.description = f"{self.description}; {ovs_version()}, {tso}"
         self.client_ns, self.server_ns, self.server_ip = a, b, "10.0.0.2"
 
-    def _vswitch_up(self, topology: list[str], created: list[str]) -> None:
-        """Start `vswitch up` in a session of its own; ready once it printed its port table."""
+    def _vswitch_up(
+        self,
+        topology: list[str],
+        created: list[str],
+        instance: str | None = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        """Start `vswitch up` in a session of its own; ready once it printed its port table. instance
+        (its --name) and run_dir (its VSWITCH_RUN_DIR) default to the contender's."""
         assert self.run_dir is not None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.instance = f"b{self.prefix[3:]}{SHORT[self.name]}"
+        instance = instance or f"b{self.prefix[3:]}{SHORT[self.name]}"
+        run_dir = run_dir or self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.instance is None:
+            self.instance = instance
         # vswitch creates these namespaces and removes them on exit; listed so a crash is mopped up.
         self.namespaces.extend(created)
-        env = {**os.environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
-        argv = [sys.executable, "-m", "vswitch", "up", *topology, "--name", self.instance, "--json"]
-        self._start(argv, self.instance, "vswitch up", lambda out: bool(out.strip()), env)
+        env = {**os.environ, "VSWITCH_RUN_DIR": str(run_dir)}
+        argv = [sys.executable, "-m", "vswitch", "up", *topology, "--name", instance, "--json"]
+        self._start(argv, instance, "vswitch up", lambda out: bool(out.strip()), env, instance, run_dir)
 
     def _start(
         self,
@@ -311,21 +393,29 @@ class Contender:
         what: str,
         ready: Callable[[bytes], bool],
         env: dict[str, str] | None = None,
+        instance: str | None = None,
+        vswitch_run_dir: Path | None = None,
     ) -> None:
         """Run argv in a session of its own, its output in run_dir/STEM.out and .err, until ready(its
-        stdout so far) says so; BenchError with its stderr if it exits first or takes too long."""
+        stdout so far) says so; BenchError with its stderr if it exits first or takes too long.
+        Recorded before the wait, so teardown stops it even then: as the contender's process (the
+        first), and with instance and vswitch_run_dir given, as one of its vswitches."""
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         out_path, err_path = self.run_dir / f"{stem}.out", self.run_dir / f"{stem}.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, start_new_session=True)
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, start_new_session=True)
+        if self.proc is None:
+            self.proc = proc
+        if instance is not None and vswitch_run_dir is not None:
+            self.vswitches.append(Vswitch(instance, vswitch_run_dir, proc))
         deadline = time.monotonic() + START_TIMEOUT
         while not ready(out_path.read_bytes()):
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 why = err_path.read_text(errors="replace").strip()
-                raise BenchError(f"{self.name}: {what} exited {self.proc.returncode}: {why}")
+                raise BenchError(f"{self.name}: {what} {stem} exited {proc.returncode}: {why}")
             if time.monotonic() > deadline:
-                raise BenchError(f"{self.name}: {what} was not ready within {START_TIMEOUT:g}s")
+                raise BenchError(f"{self.name}: {what} {stem} was not ready within {START_TIMEOUT:g}s")
             time.sleep(0.05)
 
     # --- teardown ----------------------------------------------------------------------------------
@@ -334,10 +424,10 @@ class Contender:
         problems: list[str] = []
         if self.ovs is not None:
             problems.extend(f"{self.name}: {p}" for p in self.ovs.stop())
-        if self.proc is not None and self.instance is None:
+        for switch in self.vswitches:
+            problems.extend(self._stop_vswitch(switch))
+        if self.proc is not None and not self.vswitches:
             problems.extend(self._stop_other())
-        elif self.proc is not None:
-            problems.extend(self._stop_vswitch())
         for name in reversed(self.namespaces):
             try:
                 remove_netns_named(name)
@@ -350,28 +440,27 @@ class Contender:
         assert self.proc is not None
         return terminate(self.proc, self.name, STOP_TIMEOUT)
 
-    def _stop_vswitch(self) -> list[str]:
-        assert self.proc is not None and self.run_dir is not None and self.instance is not None
+    def _stop_vswitch(self, switch: Vswitch) -> list[str]:
         problems: list[str] = []
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if switch.proc.poll() is None:
+            switch.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(STOP_TIMEOUT)
+                switch.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                problems.append(f"vswitch {self.instance} ignored SIGTERM; killed")
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        if (self.run_dir / f"{self.instance}.json").exists():
-            env = {**os.environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
+                problems.append(f"vswitch {switch.instance} ignored SIGTERM; killed")
+                switch.proc.kill()
+                switch.proc.wait(STOP_TIMEOUT)
+        if (switch.run_dir / f"{switch.instance}.json").exists():
+            env = {**os.environ, "VSWITCH_RUN_DIR": str(switch.run_dir)}
             down = subprocess.run(
-                [sys.executable, "-m", "vswitch", "down", "--name", self.instance],
+                [sys.executable, "-m", "vswitch", "down", "--name", switch.instance],
                 capture_output=True,
                 text=True,
                 env=env,
                 timeout=COMMAND_TIMEOUT + STOP_TIMEOUT,
             )
             if down.returncode != 0:
-                problems.append(f"vswitch down --name {self.instance}: {down.stderr.strip()}")
+                problems.append(f"vswitch down --name {switch.instance}: {down.stderr.strip()}")
         return problems
 
 
@@ -461,6 +550,14 @@ DESCRIPTIONS: dict[str, str] = {
     "vswitch-l2-busy": f"the same with --busy-poll {BUSY_POLL_USEC} (latency for a busy core)",
     "kernel-nat": "client - veth - router ns (ip_forward, nft masquerade) - veth - outside 198.18.0.1",
     "vswitch-nat": "vswitch up --segment lan=c --uplink o (routed, masquerade to 198.18.0.1)",
+    "kernel-vxlan": (
+        "n1 - veth - [host A: bridge + vxlan0] - underlay veth - [host B: vxlan0 + bridge] - veth - n2; "
+        f"VNI {vxlan.VNI}, UDP {vxlan.PORT}, unicast remote, overlay MTU {vxlan.OVERLAY_MTU}"
+    ),
+    "vswitch-vxlan": (
+        "the same hosts and underlay, a `vswitch up --ports n1 --vxlan lan=...` per host (two processes, "
+        "CPU is both)"
+    ),
     "vde-l2": "vde_switch -t tapA -t tapB, the taps moved into the two namespaces (no vnet header, no TSO)",
     "ovs-l2": (
         "Open vSwitch userspace datapath (netdev), private ovsdb, NORMAL action, type=tap ports moved "

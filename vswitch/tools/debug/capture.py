@@ -26,9 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from ...core.vxlan import OUTER_LEN
 from ...core.wire import VNET_HDR_LEN
 from ...shell.control import ControlError
-from .common import b64, client_gone, instance_socket, port_stream_setup, unb64
+from ...shell.loop import OUTER_ETHERNET
+from .common import TunnelPort, b64, client_gone, instance_socket, port_stream_setup, unb64
 
 if TYPE_CHECKING:
     from ...shell.instance import Instance
@@ -45,13 +47,17 @@ async def capture_stream(
         return
     ports, matches, shell = setup
     count = int(req.get("count") or 0)  # 0: until the client goes away
+    outer = bool(req.get("outer"))
     queue: collections.deque[tuple[str, str, int, bytes]] = collections.deque()
     state = {"bytes": 0, "dropped": 0}
     wake = asyncio.Event()
 
-    def observer_for(label: str) -> Callable[[str, bytes], None]:
+    def observer_for(label: str, tunnel: bool) -> Callable[[str, bytes], None]:
+        # A tunnel's port carries the outer packet: shown as it is with --outer, else the inner frame.
+        start = VNET_HDR_LEN if outer or not tunnel else len(OUTER_ETHERNET) + OUTER_LEN
+
         def observer(direction: str, pkt: bytes) -> None:
-            frame = pkt[VNET_HDR_LEN:]
+            frame = pkt[start:]
             if not matches(frame):
                 return
             if len(queue) >= QUEUE_FRAMES or state["bytes"] + len(frame) > QUEUE_BYTES:
@@ -63,14 +69,14 @@ async def capture_stream(
 
         return observer
 
-    observers = [(port.id, observer_for(port.label)) for port in ports]
+    observers = [(port.id, observer_for(port.label, isinstance(port, TunnelPort))) for port in ports]
     for port_id, observer in observers:
         shell.observe(port_id, observer)
     gone = asyncio.ensure_future(client_gone(reader))
     waiter: asyncio.Future[Any] | None = None
     sent = 0
     try:
-        labels = [port.label for port in ports]
+        labels = list(dict.fromkeys(port.label for port in ports))
         reply = {"ok": True, "result": {"port": labels[0], "ports": labels}}
         writer.write(json.dumps(reply).encode() + b"\n")
         await writer.drain()
@@ -117,7 +123,8 @@ def stamp_ns(record: dict[str, Any]) -> int:
 
 
 def summary(record: dict[str, Any], port: str) -> str:
-    import scapy.layers.inet  # noqa: F401  (binds IP, TCP, UDP, ICMP under Ether)
+    import scapy.layers.inet
+    import scapy.layers.vxlan  # noqa: F401  (binds VXLAN under UDP 4789: capture --outer)
     from scapy.layers.l2 import Ether
 
     seconds, nanos = divmod(stamp_ns(record), 1_000_000_000)
@@ -134,7 +141,10 @@ def chosen_ports(args: argparse.Namespace) -> list[str]:
     if args.all and args.ports:
         raise UsageError("give PORT[,PORT...] or --all, not both")
     if args.all:
-        labels = [str(p["port"]) for p in call(args, "status")["ports"]]
+        status = call(args, "status")
+        labels = [str(p["port"]) for p in status["ports"]] + [
+            str(t["port"]) for t in status.get("tunnels", [])
+        ]
         if not labels:
             raise ControlError("the instance has no ports")
     elif not args.ports:
@@ -179,7 +189,7 @@ def run_capture(args: argparse.Namespace, ports: list[str], fmt: str | None) -> 
     from .common import stream as open_stream
     from .pcap import INBOUND, OUTBOUND, PcapNgWriter, PcapWriter
 
-    fields = {"ports": ports, "filter": args.filter, "count": args.count or 0}
+    fields = {"ports": ports, "filter": args.filter, "count": args.count or 0, "outer": args.outer}
     out: IO[bytes] | None = None
     writer: PcapWriter | PcapNgWriter | None = None
     if fmt is not None:
@@ -238,6 +248,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("ports", metavar="PORT[,PORT...]", nargs="?", help="the ports: namespace names, or 'host'")
     p.add_argument("--all", action="store_true", help="every port of the instance")
+    p.add_argument(
+        "--outer",
+        action="store_true",
+        help="on a VXLAN tunnel's port (vx42), the encapsulated packets (outer IPv4/UDP/VXLAN) instead "
+        "of the inner frames; the filter then sees the outer packet",
+    )
     p.add_argument("-w", "--write", metavar="FILE", help="write FILE.pcapng or FILE.pcap ('-' for stdout)")
     p.add_argument(
         "--format", choices=("pcap", "pcapng"), help="the file format (default: from FILE's extension)"

@@ -9,7 +9,7 @@ import json
 import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ...config.topology import ConfigError, check_instance
 from ...shell.control import CommandError, ControlError, request
@@ -38,7 +38,8 @@ def live_port(instance: Instance, label: Any) -> LivePort:
     for port in instance.ports:
         if port.label == label:
             return port
-    known = ", ".join(p.label for p in instance.ports)
+    names = instance.datapath.counters.names
+    known = ", ".join([p.label for p in instance.ports] + [names[t.port] for t in instance.datapath.tunnels])
     raise CommandError(f"no port {label!r}: ports are {known}")
 
 
@@ -48,27 +49,51 @@ def shell_of(instance: Instance) -> Shell:
     return instance.shell
 
 
-def requested_ports(instance: Instance, req: dict[str, Any]) -> list[LivePort]:
+class TunnelPort(NamedTuple):
+    """A VXLAN remote's port, as a stream sees it: what it carries is the outer packet (an Ethernet
+    frame of zero MACs, shell.loop.OUTER_ETHERNET); label is what the user asked for."""
+
+    id: int
+    label: str
+    tunnel: bool = True
+
+
+def stream_ports(instance: Instance, label: Any) -> list[LivePort] | list[TunnelPort]:
+    """A port by label: a namespace's (or the host's); a tunnel's (vx42: every remote's port); or one
+    remote's (vx42@10.250.0.2)."""
+    names = instance.datapath.counters.names
+    for tunnel in instance.datapath.tunnels:
+        if label == names[tunnel.port]:
+            return [TunnelPort(port, label) for port in tunnel.addresses]
+        for port in tunnel.addresses:
+            if label == names[port]:
+                return [TunnelPort(port, label)]
+    return [live_port(instance, label)]
+
+
+def requested_ports(instance: Instance, req: dict[str, Any]) -> list[LivePort | TunnelPort]:
     """The ports a stream asks for ("ports": a list of labels, or "port": one), each once, in order."""
     labels = req.get("ports")
     if labels is None:
         labels = [req.get("port")]
     if not isinstance(labels, list) or not 0 < len(labels) <= MAX_PORTS:
         raise CommandError(f'"ports" must be a list of 1 to {MAX_PORTS} port names')
-    ports = [live_port(instance, label) for label in labels]
+    ports = [port for label in labels for port in stream_ports(instance, label)]
     return list({port.id: port for port in ports}.values())
 
 
 def port_stream_setup(
     instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter, many: bool = False
-) -> tuple[list[LivePort], Callable[[bytes], bool], Shell] | None:
+) -> tuple[list[LivePort | TunnelPort], Callable[[bytes], bool], Shell] | None:
     """What capture and live trace both need: the port ("port"; with many, `requested_ports`), the
     filter and the shell; or, for a bad request, an error line already written to the client and
     None."""
     from .bpf import FilterError, compile_filter
 
     try:
-        ports = requested_ports(instance, req) if many else [live_port(instance, req.get("port"))]
+        ports: list[LivePort | TunnelPort] = (
+            requested_ports(instance, req) if many else [live_port(instance, req.get("port"))]
+        )
         return ports, compile_filter(req.get("filter")), shell_of(instance)
     except (CommandError, FilterError) as exc:
         writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from ...config.topology import UPLINK_SEGMENT
-from ...shell.kernel import IFF_UP, open_existing_namespace
+from ...core.vxlan import OVERHEAD as VXLAN_OVERHEAD
+from ...shell.kernel import IFF_UP, KernelError, in_namespace, open_existing_namespace, route_mtu
 from .common import call
 
 NUD_FAILED = 0x20
@@ -157,11 +160,112 @@ def findings(info: dict[str, Any], stats: dict[str, Any], arp: list[dict[str, An
     return found
 
 
+# Duplicate address detection as `arping -D` does it (RFC 5227 2.1.1): an ARP probe (sender address
+# 0.0.0.0) for the port's own address; any answer comes from another holder of it.
+PROBE_WAIT = 0.5  # seconds to collect answers (RFC 5227's PROBE_MIN is 1 s; a LAN answers in far less)
+ETH_P_ARP = 0x0806
+ARP_REPLY = 2
+
+
+def probe_frame(mac: bytes, address: IPv4Address) -> bytes:
+    return (
+        b"\xff" * 6 + mac + ETH_P_ARP.to_bytes(2, "big")
+        + bytes.fromhex("0001080006040001") + mac + bytes(4) + bytes(6) + address.packed
+    )  # fmt: skip
+
+
+def duplicate_holders(ns: str, ifname: str, address: IPv4Address, mac: str) -> list[str]:
+    """The MACs other than mac that answer an ARP probe for address on ifname inside ns."""
+    own = bytes.fromhex(mac.replace(":", ""))
+
+    def probe() -> list[str]:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
+            sock.bind((ifname, ETH_P_ARP))
+            sock.settimeout(PROBE_WAIT)
+            sock.send(probe_frame(own, address))
+            deadline = time.monotonic() + PROBE_WAIT
+            found: list[str] = []
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    frame = sock.recv(128)
+                except TimeoutError:
+                    break
+                sender, sender_ip = frame[22:28], frame[28:32]
+                is_reply = len(frame) >= 42 and frame[20:22] == ARP_REPLY.to_bytes(2, "big")
+                if is_reply and sender_ip == address.packed and sender != own:
+                    found.append(sender.hex(":"))
+            return sorted(set(found))
+
+    try:
+        return in_namespace(ns, probe)
+    except OSError:
+        return []  # the namespace or its link is gone: kernel_findings says so
+
+
+def address_findings(info: dict[str, Any]) -> list[Finding]:
+    """Every namespace port's address probed: answered from elsewhere, it is a duplicate (another
+    vswitch instance over VXLAN, or a host configured by hand, holds it too)."""
+    ports = [p for p in info["ports"] if p["namespace"] and p["address"] and p["mac"]]
+    addresses = [IPv4Interface(p["address"]).ip for p in ports]
+    # The probes wait side by side: one PROBE_WAIT for the lot, not one per port.
+    with ThreadPoolExecutor(max_workers=min(32, len(ports) or 1)) as pool:
+        answers = list(
+            pool.map(
+                lambda p, a: duplicate_holders(p["namespace"], p["interface"], a, p["mac"]), ports, addresses
+            )
+        )
+    return [
+        Finding(
+            port["port"],
+            f"address {address} is also answered by {holder} (a duplicate, as arping -D sees)",
+            "give one of the two another address",
+        )
+        for port, address, holders in zip(ports, addresses, answers, strict=True)
+        for holder in holders
+    ]
+
+
+def tunnel_findings(info: dict[str, Any]) -> list[Finding]:
+    """A remote VTEP we send to that never sent us anything, and an underlay whose MTU no longer fits
+    the tunnel's MTU plus the 50 bytes of encapsulation."""
+    found = []
+    for tunnel in info.get("tunnels", []):
+        where = f"{tunnel['port']} (segment {tunnel['segment']})"
+        for remote in tunnel["remotes"]:
+            if remote["tx_packets"] and not remote["rx_packets"]:
+                found.append(
+                    Finding(
+                        where,
+                        f"remote {remote['address']}: {remote['tx_packets']} packets sent, none received "
+                        f"(is a VTEP with VNI {tunnel['vni']} listening on {remote['address']}:"
+                        f"{tunnel['dstport']}, with {tunnel['local']} as its remote?)",
+                    )
+                )
+            try:
+                underlay = route_mtu(tunnel["netns"], IPv4Address(remote["address"]))
+            except KernelError as exc:
+                found.append(Finding(where, f"remote {remote['address']}: {exc}"))
+                continue
+            if underlay < tunnel["mtu"] + VXLAN_OVERHEAD:
+                found.append(
+                    Finding(
+                        where,
+                        f"the underlay's MTU toward {remote['address']} is {underlay}: the tunnel's MTU "
+                        f"{tunnel['mtu']} needs {tunnel['mtu'] + VXLAN_OVERHEAD} with the {VXLAN_OVERHEAD} "
+                        "bytes of VXLAN (frames that big are dropped as tx-error)",
+                        "raise the underlay interface's MTU, or restart with --mtu "
+                        f"{tunnel['segment']}={underlay - VXLAN_OVERHEAD}",
+                    )
+                )
+    return found
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     info = call(args, "debug-info")
     stats = call(args, "stats")
     arp = call(args, "arp") if info["routed"] else None
-    found = findings(info, stats, arp)
+    found = findings(info, stats, arp) + tunnel_findings(info) + address_findings(info)
     problems = [f for f in found if f.problem]
     checked = len([p for p in info["ports"] if p["namespace"]])
     print(f"instance {info['instance']}: {checked} namespaces checked, fdb {info['fdb_entries']} entries")

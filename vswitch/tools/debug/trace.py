@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Final
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ...core.datapath import Datapath, Transmit, Verdict
 from ...core.wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
 from ...shell.control import CommandError, ControlError
+from ...shell.loop import OUTER_ETHERNET
 from .common import (
     b64,
     call,
@@ -127,20 +129,26 @@ def trace_many(datapath: Datapath, frames: list[Transmit], now: float) -> list[T
             verdict = datapath.receive(in_port, pkt, now)
             if router is not None and (new := Counter(router.events) - events):
                 result.stages.append(("router", "events: " + ", ".join(sorted(new))))
-            result.outputs = outputs(verdict, pkt, names)
+            result.outputs = outputs(verdict, pkt, names, set(datapath.encaps))
             results.append(result)
     return results
 
 
-def outputs(verdict: Verdict, pkt: bytes, names: list[str]) -> list[tuple[str, bytes]]:
-    """A verdict as trace shows it: (port name, bytes) for each frame that leaves."""
+def outputs(
+    verdict: Verdict, pkt: bytes, names: list[str], tunnelled: AbstractSet[int] = frozenset()
+) -> list[tuple[str, bytes]]:
+    """A verdict as trace shows it: (port name, bytes) for each frame that leaves. What leaves by a
+    tunnel's port is an outer IPv4 packet: shown as capture --outer shows it (OUTER_ETHERNET)."""
     if verdict is None:
         return []
     if isinstance(verdict, int):
         return [(names[verdict], pkt)]
     if isinstance(verdict, tuple):
         return [(names[port], pkt) for port in verdict]
-    return [(names[port], bytes(frame)) for port, frame in verdict]
+    return [
+        (names[port], OUTER_ETHERNET + bytes(frame) if port in tunnelled else bytes(frame))
+        for port, frame in verdict
+    ]
 
 
 # --- server side -------------------------------------------------------------------------------------
@@ -277,7 +285,8 @@ def render(result: dict[str, Any]) -> list[str]:
     """The stages, then one line per output frame (diff or new frame) and the verdict."""
     import base64
 
-    import scapy.layers.inet  # noqa: F401  (binds IP, TCP, UDP, ICMP under Ether)
+    import scapy.layers.inet
+    import scapy.layers.vxlan  # noqa: F401  (binds VXLAN under UDP 4789)
     from scapy.layers.l2 import Ether
 
     lines = [f"trace on port {result['port']}"]
