@@ -321,7 +321,7 @@ VXLAN_KEYS = ("remote", "local", "netns", "dstport", "ttl", "group")
 
 
 def _udp_port(text: str, what: str) -> int:
-    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 0 < int(text) < 65536:
         raise ConfigError(f"{what} must be a UDP port from 1 to 65535, not {text!r}")
     return int(text)
 
@@ -363,7 +363,7 @@ def vxlan_spec(
     group: list[str] = (),  # type: ignore[assignment]
 ) -> VxlanSpec:
     """One VxlanSpec from its values as text (the command line's and TOML's alike)."""
-    if not vni_text.isdigit() or not 0 <= int(vni_text) <= VNI_MAX:
+    if not (vni_text.isascii() and vni_text.isdigit()) or not 0 <= int(vni_text) <= VNI_MAX:
         raise ConfigError(f"{what}: the VNI must be a number from 0 to {VNI_MAX}, not {vni_text!r}")
     for key, given in (("local", local), ("netns", netns), ("dstport", dstport), ("ttl", ttl)):
         if len(given) > 1:
@@ -380,7 +380,7 @@ def vxlan_spec(
         raise ConfigError(f"{what}: a remote is named twice")
     if local_address in remote_addresses:
         raise ConfigError(f"{what}: the local address {local_address} cannot be a remote too")
-    hops = int(ttl[0]) if ttl and ttl[0].isdigit() else -1
+    hops = int(ttl[0]) if ttl and ttl[0].isascii() and ttl[0].isdigit() else -1
     if ttl and not 1 <= hops <= 255:
         raise ConfigError(f"{what}: ttl must be from 1 to 255, not {ttl[0]!r}")
     return VxlanSpec(

@@ -141,7 +141,7 @@ class Datapath:
             self._count_l2(port, reason)
             return port, None, None
         inner = memoryview(payload)[HEADER_LEN:]
-        pkt = b"".join((received_vnet_header(inner, self.encaps[port].mtu), inner))
+        pkt = b"".join((received_vnet_header(payload, self.encaps[port].mtu, HEADER_LEN), inner))
         self.counters.rx_packets[port] += 1
         self.counters.rx_bytes[port] += len(inner)
         return port, pkt, self.forward_tunnelled(port, pkt, now)
@@ -225,18 +225,23 @@ class Datapath:
         if not any(port in encaps for port, _ in frames):
             return list(frames)
         out: list[tuple[int, Frame]] = []
+        charged: set[int] = set()  # a frame flooded to several remotes is one drop, not one per copy
         for port, frame in frames:
             tunnel = encaps.get(port)
             if tunnel is None:
                 out.append((port, frame))
             else:
-                out.extend(self._push(in_port, tunnel, port, bytes(frame)))
+                out.extend(self._push(in_port, tunnel, port, bytes(frame), id(frame) not in charged))
+                charged.add(id(frame))
         return out
 
-    def _push(self, in_port: int, tunnel: Tunnel, port: int, pkt: bytes) -> list[tuple[int, Frame]]:
+    def _push(
+        self, in_port: int, tunnel: Tunnel, port: int, pkt: bytes, count: bool = True
+    ) -> list[tuple[int, Frame]]:
         packets = tunnel.push(port, pkt)
         if isinstance(packets, Drop):  # charged to the ingress port; a timer's frame to the tunnel
-            self._count_l2(in_port if in_port >= 0 else tunnel.port, packets)
+            if count:
+                self._count_l2(in_port if in_port >= 0 else tunnel.port, packets)
             return []
         if self.tracer is not None:
             self.tracer.note(

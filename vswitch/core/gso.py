@@ -84,7 +84,7 @@ class _Layout:
 
 def segment(pkt: bytes) -> list[bytes]:
     """A GSO super-frame cut into complete frames of gso_size payload each (or one, if it fits)."""
-    gso_type, gso_size, csum_start = VNET_HDR.unpack_from(pkt)[1::2]
+    _flags, gso_type, _hdr_len, gso_size, csum_start, _offset = VNET_HDR.unpack_from(pkt)
     if gso_type & ~GSO_ECN == GSO_NONE:
         return [complete(pkt)]
     frame = memoryview(pkt)[VNET_HDR_LEN:]
@@ -119,7 +119,12 @@ def _layout(frame: memoryview, kind: int, csum_start: int) -> _Layout:
         raise GsoError(f"GSO type {kind} is not TCP or UDP_L4")
     if tcp and ipv4 != (kind == GSO_TCPV4):
         raise GsoError("GSO type and network header disagree")
-    if csum_start + 20 > len(frame):
+    # The transport the network header names must be the one the GSO type cuts (inet_gso_segment
+    # picks its handler by protocol, and the handler refuses another type's frame).
+    named = frame[l3 + 9] if ipv4 else frame[l3 + 6]
+    if named != (6 if tcp else 17):
+        raise GsoError(f"GSO type {kind} on a packet of protocol {named}")
+    if csum_start + (20 if tcp else 8) > len(frame):
         raise GsoError("GSO headers outside the frame")
     l4_len = (frame[csum_start + 12] >> 4) * 4 if tcp else 8
     if (tcp and l4_len < 20) or csum_start + l4_len > len(frame):

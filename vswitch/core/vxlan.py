@@ -23,10 +23,18 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Final
 
-from .checksum import ones_sum
+from .checksum import fold
 from .counters import Drop
 from .gso import GsoError, segment
-from .wire import ETHERTYPE_VLAN, GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, VNET_HDR_LEN, ZERO_VNET_HDR
+from .wire import (
+    ETHERTYPE_VLAN,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    VNET_F_NEEDS_CSUM,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    ZERO_VNET_HDR,
+)
 
 DEFAULT_PORT: Final = 4789  # IANA's VXLAN port (RFC 7348 section 5)
 DEFAULT_TTL: Final = 64
@@ -47,6 +55,13 @@ _UDP_VXLAN: Final = struct.Struct("!HHHHII")  # source, destination, length, che
 _HEADER: Final = struct.Struct("!II")
 _FRAME_MIN: Final = HEADER_LEN + 14  # a VXLAN header and an inner Ethernet header
 _INNER_IPV4: Final = b"\x08\x00"
+_INNER_IPV6: Final = b"\x86\xdd"
+_PORTED: Final = frozenset({6, 17})
+_U16: Final = struct.Struct("!H")
+# IPv4: version/IHL, total length, flags/fragment offset, protocol, the two addresses.
+_IPV4_FIELDS: Final = struct.Struct("!BxHxxHxBxx8s")
+# IPv6: payload length, next header, the two addresses.
+_IPV6_FIELDS: Final = struct.Struct("!4xHBx32s")
 _VLAN: Final = ETHERTYPE_VLAN.to_bytes(2, "big")
 
 
@@ -60,9 +75,15 @@ def outer_ipv4_header(local: str, remote: str, ttl: int) -> bytes:
 
 def source_port(pkt: bytes) -> int:
     """RFC 7348 section 5: a hash of the inner flow, so the underlay's ECMP spreads flows and keeps
-    each one on one path. IPv4: addresses and ports (ihl 5); anything else: the MAC addresses."""
-    if pkt[22:24] == _INNER_IPV4:
-        return SPORT_BASE | (hash(pkt[36:48]) & SPORT_MASK)
+    each one on one path. IPv4: addresses and ports for TCP and UDP (ihl 5, not a later fragment),
+    else addresses and protocol; IPv6: addresses, next header and ports; anything else: the MACs."""
+    ethertype = pkt[22:24]
+    if ethertype == _INNER_IPV4:
+        if pkt[24] == 0x45 and pkt[33] in _PORTED and not (pkt[30] & 0x1F or pkt[31]):
+            return SPORT_BASE | (hash(pkt[36:48]) & SPORT_MASK)
+        return SPORT_BASE | (hash(pkt[33:34] + pkt[36:44]) & SPORT_MASK)
+    if ethertype == _INNER_IPV6:
+        return SPORT_BASE | (hash(pkt[30:31] + pkt[32:68]) & SPORT_MASK)
     return SPORT_BASE | (hash(pkt[10:22]) & SPORT_MASK)
 
 
@@ -82,7 +103,7 @@ def parse_header(payload: bytes | memoryview) -> int | Drop:
 _PARTIAL_AT: Final = {6: 16, 17: 6}  # TCP's and UDP's checksum field, from the L4 header
 
 
-def received_vnet_header(frame: bytes | memoryview, mtu: int) -> bytes:
+def received_vnet_header(frame: bytes | memoryview, mtu: int, base: int = 0) -> bytes:
     """The virtio-net header for an inner frame from the underlay (frame: from its Ethernet header).
 
     A Linux sender's inner TCP or UDP checksum is often left partial: over veth, an skb stays
@@ -93,27 +114,46 @@ def received_vnet_header(frame: bytes | memoryview, mtu: int) -> bytes:
     would have handed it over; any other value is a complete checksum, which the receiver verifies.
     Over veth the sender's TCP super-frame (GSO) can arrive whole, too: one longer than the tunnel's
     MTU goes on as the TSO frame it is, cut at the MSS that MTU allows (gso_size), so the router and the
-    taps see its true wire size."""
-    if len(frame) < 34 or frame[12:14] != _INNER_IPV4 or frame[14] != 0x45:
+    taps see its true wire size. IPv4 (with options, not a fragment) and IPv6 (TCP or UDP as the next
+    header), untagged or with one 802.1Q tag. base: where the Ethernet header starts in frame."""
+    (ethertype,) = _U16.unpack_from(frame, base + 12) if len(frame) >= base + 14 else (0,)
+    l3 = base + 14
+    if ethertype == ETHERTYPE_VLAN and len(frame) >= base + 18:
+        (ethertype,), l3 = _U16.unpack_from(frame, base + 16), base + 18
+    if ethertype == 0x0800 and len(frame) >= l3 + 20:
+        version_ihl, l3_total, fragment, proto, addresses = _IPV4_FIELDS.unpack_from(frame, l3)
+        ihl = (version_ihl & 0x0F) * 4
+        if version_ihl >> 4 != 4 or ihl < 20 or fragment & 0x3FFF:  # a fragment: no L4 header to finish
+            return ZERO_VNET_HDR
+        pseudo = _sum(addresses) + proto + l3_total - ihl
+        gso_type = GSO_TCPV4
+    elif ethertype == 0x86DD and len(frame) >= l3 + 40:
+        payload_len, proto, addresses = _IPV6_FIELDS.unpack_from(frame, l3)
+        ihl, l3_total = 40, 40 + payload_len
+        pseudo = _sum(addresses) + proto + payload_len
+        gso_type = GSO_TCPV6
+    else:
         return ZERO_VNET_HDR
-    proto = frame[23]
     offset = _PARTIAL_AT.get(proto)
-    if offset is None or frame[20:22] not in (b"\0\0", b"\x40\0"):  # a fragment: no L4 header to finish
+    l4 = l3 + ihl
+    if offset is None or l3_total - ihl < offset + 2 or l3 + l3_total > len(frame):
         return ZERO_VNET_HDR
-    total = int.from_bytes(frame[16:18], "big")
-    at = 34 + offset
-    if total < 20 + offset + 2 or at + 2 > len(frame) or 14 + total > len(frame):
+    (field,) = _U16.unpack_from(frame, l4 + offset)
+    if field != fold(pseudo):
         return ZERO_VNET_HDR
-    pseudo = ones_sum(bytes(frame[26:34]) + bytes((0, proto)) + (total - 20).to_bytes(2, "big"))
-    if int.from_bytes(frame[at : at + 2], "big") != pseudo:
-        return ZERO_VNET_HDR
-    if total > mtu and proto == 6:
-        header_end = 34 + (frame[46] >> 4) * 4
-        if header_end - 14 < total:
-            return VNET_HDR.pack(
-                VNET_F_NEEDS_CSUM, GSO_TCPV4, header_end, mtu - (header_end - 14), 34, offset
-            )
-    return VNET_HDR.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, 34, offset)
+    csum_start = l4 - base  # the header's offsets count from the Ethernet header
+    if l3_total > mtu and proto == 6:
+        header_end = l4 + (frame[l4 + 12] >> 4) * 4
+        gso_size = mtu - (header_end - l3)
+        if gso_size > 0 and header_end - l3 < l3_total:  # else no room for data: a plain frame
+            return VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso_type, header_end - base, gso_size, csum_start, offset)
+    return VNET_HDR.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, csum_start, offset)
+
+
+def _sum(data: bytes) -> int:
+    """The one's-complement sum of data's 16-bit words, unfolded past 16 bits is fine (the caller
+    folds): the number modulo 0xFFFF, as checksum.ones_sum computes it."""
+    return int.from_bytes(data, "big") % 0xFFFF
 
 
 @dataclass
