@@ -427,6 +427,18 @@ def test_routed_tunnel_segment_answers_df_with_frag_needed_mtu_1450(xenv: Env) -
     assert r.sw.query("stats")["router"]["drops"].get("fragmentation-needed", 0) >= 1
 
 
+def test_tcp_routed_into_the_tunnel_from_an_offloading_segment_arrives_intact(xenv: Env) -> None:
+    """other's tap keeps TSO: its TCP reaches the router as 64 KB super-frames, routed into lan, whose
+    tunnel cuts and checksums them in software (gso.py) for the kernel VTEP; and back the other way.
+    Nothing is dropped for a bad virtio-net header or for size."""
+    r = routed_tunnel(xenv)
+    wait_for(lambda: pings(r.nsr, r.far.address), FIRST_PING, "other to ping the kernel side via the router")
+    transfer(xenv, r.nsr, r.far.end, r.far.address, TCP_BYTES // 4, seed=45)
+    transfer(xenv, r.far.end, r.nsr, "10.2.0.2", TCP_BYTES // 4, seed=46)
+    drops = r.sw.query("stats")["drops"]
+    assert not {"bad-vnet-header", "vxlan-too-big", "fragmentation-unsupported"} & set(drops), drops
+
+
 # --- 3. bad underlay input --------------------------------------------------------------------------------
 def test_bad_underlay_input_is_dropped_by_name_and_forwarding_goes_on(xenv: Env) -> None:
     """From the far host's own UDP sockets: runts, bad flags, an unknown VNI, a sender that is no
