@@ -47,9 +47,11 @@ class Switch:
         segments: dict[str, Sequence[str]] | None = None,
         uplink: str | None = None,
         subnet: str | None = None,
+        vxlan: dict[str, str] | None = None,
         name: str | None = None,
         start_timeout: float = 15.0,
     ) -> None:
+        """vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan takes it after the '='."""
         req = topology.Request()
         req.name = name or f"api{secrets.token_hex(3)}"
         if ports:
@@ -60,6 +62,8 @@ class Switch:
             req.segments.append(topology.parse_segment(f"{seg_name}={','.join(members)}"))
         if uplink is not None:
             req.uplink = topology.parse_uplink(uplink)
+        for seg_name, spec in (vxlan or {}).items():
+            req.vxlan[seg_name] = topology.parse_vxlan(f"{seg_name}={spec}")[1]
         self.topology = topology.build(req)
         self.name = self.topology.name
         self.start_timeout = start_timeout

@@ -334,3 +334,17 @@ def test_an_underlay_too_small_for_any_tunnel_is_refused() -> None:
     with pytest.raises(ConfigError, match="leaves 67"):
         underlay_mtu_check(tunnel_segment([]), 117)
     assert underlay_mtu_check(tunnel_segment([]), 118) == 68
+
+
+def test_the_python_api_takes_a_tunnel_as_the_command_line_does() -> None:
+    """api.Switch(vxlan={segment: spec}) builds the same VxlanSpec as --vxlan segment=spec; a bad one
+    is the same ConfigError, raised before anything is made."""
+    from vswitch import api
+
+    spec = "42,local=10.250.0.1,netns=ha,remote=10.250.0.2,ttl=9"
+    made = api.Switch(["n1"], vxlan={"lan": spec}, name="apivx")
+    (segment,) = made.topology.segments
+    assert segment.vxlan == parse_vxlan(f"lan={spec}")[1]
+    assert segment.vxlan is not None and segment.vxlan.ttl == 9
+    with pytest.raises(ConfigError, match="no segment 'dmz'"):
+        api.Switch(["n1"], vxlan={"dmz": spec})

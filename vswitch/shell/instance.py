@@ -112,8 +112,8 @@ class Instance:
             for segment in self.topology.segments:
                 seg_index = self.datapath.add_segment(segment.name)
                 # A tunnel's ports take complete frames: the underlay carries no super-frames and no
-                # partial checksums, and letting the namespace's stack finish them in C measured 26%
-                # faster than finishing them here (gso.py, still there for frames routed in).
+                # partial checksums. The namespace's stack finishing them measured 3% faster and 3%
+                # less CPU than TSO cut here by gso.py (README), which serves frames routed in.
                 offloads = segment.vxlan is None
                 for spec in segment.ports:
                     self._add_port(spec, seg_index, segment.name, segment.mtu, offloads)

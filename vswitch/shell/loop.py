@@ -323,6 +323,7 @@ class Shell:
         def drain() -> int:
             now = loop_time()
             count = 0
+            last_out = -1
             for count in range(1, BATCH + 1):
                 try:
                     payload, source = recv(READ_SIZE)
@@ -351,10 +352,14 @@ class Shell:
                     continue
                 if isinstance(verdict, int):
                     shell._write(verdict, pkt)
+                    last_out = verdict
                 else:
                     shell._write_all(port, pkt, verdict)
-            if count and now >= shell._check_timer_at:
-                shell._rearm(now)
+            if count:
+                # The tap just written to often holds its stack's answer already (_on_readable reads it).
+                shell._last_out = last_out
+                if now >= shell._check_timer_at:
+                    shell._rearm(now)
             return count
 
         return drain
