@@ -127,6 +127,13 @@ def build_parser() -> Parser:
         help="stretch a segment to remote VTEPs over VXLAN (RFC 7348); also dstport=4789, ttl=64",
     )
     up.add_argument(
+        "--trunk",
+        action="append",
+        default=[],
+        metavar="NS=SEGMENT:VID[,...][,native=SEGMENT]",
+        help="an 802.1Q trunk port in NS carrying those segments tagged (repeatable)",
+    )
+    up.add_argument(
         "--vxlan-fdb",
         action="append",
         default=[],
@@ -221,6 +228,7 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
             raise ConfigError(f"--vxlan {segment}: the segment has a tunnel already")
         req.vxlan[segment] = spec
     req.vxlan_fdb.extend(topology.parse_vxlan_fdb(text) for text in args.vxlan_fdb)
+    req.trunks.extend(topology.parse_trunk(text) for text in args.trunk)
     return topology.build(req)
 
 
@@ -390,6 +398,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             for p in result["ports"]
         ],
     )
+    trunks = result.get("trunks") or []
+    if trunks:
+        table(
+            "trunks (802.1Q)",
+            ["port", "namespace", "interface", "mac", "vlans", "native"],
+            [
+                [t["port"], t["namespace"], t["interface"], t["mac"],
+                 " ".join(f"{seg}:{vid}" for seg, vid in t["vlans"].items()), t["native"] or "-"]
+                for t in trunks
+            ],
+        )  # fmt: skip
     for t in result.get("tunnels") or []:
         print(
             f"vxlan {t['port']}: segment {t['segment']}, VNI {t['vni']}, local {t['local']}:{t['dstport']} "

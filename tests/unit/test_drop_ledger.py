@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 import vswitch
@@ -22,6 +22,7 @@ from vswitch.core.datapath import Datapath
 from vswitch.core.nat import FRAGMENT_TIMEOUT, HELD_DATAGRAMS_MAX, NatConfig, PortForward
 from vswitch.core.router import Interface, Router
 from vswitch.core.routes import Route
+from vswitch.core.vlan import Trunk
 from vswitch.core.vxlan import Tunnel, Vtep
 from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
 from vswitch.tools.debug.trace import render, trace
@@ -512,6 +513,39 @@ def vxlan_too_big() -> Scenario:
 TRIGGERS[Drop.VXLAN_TOO_BIG] = vxlan_too_big
 
 
+# 802.1Q: lan on a trunk T (VID 10); a tagged frame on lan's access port a is refused there.
+def trunked() -> tuple[Datapath, dict[str, int], Trunk]:
+    dp, ports = switched("a")
+    trunk = Trunk("T")
+    dp.add_trunk(trunk, [(0, 10)], None)
+    ports["trunk"], ports["T.10"] = trunk.port, trunk.by_vid[10]
+    return dp, ports, trunk
+
+
+def vlan_on_access() -> Scenario:
+    """A VLAN-aware switch's access port takes untagged frames only (IEEE 802.1Q 6.9)."""
+    dp, ports, _ = trunked()
+    frame = buf(Ether(src="02:00:00:00:0a:01", dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=10) / IP() / UDP())
+    return Scenario(dp=dp, port=ports["a"], frame=frame, by_router=False)
+
+
+TRIGGERS[Drop.VLAN_ON_ACCESS] = vlan_on_access
+# Frames a trunk refuses before they enter any segment (Datapath.receive_trunk), charged to the trunk.
+TRUNK_TRIGGERS: dict[Drop, bytes] = {
+    Drop.VLAN_UNKNOWN: buf(Ether(src="02:00:00:00:0b:01", dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=30) / IP()),
+    Drop.VLAN_UNTAGGED: buf(Ether(src="02:00:00:00:0b:01", dst="ff:ff:ff:ff:ff:ff") / IP()),
+}
+
+
+@pytest.mark.parametrize("reason", list(TRUNK_TRIGGERS), ids=str)
+def test_a_frame_a_trunk_refuses_is_counted_once_on_the_trunks_port(reason: Drop) -> None:
+    dp, ports, trunk = trunked()
+    ledger = Ledger(dp)
+    assert dp.receive_trunk(trunk, TRUNK_TRIGGERS[reason], NOW) == (ports["trunk"], None)
+    ledger.assert_one_drop(reason, Scenario(dp=dp, port=ports["trunk"], frame=b"", by_router=False))
+    assert dp.counters.rx_packets[ports["T.10"]] == 0
+
+
 # Drops of what the underlay socket received, decided before there is a frame (Datapath.receive_underlay),
 # charged to the tunnel's own port (vx42): (payload, source address).
 def _vxlan(flags: int, word: int, inner: bytes) -> bytes:
@@ -667,7 +701,7 @@ def test_the_trace_of_a_frame_dropped_on_a_timer_says_why_it_waits(reason: Drop)
 def test_every_member_is_triggered_or_exempt_and_none_is_both() -> None:
     """A new member needs a frame that triggers it, or a reason no frame can."""
     assert set(TRIGGERS) & set(EXEMPT) == set()
-    assert set(Drop) - set(TRIGGERS) - set(EXEMPT) - set(UNDERLAY_TRIGGERS) == set()
+    assert set(Drop) - set(TRIGGERS) - set(EXEMPT) - set(UNDERLAY_TRIGGERS) - set(TRUNK_TRIGGERS) == set()
     assert set(UNDERLAY_TRIGGERS) & (set(TRIGGERS) | set(EXEMPT)) == set()
     assert set(TIMER_TRIGGERS) <= set(TRIGGERS)
     assert all(why.strip() for why in EXEMPT.values())

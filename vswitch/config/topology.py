@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from ..core.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from ..core.flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_ENTRIES
+from ..core.vlan import VID_MAX, VID_MIN
 from ..core.vxlan import DEFAULT_PORT as VXLAN_PORT
 from ..core.vxlan import DEFAULT_TTL as VXLAN_TTL
 from ..core.vxlan import OVERHEAD as VXLAN_OVERHEAD
@@ -98,6 +99,20 @@ class VxlanSpec:
         return named + [(a, False) for a in extra]
 
 
+@dataclass(frozen=True)
+class TrunkSpec:
+    """A port in namespace that carries several segments, each tagged with its VID (802.1Q)."""
+
+    namespace: str
+    vlans: tuple[tuple[str, int], ...]  # (segment, VID)
+    native: str | None = None  # the segment of untagged frames
+    ifname: str = DEFAULT_IFNAME
+
+    @property
+    def segments(self) -> list[str]:
+        return [s for s, _ in self.vlans] + ([self.native] if self.native else [])
+
+
 @dataclass
 class SegmentSpec:
     name: str
@@ -150,6 +165,7 @@ class Topology:
     txqueuelen: int = DEFAULT_TXQUEUELEN
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
     uplink_mtu: int = DEFAULT_MTU
+    trunks: list[TrunkSpec] = field(default_factory=list)
 
     @property
     def ports(self) -> list[PortSpec]:
@@ -400,6 +416,58 @@ def _unicast(text: str, what: str) -> IPv4Address:
     return address
 
 
+def parse_trunk(text: str) -> TrunkSpec:
+    """`NS[:IFNAME]=SEG:VID[,SEG:VID...][,native=SEG]`."""
+    usage = "expected NS=SEGMENT:VID[,SEGMENT:VID...][,native=SEGMENT], e.g. t1=lan:10,dmz:20"
+    head, eq, rest = text.partition("=")
+    if not eq or not rest.strip():
+        raise ConfigError(f"--trunk {text!r}: {usage}")
+    namespace, colon, ifname = head.strip().partition(":")
+    vlans: list[tuple[str, int]] = []
+    native = None
+    for item in rest.split(","):
+        key, eq2, value = item.strip().partition("=")
+        if eq2:
+            if key != "native" or not SEGMENT_RE.fullmatch(value.strip()) or native is not None:
+                raise ConfigError(f"--trunk {text!r}: {item.strip()!r}: {usage}")
+            native = value.strip()
+            continue
+        segment, colon2, vid = item.strip().partition(":")
+        if not colon2 or not SEGMENT_RE.fullmatch(segment):
+            raise ConfigError(f"--trunk {text!r}: {item.strip()!r}: {usage}")
+        vlans.append((segment, check_vid(vid, f"--trunk {namespace}: VLAN of {segment}")))
+    return trunk_spec(
+        check_namespace(namespace), vlans, native, check_ifname(ifname) if colon else DEFAULT_IFNAME
+    )
+
+
+def check_vid(text: object, what: str) -> int:
+    """IEEE 802.1Q table 9-2: VID 0 (priority only) and 4095 are reserved; 1-4094 name VLANs."""
+    value = text.strip() if isinstance(text, str) else text
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not VID_MIN <= value <= VID_MAX:
+        raise ConfigError(f"{what} must be a VLAN ID from {VID_MIN} to {VID_MAX}, not {text!r}")
+    return value
+
+
+def trunk_spec(namespace: str, vlans: list[tuple[str, int]], native: str | None, ifname: str) -> TrunkSpec:
+    what = f"--trunk {namespace}"
+    if not vlans and native is None:
+        raise ConfigError(f"{what}: name at least one SEGMENT:VID")
+    segments = [s for s, _ in vlans]
+    vids = [v for _, v in vlans]
+    for name in set(segments):
+        if segments.count(name) > 1:
+            raise ConfigError(f"{what}: segment {name} is given twice (one VLAN per segment on a trunk)")
+    for vid in set(vids):
+        if vids.count(vid) > 1:
+            raise ConfigError(f"{what}: VLAN {vid} is given twice")
+    if native is not None and native in segments:
+        raise ConfigError(f"{what}: segment {native} cannot be both native (untagged) and tagged")
+    return TrunkSpec(namespace, tuple(vlans), native, ifname)
+
+
 def parse_vxlan_fdb(text: str) -> tuple[str, bytes, IPv4Address]:
     """`SEGMENT=MAC@ADDR`: a static entry, the MAC behind the remote VTEP at ADDR."""
     name, eq, rest = text.partition("=")
@@ -442,6 +510,7 @@ class Request:
     segment_mtu: dict[str, int] = field(default_factory=dict)
     vxlan: dict[str, VxlanSpec] = field(default_factory=dict)  # by segment name
     vxlan_fdb: list[tuple[str, bytes, IPv4Address]] = field(default_factory=list)
+    trunks: list[TrunkSpec] = field(default_factory=list)
 
 
 def build(request: Request) -> Topology:
@@ -515,6 +584,7 @@ def build(request: Request) -> Topology:
         txqueuelen=request.txqueuelen,
         flow_cache=request.flow_cache,
         uplink_mtu=request.segment_mtu.get(UPLINK_SEGMENT, default_mtu),
+        trunks=list(request.trunks),
     )
     return validate(topology)
 
@@ -621,6 +691,12 @@ def validate(topology: Topology) -> Topology:
     namespaces = [p.namespace for p in ports if p.namespace is not None]
     if topology.uplink is not None:
         namespaces.append(topology.uplink.namespace)
+    namespaces.extend(t.namespace for t in topology.trunks)
+    names = {s.name for s in topology.segments}
+    for trunk in topology.trunks:
+        for member in trunk.segments:
+            if member not in names:
+                raise ConfigError(f"--trunk {trunk.namespace}: there is no segment {member!r}")
     seen: set[str] = set()
     for namespace in namespaces:
         if namespace in seen:
@@ -703,6 +779,7 @@ TOML_KEYS = {
     "txqueuelen",
     "flow_cache",
     "mtu",
+    "trunk",
 }
 
 
@@ -764,6 +841,10 @@ def request_from_toml(text: str) -> Request:
                 req.segment_mtu[UPLINK_SEGMENT] = check_mtu(up["mtu"], "mtu of the uplink")
         else:
             raise ConfigError("uplink is a string (NS[=ADDR/PREFIX][,via=GW]) or a table with namespace")
+    trunks = data.get("trunk", [])
+    if not isinstance(trunks, list) or not all(isinstance(t, dict) for t in trunks):
+        raise ConfigError("trunk must be a list of tables: write each one as a [[trunk]] section")
+    req.trunks = [_trunk_from_toml(t) for t in trunks]
     req.forwards = [parse_forward(f) for f in _list(data, "forward")]
     req.routes = [parse_route(r) for r in _list(data, "route")]
     host = data.get("host", False)
@@ -781,6 +862,29 @@ def request_from_toml(text: str) -> Request:
     if "mtu" in data:
         req.mtu = check_mtu(data["mtu"], "mtu")
     return req
+
+
+def _trunk_from_toml(table: dict[str, Any]) -> TrunkSpec:
+    """A [[trunk]] table: port (NS or NS:IFNAME), vlans = {segment = VID, ...}, native."""
+    unknown = set(table) - {"port", "vlans", "native"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [[trunk]]: {', '.join(sorted(unknown))}")
+    port = _str(table, "port", "")
+    namespace, colon, ifname = port.partition(":")
+    vlans = table.get("vlans", {})
+    if not isinstance(vlans, dict):
+        raise ConfigError(f"[[trunk]] {port}: vlans is a table of segment = VID, e.g. {{lan = 10, dmz = 20}}")
+    pairs = []
+    for segment, vid in vlans.items():
+        if not SEGMENT_RE.fullmatch(segment):
+            raise ConfigError(f"[[trunk]] {port}: invalid segment name {segment!r}")
+        pairs.append((segment, check_vid(vid, f"[[trunk]] {port}: VLAN of {segment}")))
+    native = table.get("native")
+    if native is not None and (not isinstance(native, str) or not SEGMENT_RE.fullmatch(native)):
+        raise ConfigError(f"[[trunk]] {port}: native is a segment name, not {native!r}")
+    return trunk_spec(
+        check_namespace(namespace), pairs, native, check_ifname(ifname) if colon else DEFAULT_IFNAME
+    )
 
 
 def _vxlan_from_toml(req: Request, name: str, table: object) -> None:

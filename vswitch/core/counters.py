@@ -68,6 +68,10 @@ class Drop(StrEnum):
     VXLAN_UNKNOWN_VNI = "vxlan-unknown-vni"  # a VNI no segment of ours carries
     VXLAN_UNKNOWN_REMOTE = "vxlan-unknown-remote"  # from an address that is not one of the VNI's remotes
     VXLAN_TOO_BIG = "vxlan-too-big"  # an inner frame over the tunnel's MTU (the underlay's minus 50)
+    # 802.1Q trunks (IEEE 802.1Q): what a VLAN-aware switch refuses
+    VLAN_UNKNOWN = "vlan-unknown"  # tagged on a trunk with a VID the trunk does not carry
+    VLAN_UNTAGGED = "vlan-untagged"  # untagged on a trunk with no native segment
+    VLAN_ON_ACCESS = "vlan-on-access"  # tagged on an access port of a segment that is on a trunk
 
 
 class Event(StrEnum):

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 from .counters import Counters, Drop
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
@@ -34,6 +35,7 @@ from .journal import Journal
 from .l2 import Decision, Switch
 from .router import Forwarded, Router, Transmit
 from .trace import Tracer
+from .vlan import TPID, UNTAG, Trunk, Untag, pop, tagged, vid_of
 from .vxlan import HEADER_LEN, Tunnel, Vtep, received_vnet_header
 from .wire import VNET_HDR_LEN, Frame, mac_str
 
@@ -43,6 +45,8 @@ Verdict = int | tuple[int, ...] | Sequence[tuple[int, Frame]] | None
 # Datapath.count_drop (the switch's own decision, on a segment without the router).
 PortVerdict = Verdict | Drop
 Forwarder = Callable[[int, bytes, float], PortVerdict]
+# What a port's frames are made into on the way out (vxlan.Tunnel, vlan.Trunk, vlan.Untag).
+Egress = Tunnel | Trunk | Untag
 
 
 @dataclass
@@ -73,6 +77,13 @@ class Datapath:
         self._journal: Journal | None = None
         self.tunnels: list[Tunnel] = []
         self.encaps: dict[int, Tunnel] = {}  # a remote VTEP's port -> its tunnel (push on the way out)
+        self.trunks: list[Trunk] = []
+        # Every port whose frames are changed on the way out (a tunnel's, a trunk's, an access port of
+        # a segment on a trunk) -> its egress action; and the segments that have such ports.
+        self.egress: dict[int, Egress] = {}
+        self.egress_segments: set[int] = set()
+        self.untagged_only: set[int] = set()  # ports of segments on a trunk: tagged in is a drop
+        self.trunked = False  # a frame for the router may be tagged (it is popped first)
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
@@ -116,7 +127,36 @@ class Datapath:
             port = self.add_port(f"vx{tunnel.vni}@{address}", tunnel.segment, tunnel.port, flooded)
             tunnel.add_remote(address, port)
             self.encaps[port] = tunnel
+            self.egress[port] = tunnel
         self.tunnels.append(tunnel)
+        self.egress_segments.add(tunnel.segment)
+
+    def add_trunk(self, trunk: Trunk, vlans: list[tuple[int, int]], native: int | None) -> None:
+        """Give trunk a port of its own (its drops) and one per (segment, VID), and one for the native
+        segment's untagged frames; every other port of those segments becomes an access port of a
+        VLAN-aware switch (vlan.py: tagged in is a drop, tagged out is popped)."""
+        trunk.port = self.counters.add_port(trunk.name)
+        first = vlans[0][0] if vlans else native
+        assert first is not None
+        self.port_switch.append(self.segments[first].switch)
+        self.port_segment.append(first)
+        members = [(segment, vid, f"{trunk.name}.{vid}") for segment, vid in vlans]
+        if native is not None:
+            members.append((native, 0, f"{trunk.name}.native"))
+        for segment, vid, name in members:
+            for port in self.segments[segment].ports:
+                if port not in self.egress:
+                    self.egress[port] = UNTAG
+                self.untagged_only.add(port)
+            port = self.add_port(name, segment)
+            if vid:
+                trunk.add_vlan(vid, port)
+            else:
+                trunk.native = port
+            self.egress[port] = trunk
+            self.egress_segments.add(segment)
+        self.trunks.append(trunk)
+        self.trunked = True
 
     # --- the packet path ---------------------------------------------------------------------------
     def receive(self, in_port: int, pkt: bytes, now: float) -> Verdict:
@@ -125,8 +165,8 @@ class Datapath:
         counters.rx_packets[in_port] += 1
         if len(pkt) > VNET_HDR_LEN:  # a runt shorter than the vnet header must not count negative bytes
             counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
-        if self.encaps:
-            return self.forward_tunnelled(in_port, pkt, now)
+        if self.egress:
+            return self.forward_egress(in_port, pkt, now)
         return self.forward(in_port, pkt, now)
 
     def receive_underlay(
@@ -144,7 +184,21 @@ class Datapath:
         pkt = b"".join((received_vnet_header(payload, self.encaps[port].mtu, HEADER_LEN), inner))
         self.counters.rx_packets[port] += 1
         self.counters.rx_bytes[port] += len(inner)
-        return port, pkt, self.forward_tunnelled(port, pkt, now)
+        return port, pkt, self.forward_egress(port, pkt, now)
+
+    def receive_trunk(self, trunk: Trunk, pkt: bytes, now: float) -> tuple[int, Verdict]:
+        """A frame read off a trunk's tap: classified by its tag (Trunk.classify), counted as received
+        on its VLAN's port and forwarded, tag and all (vlan.py); or (the trunk's port, None), counted."""
+        port, reason = trunk.classify(pkt)
+        if reason is not None:
+            self.counters.rx_packets[trunk.port] += 1
+            self._count_l2(port, reason)
+            return port, None
+        self.counters.rx_packets[port] += 1
+        self.counters.rx_bytes[port] += len(pkt) - VNET_HDR_LEN
+        if self.tracer is not None:
+            self.tracer.note("vlan", f"in on {trunk.name}: {self._vlan_words(trunk, port)}")
+        return port, self.forward_egress(port, pkt, now)
 
     def forward(self, in_port: int, pkt: bytes, now: float) -> Verdict:
         """`receive` without the rx counters: for the IO shell, which adds a whole batch's up at once
@@ -160,6 +214,8 @@ class Datapath:
         if decision.__class__ is int:
             if decision != switch.router_port:
                 return decision
+            if self.trunked and pkt[22:24] == TPID:
+                pkt = pop(pkt)  # from a trunk: the router takes frames untagged (router on a stick)
             flows = self.flows
             if flows is None:
                 return self._route(in_port, pkt, now)[1]
@@ -177,7 +233,8 @@ class Datapath:
             if switch.router_port is None:
                 return decision
             flood: list[Transmit] = [(p, pkt) for p in decision]
-            flood.extend(self._route(in_port, pkt, now)[1])
+            routed = pop(pkt) if self.trunked and pkt[22:24] == TPID else pkt
+            flood.extend(self._route(in_port, routed, now)[1])
             return flood
         self._count_l2(in_port, decision)  # type: ignore[arg-type]
         return None
@@ -188,68 +245,94 @@ class Datapath:
         verdict is final there, and one Python call less per frame is ~20% of the decision's cost. Its
         drops come back as a Drop, for the caller to count (`count_drop`)."""
         switch = self.port_switch[in_port]
-        if self.encaps and (switch.router_port is not None or self._tunnelled(in_port)):
-            return self.forward_tunnelled
+        if self.egress and (
+            switch.router_port is not None or self.port_segment[in_port] in self.egress_segments
+        ):
+            return self.forward_egress
         if switch.router_port is None and self.tracer is None:
             return switch.decide
         return self.forward
 
-    def _tunnelled(self, port: int) -> bool:
-        segment = self.port_segment[port]
-        return any(t.segment == segment for t in self.tunnels)
-
-    # --- the tunnel push: the egress action for a remote VTEP's port ------------------------------
-    def forward_tunnelled(self, in_port: int, pkt: bytes, now: float) -> Verdict:
-        """`forward`, then every frame bound for a remote VTEP wrapped for the underlay (vxlan.py)."""
+    # --- egress actions: a tunnel's push, a trunk's tag, an access port's pop ----------------------
+    def forward_egress(self, in_port: int, pkt: bytes, now: float) -> Verdict:
+        """`forward`, then every frame bound for a port with an egress action made into what that port
+        carries: wrapped for a remote VTEP (vxlan.py), tagged for a trunk, untagged for an access port
+        of a segment on a trunk (vlan.py). A tagged frame into such an access port is refused first."""
+        if in_port in self.untagged_only and pkt[22:24] == TPID:
+            self._count_l2(in_port, Drop.VLAN_ON_ACCESS)
+            return None
         verdict = self.forward(in_port, pkt, now)
-        encaps = self.encaps
+        egress = self.egress
         if isinstance(verdict, int):
-            tunnel = encaps.get(verdict)
-            if tunnel is None:
+            action = egress.get(verdict)
+            if action is None:
                 return verdict
-            if encaps.get(in_port) is tunnel:  # split horizon: never from the underlay back into it
-                self._count_l2(in_port, Drop.SAME_PORT)
+            if egress.get(in_port) is action and action.__class__ is Tunnel:
+                self._count_l2(in_port, Drop.SAME_PORT)  # split horizon: never from the underlay back into it
                 return None
-            return self._push(in_port, tunnel, verdict, pkt)
+            return self._push(in_port, action, verdict, pkt)
         if verdict is None:
             return None
         if isinstance(verdict, tuple):
-            if not any(p in encaps for p in verdict):
+            if not any(p in egress for p in verdict):
                 return verdict
             return self.encapsulate(in_port, [(p, pkt) for p in verdict])
         return self.encapsulate(in_port, verdict)
 
     def encapsulate(self, in_port: int, frames: Sequence[tuple[int, Frame]]) -> list[tuple[int, Frame]]:
-        """frames with each one bound for a remote VTEP's port pushed into the tunnel."""
-        encaps = self.encaps
-        if not any(port in encaps for port, _ in frames):
+        """frames with each one bound for a port with an egress action made into what it carries."""
+        egress = self.egress
+        if not any(port in egress for port, _ in frames):
             return list(frames)
         out: list[tuple[int, Frame]] = []
         charged: set[int] = set()  # a frame flooded to several remotes is one drop, not one per copy
         for port, frame in frames:
-            tunnel = encaps.get(port)
-            if tunnel is None:
+            action = egress.get(port)
+            if action is None:
                 out.append((port, frame))
             else:
-                out.extend(self._push(in_port, tunnel, port, bytes(frame), id(frame) not in charged))
+                out.extend(self._push(in_port, action, port, bytes(frame), id(frame) not in charged))
                 charged.add(id(frame))
         return out
 
     def _push(
-        self, in_port: int, tunnel: Tunnel, port: int, pkt: bytes, count: bool = True
+        self, in_port: int, action: Egress, port: int, pkt: bytes, count: bool = True
     ) -> list[tuple[int, Frame]]:
-        packets = tunnel.push(port, pkt)
+        if action.__class__ is Tunnel and self.trunked and pkt[22:24] == TPID:
+            pkt = pop(pkt)  # a segment on a trunk: the tunnel carries it as its access ports do
+        packets = action.push(port, pkt)
         if isinstance(packets, Drop):  # charged to the ingress port; a timer's frame to the tunnel
             if count:
-                self._count_l2(in_port if in_port >= 0 else tunnel.port, packets)
+                self._count_l2(in_port if in_port >= 0 else cast(Tunnel, action).port, packets)
             return []
         if self.tracer is not None:
-            self.tracer.note(
-                f"vxlan {tunnel.vni}",
-                f"push: outer {tunnel.local} -> {tunnel.addresses[port]}:{tunnel.dstport} "
-                f"(udp, DF, ttl {tunnel.ttl}), {len(packets)} packet(s)",
-            )
+            self._note_egress(action, port, pkt, packets)
         return [(port, packet) for packet in packets]
+
+    def _note_egress(self, action: Egress, port: int, pkt: bytes, packets: list[bytes]) -> None:
+        assert self.tracer is not None
+        name = self.counters.names[port]
+        if isinstance(action, Tunnel):
+            self.tracer.note(
+                f"vxlan {action.vni}",
+                f"push: outer {action.local} -> {action.addresses[port]}:{action.dstport} "
+                f"(udp, DF, ttl {action.ttl}), {len(packets)} packet(s)",
+            )
+            return
+        before, after = tagged(pkt), bool(packets) and tagged(packets[0])
+        if before and not after:
+            self.tracer.note("vlan", f"out on {name}: pop the tag (VID {vid_of(pkt)})")
+        elif after and not before:
+            self.tracer.note("vlan", f"out on {name}: push a tag, VID {vid_of(packets[0])}, priority 0")
+        elif before and vid_of(pkt) != vid_of(packets[0]):
+            self.tracer.note(
+                "vlan", f"out on {name}: VID {vid_of(pkt)} -> {vid_of(packets[0])}, priority kept"
+            )
+
+    def _vlan_words(self, trunk: Trunk, port: int) -> str:
+        if port == trunk.native:
+            return f"untagged: native VLAN, port {self.counters.names[port]}"
+        return f"VID {trunk.vid_of[port]}: port {self.counters.names[port]}"
 
     def count_drop(self, port: int, reason: Drop) -> None:
         """Count a drop a forwarder returned for a frame from port."""
@@ -382,7 +465,7 @@ class Datapath:
         if self.router is None:
             return []
         frames: list[tuple[int, Frame]] = list(self.from_router(self.router.on_timer(now), now))
-        return self.encapsulate(-1, frames) if self.encaps else frames
+        return self.encapsulate(-1, frames) if self.egress else frames
 
     # --- the ledger --------------------------------------------------------------------------------
     def drop_reasons(self) -> dict[str, int]:

@@ -20,8 +20,16 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..config.topology import UPLINK_SEGMENT, ConfigError, PortSpec, Topology, underlay_mtu_check
+from ..config.topology import (
+    UPLINK_SEGMENT,
+    ConfigError,
+    PortSpec,
+    Topology,
+    TrunkSpec,
+    underlay_mtu_check,
+)
 from ..core.datapath import Datapath
+from ..core.vlan import Trunk
 from ..core.vxlan import Tunnel, Vtep
 from . import kernel
 from .control import ControlServer, ControlTable
@@ -59,6 +67,27 @@ class LivePort:
             "address": str(self.address) if self.address else None,
             "address6": str(self.address6) if self.address6 else None,
             "segment": self.segment,
+        }
+
+
+@dataclass
+class LiveTrunk:
+    """A trunk as it runs: its datapath ports (vlan.Trunk), what was asked, its MAC and its tap."""
+
+    trunk: Trunk
+    spec: TrunkSpec
+    mac: str
+    tap: Tap
+
+    def describe(self, names: list[str]) -> dict[str, Any]:
+        return {
+            "port": self.trunk.name,
+            "namespace": self.spec.namespace,
+            "interface": self.spec.ifname,
+            "mac": self.mac,
+            "vlans": dict(self.spec.vlans),
+            "native": self.spec.native,
+            "ports": [names[p] for p in self.trunk.ports],
         }
 
 
@@ -102,6 +131,7 @@ class Instance:
         self.metrics: tuple[str, int] | None = None  # (host, port) of a Prometheus endpoint, if asked
         self.underlay_mtus: dict[str, int] = {}  # tunnel segment -> the underlay's MTU toward its remotes
         self.underlays: list[tuple[Vtep, UnderlaySockets]] = []
+        self.trunks: list[LiveTrunk] = []
 
     # --- start-up ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -118,6 +148,7 @@ class Instance:
                 for spec in segment.ports:
                     self._add_port(spec, seg_index, segment.name, segment.mtu, offloads)
             self._add_tunnels()
+            self._add_trunks()
             uplink = self.topology.uplink
             if uplink is not None:
                 seg_index = self.datapath.add_segment(UPLINK_SEGMENT)
@@ -161,6 +192,25 @@ class Instance:
     def _add_port(
         self, spec: PortSpec, seg_index: int, seg_name: str, mtu: int, offloads: bool = True
     ) -> None:
+        tap, mac = self._make_tap(spec, mtu, offloads)
+        port_id = self.datapath.add_port(spec.label, seg_index)
+        self.ports.append(
+            LivePort(
+                port_id,
+                spec.label,
+                spec.namespace,
+                spec.ifname,
+                spec.address,
+                mac,
+                seg_name,
+                tap,
+                spec.address6,
+            )
+        )
+
+    def _make_tap(self, spec: PortSpec, mtu: int, offloads: bool = True) -> tuple[Tap, str]:
+        """The tap of a port: its namespace made if missing (lo up), the tap opened, recorded, moved
+        there, named, addressed and up. Returns it and its MAC."""
         namespace = spec.namespace
         if namespace is not None:
             if kernel.netns_inode(namespace) is None:
@@ -171,21 +221,26 @@ class Instance:
                 # Someone else's namespace, lo down: we bring it up, and put it back when we go.
                 self.ledger.record("lo-up", namespace=namespace, cookie=kernel.netns_cookie(namespace))
             tap = open_tap(_tap_name(self.topology.name), offloads)
-        else:
-            tap = open_tap(
-                spec.ifname, offloads
-            )  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
+        else:  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
+            tap = open_tap(spec.ifname, offloads)
         self._taps.append(tap)
         self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
         mac = kernel.place_tap(
             tap.name, namespace, spec.ifname, spec.address, self.topology.txqueuelen, mtu, spec.address6
         )
-        port_id = self.datapath.add_port(spec.label, seg_index)
-        self.ports.append(
-            LivePort(
-                port_id, spec.label, namespace, spec.ifname, spec.address, mac, seg_name, tap, spec.address6
-            )
-        )
+        return tap, mac
+
+    def _add_trunks(self) -> None:
+        """Each trunk: a tap with no address in its namespace, at the largest MTU of its segments (a
+        tag does not count against the MTU), and its ports in the datapath (vlan.py)."""
+        index = {s.name: i for i, s in enumerate(self.topology.segments)}
+        for spec in self.topology.trunks:
+            segments = [self.topology.segments[index[name]] for name in spec.segments]
+            tap, mac = self._make_tap(PortSpec(spec.namespace, spec.ifname), max(s.mtu for s in segments))
+            trunk = Trunk(spec.namespace)
+            native = index[spec.native] if spec.native is not None else None
+            self.datapath.add_trunk(trunk, [(index[name], vid) for name, vid in spec.vlans], native)
+            self.trunks.append(LiveTrunk(trunk, spec, mac, tap))
 
     def _size_tunnels(self) -> None:
         """A tunnel segment's MTU: the underlay's toward its remotes minus 50, or the user's if it fits.
@@ -299,6 +354,8 @@ class Instance:
                 for address, port_id in tunnel.remotes.items():
                     shell.attach_sender(port_id, sockets.senders[address].fileno())
             shell.attach_vtep(vtep, sockets.receiver)
+        for live in self.trunks:
+            shell.attach_trunk(live.trunk, live.tap.fd)
         shell.start_timer()
         control = ControlServer(self, socket_path(self.topology.name), self.control)
         try:
@@ -386,6 +443,7 @@ class Instance:
                 "mtu": self.topology.uplink_mtu,
             },
             "tunnels": self.tunnels(),
+            "trunks": [t.describe(self.datapath.counters.names) for t in self.trunks],
             "fdb_entries": sum(len(s.switch.fdb) for s in self.datapath.segments),
             "ageing": self.topology.ageing,
             "fdb_max": self.topology.fdb_max,

@@ -20,6 +20,7 @@ from typing import Final
 
 from ..core.counters import Drop, Event
 from ..core.datapath import Datapath, PortVerdict
+from ..core.vlan import Trunk
 from ..core.vxlan import Vtep
 from ..core.wire import VNET_HDR_LEN, ZERO_VNET_HDR, Frame, Gather
 
@@ -81,6 +82,8 @@ class Shell:
         self.hook: Hook | None = None
         self._write = self._write_plain
         self._vtep_fds: list[int] = []
+        # A port with no drain of its own (a trunk's VLAN port) -> the drain that reads its answers.
+        self._answer_of: dict[int, Callable[[], int]] = {}
 
     def attach(self, port: int, fd: int) -> None:
         self.fds[port] = fd
@@ -113,6 +116,70 @@ class Shell:
         self._drains = list(self._drain_of.values())
         self._vtep_fds.append(sock.fileno())
         self.loop.add_reader(sock.fileno(), self._on_readable, vtep.ledger_port, drain)
+
+    def attach_trunk(self, trunk: Trunk, fd: int) -> None:
+        """A trunk's tap: one fd for all its VLAN ports. Each frame read is classified by its tag
+        (Datapath.receive_trunk); every VLAN port writes to this fd (the egress action tags it)."""
+        for port in trunk.ports:
+            self.attach_sender(port, fd)
+        reader = io.FileIO(fd, "rb", closefd=False)
+        self._reader_of[trunk.port] = reader
+        drain = self._trunk_drainer(trunk, reader)
+        self._drain_of[trunk.port] = drain
+        for port in trunk.ports:
+            self._answer_of[port] = drain
+        self._drains = list(self._drain_of.values())
+        self.fds[trunk.port] = fd
+        self.loop.add_reader(fd, self._on_readable, trunk.port, drain)
+
+    def _trunk_drainer(self, trunk: Trunk, reader: io.FileIO) -> Callable[[], int]:
+        """The drain of a trunk's tap: up to BATCH frames, each classified by its tag and forwarded from
+        its VLAN's port (tag and all: vlan.py)."""
+        shell = self
+        read = reader.read
+        receive = self.datapath.receive_trunk
+
+        def drain() -> int:
+            now = shell.loop.time()
+            count = 0
+            last_out = -1
+            for count in range(1, BATCH + 1):
+                try:
+                    pkt = read(READ_SIZE)
+                except OSError as exc:
+                    if shell._read_failed(trunk.port, exc):
+                        count -= 1
+                        break
+                    continue
+                if pkt is None:
+                    count -= 1
+                    break
+                if len(pkt) >= READ_SIZE:
+                    shell.datapath.counters.drop(trunk.port, Drop.TRUNCATED)
+                    continue
+                try:
+                    port, verdict = receive(trunk, pkt, now)
+                except Exception:
+                    shell._frame_error(
+                        trunk.port, Drop.INTERNAL_ERROR, "internal error while deciding a frame"
+                    )
+                    continue
+                observers = shell._observers.get(port) if shell._observers else None
+                if observers is not None:
+                    for observer in observers:
+                        observer("rx", pkt)
+                if isinstance(verdict, int):
+                    shell._write(verdict, pkt)
+                    last_out = verdict
+                elif verdict is not None:
+                    shell._write_all(port, pkt, verdict)
+            if count:
+                shell._last_out = last_out
+                if now >= shell._check_timer_at:
+                    shell._rearm(now)
+            return count
+
+        return drain
 
     def detach_all(self) -> None:
         for fd in [*self.fds.values(), *self._vtep_fds]:
@@ -163,7 +230,7 @@ class Shell:
                 if skip:
                     self._peer_skip[out] = skip - 1
                 else:
-                    peer = self._drain_of.get(out)
+                    peer = self._drain_of.get(out) or self._answer_of.get(out)
                     if peer is not None and not peer():
                         self._peer_skip[out] = PEER_BACKOFF
         if self.busy_poll:

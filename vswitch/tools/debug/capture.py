@@ -69,7 +69,9 @@ async def capture_stream(
 
         return observer
 
-    observers = [(port.id, observer_for(port.label, isinstance(port, TunnelPort))) for port in ports]
+    observers = [
+        (port.id, observer_for(port.label, isinstance(port, TunnelPort) and port.tunnel)) for port in ports
+    ]
     for port_id, observer in observers:
         shell.observe(port_id, observer)
     gone = asyncio.ensure_future(client_gone(reader))

@@ -39,7 +39,11 @@ def live_port(instance: Instance, label: Any) -> LivePort:
         if port.label == label:
             return port
     names = instance.datapath.counters.names
-    known = ", ".join([p.label for p in instance.ports] + [names[t.port] for t in instance.datapath.tunnels])
+    known = ", ".join(
+        [p.label for p in instance.ports]
+        + [names[t.port] for t in instance.datapath.tunnels]
+        + [t.name for t in instance.datapath.trunks]
+    )
     raise CommandError(f"no port {label!r}: ports are {known}")
 
 
@@ -50,8 +54,9 @@ def shell_of(instance: Instance) -> Shell:
 
 
 class TunnelPort(NamedTuple):
-    """A VXLAN remote's port, as a stream sees it: what it carries is the outer packet (an Ethernet
-    frame of zero MACs, shell.loop.OUTER_ETHERNET); label is what the user asked for."""
+    """A port with no tap of its own, as a stream sees it: a VXLAN remote's (tunnel True: what it
+    carries is the outer packet, an Ethernet frame of zero MACs, shell.loop.OUTER_ETHERNET) or a trunk's
+    VLAN port (the frames as on the trunk's tap, tags included); label is what the user asked for."""
 
     id: int
     label: str
@@ -62,6 +67,12 @@ def stream_ports(instance: Instance, label: Any) -> list[LivePort] | list[Tunnel
     """A port by label: a namespace's (or the host's); a tunnel's (vx42: every remote's port); or one
     remote's (vx42@10.250.0.2)."""
     names = instance.datapath.counters.names
+    for trunk in instance.datapath.trunks:
+        if label == trunk.name:
+            return [TunnelPort(port, label, tunnel=False) for port in trunk.ports]
+        for port in trunk.ports:
+            if label == names[port]:
+                return [TunnelPort(port, label, tunnel=False)]
     for tunnel in instance.datapath.tunnels:
         if label == names[tunnel.port]:
             return [TunnelPort(port, label) for port in tunnel.addresses]
@@ -194,6 +205,9 @@ def port_info(info: dict[str, Any], label: str) -> dict[str, Any]:
     for port in info["ports"]:
         if port["port"] == label:
             return dict(port)
+    for trunk in info.get("trunks", []):  # a trunk: no address, and no one segment of its own
+        if trunk["port"] == label:
+            return {**trunk, "address": None, "address6": None, "segment": None}
     known = ", ".join(p["port"] for p in info["ports"])
     raise ControlError(f"no port {label!r}: ports are {known}")
 

@@ -162,20 +162,24 @@ def _frame(req: dict[str, Any]) -> bytes:
 def trace_command(instance: Instance, req: dict[str, Any]) -> Any:
     """{"port", "data"} traced; "then": [{"port", "data"}, ...] follow in the same run, seeing what it
     did (their results come back in "then"); "send": true then delivers the first frame for real."""
-    port = live_port(instance, req.get("port"))
     pkt = _frame(req)
-    frames = [(port.id, pkt)]
+    port_id, on_trunk = ingress(instance, req.get("port"), pkt)
+    frames = [(port_id, pkt)]
     then = req.get("then") or []
     if not isinstance(then, list) or not all(isinstance(r, dict) for r in then):
         raise CommandError('"then" is a list of {"port", "data"} objects')
-    frames += [(live_port(instance, r.get("port")).id, _frame(r)) for r in then]
+    for r in then:
+        frame = _frame(r)
+        frames.append((ingress(instance, r.get("port"), frame)[0], frame))
     now = asyncio.get_running_loop().time()
     traces = trace_many(instance.datapath, frames, now)
+    if on_trunk is not None:
+        traces[0].stages.insert(1, ("vlan", on_trunk))
     result = traces[0].to_json()
     result["then"] = [t.to_json() for t in traces[1:]]
     if req.get("send"):
         shell = shell_of(instance)
-        verdict = instance.datapath.receive(port.id, pkt, now)
+        verdict = instance.datapath.receive(port_id, pkt, now)
         if isinstance(verdict, int):
             shell.send([(verdict, pkt)])
         elif isinstance(verdict, tuple):
@@ -184,6 +188,20 @@ def trace_command(instance: Instance, req: dict[str, Any]) -> Any:
             shell.send(verdict)
         result["sent"] = True
     return result
+
+
+def ingress(instance: Instance, label: Any, pkt: bytes) -> tuple[int, str | None]:
+    """The port a frame given on port `label` enters by: the port itself, or on a trunk the port of
+    its VLAN (with a line saying so); a frame the trunk refuses is an error naming the drop."""
+    for trunk in instance.datapath.trunks:
+        if label == trunk.name:
+            port, reason = trunk.classify(pkt)
+            if reason is not None:
+                raise CommandError(f"trunk {trunk.name} drops the frame: {reason}")
+            name = instance.datapath.counters.names[port]
+            vlan = "untagged: the native VLAN" if port == trunk.native else f"VID {trunk.vid_of[port]}"
+            return port, f"in on {trunk.name}: {vlan} -> port {name} (the tag stays on while it crosses)"
+    return live_port(instance, label).id, None
 
 
 async def trace_live(
