@@ -84,6 +84,7 @@ class Datapath:
         self.egress_segments: set[int] = set()
         self.untagged_only: set[int] = set()  # ports of segments on a trunk: tagged in is a drop
         self.trunked = False  # a frame for the router may be tagged (it is popped first)
+        self.trunked_segments: set[int] = set()  # ... on these segments only
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
@@ -145,6 +146,8 @@ class Datapath:
             members.append((native, 0, f"{trunk.name}.native"))
         for segment, vid, name in members:
             for port in self.segments[segment].ports:
+                if isinstance(self.egress.get(port), Trunk):
+                    continue  # another trunk's VLAN port: tagged is what it carries
                 if port not in self.egress:
                     self.egress[port] = UNTAG
                 self.untagged_only.add(port)
@@ -157,6 +160,7 @@ class Datapath:
             self.egress_segments.add(segment)
         self.trunks.append(trunk)
         self.trunked = True
+        self.trunked_segments.update(segment for segment, _, _ in members)
 
     # --- the packet path ---------------------------------------------------------------------------
     def receive(self, in_port: int, pkt: bytes, now: float) -> Verdict:
@@ -214,7 +218,7 @@ class Datapath:
         if decision.__class__ is int:
             if decision != switch.router_port:
                 return decision
-            if self.trunked and pkt[22:24] == TPID:
+            if self.trunked and pkt[22:24] == TPID and self.port_segment[in_port] in self.trunked_segments:
                 pkt = pop(pkt)  # from a trunk: the router takes frames untagged (router on a stick)
             flows = self.flows
             if flows is None:
@@ -233,7 +237,9 @@ class Datapath:
             if switch.router_port is None:
                 return decision
             flood: list[Transmit] = [(p, pkt) for p in decision]
-            routed = pop(pkt) if self.trunked and pkt[22:24] == TPID else pkt
+            routed = pkt
+            if self.trunked and pkt[22:24] == TPID and self.port_segment[in_port] in self.trunked_segments:
+                routed = pop(pkt)
             flood.extend(self._route(in_port, routed, now)[1])
             return flood
         self._count_l2(in_port, decision)  # type: ignore[arg-type]
@@ -258,7 +264,7 @@ class Datapath:
         """`forward`, then every frame bound for a port with an egress action made into what that port
         carries: wrapped for a remote VTEP (vxlan.py), tagged for a trunk, untagged for an access port
         of a segment on a trunk (vlan.py). A tagged frame into such an access port is refused first."""
-        if in_port in self.untagged_only and pkt[22:24] == TPID:
+        if in_port in self.untagged_only and pkt[22:24] == TPID and vid_of(pkt):  # VID 0: priority only
             self._count_l2(in_port, Drop.VLAN_ON_ACCESS)
             return None
         verdict = self.forward(in_port, pkt, now)

@@ -13,7 +13,8 @@ then makes what that port carries:
   as on any switch);
 and the router takes the frame untagged (popped first by the datapath: router on a stick, no code of
 its own for tags). In a segment on a trunk a tagged frame therefore always came from a trunk: an
-access port's tagged frames are dropped at ingress (`vlan-on-access`). A double-tagged frame: the
+access port's tagged frames are dropped at ingress (`vlan-on-access`; a priority tag, VID 0, names no
+VLAN: IEEE 802.1Q 6.9.1 takes such a frame as untagged). A double-tagged frame: the
 outer tag is ours, the inner is payload. A virtio-net header's csum_start and hdr_len count from the
 Ethernet header, so a push moves them on by 4 and a pop back (TSO frames keep working).
 """
@@ -98,10 +99,13 @@ class Trunk:
         if pkt[22:24] == TPID:
             if len(pkt) < _TAGGED_MIN:
                 return self.port, Drop.RUNT
-            port = self.by_vid.get(_TCI.unpack_from(pkt, 24)[0] & 0x0FFF)
-            if port is None:
-                return self.port, Drop.VLAN_UNKNOWN
-            return port, None
+            vid = _TCI.unpack_from(pkt, 24)[0] & 0x0FFF
+            if vid:
+                port = self.by_vid.get(vid)
+                if port is None:
+                    return self.port, Drop.VLAN_UNKNOWN
+                return port, None
+            # VID 0: a priority tag, the frame untagged as far as VLANs go (IEEE 802.1Q 6.9.1)
         if self.native is None:
             return self.port, Drop.VLAN_UNTAGGED
         return self.native, None
