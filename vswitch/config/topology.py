@@ -879,9 +879,8 @@ def _trunk_from_toml(table: dict[str, Any]) -> TrunkSpec:
         if not SEGMENT_RE.fullmatch(segment):
             raise ConfigError(f"[[trunk]] {port}: invalid segment name {segment!r}")
         if isinstance(vid, str):  # TOML has numbers: "10" is a string, as mtu and fdb_max refuse it
-            raise ConfigError(
-                f"[[trunk]] {port}: VLAN of {segment} must be a VLAN ID from {VID_MIN} to {VID_MAX}, not {vid!r}"
-            )
+            what = f"[[trunk]] {port}: VLAN of {segment}"
+            raise ConfigError(f"{what} must be a VLAN ID from {VID_MIN} to {VID_MAX}, not {vid!r}")
         pairs.append((segment, check_vid(vid, f"[[trunk]] {port}: VLAN of {segment}")))
     native = table.get("native")
     if native is not None and (not isinstance(native, str) or not SEGMENT_RE.fullmatch(native)):
