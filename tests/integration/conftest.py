@@ -167,6 +167,25 @@ def ping_until_exit(proc: subprocess.Popen[str], ns: str, addr: str, what: str) 
     return out
 
 
+# Run inside a namespace: turn the link's tx checksum offload off (pyroute2's ethtool; no ethtool binary).
+_CHECKSUM_OFFLOAD_OFF = """
+import sys
+from pyroute2.ethtool import Ethtool
+ethtool = Ethtool()
+features = ethtool.get_features(sys.argv[1])
+features.features["tx-checksum-ip-generic"].enable = False
+ethtool.set_features(sys.argv[1], features)
+print(ethtool.get_features(sys.argv[1]).features["tx-checksum-ip-generic"].enable)
+"""
+
+
+def tx_checksum_offload_off(ns: str, ifname: str) -> None:
+    """Make the kernel finish every checksum before a packet leaves ns by ifname (skb_checksum_help),
+    as a real NIC puts them on the wire: a veth otherwise hands its peer CHECKSUM_PARTIAL skbs."""
+    out = netns_exec(ns, [sys.executable, "-c", _CHECKSUM_OFFLOAD_OFF, ifname]).stdout.strip()
+    assert out == "False", f"tx checksum offload still on for {ifname} in {ns}: {out}"
+
+
 def sigterm_then_kill(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
     terminate(proc, "a test's process", timeout)
 
