@@ -17,7 +17,8 @@ trace ...). Its event loop runs in a background thread; leaving the `with` block
 everything it created. The hook runs on that thread, once per received frame, before the datapath:
 keep it short. A returned frame keeps the original virtio-net header when its length is unchanged (so
 checksum offload stays valid); a frame of another length gets a zero header, so a TSO super-frame must
-not be resized by a hook.
+not be resized by a hook. A trunk's frames are hooked as the trunk carries them (tagged, on the trunk's
+label); what arrives from a VXLAN tunnel's underlay is not hooked.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ class Switch:
         uplink: str | None = None,
         subnet: str | None = None,
         vxlan: dict[str, str] | None = None,
+        trunks: Sequence[str] = (),
         name: str | None = None,
         start_timeout: float = 15.0,
     ) -> None:
-        """vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan takes it after the '='."""
+        """vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan takes it after the '=';
+        trunks: ["NS=SEGMENT:VID,...[,native=SEGMENT]", ...], as --trunk takes them."""
         req = topology.Request()
         req.name = name or f"api{secrets.token_hex(3)}"
         if ports:
@@ -62,6 +65,7 @@ class Switch:
             req.segments.append(topology.parse_segment(f"{seg_name}={','.join(members)}"))
         if uplink is not None:
             req.uplink = topology.parse_uplink(uplink)
+        req.trunks = [topology.parse_trunk(text) for text in trunks]
         for seg_name, spec in (vxlan or {}).items():
             req.vxlan[seg_name] = topology.parse_vxlan(f"{seg_name}={spec}")[1]
         self.topology = topology.build(req)
@@ -163,6 +167,7 @@ class Switch:
             shell.hook = None
             return
         labels = {p.id: p.label for p in instance.ports}
+        labels.update((t.trunk.port, t.trunk.name) for t in instance.trunks)
 
         def shell_hook(port: int, pkt: bytes, _now: float) -> bytes | None:
             frame = pkt[VNET_HDR_LEN:]

@@ -768,6 +768,38 @@ def test_trunk_with_ports_carries_the_one_segment_lan(tenv: Env) -> None:
     assert t not in namespaces(tenv.prefix)
 
 
+def test_the_python_api_hook_sees_a_trunks_frames_tagged_and_can_drop_them(
+    tenv: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """api.Switch(trunks=[...]): the packet hook is given each frame the trunk reads, under the trunk's
+    label and with its tag; what it drops is counted as 'hook', what it passes reaches lan."""
+    from vswitch.api import Switch as ApiSwitch
+
+    monkeypatch.setenv("VSWITCH_RUN_DIR", str(tenv.run_dir))
+    a1, t = tenv.ns("a1"), tenv.ns("t")
+    token = secrets.token_bytes(8)
+    hooked: list[tuple[str, bytes]] = []
+
+    def drop_marked(port: str, frame: bytes) -> bytes | None:
+        if token in frame:
+            hooked.append((port, frame[12:14]))
+            if b"drop-me" in frame:
+                return None
+        return frame
+
+    with ApiSwitch([a1], trunks=[f"{t}=lan:10"]) as sw:
+        sw.hook = drop_marked
+        listen = Listener(tenv, a1, token, "end")
+        send(
+            t,
+            stamped(token, "drop-me", mac_of(t), tags=[(10, 0)]),
+            stamped(token, "end", mac_of(t), tags=[(10, 0)]),
+        )
+        assert listen.finish() == ["end"]
+        assert hooked == [(t, b"\x81\x00"), (t, b"\x81\x00")], hooked
+        assert sw.stats()["drops"].get("hook") == 1
+
+
 # --- 5. bad --trunk options -------------------------------------------------------------------------------
 TRUNK_ERRORS: dict[str, tuple[str, str]] = {
     # name: (the --trunk value after "T=", a word the error line must name)

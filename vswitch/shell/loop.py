@@ -141,6 +141,7 @@ class Shell:
 
         def drain() -> int:
             now = shell.loop.time()
+            hook = shell.hook
             count = 0
             last_out = -1
             for count in range(1, BATCH + 1):
@@ -157,6 +158,16 @@ class Shell:
                 if len(pkt) >= READ_SIZE:
                     shell.datapath.counters.drop(trunk.port, Drop.TRUNCATED)
                     continue
+                if hook is not None:  # as on a tap port: the frame as the trunk carries it, tag and all
+                    try:
+                        hooked = hook(trunk.port, pkt, now)
+                    except Exception:
+                        shell._frame_error(trunk.port, Drop.HOOK, "the packet hook raised")
+                        continue
+                    if hooked is None:
+                        shell.datapath.counters.drop(trunk.port, Drop.HOOK)
+                        continue
+                    pkt = hooked
                 try:
                     port, verdict = receive(trunk, pkt, now)
                 except Exception:
