@@ -307,13 +307,15 @@ class Datapath:
         if action.__class__ is Tunnel and self.trunked and pkt[22:24] == TPID:
             pkt = pop(pkt)  # a segment on a trunk: the tunnel carries it as its access ports do
         packets = action.push(port, pkt)
-        if isinstance(packets, Drop):  # charged to the ingress port; a timer's frame to the tunnel
-            if count:
-                self._count_l2(in_port if in_port >= 0 else cast(Tunnel, action).port, packets)
-            return []
-        if self.tracer is not None:
-            self._note_egress(action, port, pkt, packets)
-        return [(port, packet) for packet in packets]
+        if packets.__class__ is list:
+            if self.tracer is not None:
+                self._note_egress(action, port, pkt, packets)
+            if len(packets) == 1:
+                return [(port, packets[0])]
+            return [(port, packet) for packet in packets]
+        if count:  # a Drop, charged to the ingress port; a timer's frame to the tunnel
+            self._count_l2(in_port if in_port >= 0 else cast(Tunnel, action).port, packets)  # type: ignore[arg-type]
+        return []
 
     def _note_egress(self, action: Egress, port: int, pkt: bytes, packets: list[bytes]) -> None:
         assert self.tracer is not None

@@ -58,12 +58,18 @@ def _moved(pkt: bytes, by: int) -> bytes:
 
 def pop(pkt: bytes) -> bytes:
     """pkt without its outer tag."""
-    return b"".join((_moved(pkt, -TAG_LEN), pkt[VNET_HDR_LEN:22], pkt[26:]))
+    if pkt[0] or pkt[1]:  # offsets to move (NEEDS_CSUM, GSO); else the header stays as it is
+        return b"".join((_moved(pkt, -TAG_LEN), pkt[VNET_HDR_LEN:22], pkt[26:]))
+    return pkt[:22] + pkt[26:]
 
 
-def push(pkt: bytes, vid: int) -> bytes:
-    """pkt with a tag for vid in front of its ethertype, priority 0."""
-    return b"".join((_moved(pkt, TAG_LEN), pkt[VNET_HDR_LEN:22], TPID, _TCI.pack(vid), pkt[22:]))
+def push(pkt: bytes, vid: int, tag: bytes | None = None) -> bytes:
+    """pkt with a tag for vid in front of its ethertype, priority 0 (tag: those 4 bytes, made already)."""
+    if tag is None:
+        tag = TPID + _TCI.pack(vid)
+    if pkt[0] or pkt[1]:
+        return b"".join((_moved(pkt, TAG_LEN), pkt[VNET_HDR_LEN:22], tag, pkt[22:]))
+    return b"".join((pkt[:22], tag, pkt[22:]))
 
 
 def retag(pkt: bytes, vid: int) -> bytes:
@@ -83,10 +89,12 @@ class Trunk:
     by_vid: dict[int, int] = field(default_factory=dict)  # VID -> its port
     vid_of: dict[int, int] = field(default_factory=dict)  # port -> VID
     native: int | None = None  # the native segment's port: untagged frames
+    tag_of: dict[int, bytes] = field(default_factory=dict)  # port -> its tag, priority 0
 
     def add_vlan(self, vid: int, port: int) -> None:
         self.by_vid[vid] = port
         self.vid_of[port] = vid
+        self.tag_of[port] = TPID + _TCI.pack(vid)
 
     @property
     def ports(self) -> list[int]:
@@ -112,10 +120,11 @@ class Trunk:
 
     def push(self, port: int, pkt: bytes) -> list[bytes]:
         """The egress action of one of the trunk's ports: pkt as the trunk carries it."""
-        vid = self.vid_of.get(port)
-        if vid is None:  # the native VLAN: untagged
+        tag = self.tag_of.get(port)
+        if tag is None:  # the native VLAN: untagged
             return [pop(pkt) if pkt[22:24] == TPID else pkt]
-        return [retag(pkt, vid) if pkt[22:24] == TPID else push(pkt, vid)]
+        vid = self.vid_of[port]
+        return [retag(pkt, vid) if pkt[22:24] == TPID else push(pkt, vid, tag)]
 
 
 class Untag:
