@@ -417,9 +417,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         table(
             "remote VTEPs",
-            ["port", "remote", "flooded", "rx packets", "tx packets"],
+            ["port", "remote", "flooded", "rx packets", "tx packets"],  # learned: reached by its MACs
             [
-                [r["port"], r["address"], "yes" if r.get("flooded", True) else "no (fdb only)",
+                [r["port"], r["address"],
+                 "learned" if r.get("learned") else "yes" if r.get("flooded", True) else "no (fdb only)",
                  str(r["rx_packets"]), str(r["tx_packets"])]
                 for r in t["remotes"]
             ],

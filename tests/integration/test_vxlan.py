@@ -169,7 +169,7 @@ class KernelSide:
 
 
 def kernel_vtep(
-    env: Env, host: str, local: str, remote: str, end_address: str, gateway: str = ""
+    env: Env, host: str, local: str, remote: str, end_address: str, gateway: str = "", link: str = ""
 ) -> KernelSide:
     """`ip link add vx0 type vxlan id 42 local LOCAL remote REMOTE dstport 4789` in host, MTU 1450, in a
     bridge br0 with a veth ve0 whose peer is eth0 (END_ADDRESS, MTU 1450) in a new end namespace."""
@@ -177,9 +177,11 @@ def kernel_vtep(
     create_namespace(end)
     kernel_bridge(host)
     with IPRoute(netns=host) as ipr:
+        # remote is a unicast VTEP, or a multicast group; a group needs its link (`dev ul0`).
+        extra = {"vxlan_link": index_of(ipr, link)} if link else {}
         ipr.link(
             "add", ifname="vx0", kind="vxlan", vxlan_id=VNI, vxlan_local=local, vxlan_group=remote,
-            vxlan_port=DSTPORT,
+            vxlan_port=DSTPORT, **extra,
         )  # fmt: skip
     configure(host, "vx0", mtu=TUNNEL_MTU, master="br0")
     veth(host, "ve0", end, "eth0")
@@ -529,6 +531,55 @@ def test_doctor_flags_an_address_two_instances_both_gave_out(xenv: Env) -> None:
             doctor.stdout
         )
         assert not any("10.0.0.3" in line for line in problems), doctor.stdout
+
+
+GROUP = "239.1.1.42"
+
+
+def test_a_group_floods_to_the_kernel_vtep_and_its_vtep_is_learned_as_a_remote(xenv: Env) -> None:
+    """group= and no remote=, against `ip link add vx0 type vxlan id 42 local B group G dev ul0`:
+    floods go to the group, each side learns the other's VTEP from what it hears, and unicast then
+    goes to that VTEP (RFC 7348 section 4.2)."""
+    ha, hb = host_pair(xenv)
+    far = kernel_vtep(xenv, hb, B, GROUP, "10.0.0.2/24", link="ul0")
+    nsv = xenv.ns("v")
+    sw = xenv.switch(
+        f"{nsv}:eth0=10.0.0.1/24", args=["--vxlan", f"lan={VNI},local={A},netns={ha},group={GROUP}"]
+    )
+    wait_for(
+        lambda: pings(nsv, far.address), FIRST_PING, "vswitch's side to ping the kernel's over the group"
+    )
+    assert pings(far.end, "10.0.0.1", count=2)
+    tunnel = the_tunnel(sw)
+    assert tunnel["group"] == GROUP
+    remotes = {r["address"]: r for r in tunnel["remotes"]}
+    assert set(remotes) == {GROUP, B}, remotes
+    assert remotes[GROUP]["tx_packets"] > 0 and remotes[GROUP]["rx_packets"] == 0, remotes  # floods out
+    assert remotes[B]["learned"] and remotes[B]["rx_packets"] > 0 and remotes[B]["tx_packets"] > 0, remotes
+    assert wait_for(lambda: learned_from(sw, mac_of(far.end), B), 10, "vswitch to learn the far end behind B")
+    assert kernel_fdb_dst(hb, mac_of(nsv)) == A
+    transfer(xenv, nsv, far.end, far.address, TCP_BYTES // 10, seed=47)
+
+
+def test_three_instances_on_one_group_find_each_other(xenv: Env) -> None:
+    """Three instances with group= only: a flood reaches both others through the group, every pair
+    pings, and each instance has learned the other two VTEPs."""
+    hosts = host_star(xenv, 3)
+    underlay = [f"10.250.0.{n}" for n in (1, 2, 3)]
+    ends = [xenv.ns(f"g{n}") for n in (1, 2, 3)]
+    switches = [
+        xenv.switch(
+            f"{ends[i]}:eth0=10.0.0.{i + 1}/24",
+            args=["--vxlan", f"lan={VNI},local={underlay[i]},netns={hosts[i]},group={GROUP}"],
+        )
+        for i in range(3)
+    ]
+    wait_for(lambda: pings(ends[0], "10.0.0.3"), FIRST_PING, "the first instance's port to ping the third's")
+    failed = [(s, d) for s, d in itertools.permutations(range(3), 2) if not pings(ends[s], f"10.0.0.{d + 1}")]
+    assert failed == [], failed
+    for i, sw in enumerate(switches):
+        learned = {r["address"] for r in the_tunnel(sw)["remotes"] if r["learned"]}
+        assert learned == {u for u in underlay if u != underlay[i]}, (sw.name, learned)
 
 
 # --- 5. three instances on a bridged underlay ---------------------------------------------------------------

@@ -603,3 +603,59 @@ def test_an_ipv6_tcp_super_frame_from_the_underlay_becomes_a_tsov6_frame() -> No
     flags, gso_type, hdr_len, gso_size, start, offset = VNET_HDR.unpack(received_vnet_header(frame, 1450))
     assert (flags, gso_type, hdr_len, start, offset) == (VNET_F_NEEDS_CSUM, GSO_TCPV6, 74, 54, 16)
     assert gso_size == 1450 - 40 - 20
+
+
+# --- a multicast group: floods to it, VTEPs heard from learned as remotes (RFC 7348 section 4.2) ----------
+GROUP = "239.1.1.42"
+
+
+def grouped(max_learned: int = 256) -> tuple[Datapath, int, Tunnel, Vtep]:
+    """lan: local port a, and a tunnel whose only configured remote is the group."""
+    dp = Datapath()
+    lan = dp.add_segment("lan")
+    a = dp.add_port("a", lan)
+    t = Tunnel(VNI, lan, -1, LOCAL, mtu=MTU)
+    t.group, t.max_learned = GROUP, max_learned
+    dp.add_tunnel(t, [(GROUP, True)])
+    vtep = Vtep(LOCAL, 4789)
+    vtep.add(t)
+    return dp, a, t, vtep
+
+
+def test_a_vtep_heard_on_a_group_tunnel_is_learned_as_a_remote_reached_by_unicast_only() -> None:
+    dp, a, t, vtep = grouped()
+    port, frame, verdict = dp.receive_underlay(vtep, datagram(arp_frame(MAC_RA)), RA, NOW)
+    assert frame is not None and port == t.remotes[RA] and verdict == (a,)
+    assert dp.new_remotes == [(t, RA, port)]  # the shell opens its socket
+    assert dp.segments[0].switch.fdb.lookup(mac(MAC_RA)) == port
+    # A flood from a goes to the group only (one copy, TTL 1); a unicast to MAC_RA goes to RA only.
+    flood = dp.receive(a, vnet(udp_frame(MAC_A, BROADCAST)), NOW)
+    assert isinstance(flood, list) and [p for p, _ in flood] == [t.remotes[GROUP]]
+    outer = IP(bytes(flood[0][1]))
+    assert (outer.dst, outer.ttl) == (GROUP, 1)
+    unicast = dp.receive(a, vnet(udp_frame(MAC_A, MAC_RA)), NOW)
+    assert isinstance(unicast, list) and [p for p, _ in unicast] == [port]
+    assert IP(bytes(unicast[0][1])).dst == RA
+
+
+def test_learned_remotes_are_bounded_and_our_own_address_is_never_learned() -> None:
+    dp, _, t, vtep = grouped(max_learned=1)
+    dp.receive_underlay(vtep, datagram(arp_frame(MAC_RA)), RA, NOW)
+    port, frame, _ = dp.receive_underlay(vtep, datagram(arp_frame(MAC_RB)), RB, NOW)
+    assert (port, frame) == (t.port, None) and RB not in t.remotes
+    assert dp.counters.drops[t.port][Drop.VXLAN_UNKNOWN_REMOTE] == 1
+    dp2, _, t2, vtep2 = grouped()
+    port, frame, _ = dp2.receive_underlay(vtep2, datagram(arp_frame(MAC_RC)), LOCAL, NOW)
+    assert (port, frame) == (t2.port, None) and LOCAL not in t2.remotes
+
+
+def test_without_a_group_an_unknown_vtep_is_never_learned() -> None:
+    dp = Datapath()
+    lan = dp.add_segment("lan")
+    dp.add_port("a", lan)
+    t = Tunnel(VNI, lan, -1, LOCAL, mtu=MTU)
+    dp.add_tunnel(t, [(RA, True)])
+    vtep = Vtep(LOCAL, 4789)
+    vtep.add(t)
+    port, frame, _ = dp.receive_underlay(vtep, datagram(arp_frame(MAC_RB)), RB, NOW)
+    assert (port, frame) == (t.port, None) and set(t.remotes) == {RA} and dp.new_remotes == []

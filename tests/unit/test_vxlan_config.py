@@ -77,7 +77,8 @@ BAD_VXLAN = {
     "broadcast-remote": (f"lan=1,local={LOCAL},remote=255.255.255.255", "must be a unicast address"),
     "unspecified-local": (f"lan=1,local=0.0.0.0,remote={RA}", "must be a unicast address"),
     "ipv6-remote": (f"lan=1,local={LOCAL},remote=fd00::1", "remote address"),
-    "group": (f"lan=1,local={LOCAL},group=239.1.1.1", "group= (a multicast underlay) is not supported"),
+    "group-unicast": (f"lan=1,local={LOCAL},group=10.9.9.9", "must be an IPv4 multicast address"),
+    "group-twice": (f"lan=1,local={LOCAL},group=239.1.1.1,group=239.1.1.2", "group= is given twice"),
     "unknown-key": (f"lan=1,local={LOCAL},remote={RA},port=4789", "unknown option 'port=4789'"),
     "option-without-equals": (f"lan=1,local={LOCAL},remote={RA},learning", "unknown option 'learning'"),
     "ttl-0": (f"lan=1,local={LOCAL},remote={RA},ttl=0", "ttl must be from 1 to 255, not '0'"),
@@ -279,7 +280,10 @@ BAD_TOML = {
     "ttl-0": ("vni = 5\nttl = 0", "ttl must be from 1 to 255"),
     "ttl-list": ("vni = 5\nttl = [1]", "ttl must be a string or a number"),
     "dstport-65536": ("vni = 5\ndstport = 65536", "dstport must be a UDP port"),
-    "group": ('vni = 5\ngroup = "239.1.1.1"', "group= (a multicast underlay) is not supported"),
+    "group-unicast": (
+        'vni = 5\nlocal = "10.250.0.1"\ngroup = "10.9.9.9"',
+        "must be an IPv4 multicast address",
+    ),
     "bad-fdb": ('vni = 5\nfdb = ["01:00:5e:00:00:01@198.18.5.2"]', "a static entry needs a unicast MAC"),
     "remote-number": ("vni = 5\nremote = [5]", "remote must be a list of strings"),
 }
@@ -348,3 +352,13 @@ def test_the_python_api_takes_a_tunnel_as_the_command_line_does() -> None:
     assert segment.vxlan is not None and segment.vxlan.ttl == 9
     with pytest.raises(ConfigError, match="no segment 'dmz'"):
         api.Switch(["n1"], vxlan={"dmz": spec})
+
+
+def test_a_group_is_a_flooded_remote_and_its_ttl_is_1_unless_given() -> None:
+    """group= alone is enough (no remote=); floods go to it; its packets leave with TTL 1, as the
+    kernel's vxlan sends to a group, unless ttl= says otherwise."""
+    _, spec = parse_vxlan(f"lan=42,local={LOCAL},group=239.1.1.1")
+    assert (str(spec.group), spec.group_ttl, spec.ttl) == ("239.1.1.1", 1, 64)
+    assert [(str(a), flooded) for a, flooded in spec.all_remotes] == [("239.1.1.1", True)]
+    _, spec = parse_vxlan(f"lan=42,local={LOCAL},group=239.1.1.1,ttl=5")
+    assert (spec.group_ttl, spec.ttl) == (5, 5)

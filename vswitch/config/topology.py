@@ -90,11 +90,16 @@ class VxlanSpec:
     dstport: int = VXLAN_PORT
     ttl: int = VXLAN_TTL
     fdb: tuple[tuple[bytes, IPv4Address], ...] = ()  # static (MAC, remote) entries
+    # A multicast group: floods go to it, and the VTEPs heard from are learned as remotes (RFC 7348
+    # section 4.2). Its TTL is 1 unless ttl= is given, as the kernel's vxlan sends multicast.
+    group: IPv4Address | None = None
+    group_ttl: int = 1
 
     @property
     def all_remotes(self) -> list[tuple[IPv4Address, bool]]:
-        """Every remote with whether floods reach it: one named only by a static entry is not."""
-        named = [(r, True) for r in self.remotes]
+        """Every remote with whether floods reach it: one named only by a static entry is not; the
+        group is one, flooded."""
+        named = [(r, True) for r in self.remotes] + ([(self.group, True)] if self.group else [])
         extra = dict.fromkeys(a for _, a in self.fdb if a not in self.remotes)
         return named + [(a, False) for a in extra]
 
@@ -344,7 +349,10 @@ def _udp_port(text: str, what: str) -> int:
 
 def parse_vxlan(text: str) -> tuple[str, VxlanSpec]:
     """`SEGMENT=VNI,local=ADDR[,netns=NS][,remote=ADDR]...[,dstport=PORT][,ttl=N]`."""
-    usage = "expected SEGMENT=VNI,local=ADDR,netns=NS,remote=ADDR[,remote=ADDR...][,dstport=4789][,ttl=64]"
+    usage = (
+        "expected SEGMENT=VNI,local=ADDR,netns=NS,remote=ADDR[,remote=ADDR...][,group=MCAST]"
+        "[,dstport=4789][,ttl=64]"
+    )
     head, *options = text.split(",")
     name, eq, vni_text = head.partition("=")
     if not eq or not SEGMENT_RE.fullmatch(name.strip()):
@@ -384,10 +392,11 @@ def vxlan_spec(
     for key, given in (("local", local), ("netns", netns), ("dstport", dstport), ("ttl", ttl)):
         if len(given) > 1:
             raise ConfigError(f"{what}: {key}= is given twice")
-    if group:
-        raise ConfigError(
-            f"{what}: group= (a multicast underlay) is not supported; name each remote= instead"
-        )
+    if len(group) > 1:
+        raise ConfigError(f"{what}: group= is given twice (one multicast group per tunnel)")
+    multicast = parse_address(group[0], f"{what}: group") if group else None
+    if multicast is not None and not multicast.is_multicast:
+        raise ConfigError(f"{what}: group {multicast} must be an IPv4 multicast address (224.0.0.0/4)")
     if not local:
         raise ConfigError(f"{what}: local=ADDR is required (the underlay address to send from)")
     local_address = _unicast(local[0], f"{what}: local address")
@@ -406,6 +415,8 @@ def vxlan_spec(
         tuple(remote_addresses),
         _udp_port(dstport[0], f"{what}: dstport") if dstport else VXLAN_PORT,
         hops if ttl else VXLAN_TTL,
+        group=multicast,
+        group_ttl=hops if ttl else 1,
     )
 
 
@@ -608,14 +619,17 @@ def _attach_vxlan(request: Request, segments: list[SegmentSpec]) -> None:
             raise ConfigError(f"--vxlan {name}: VNI {spec.vni} is already segment {vnis[spec.vni]}'s")
         vnis[spec.vni] = name
         entries = tuple(fdb.get(name, ()))
-        if not spec.remotes and not entries:
-            raise ConfigError(f"--vxlan {name}: name at least one remote=ADDR (or a --vxlan-fdb entry)")
+        if not spec.remotes and not entries and spec.group is None:
+            raise ConfigError(
+                f"--vxlan {name}: name at least one remote=ADDR, a group=MCAST (or a --vxlan-fdb entry)"
+            )
         if spec.local in [a for _, a in entries]:
             raise ConfigError(f"--vxlan-fdb {name}: {spec.local} is the local address, not a remote")
         segment = by_name[name]
         segment.vxlan = VxlanSpec(
-            spec.vni, spec.local, spec.netns, spec.remotes, spec.dstport, spec.ttl, entries
-        )
+            spec.vni, spec.local, spec.netns, spec.remotes, spec.dstport, spec.ttl, entries,
+            spec.group, spec.group_ttl,
+        )  # fmt: skip
         if segment.mtu_given and segment.mtu < MTU_MIN:
             raise ConfigError(f"--vxlan {name}: mtu {segment.mtu} is below {MTU_MIN}")
 

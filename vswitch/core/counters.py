@@ -81,6 +81,7 @@ class Event(StrEnum):
     FDB_MOVES = "fdb-moves"
     FDB_FULL = "fdb-full"
     FDB_AGED = "fdb-aged"
+    VXLAN_REMOTE_LEARNED = "vxlan-remote-learned"  # a VTEP heard from on a tunnel with a group
     ARP_PROBE = "arp-probe"
     ARP_EVICTED = "arp-evicted"
     ARP_LEARNED = "arp-learned"

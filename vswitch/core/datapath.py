@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
-from .counters import Counters, Drop
+from .counters import Counters, Drop, Event
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
 from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
 from .flowcache import FlowCache
@@ -77,6 +77,8 @@ class Datapath:
         self._journal: Journal | None = None
         self.tunnels: list[Tunnel] = []
         self.encaps: dict[int, Tunnel] = {}  # a remote VTEP's port -> its tunnel (push on the way out)
+        self.tunnel_of: dict[int, Tunnel] = {}  # a tunnel's own port -> the tunnel
+        self.new_remotes: list[tuple[Tunnel, str, int]] = []  # learned, waiting for the shell's socket
         self.trunks: list[Trunk] = []
         # Every port whose frames are changed on the way out (a tunnel's, a trunk's, an access port of
         # a segment on a trunk) -> its egress action; and the segments that have such ports.
@@ -122,6 +124,7 @@ class Datapath:
         a remote named only by a static FDB entry is not flooded to."""
         seg = self.segments[tunnel.segment]
         tunnel.port = self.counters.add_port(f"vx{tunnel.vni}")
+        self.tunnel_of[tunnel.port] = tunnel
         self.port_switch.append(seg.switch)
         self.port_segment.append(tunnel.segment)
         for address, flooded in remotes:
@@ -181,6 +184,10 @@ class Datapath:
         port and forwarded. Returns (that port, the frame, the verdict), or (the port charged, None,
         None) for a drop, counted."""
         port, reason = vtep.receive(payload, source)
+        if reason is Drop.VXLAN_UNKNOWN_REMOTE:
+            tunnel = self.tunnel_of[port]
+            if tunnel.may_learn(source):
+                port, reason = self._learn_remote(tunnel, source), None
         if reason is not None:
             self._count_l2(port, reason)
             return port, None, None
@@ -189,6 +196,18 @@ class Datapath:
         self.counters.rx_packets[port] += 1
         self.counters.rx_bytes[port] += len(inner)
         return port, pkt, self.forward_egress(port, pkt, now)
+
+    def _learn_remote(self, tunnel: Tunnel, address: str) -> int:
+        """A VTEP heard from on a tunnel with a group becomes a remote: a port of its own, reached by
+        its MACs' FDB entries only (floods go to the group). The shell gives it a socket (new_remotes)."""
+        port = self.add_port(f"vx{tunnel.vni}@{address}", tunnel.segment, tunnel.port, flood=False)
+        tunnel.add_remote(address, port)
+        tunnel.learned += 1
+        self.encaps[port] = tunnel
+        self.egress[port] = tunnel
+        self.new_remotes.append((tunnel, address, port))
+        self.counters.events[Event.VXLAN_REMOTE_LEARNED] += 1
+        return port
 
     def receive_trunk(self, trunk: Trunk, pkt: bytes, now: float) -> tuple[int, Verdict]:
         """A frame read off a trunk's tap: classified by its tag (Trunk.classify), counted as received

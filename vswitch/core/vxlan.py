@@ -170,11 +170,23 @@ class Tunnel:
     remotes: dict[str, int] = field(default_factory=dict)  # remote address -> its port
     addresses: dict[int, str] = field(default_factory=dict)  # port -> remote address
     heads: dict[int, bytes] = field(default_factory=dict)  # port -> its outer IPv4 header
+    # A multicast group (floods go there, TTL group_ttl), and then VTEPs heard from are learned as
+    # remotes, up to max_learned (RFC 7348 section 4.2); without one, remotes are only the configured.
+    group: str | None = None
+    group_ttl: int = 1
+    max_learned: int = 256
+    learned: int = 0
 
     def add_remote(self, address: str, port: int) -> None:
         self.remotes[address] = port
         self.addresses[port] = address
-        self.heads[port] = outer_ipv4_header(self.local, address, self.ttl)
+        ttl = self.group_ttl if address == self.group else self.ttl
+        self.heads[port] = outer_ipv4_header(self.local, address, ttl)
+
+    def may_learn(self, source: str) -> bool:
+        """Whether a VTEP we have not configured may become a remote: only with a group, within the
+        bound, and never our own address (our group floods must not come back as a remote)."""
+        return self.group is not None and self.learned < self.max_learned and source != self.local
 
     def push(self, port: int, pkt: bytes) -> list[bytes] | Drop:
         """The packets to send to the remote behind port for pkt (virtio-net header + frame), or why

@@ -37,7 +37,7 @@ from .kernel import STOP_SIGNALS, KernelError
 from .loop import Shell
 from .state import Ledger, socket_path, state_path
 from .tap import Tap, TapError, open_tap
-from .underlay import UnderlaySockets, open_underlay
+from .underlay import UnderlaySockets, open_sender, open_underlay
 
 
 class StartError(Exception):
@@ -131,6 +131,7 @@ class Instance:
         self.metrics: tuple[str, int] | None = None  # (host, port) of a Prometheus endpoint, if asked
         self.underlay_mtus: dict[str, int] = {}  # tunnel segment -> the underlay's MTU toward its remotes
         self.underlays: list[tuple[Vtep, UnderlaySockets]] = []
+        self.netns_of: dict[int, str | None] = {}  # id(vtep) -> the underlay's namespace
         self.trunks: list[LiveTrunk] = []
 
     # --- start-up ----------------------------------------------------------------------------------
@@ -253,7 +254,12 @@ class Instance:
                 raise StartError(
                     f"--vxlan {segment.name}: the underlay's namespace {spec.netns} does not exist"
                 )
-            underlay = min(kernel.route_mtu(spec.netns, remote) for remote, _ in spec.all_remotes)
+            underlay = min(
+                kernel.address_mtu(spec.netns, spec.local)
+                if remote.is_multicast
+                else kernel.route_mtu(spec.netns, remote)
+                for remote, _ in spec.all_remotes
+            )
             try:
                 segment.mtu = underlay_mtu_check(segment, underlay)
             except ConfigError as exc:
@@ -269,6 +275,8 @@ class Instance:
             if spec is None:
                 continue
             tunnel = Tunnel(spec.vni, index, -1, str(spec.local), spec.dstport, spec.ttl, segment.mtu)
+            if spec.group is not None:
+                tunnel.group, tunnel.group_ttl = str(spec.group), spec.group_ttl
             self.datapath.add_tunnel(tunnel, [(str(a), flooded) for a, flooded in spec.all_remotes])
             fdb = self.datapath.segments[index].switch.fdb
             for mac, address in spec.fdb:
@@ -280,6 +288,22 @@ class Instance:
         for (netns, local, dstport), (vtep, remotes) in vteps.items():
             sockets = open_underlay(netns, IPv4Address(local), dstport, remotes)
             self.underlays.append((vtep, sockets))
+            self.netns_of[id(vtep)] = netns
+
+    def _open_learned_remote(self, tunnel: Tunnel, address: str) -> int:
+        """A socket for a remote learned at run time (a VTEP heard from on a tunnel with a group):
+        made in the underlay's namespace like the configured ones, kept for teardown. -1 if the kernel
+        refuses (its frames are then tx-error drops)."""
+        for vtep, sockets in self.underlays:
+            if tunnel.vni in vtep.tunnels and vtep.tunnels[tunnel.vni] is tunnel:
+                if address not in sockets.senders:
+                    try:
+                        sockets.senders[address] = open_sender(self.netns_of[id(vtep)], IPv4Address(address))
+                    except KernelError as exc:
+                        self.log(f"vxlan {tunnel.vni}: no socket for learned remote {address}: {exc}")
+                        return -1
+                return sockets.senders[address].fileno()
+        return -1
 
     def _add_router(self) -> None:
         """One router interface per segment (the gateway), one on the uplink, NAT toward it."""
@@ -354,6 +378,9 @@ class Instance:
                 for address, port_id in tunnel.remotes.items():
                     shell.attach_sender(port_id, sockets.senders[address].fileno())
             shell.attach_vtep(vtep, sockets.receiver)
+            if sockets.group_receiver is not None:
+                shell.attach_vtep(vtep, sockets.group_receiver)
+        shell.open_sender = self._open_learned_remote
         for live in self.trunks:
             shell.attach_trunk(live.trunk, live.tap.fd)
         shell.start_timer()
@@ -470,12 +497,14 @@ class Instance:
                     "ttl": tunnel.ttl,
                     "mtu": tunnel.mtu,
                     "underlay_mtu": self.underlay_mtus.get(self.topology.segments[tunnel.segment].name),
+                    "group": tunnel.group,
                     "drops": dict(counters.drops[tunnel.port]),
                     "remotes": [
                         {
                             "address": address,
                             "port": counters.names[port],
-                            "flooded": flooded.get(address, True),
+                            "flooded": flooded.get(address, False),
+                            "learned": address not in flooded,
                             "rx_packets": counters.rx_packets[port],
                             "tx_packets": counters.tx_packets[port],
                         }

@@ -113,6 +113,22 @@ def netns_cookie(name: str) -> int | None:
         return None
 
 
+def address_mtu(namespace: str | None, address: IPv4Address) -> int:
+    """The MTU of the interface that holds address in namespace (a multicast group is sent there: it
+    has no unicast route). KernelError when no interface has it."""
+    try:
+        with open_existing_namespace(namespace) as ipr:
+            for entry in ipr.get_addr(family=socket.AF_INET):
+                if entry.get_attr("IFA_ADDRESS") == str(address) or entry.get_attr("IFA_LOCAL") == str(
+                    address
+                ):
+                    return int(ipr.get_links(entry["index"])[0].get_attr("IFLA_MTU"))
+    except FileNotFoundError:
+        raise KernelError(f"namespace {namespace} does not exist") from None
+    where = f"namespace {namespace}" if namespace else "the root namespace"
+    raise KernelError(f"{address} is not an address in {where}")
+
+
 def route_mtu(namespace: str | None, destination: IPv4Address) -> int:
     """The MTU toward destination in namespace: the route's own (RTAX_MTU) if it has one, else the
     MTU of the interface the route leaves by. KernelError when nothing routes there."""

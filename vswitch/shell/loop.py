@@ -21,7 +21,7 @@ from typing import Final
 from ..core.counters import Drop, Event
 from ..core.datapath import Datapath, PortVerdict
 from ..core.vlan import Trunk
-from ..core.vxlan import Vtep
+from ..core.vxlan import Tunnel, Vtep
 from ..core.wire import VNET_HDR_LEN, ZERO_VNET_HDR, Frame, Gather
 
 BATCH: Final = 64
@@ -82,6 +82,8 @@ class Shell:
         self.hook: Hook | None = None
         self._write = self._write_plain
         self._vtep_fds: list[int] = []
+        # Opens a socket for a remote learned at run time (Instance._open_learned_remote): its fd.
+        self.open_sender: Callable[[Tunnel, str], int] | None = None
         # A port with no drain of its own (a trunk's VLAN port) -> the drain that reads its answers.
         self._answer_of: dict[int, Callable[[], int]] = {}
 
@@ -112,7 +114,8 @@ class Shell:
     def attach_vtep(self, vtep: Vtep, sock: socket.socket) -> None:
         """The underlay socket of a VTEP: its frames arrive on the port of the remote that sent them."""
         drain = self._vtep_drainer(vtep, sock)
-        self._drain_of[vtep.ledger_port] = drain
+        # Keyed by the tunnel's port; a second socket (a group's) by a number no port has.
+        self._drain_of[vtep.ledger_port if vtep.ledger_port not in self._drain_of else -sock.fileno()] = drain
         self._drains = list(self._drain_of.values())
         self._vtep_fds.append(sock.fileno())
         self.loop.add_reader(sock.fileno(), self._on_readable, vtep.ledger_port, drain)
@@ -392,8 +395,9 @@ class Shell:
         (Datapath.receive_underlay: checked, then forwarded as a frame from its remote's port)."""
         shell = self
         recv = sock.recvfrom
-        receive = self.datapath.receive_underlay
-        counters = self.datapath.counters
+        datapath = self.datapath
+        receive = datapath.receive_underlay
+        counters = datapath.counters
         loop_time = self.loop.time
         dport = vtep.dstport
         local = socket.inet_aton(vtep.local)
@@ -418,6 +422,8 @@ class Shell:
                         vtep.ledger_port, Drop.INTERNAL_ERROR, "internal error on an underlay datagram"
                     )
                     continue
+                if datapath.new_remotes:  # a VTEP just learned (a tunnel with a group): its socket
+                    shell._open_learned_remotes()
                 observers = shell._observers.get(port) if shell._observers else None
                 if observers is not None:  # the outer packet, its IPv4 and UDP headers rebuilt
                     outer = OUTER_ETHERNET + _OUTER_RX.pack(
@@ -441,6 +447,13 @@ class Shell:
             return count
 
         return drain
+
+    def _open_learned_remotes(self) -> None:
+        """Sockets for the remotes the datapath just learned (a tunnel with a group)."""
+        for tunnel, address, port in self.datapath.new_remotes:
+            fd = self.open_sender(tunnel, address) if self.open_sender is not None else -1
+            self.attach_sender(port, fd)
+        self.datapath.new_remotes.clear()
 
     def _read_failed(self, port: int, exc: OSError) -> bool:
         """A read raised: True if the link is gone (stop reading it), else one frame lost (counted)."""

@@ -33,11 +33,59 @@ SO_RCVBUFFORCE: Final = 33
 class UnderlaySockets:
     receiver: socket.socket
     senders: dict[str, socket.socket] = field(default_factory=dict)
+    group_receiver: socket.socket | None = None  # bound to the group: its floods arrive here
 
     def close(self) -> None:
         self.receiver.close()
+        if self.group_receiver is not None:
+            self.group_receiver.close()
         for sender in self.senders.values():
             sender.close()
+
+
+def _sender(remote: IPv4Address, local: IPv4Address, where: str) -> socket.socket:
+    """A raw IPv4 socket connected to remote (made in the calling thread's namespace); for a
+    multicast group, sent by the interface of local and not looped back to us."""
+    sender = socket.socket(
+        socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW
+    )
+    try:
+        sender.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, BUFFER_BYTES)
+        if remote.is_multicast:
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local.packed)
+            sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        try:
+            sender.connect((str(remote), 0))
+        except OSError as exc:
+            raise KernelError(f"VXLAN remote {remote}: no route in {where} ({exc.strerror})") from None
+    except BaseException:
+        sender.close()
+        raise
+    return sender
+
+
+def open_sender(namespace: str | None, remote: IPv4Address) -> socket.socket:
+    """One more remote's socket, at run time (a VTEP learned on a tunnel with a group)."""
+    where = f"namespace {namespace}" if namespace else "the root namespace"
+    try:
+        return in_namespace(namespace, lambda: _sender(remote, remote, where))
+    except FileNotFoundError:
+        raise KernelError(f"the VXLAN underlay's namespace {namespace} does not exist") from None
+
+
+def _group_receiver(group: IPv4Address, local: IPv4Address, dstport: int, where: str) -> socket.socket:
+    """A UDP socket bound to group:dstport and joined to the group on local's interface: the socket
+    bound to local receives unicast only."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        receiver.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER_BYTES)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        receiver.bind((str(group), dstport))
+        receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group.packed + local.packed)
+    except OSError as exc:
+        receiver.close()
+        raise KernelError(f"VXLAN group {group} on {local} in {where}: {exc.strerror}") from None
+    return receiver
 
 
 def open_underlay(
@@ -65,19 +113,9 @@ def open_underlay(
                     ) from None
                 raise
             for remote in remotes:
-                sender = socket.socket(
-                    socket.AF_INET,
-                    socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                    socket.IPPROTO_RAW,
-                )
-                made.senders[str(remote)] = sender
-                sender.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, BUFFER_BYTES)
-                try:
-                    sender.connect((str(remote), 0))
-                except OSError as exc:
-                    raise KernelError(
-                        f"VXLAN remote {remote}: no route in {where} ({exc.strerror})"
-                    ) from None
+                made.senders[str(remote)] = _sender(remote, local, where)
+                if remote.is_multicast:
+                    made.group_receiver = _group_receiver(remote, local, dstport, where)
         except BaseException:
             made.close()
             raise

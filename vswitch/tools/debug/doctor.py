@@ -242,6 +242,8 @@ def tunnel_findings(info: dict[str, Any]) -> list[Finding]:
                         f"{tunnel['dstport']}, with {tunnel['local']} as its remote?)",
                     )
                 )
+            if IPv4Address(remote["address"]).is_multicast:
+                continue  # a group answers from its members' own addresses, and has no route of its own
             try:
                 underlay = route_mtu(tunnel["netns"], IPv4Address(remote["address"]))
             except KernelError as exc:
