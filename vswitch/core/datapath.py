@@ -14,6 +14,13 @@ cases allocate nothing:
 A frame for the router asks the flow cache (flowcache.py) first; on a miss it takes the router and
 ``from_router``, and the cache keeps the router's action for the flow (Routed.forwarded).
 
+A port may carry an egress action (`egress`): a VXLAN remote's push (vxlan.py), a trunk VLAN port's
+tag, an access port's pop on a segment on a trunk (vlan.py). On a segment with such ports the
+forwarder is `forward_egress`: the verdict, whoever made it (switch, router, flow cache, timer), then
+each frame for such a port made into what that port carries, in one place (`encapsulate`). Frames
+that come in by the underlay or a trunk enter by `receive_underlay` and `receive_trunk`, which name the
+port they arrive on.
+
 Every drop, wherever it happens, is counted in one ledger: ``counters.drops[ingress port]`` by `Drop`
 reason (the router's rollup ``Router.drops`` is counted at the same point). With a tracer attached
 (``trace``), every stage reports to it and a journal takes back every change the frame made.
