@@ -12,6 +12,7 @@ import pytest
 from scapy.compat import raw
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 
 from vswitch.core.counters import Drop, Event
@@ -19,6 +20,7 @@ from vswitch.core.datapath import Datapath, PortVerdict
 from vswitch.core.gso import segment
 from vswitch.core.router import Interface, Router
 from vswitch.core.vlan import Trunk, pop, push, retag, tagged, vid_of
+from vswitch.core.vxlan import Tunnel, Vtep
 from vswitch.core.wire import (
     GSO_ECN,
     GSO_TCPV4,
@@ -656,3 +658,39 @@ def test_a_trunk_with_only_a_native_vlan_takes_untagged_and_refuses_every_tag() 
     assert net.from_port("x1", frame(X1, BROADCAST, tag(99))) == {}  # lab is on a trunk now
     assert net.drops() == {"M": {Drop.VLAN_UNKNOWN: 1}, "x1": {Drop.VLAN_ON_ACCESS: 1}}
     assert net.trunks["M"].ports == [net.port("M.native")]
+
+
+# --- a trunk and a VXLAN tunnel on one segment: the tunnel carries what access ports carry ---------------
+def trunk_and_tunnel() -> tuple[Datapath, Trunk, int]:
+    """lan on trunk T (VID 10) and on a VXLAN tunnel (VNI 42) to one remote; returns the remote's port."""
+    dp = Datapath()
+    lan = dp.add_segment("lan")
+    dp.add_port("a1", lan)
+    tunnel = Tunnel(42, lan, -1, "198.18.6.1", mtu=1450)
+    dp.add_tunnel(tunnel, [("198.18.6.2", True)])
+    trunk = Trunk("T")
+    dp.add_trunk(trunk, [(lan, 10)], None)
+    return dp, trunk, tunnel.remotes["198.18.6.2"]
+
+
+def test_a_tagged_frame_from_the_trunk_crosses_the_tunnel_untagged_and_comes_back_tagged() -> None:
+    """The tag is the trunk's business: a frame tagged 10 (PCP 5) from T is wrapped for the remote with
+    no tag inside; the remote's frame to T's MAC leaves T tagged 10, priority 0."""
+    dp, trunk, remote = trunk_and_tunnel()
+    t_mac, far_mac = "02:00:00:00:0c:01", "02:00:00:00:0d:01"
+    inner = Ether(src=far_mac, dst=t_mac) / IP(src="10.1.0.9", dst="10.1.0.7") / UDP(sport=9, dport=9)
+    payload = bytes(raw(VXLAN(flags=0x08, vni=42) / inner))
+    vtep = Vtep("198.18.6.1", 4789)
+    vtep.add(dp.tunnels[0])
+    frame_in = ZERO_VNET_HDR + bytes(
+        raw(Ether(src=t_mac, dst=far_mac) / Dot1Q(vlan=10, prio=5) / IP() / UDP())
+    )
+    assert dp.receive_underlay(vtep, payload, "198.18.6.2", NOW)[1] is not None  # far_mac learned
+    _, out = dp.receive_trunk(trunk, frame_in, NOW)  # t_mac learned on T.10, then to far_mac
+    assert isinstance(out, list) and [p for p, _ in out] == [remote]
+    wrapped = IP(bytes(out[0][1]))
+    assert Dot1Q not in wrapped[VXLAN].payload and wrapped[VXLAN].payload[Ether].type == 0x0800
+    _, _, back = dp.receive_underlay(vtep, payload, "198.18.6.2", NOW)
+    assert isinstance(back, list) and [p for p, _ in back] == [trunk.by_vid[10]]
+    tagged_back = Ether(bytes(back[0][1])[VNET_HDR_LEN:])
+    assert (tagged_back[Dot1Q].vlan, tagged_back[Dot1Q].prio) == (10, 0)
