@@ -694,3 +694,22 @@ def test_a_tagged_frame_from_the_trunk_crosses_the_tunnel_untagged_and_comes_bac
     assert isinstance(back, list) and [p for p, _ in back] == [trunk.by_vid[10]]
     tagged_back = Ether(bytes(back[0][1])[VNET_HDR_LEN:])
     assert (tagged_back[Dot1Q].vlan, tagged_back[Dot1Q].prio) == (10, 0)
+
+
+def test_a_tunnel_on_a_segment_with_no_trunk_carries_tagged_frames_as_they_are() -> None:
+    """A trunk elsewhere (on lan) changes nothing on other: a tagged frame from other's access port
+    enters other's tunnel with its tag, as on a switch without VLANs (only trunked segments pop)."""
+    dp = Datapath()
+    lan, other = dp.add_segment("lan"), dp.add_segment("other")
+    dp.add_port("a1", lan)
+    b1 = dp.add_port("b1", other)
+    tunnel = Tunnel(42, other, -1, "198.18.6.1", mtu=1450)
+    dp.add_tunnel(tunnel, [("198.18.6.2", True)])
+    dp.add_trunk(Trunk("T"), [(lan, 10)], None)
+    sent = ZERO_VNET_HDR + bytes(
+        raw(Ether(src="02:00:00:00:0e:01", dst=BROADCAST) / Dot1Q(vlan=7) / IP() / UDP())
+    )
+    out = dp.receive(b1, sent, NOW)
+    assert isinstance(out, list) and [p for p, _ in out] == [tunnel.remotes["198.18.6.2"]]
+    inner = IP(bytes(out[0][1]))[VXLAN].payload
+    assert inner[Dot1Q].vlan == 7

@@ -92,8 +92,8 @@ class Datapath:
         self.egress: dict[int, Egress] = {}
         self.egress_segments: set[int] = set()
         self.untagged_only: set[int] = set()  # ports of segments on a trunk: tagged in is a drop
-        self.trunked = False  # a frame for the router may be tagged (it is popped first)
-        self.trunked_segments: set[int] = set()  # ... on these segments only
+        # Segments on a trunk: a frame there may be tagged, and is popped for the router and a tunnel.
+        self.trunked_segments: set[int] = set()
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
@@ -169,7 +169,6 @@ class Datapath:
             self.egress[port] = trunk
             self.egress_segments.add(segment)
         self.trunks.append(trunk)
-        self.trunked = True
         self.trunked_segments.update(segment for segment, _, _ in members)
 
     # --- the packet path ---------------------------------------------------------------------------
@@ -244,7 +243,11 @@ class Datapath:
         if decision.__class__ is int:
             if decision != switch.router_port:
                 return decision
-            if self.trunked and pkt[22:24] == TPID and self.port_segment[in_port] in self.trunked_segments:
+            if (
+                self.trunked_segments
+                and pkt[22:24] == TPID
+                and self.port_segment[in_port] in self.trunked_segments
+            ):
                 pkt = pop(pkt)  # from a trunk: the router takes frames untagged (router on a stick)
             flows = self.flows
             if flows is None:
@@ -264,7 +267,11 @@ class Datapath:
                 return decision
             flood: list[Transmit] = [(p, pkt) for p in decision]
             routed = pkt
-            if self.trunked and pkt[22:24] == TPID and self.port_segment[in_port] in self.trunked_segments:
+            if (
+                self.trunked_segments
+                and pkt[22:24] == TPID
+                and self.port_segment[in_port] in self.trunked_segments
+            ):
                 routed = pop(pkt)
             flood.extend(self._route(in_port, routed, now)[1])
             return flood
@@ -330,7 +337,7 @@ class Datapath:
     def _push(
         self, in_port: int, action: Egress, port: int, pkt: bytes, count: bool = True
     ) -> list[tuple[int, Frame]]:
-        if action.__class__ is Tunnel and self.trunked and pkt[22:24] == TPID:
+        if action.__class__ is Tunnel and pkt[22:24] == TPID and action.segment in self.trunked_segments:
             pkt = pop(pkt)  # a segment on a trunk: the tunnel carries it as its access ports do
         packets = action.push(port, pkt)
         if packets.__class__ is list:
