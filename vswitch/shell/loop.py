@@ -162,13 +162,8 @@ class Shell:
                     shell.datapath.counters.drop(trunk.port, Drop.TRUNCATED)
                     continue
                 if hook is not None:  # as on a tap port: the frame as the trunk carries it, tag and all
-                    try:
-                        hooked = hook(trunk.port, pkt, now)
-                    except Exception:
-                        shell._frame_error(trunk.port, Drop.HOOK, "the packet hook raised")
-                        continue
+                    hooked = shell._hook_frame(trunk.port, pkt, now, hook)
                     if hooked is None:
-                        shell.datapath.counters.drop(trunk.port, Drop.HOOK)
                         continue
                     pkt = hooked
                 try:
@@ -179,18 +174,11 @@ class Shell:
                     )
                     continue
                 observers = shell._observers.get(port) if shell._observers else None
-                if observers is not None:
-                    for observer in observers:
-                        observer("rx", pkt)
-                if isinstance(verdict, int):
-                    shell._write(verdict, pkt)
-                    last_out = verdict
-                elif verdict is not None:
-                    shell._write_all(port, pkt, verdict)
+                if observers is not None and not shell._observe_rx(port, observers, pkt):
+                    continue
+                last_out = shell._deliver(port, pkt, verdict, last_out)
             if count:
-                shell._last_out = last_out
-                if now >= shell._check_timer_at:
-                    shell._rearm(now)
+                shell._end_batch(now, last_out)
             return count
 
         return drain
@@ -319,21 +307,11 @@ class Shell:
                     counters.drop(port, Drop.TRUNCATED)
                     continue
                 # Observers and the hook are guarded like forward: what they raise costs this frame.
-                if observers is not None:
-                    try:
-                        for observer in observers:
-                            observer("rx", pkt)
-                    except Exception:  # a bug in capture or live trace: vswitch's own, so internal-error
-                        shell._frame_error(port, Drop.INTERNAL_ERROR, "a capture or trace observer raised")
-                        continue
+                if observers is not None and not shell._observe_rx(port, observers, pkt):
+                    continue
                 if hook is not None:
-                    try:
-                        hooked = hook(port, pkt, now)
-                    except Exception:  # the API user's code: charged to the hook, as if it said None
-                        shell._frame_error(port, Drop.HOOK, "the packet hook raised")
-                        continue
+                    hooked = shell._hook_frame(port, pkt, now, hook)
                     if hooked is None:
-                        counters.drop(port, Drop.HOOK)
                         continue
                     pkt = hooked
                 try:
@@ -382,7 +360,7 @@ class Shell:
                 # tap's frames all carry the vnet header.
                 received = count - failed
                 counters.received(port, received, max(0, nbytes - VNET_HDR_LEN * received))
-                if now >= shell._check_timer_at:
+                if now >= shell._check_timer_at:  # _end_batch, inlined: once per wake-up of every tap
                     shell._rearm(now)
                 elif shell._recheck is None:
                     shell._recheck = shell.loop.call_at(shell._check_timer_at, shell._recheck_timer)
@@ -430,23 +408,57 @@ class Shell:
                         0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0,
                         socket.inet_aton(source[0]), local, source[1], dport, 8 + len(payload), 0,
                     ) + payload  # fmt: skip
-                    for observer in observers:
-                        observer("rx", outer)
-                if pkt is None:
-                    continue
-                if isinstance(verdict, int):
-                    shell._write(verdict, pkt)
-                    last_out = verdict
-                else:
-                    shell._write_all(port, pkt, verdict)
+                    if not shell._observe_rx(port, observers, outer):
+                        continue
+                if pkt is not None:
+                    last_out = shell._deliver(port, pkt, verdict, last_out)
             if count:
-                # The tap just written to often holds its stack's answer already (_on_readable reads it).
-                shell._last_out = last_out
-                if now >= shell._check_timer_at:
-                    shell._rearm(now)
+                shell._end_batch(now, last_out)
             return count
 
         return drain
+
+    # --- what every drain does around the datapath: observers, the hook, the writes, the batch's end ---
+    def _observe_rx(self, port: int, observers: list[Observer], frame: bytes) -> bool:
+        """Show frame to port's rx observers; False if one raised (a bug in capture or live trace,
+        vswitch's own: the frame is an internal-error drop)."""
+        try:
+            for observer in observers:
+                observer("rx", frame)
+        except Exception:
+            self._frame_error(port, Drop.INTERNAL_ERROR, "a capture or trace observer raised")
+            return False
+        return True
+
+    def _hook_frame(self, port: int, pkt: bytes, now: float, hook: Hook) -> bytes | None:
+        """pkt as the packet hook returns it, or None: dropped, as 'hook' (the API user's code: one
+        that raises is charged as if it said None)."""
+        try:
+            hooked = hook(port, pkt, now)
+        except Exception:
+            self._frame_error(port, Drop.HOOK, "the packet hook raised")
+            return None
+        if hooked is None:
+            self.datapath.counters.drop(port, Drop.HOOK)
+        return hooked
+
+    def _deliver(self, port: int, pkt: bytes, verdict: PortVerdict, last_out: int) -> int:
+        """Write a verdict for pkt from port; returns the port a unicast went to (else last_out)."""
+        if isinstance(verdict, int):
+            self._write(verdict, pkt)
+            return verdict
+        self._write_all(port, pkt, verdict)
+        return last_out
+
+    def _end_batch(self, now: float, last_out: int) -> None:
+        """After a batch that read something: remember where its unicast went (a local stack often
+        answers at once: _on_readable reads that port next), and check the core's deadline, at most
+        every TIMER_CHECK_INTERVAL, leaving one re-check for later when it is too soon."""
+        self._last_out = last_out
+        if now >= self._check_timer_at:
+            self._rearm(now)
+        elif self._recheck is None:
+            self._recheck = self.loop.call_at(self._check_timer_at, self._recheck_timer)
 
     def _open_learned_remotes(self) -> None:
         """Sockets for the remotes the datapath just learned (a tunnel with a group)."""
