@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Any, Final
 
@@ -626,10 +626,7 @@ def _attach_vxlan(request: Request, segments: list[SegmentSpec]) -> None:
         if spec.local in [a for _, a in entries]:
             raise ConfigError(f"--vxlan-fdb {name}: {spec.local} is the local address, not a remote")
         segment = by_name[name]
-        segment.vxlan = VxlanSpec(
-            spec.vni, spec.local, spec.netns, spec.remotes, spec.dstport, spec.ttl, entries,
-            spec.group, spec.group_ttl,
-        )  # fmt: skip
+        segment.vxlan = replace(spec, fdb=entries)
         if segment.mtu_given and segment.mtu < MTU_MIN:
             raise ConfigError(f"--vxlan {name}: mtu {segment.mtu} is below {MTU_MIN}")
 

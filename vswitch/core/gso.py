@@ -172,8 +172,3 @@ def _l3_len(frame: memoryview, csum_start: int) -> int:
         if version == 6 and l3 + 40 == csum_start:
             return 40
     raise GsoError("no IPv4 or IPv6 header ends at csum_start")
-
-
-def needs_finishing(pkt: bytes) -> bool:
-    """True when pkt's virtio-net header promises work a plain receiver would not do."""
-    return bool(pkt[0] & VNET_F_NEEDS_CSUM) or bool(pkt[1] & ~GSO_ECN)

@@ -18,7 +18,6 @@ received and names the port the inner frame arrives on, or the drop.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Final
@@ -244,8 +243,3 @@ class Vtep:
         if port is None:
             return tunnel.port, Drop.VXLAN_UNKNOWN_REMOTE
         return port, None
-
-
-def remote_ports(tunnels: Iterable[Tunnel]) -> dict[int, Tunnel]:
-    """Every remote's port, with its tunnel: the ports whose frames push() must wrap."""
-    return {port: tunnel for tunnel in tunnels for port in tunnel.addresses}

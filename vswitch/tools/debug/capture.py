@@ -30,7 +30,7 @@ from ...core.vxlan import OUTER_LEN
 from ...core.wire import VNET_HDR_LEN
 from ...shell.control import ControlError
 from ...shell.loop import OUTER_ETHERNET
-from .common import TunnelPort, b64, client_gone, instance_socket, port_stream_setup, unb64
+from .common import SubPort, b64, client_gone, instance_socket, port_stream_setup, unb64
 
 if TYPE_CHECKING:
     from ...shell.instance import Instance
@@ -70,7 +70,7 @@ async def capture_stream(
         return observer
 
     observers = [
-        (port.id, observer_for(port.label, isinstance(port, TunnelPort) and port.tunnel)) for port in ports
+        (port.id, observer_for(port.label, isinstance(port, SubPort) and port.outer)) for port in ports
     ]
     for port_id, observer in observers:
         shell.observe(port_id, observer)

@@ -53,36 +53,36 @@ def shell_of(instance: Instance) -> Shell:
     return instance.shell
 
 
-class TunnelPort(NamedTuple):
-    """A port with no tap of its own, as a stream sees it: a VXLAN remote's (tunnel True: what it
+class SubPort(NamedTuple):
+    """A port with no tap of its own, as a stream sees it: a VXLAN remote's (outer True: what it
     carries is the outer packet, an Ethernet frame of zero MACs, shell.loop.OUTER_ETHERNET) or a trunk's
     VLAN port (the frames as on the trunk's tap, tags included); label is what the user asked for."""
 
     id: int
     label: str
-    tunnel: bool = True
+    outer: bool
 
 
-def stream_ports(instance: Instance, label: Any) -> list[LivePort] | list[TunnelPort]:
+def stream_ports(instance: Instance, label: Any) -> list[LivePort] | list[SubPort]:
     """A port by label: a namespace's (or the host's); a tunnel's (vx42: every remote's port); or one
     remote's (vx42@10.250.0.2)."""
     names = instance.datapath.counters.names
     for trunk in instance.datapath.trunks:
         if label == trunk.name:
-            return [TunnelPort(port, label, tunnel=False) for port in trunk.ports]
+            return [SubPort(port, label, outer=False) for port in trunk.ports]
         for port in trunk.ports:
             if label == names[port]:
-                return [TunnelPort(port, label, tunnel=False)]
+                return [SubPort(port, label, outer=False)]
     for tunnel in instance.datapath.tunnels:
         if label == names[tunnel.port]:
-            return [TunnelPort(port, label) for port in tunnel.addresses]
+            return [SubPort(port, label, outer=True) for port in tunnel.addresses]
         for port in tunnel.addresses:
             if label == names[port]:
-                return [TunnelPort(port, label)]
+                return [SubPort(port, label, outer=True)]
     return [live_port(instance, label)]
 
 
-def requested_ports(instance: Instance, req: dict[str, Any]) -> list[LivePort | TunnelPort]:
+def requested_ports(instance: Instance, req: dict[str, Any]) -> list[LivePort | SubPort]:
     """The ports a stream asks for ("ports": a list of labels, or "port": one), each once, in order."""
     labels = req.get("ports")
     if labels is None:
@@ -95,14 +95,14 @@ def requested_ports(instance: Instance, req: dict[str, Any]) -> list[LivePort | 
 
 def port_stream_setup(
     instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter, many: bool = False
-) -> tuple[list[LivePort | TunnelPort], Callable[[bytes], bool], Shell] | None:
+) -> tuple[list[LivePort | SubPort], Callable[[bytes], bool], Shell] | None:
     """What capture and live trace both need: the port ("port"; with many, `requested_ports`), the
     filter and the shell; or, for a bad request, an error line already written to the client and
     None."""
     from .bpf import FilterError, compile_filter
 
     try:
-        ports: list[LivePort | TunnelPort] = (
+        ports: list[LivePort | SubPort] = (
             requested_ports(instance, req) if many else [live_port(instance, req.get("port"))]
         )
         return ports, compile_filter(req.get("filter")), shell_of(instance)
