@@ -83,14 +83,16 @@ def build_parser() -> Parser:
     up.add_argument(
         "--subnet6",
         metavar="PREFIX",
-        help="IPv6 addresses for --ports too, PREFIX::1, ::2, ... (e.g. fd00:10::/64)",
+        help="a /48-/60 (routed: a /64 per segment, by SLAAC) or the switched segment's prefix "
+        "(--ports: PREFIX::1, ::2, ...)",
     )
     up.add_argument(
         "--segment",
         action="append",
         default=[],
-        metavar="NAME=NS,NS[@SUBNET]",
-        help="a routed L2 segment (repeatable); the router owns its .1",
+        metavar="NAME=NS,NS[@SUBNET][,IPV6/64]",
+        help="a routed L2 segment (repeatable); the router owns its .1 and the ::1 of its IPv6 /64, "
+        "given after the @ as @SUBNET,IPV6/64 or @IPV6/64",
     )
     up.add_argument(
         "--uplink", metavar="NS[=ADDR/PREFIX][,via=GW]", help="a port to the outside, masqueraded"
@@ -98,7 +100,13 @@ def build_parser() -> Parser:
     up.add_argument(
         "--forward", action="append", default=[], metavar="PROTO:PORT=NS:PORT", help="DNAT from the uplink"
     )
-    up.add_argument("--route", action="append", default=[], metavar="PREFIX=via GW", help="a static route")
+    up.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="PREFIX=via GW",
+        help="a static route, IPv4 or IPv6; GW is an address on a segment (IPv6: its global one)",
+    )
     up.add_argument(
         "--host",
         nargs="?",
@@ -109,6 +117,13 @@ def build_parser() -> Parser:
     )
     up.add_argument("--host-routes", action="store_true", help="routes from the host to the other segments")
     up.add_argument("--ageing", type=positive_float, help="FDB ageing time in seconds (default 300)")
+    up.add_argument(
+        "--ra-interval",
+        type=positive_float,
+        metavar="SECONDS",
+        help="the longest gap between the router's IPv6 advertisements (RFC 4861 MaxRtrAdvInterval; "
+        "default 600, a lab may go down to 0.1)",
+    )
     up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
     up.add_argument("--txqueuelen", type=positive_int, help="each tap's queue length (default 10000)")
     up.add_argument(
@@ -167,7 +182,7 @@ def build_parser() -> Parser:
         ("fdb", "the MAC table"),
         ("stats", "per-port packets, bytes and drops by reason"),
         ("routes", "the router's table (routed topologies)"),
-        ("arp", "the router's neighbour cache"),
+        ("arp", "the router's neighbour caches (ARP, and NDP for IPv6)"),
         ("conntrack", "tracked connections and their NAT mappings"),
     ):
         p = sub.add_parser(name, help=text)
@@ -198,7 +213,8 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.subnet = topology.parse_subnet(args.subnet)
     if args.subnet6 is not None:
         req.subnet6 = topology.parse_subnet6(args.subnet6)
-    req.segments.extend(topology.parse_segment(text) for text in args.segment)
+    for text in args.segment:
+        req.add_segment(*topology.parse_segment6(text))
     if args.uplink is not None:
         req.uplink = topology.parse_uplink(args.uplink)
     req.forwards.extend(topology.parse_forward(text) for text in args.forward)
@@ -210,6 +226,8 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
     req.host_routes = req.host_routes or args.host_routes
     if args.ageing is not None:
         req.ageing = args.ageing
+    if args.ra_interval is not None:
+        req.ra_interval = args.ra_interval
     if args.fdb_max is not None:
         req.fdb_max = args.fdb_max
     if args.txqueuelen is not None:
@@ -310,7 +328,13 @@ def print_ports(instance: Instance, as_json: bool) -> None:
         f"vswitch {instance.topology.name}: forwarding (Ctrl-C to stop)",
         ["port", "namespace", "interface", "mac", "address"],
         [
-            [r["port"], r["namespace"] or "(root)", r["interface"], r["mac"], r["address"] or "-"]
+            [
+                r["port"],
+                r["namespace"] or "(root)",
+                r["interface"],
+                r["mac"],
+                " ".join(a for a in (r["address"], r["address6"]) if a) or "-",
+            ]
             for r in rows
         ],
     )
@@ -491,7 +515,7 @@ def cmd_table(cmd: str, title: str) -> Callable[[argparse.Namespace], int]:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "routes": cmd_table("routes", "routes"),
-    "arp": cmd_table("arp", "neighbours (ARP)"),
+    "arp": cmd_table("arp", "neighbours (ARP, NDP)"),
     "conntrack": cmd_table("conntrack", "connections"),
     "up": cmd_up,
     "down": cmd_down,

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from vswitch.core.counters import Drop
 from vswitch.core.datapath import Datapath, Transmit
-from vswitch.core.router import Routed, Router
+from vswitch.core.routed import Routed
+from vswitch.core.router import Router
 from vswitch.core.wire import VNET_HDR_LEN, ZERO_VNET_HDR
 
 AGEING = 10.0
@@ -200,6 +201,7 @@ class FakeRouter:
     drops: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     tracer: object = None
+    v6: None = None  # routes no IPv6
 
     def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str]) -> Routed:
         self.received.append((iface, pkt))

@@ -184,8 +184,9 @@ def test_subnet6_numbers_the_namespace_ports_and_refuses_what_cannot_work() -> N
         "host": None,  # the root namespace's IPv6 is left alone
     }
     assert build(request_from_toml('ports = ["a"]\nsubnet6 = "fd00:10::/64"\n')).ports[0].address6 == six["a"]
-    with pytest.raises(ConfigError, match="router is IPv4 only"):
-        build(Request(segments=[parse_segment("x=a")], subnet6=IPv6Network("fd00::/64")))
+    routed = build(Request(segments=[parse_segment("x=a")], subnet6=IPv6Network("fd00::/64")))
+    assert routed.segments[0].gateway6 == IPv6Interface("fd00::1/64")  # the router routes IPv6 (issue 16)
+    assert routed.ports[0].address6 is None  # its hosts take theirs by SLAAC (test_topology6.py)
     with pytest.raises(ConfigError, match="too small"):
         build(Request(ports=parse_ports("a,b,c,d"), subnet6=IPv6Network("fd00::/126")))
     for bad in ("fe80::/64", "ff02::/64", "fd00::/127", "10.0.0.0/24"):

@@ -5,10 +5,13 @@ plumbing, the datapath, the router) reads only this. A bad value raises ConfigEr
 for the user.
 
 Two shapes:
-- switched: `--ports ns1,ns2` alone is one L2 segment, hosts numbered .1, .2, ... in order;
+- switched: `--ports ns1,ns2` alone is one L2 segment, hosts numbered .1, .2, ... in order (and, with
+  `--subnet6`, ::1, ::2, ... of that prefix);
 - routed: several `--segment`s and/or an `--uplink`: the router owns the gateway (.1 by default) of
   every segment, hosts start at .2 and get a default route via their gateway, and traffic leaving
-  through the uplink is masqueraded to the uplink address.
+  through the uplink is masqueraded to the uplink address. A segment with IPv6 has a /64 (its own, or
+  the next one of `--subnet6`), the router is its ::1, and the hosts configure themselves by SLAAC from
+  the router's advertisements (RFC 4862), so they are given no IPv6 address here. The uplink is IPv4.
 """
 
 from __future__ import annotations
@@ -17,7 +20,16 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 from typing import Any, Final
 
 from ..core.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
@@ -58,6 +70,14 @@ MTU_MIN = 68  # RFC 791 3.2: every internet module must forward a 68-byte datagr
 # A read takes 65,536 bytes after the virtio-net header: an MTU-sized packet with its Ethernet and
 # VLAN headers must fit, with room to spare (the tap itself would take up to 65,535).
 MTU_MAX = 65000
+DEFAULT_RA_INTERVAL = 600.0  # RFC 4861 6.2.1's MaxRtrAdvInterval default
+RA_INTERVAL_MIN = 0.1
+RA_INTERVAL_MAX = 1800.0
+IPV6_MIN_MTU = 1280  # RFC 8200 section 5: every link that carries IPv6 has an MTU of at least 1280
+# SLAAC forms an address from a /64 prefix and a 64-bit interface identifier (RFC 4862 5.5.3, RFC 7421).
+SLAAC_PREFIXLEN = 64
+# A routed --subnet6 is cut into a /64 per segment: a site's /48 down to a /60 (16 segments).
+ROUTED_SUBNET6_LENGTHS = range(48, 61)
 
 
 class ConfigError(Exception):
@@ -71,7 +91,8 @@ class PortSpec:
     namespace: str | None
     ifname: str = DEFAULT_IFNAME
     address: IPv4Interface | None = None  # None until resolved: the next free host of the subnet
-    address6: IPv6Interface | None = None  # with --subnet6 (switched topologies): ::N for the Nth port
+    # with --subnet6 on a switched topology: ::N for the Nth port (routed segments' hosts use SLAAC)
+    address6: IPv6Interface | None = None
 
     @property
     def label(self) -> str:
@@ -127,6 +148,8 @@ class SegmentSpec:
     mtu: int = DEFAULT_MTU  # of every port on the segment and of the router's interface on it
     mtu_given: bool = False  # the user set mtu: a tunnel checks it instead of setting its own
     vxlan: VxlanSpec | None = None
+    subnet6: IPv6Network | None = None  # routed: a /64 the router advertises; switched: --subnet6
+    gateway6: IPv6Interface | None = None  # the router's ::1 of subnet6 (routed topologies only)
 
 
 @dataclass(frozen=True)
@@ -151,8 +174,10 @@ class ForwardSpec:
 
 @dataclass(frozen=True)
 class RouteSpec:
-    prefix: IPv4Network
-    via: IPv4Address
+    """A static route; the gateway is of the prefix's family, on one of the router's segments."""
+
+    prefix: IPv4Network | IPv6Network
+    via: IPv4Address | IPv6Address
 
 
 @dataclass
@@ -166,6 +191,7 @@ class Topology:
     host_routes: bool = False
     host_ifname: str | None = None  # default: vs-NAME
     ageing: float = DEFAULT_AGEING
+    ra_interval: float = DEFAULT_RA_INTERVAL  # MaxRtrAdvInterval of the router's advertisements
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
@@ -258,15 +284,31 @@ def parse_ports(text: str, option: str = "--ports") -> list[PortSpec]:
 
 
 def parse_segment(text: str) -> tuple[str, list[PortSpec], IPv4Network | None]:
-    """`NAME=ns1,ns2[@10.1.0.0/24]`."""
+    """`NAME=ns1,ns2[@10.1.0.0/24]`: the IPv4 part of parse_segment6's grammar."""
     name, eq, rest = text.partition("=")
     if not eq or not SEGMENT_RE.fullmatch(name):
-        raise ConfigError(f"--segment {text!r}: expected NAME=ns1,ns2[@SUBNET] with a simple NAME")
+        raise ConfigError(f"--segment {text!r}: expected NAME=ns1,ns2[@SUBNET][,IPV6/64] with a simple NAME")
     subnet = None
     if "@" in rest:
         rest, subnet_text = rest.rsplit("@", 1)
         subnet = parse_subnet(subnet_text)
     return name, parse_ports(rest, f"--segment {name}"), subnet
+
+
+def parse_segment6(text: str) -> tuple[str, list[PortSpec], IPv4Network | None, IPv6Network | None]:
+    """`NAME=ns1,ns2[@10.1.0.0/24][,fd00:1:0:1::/64]`, or `NAME=ns1,ns2@fd00:1:0:1::/64` (the IPv4
+    subnet then chosen as without one): the segment's own IPv6 prefix rides after the @, where only an
+    IPv6 prefix has a ':'. build() checks it is a /64."""
+    head, at, tail = text.rpartition("@")
+    if not at or ":" not in tail:
+        return (*parse_segment(text), None)
+    subnet_text, _, subnet6_text = tail.rpartition(",")
+    name, ports, subnet = parse_segment(f"{head}@{subnet_text}" if subnet_text else head)
+    try:
+        subnet6 = parse_subnet6(subnet6_text)
+    except ConfigError as exc:
+        raise ConfigError(f"--segment {name}: {exc}") from None
+    return name, ports, subnet, subnet6
 
 
 def parse_uplink(text: str) -> UplinkSpec:
@@ -328,14 +370,28 @@ def parse_forward(text: str) -> ForwardSpec:
 
 
 def parse_route(text: str) -> RouteSpec:
-    """`PREFIX=via GW` (or `PREFIX=GW`)."""
-    prefix, eq, via = text.partition("=")
+    """`PREFIX=via GW` (or `PREFIX=GW`), IPv4 or IPv6; validate() finds the gateway's segment."""
+    prefix_text, eq, via_text = text.partition("=")
     if not eq:
         raise ConfigError(f"--route {text!r}: expected PREFIX=via GATEWAY, e.g. 10.9.0.0/16=via 10.1.0.254")
-    via = via.strip()
-    if via.startswith("via"):
-        via = via[3:].strip(" =")
-    return RouteSpec(parse_subnet(prefix), parse_address(via, "route gateway"))
+    via_text = via_text.strip()
+    if via_text.startswith("via"):
+        via_text = via_text[3:].strip(" =")
+    try:
+        prefix = ip_network(prefix_text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"invalid route prefix {prefix_text!r}, e.g. 10.9.0.0/16 or fd00:9::/48") from None
+    try:
+        via = ip_address(via_text)
+    except ValueError:
+        raise ConfigError(f"invalid route gateway {via_text!r}") from None
+    what = f"route {prefix} via {via}"
+    if via.version != prefix.version:
+        raise ConfigError(f"{what}: the gateway must be IPv{prefix.version}, as the prefix is")
+    # RFC 4291 2.5.6: a link-local address is unique only on its link, so it names no segment.
+    if isinstance(via, IPv6Address) and via.is_link_local:
+        raise ConfigError(f"{what}: the gateway is link-local; give the gateway's global address")
+    return RouteSpec(prefix, via)
 
 
 VXLAN_KEYS = ("remote", "local", "netns", "dstport", "ttl", "group")
@@ -504,8 +560,9 @@ class Request:
     name: str = "default"
     ports: list[PortSpec] = field(default_factory=list)
     subnet: IPv4Network | None = None
-    subnet6: IPv6Network | None = None
+    subnet6: IPv6Network | None = None  # routed: the /48-/60 cut into /64s; switched: the hosts' prefix
     segments: list[tuple[str, list[PortSpec], IPv4Network | None]] = field(default_factory=list)
+    segment_subnet6: dict[str, IPv6Network] = field(default_factory=dict)  # a segment's own /64, by name
     uplink: UplinkSpec | None = None
     forwards: list[ForwardSpec] = field(default_factory=list)
     routes: list[RouteSpec] = field(default_factory=list)
@@ -514,6 +571,7 @@ class Request:
     host_ifname: str | None = None
     host_routes: bool = False
     ageing: float = DEFAULT_AGEING
+    ra_interval: float = DEFAULT_RA_INTERVAL  # MaxRtrAdvInterval of the router's advertisements
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
@@ -522,6 +580,14 @@ class Request:
     vxlan: dict[str, VxlanSpec] = field(default_factory=dict)  # by segment name
     vxlan_fdb: list[tuple[str, bytes, IPv4Address]] = field(default_factory=list)
     trunks: list[TrunkSpec] = field(default_factory=list)
+
+    def add_segment(
+        self, name: str, ports: list[PortSpec], subnet: IPv4Network | None, subnet6: IPv6Network | None = None
+    ) -> None:
+        """One segment as parse_segment6 gives it: its IPv6 prefix, if any, goes to segment_subnet6."""
+        self.segments.append((name, ports, subnet))
+        if subnet6 is not None:
+            self.segment_subnet6[name] = subnet6
 
 
 def build(request: Request) -> Topology:
@@ -548,8 +614,13 @@ def build(request: Request) -> Topology:
     if request.uplink is not None and UPLINK_SEGMENT in names:
         raise ConfigError(f"segment name {UPLINK_SEGMENT!r} is reserved for the uplink")
 
-    if request.subnet6 is not None and routed:
-        raise ConfigError("--subnet6 goes with --ports (one switched segment): the router is IPv4 only")
+    if request.segment_subnet6 and not routed:
+        raise ConfigError(
+            "a segment's own IPv6 prefix needs a router (--segment or --uplink); --ports takes --subnet6"
+        )
+    for name in request.segment_subnet6:
+        if name not in names:
+            raise ConfigError(f"IPv6 prefix for segment {name!r}: there is no such segment")
     default_mtu = request.mtu or DEFAULT_MTU
     for name in request.segment_mtu:
         if name not in names and not (name == UPLINK_SEGMENT and request.uplink is not None):
@@ -570,6 +641,8 @@ def build(request: Request) -> Topology:
         if routed:
             segment.gateway = IPv4Interface(f"{next(subnet.hosts())}/{subnet.prefixlen}")
         segments.append(segment)
+    if routed:
+        _assign_subnets6(request, segments)
 
     _attach_vxlan(request, segments)
     host_ifname = request.host_ifname or f"vs-{request.name}"
@@ -578,8 +651,14 @@ def build(request: Request) -> Topology:
             PortSpec(None, host_ifname, p.address) if p.namespace is None else p for p in segment.ports
         ]
         assign_addresses(segment, {segment.gateway.ip} if segment.gateway else set())
-        if request.subnet6 is not None:
+        if request.subnet6 is not None and not routed:
+            segment.subnet6 = request.subnet6
             assign_addresses6(segment, request.subnet6)
+        if segment.subnet6 is not None and segment.mtu < IPV6_MIN_MTU:
+            raise ConfigError(
+                f"segment {segment.name}: mtu {segment.mtu} is below {IPV6_MIN_MTU}, the least a link "
+                "carrying IPv6 may have (RFC 8200 section 5)"
+            )
 
     topology = Topology(
         name=request.name,
@@ -591,6 +670,7 @@ def build(request: Request) -> Topology:
         host_routes=request.host_routes,
         host_ifname=host_ifname,
         ageing=request.ageing,
+        ra_interval=request.ra_interval,
         fdb_max=request.fdb_max,
         txqueuelen=request.txqueuelen,
         flow_cache=request.flow_cache,
@@ -598,6 +678,37 @@ def build(request: Request) -> Topology:
         trunks=list(request.trunks),
     )
     return validate(topology)
+
+
+def _assign_subnets6(request: Request, segments: list[SegmentSpec]) -> None:
+    """Routed: each segment's /64, its own or the next of --subnet6 that no segment named for itself,
+    and the router's ::1 on it. validate() checks that no two overlap."""
+    for name, own in request.segment_subnet6.items():
+        if own.prefixlen != SLAAC_PREFIXLEN:
+            raise ConfigError(
+                f"segment {name}: IPv6 prefix {own} must be a /64, the only length SLAAC takes "
+                "(RFC 4862 5.5.3, RFC 7421)"
+            )
+    pool = request.subnet6
+    if pool is not None and not (
+        pool.prefixlen in ROUTED_SUBNET6_LENGTHS or (pool.prefixlen == SLAAC_PREFIXLEN and len(segments) == 1)
+    ):
+        raise ConfigError(
+            f"--subnet6 {pool}: a router needs a /48 to /60 to give each segment a /64 of it "
+            "(or the /64 itself with one segment)"
+        )
+    named = set(request.segment_subnet6.values())
+    cuts = pool.subnets(new_prefix=SLAAC_PREFIXLEN) if pool is not None else iter(())
+    free = (p for p in cuts if p not in named)
+    for segment in segments:
+        prefix = request.segment_subnet6.get(segment.name)
+        if prefix is None and pool is not None:
+            prefix = next(free, None)
+            if prefix is None:
+                raise ConfigError(f"--subnet6 {pool} has no /64 left for segment {segment.name}")
+        if prefix is not None:
+            segment.subnet6 = prefix
+            segment.gateway6 = IPv6Interface(f"{prefix[1]}/{SLAAC_PREFIXLEN}")
 
 
 def _attach_vxlan(request: Request, segments: list[SegmentSpec]) -> None:
@@ -632,17 +743,19 @@ def _attach_vxlan(request: Request, segments: list[SegmentSpec]) -> None:
 
 
 def underlay_mtu_check(segment: SegmentSpec, underlay_mtu: int) -> int:
-    """The MTU a tunnel segment runs with: underlay - 50 unless the user set one, which must fit."""
+    """The MTU a tunnel segment runs with: underlay - 50 unless the user set one, which must fit.
+    A segment with IPv6 needs 1280 (RFC 8200 section 5); build() has checked a given one."""
     inner = underlay_mtu - VXLAN_OVERHEAD
     if segment.mtu_given and segment.mtu > inner:
         raise ConfigError(
             f"segment {segment.name}: mtu {segment.mtu} does not fit the VXLAN tunnel, whose inner "
             f"MTU is {inner} (the underlay's {underlay_mtu} minus {VXLAN_OVERHEAD} of encapsulation)"
         )
-    if not segment.mtu_given and inner < MTU_MIN:
+    least = MTU_MIN if segment.subnet6 is None else IPV6_MIN_MTU
+    if not segment.mtu_given and inner < least:
         raise ConfigError(
             f"segment {segment.name}: the underlay's MTU {underlay_mtu} leaves {inner} for the tunnel, "
-            f"below {MTU_MIN}"
+            f"below {least}" + ("" if segment.subnet6 is None else ", IPv6's least (RFC 8200 section 5)")
         )
     return segment.mtu if segment.mtu_given else inner
 
@@ -716,12 +829,13 @@ def validate(topology: Topology) -> Topology:
     if sum(p.namespace is None for p in ports) > 1:
         raise ConfigError("the host port is listed twice")
     if topology.routed:
-        nets = [s.subnet for s in topology.segments]
+        nets: list[IPv4Network | IPv6Network] = [s.subnet for s in topology.segments]
         if topology.uplink is not None:
             nets.append(topology.uplink.address.network)
+        nets.extend(s.subnet6 for s in topology.segments if s.subnet6 is not None)
         for i, a in enumerate(nets):
             for b in nets[i + 1 :]:
-                if a.overlaps(b):
+                if a.overlaps(b):  # never across families
                     raise ConfigError(f"subnets {a} and {b} overlap: a router needs them apart")
     addresses: set[IPv4Address] = set()
     for segment in topology.segments:
@@ -737,16 +851,26 @@ def validate(topology: Topology) -> Topology:
             raise ConfigError(f"--forward target {forward.namespace} is not a port")
     if topology.routes and not topology.routed:
         raise ConfigError("--route needs a routed topology (--segment or --uplink)")
-    connected = [s.subnet for s in topology.segments]
+    connected: list[IPv4Network | IPv6Network] = [s.subnet for s in topology.segments]
     if topology.uplink is not None:
         connected.append(topology.uplink.address.network)
+    connected.extend(s.subnet6 for s in topology.segments if s.subnet6 is not None)
     for route in topology.routes:
-        # RFC 1812 5.2.4.3: a next hop must be reachable on a connected network.
-        if not any(route.via in net for net in connected):
+        # RFC 1812 5.2.4.3 and RFC 4861 5.2: a next hop is a neighbour, on a connected network of the
+        # prefix's family (so a hand-made RouteSpec with a gateway of the other family is on none).
+        if not any(route.via in net for net in connected if net.version == route.prefix.version):
             raise ConfigError(f"route {route.prefix} via {route.via}: the gateway is on no segment")
     if topology.host_routes and not any(p.namespace is None for p in ports):
         raise ConfigError("--host-routes needs a host port (--host)")
     # nan and inf compare as no number does: a nan deadline never passes, so the FDB would never age.
+    # RFC 4861 6.2.1 asks 4-1800 s; a lab may go as low as 0.1 s (RFC 6275 7.5 goes to 0.03 s).
+    if not (
+        math.isfinite(topology.ra_interval) and RA_INTERVAL_MIN <= topology.ra_interval <= RA_INTERVAL_MAX
+    ):
+        raise ConfigError(
+            f"ra-interval must be {RA_INTERVAL_MIN:g} to {RA_INTERVAL_MAX:g} seconds, "
+            f"not {topology.ra_interval!r}"
+        )
     if not (math.isfinite(topology.ageing) and topology.ageing > 0):
         raise ConfigError(f"ageing must be a positive number of seconds, not {topology.ageing!r}")
     if topology.fdb_max < 1:
@@ -786,6 +910,7 @@ TOML_KEYS = {
     "host",
     "host_routes",
     "ageing",
+    "ra_interval",
     "fdb_max",
     "txqueuelen",
     "flow_cache",
@@ -794,7 +919,7 @@ TOML_KEYS = {
 }
 
 
-SEGMENT_KEYS = {"name", "ports", "subnet", "mtu", "vxlan"}
+SEGMENT_KEYS = {"name", "ports", "subnet", "subnet6", "mtu", "vxlan"}
 VXLAN_TOML_KEYS = {"vni", "local", "netns", "remote", "dstport", "ttl", "fdb", "group"}
 
 
@@ -829,10 +954,11 @@ def request_from_toml(text: str) -> Request:
                 "(top-level keys go before the first [[segment]])"
             )
         subnet = parse_subnet(_str(seg, "subnet", "")) if "subnet" in seg else None
+        subnet6 = parse_subnet6(_str(seg, "subnet6", "")) if "subnet6" in seg else None
         ports = [parse_port(str(p)) for p in _list(seg, "ports")]
         if not SEGMENT_RE.fullmatch(str(seg["name"])):
             raise ConfigError(f"invalid segment name {seg['name']!r}")
-        req.segments.append((str(seg["name"]), ports, subnet))
+        req.add_segment(str(seg["name"]), ports, subnet, subnet6)
         if "mtu" in seg:
             req.segment_mtu[str(seg["name"])] = check_mtu(seg["mtu"], f"mtu of segment {seg['name']}")
         if "vxlan" in seg:
@@ -867,6 +993,7 @@ def request_from_toml(text: str) -> Request:
         raise ConfigError("host is true, false or an address like 10.0.0.100/24")
     req.host_routes = _bool(data, "host_routes", False)
     req.ageing = _seconds(data, "ageing", DEFAULT_AGEING)
+    req.ra_interval = _seconds(data, "ra_interval", DEFAULT_RA_INTERVAL)
     req.fdb_max = _int(data, "fdb_max", DEFAULT_MAX_ENTRIES)
     req.txqueuelen = _int(data, "txqueuelen", DEFAULT_TXQUEUELEN)
     req.flow_cache = _int(data, "flow_cache", FLOW_CACHE_ENTRIES)

@@ -1,4 +1,4 @@
-"""Actions: what the slow path decided for a forwarded IPv4 packet, and the one function that writes it.
+"""Actions: what the slow path decided for a forwarded packet, and the one function that writes it.
 
 The router and NAT decide (route, TTL, neighbour, translation); they never write a forwarded packet's
 bytes. Their decision is a `Rewrite`: new MACs, the TTL decrement and NAT's new addresses, ports or
@@ -18,6 +18,8 @@ Checksums (design.md): the IPv4 header checksum is complete and updated incremen
 a NEEDS_CSUM frame whose csum_start is this packet's L4 header holds the uncomplemented pseudo-header
 sum: only address changes reach it (ICMP has no pseudo-header: nothing does). A complete L4 checksum
 takes addresses and ports; a UDP checksum of 0 means none and stays 0 (RFC 768), a computed 0 is 0xFFFF.
+IPv6 has no header checksum and its hop limit is in no pseudo-header (RFC 8200 8.1): a routed IPv6
+packet (HOP6) changes its MACs and hop limit only, whatever its offloads.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ PLAIN: Final = 0  # TTL and MACs: routed as it is
 ADDRESSES: Final = 1  # and NAT's addresses: a later fragment, which carries no L4 header
 PORTS: Final = 2  # and NAT's addresses and TCP or UDP ports, with the L4 checksum
 ECHO: Final = 3  # and NAT's addresses and ICMP echo identifier, with the ICMP checksum
+HOP6: Final = 4  # IPv6: hop limit and MACs
 
 ONES: Final = 0xFFFF
 TTL_ONE: Final = 0x0100  # TTL is the high byte of the TTL/protocol word
@@ -60,6 +63,9 @@ _WORDS: Final = "H6H"  # ethertype; ver/ihl/tos, total length, id, flags/fragmen
 PLAIN_READER: Final = struct.Struct(_FRONT + "12x" + _WORDS)
 PLAIN_WRITER: Final = struct.Struct(_FRONT + "12s" + _WORDS)
 ADDRESSES_WRITER: Final = struct.Struct(_FRONT + "12s" + _WORDS + "8s")
+# IPv6: the ethertype, version/class/flow, payload length, next header and hop limit (RFC 8200 3).
+IPV6_READER: Final = struct.Struct(_FRONT + "12xHIHBB")
+IPV6_WRITER: Final = struct.Struct(_FRONT + "12sHIHBB")
 # Between the ports and the checksum: TCP's sequence, ack, offset/flags and window; UDP's length.
 _L4_MIDDLE: Final = {PROTO_TCP: 12, PROTO_UDP: 2}
 _L4_CSUM_END: Final = {PROTO_TCP: TCP_CSUM_OFF + 2, PROTO_UDP: UDP_CSUM_OFF + 2, PROTO_ICMP: 6}
@@ -132,6 +138,19 @@ def rewrite(proto: int, ihl: int, macs: bytes, nat: NatChange | None = None) -> 
     return made
 
 
+def rewrite6(macs: bytes) -> Rewrite:
+    """The action for a routed IPv6 packet: new MACs, the hop limit one less. It depends on the next
+    hop alone: built once per neighbour (MADE, bounded)."""
+    key = (HOP6, 0, macs)
+    made = MADE.get(key)
+    if made is None:
+        if len(MADE) >= MADE_MAX:
+            MADE.clear()
+        fields = (HOP6, IPV6_READER, IPV6_WRITER, L3 + 8, macs, 0, b"", b"", 0, 0, 0, 0)
+        made = MADE[key] = _new(Rewrite, (*fields, _compile(*fields)))
+    return made
+
+
 def _make(proto: int, ihl: int, macs: bytes, nat: NatChange | None) -> Rewrite:
     partial_start = L3 + ihl - VNET_HDR_LEN  # csum_start counts from the Ethernet header
     if nat is None:
@@ -174,6 +193,8 @@ def _compile(
 ) -> Write:
     """The writer of one rewrite: the code of its kind, with its values bound. Every forwarded frame
     is written by one of the functions made here. Sums stay below 2**17: one end-around carry folds."""
+    if kind == HOP6:
+        return _ipv6_writer(writer.pack, tail_at, macs)
     if kind <= ADDRESSES:
         return _ip_writer(writer.pack, tail_at, macs, ip_change, addresses if kind == ADDRESSES else None)
     if kind == ECHO:
@@ -206,6 +227,19 @@ def _ip_writer(
         return head + pkt[tail_at:]
 
     return write_ip
+
+
+def _ipv6_writer(pack: Callable[..., bytes], tail_at: int, macs: bytes) -> Write:
+    """HOP6: MACs and the hop limit; nothing else changes (no checksum covers either)."""
+
+    def write_ipv6(pkt: bytes, fields: tuple[Any, ...], gather_from: int) -> Frame:
+        vnet, ethertype, version_class_flow, length, next_header, hop_limit = fields
+        head = pack(vnet, macs, ethertype, version_class_flow, length, next_header, hop_limit - 1)
+        if len(pkt) - tail_at > gather_from:
+            return Gather(head, memoryview(pkt)[tail_at:])
+        return head + pkt[tail_at:]
+
+    return write_ipv6
 
 
 def _echo_writer(

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
-from typing import Final
+from ipaddress import IPv4Address, IPv6Address
+from typing import Final, NamedTuple
 
 from .counters import Drop, Event
 from .journal import Journal, keep
@@ -47,6 +47,31 @@ CountDrop = Callable[[Counter[str], Drop], None]
 # All frames parked behind unresolved next hops together, in bytes: TSO frames are up to 64 KB each,
 # and one host could otherwise fill pending_max x queue_max of them (Linux: unres_qlen_bytes).
 QUEUE_BYTES_MAX: Final = 4 << 20
+
+
+class Words(NamedTuple):
+    """What a neighbour cache counts and how it prints addresses: ARP's (IPv4) or NDP's (IPv6, RFC
+    4861 7.3: the same states, bounds and queue; only the messages differ, and the router makes them)."""
+
+    address: type[IPv4Address] | type[IPv6Address]
+    probe: Event
+    evicted: Event
+    learned: Event
+    changed: Event
+    resolved: Event
+    failed: Event
+    aged: Event
+    queue_full: Drop
+
+
+ARP_WORDS: Final = Words(
+    IPv4Address, Event.ARP_PROBE, Event.ARP_EVICTED, Event.ARP_LEARNED, Event.ARP_CHANGED,
+    Event.ARP_RESOLVED, Event.ARP_FAILED, Event.ARP_AGED, Drop.ARP_QUEUE_FULL,
+)  # fmt: skip
+ND_WORDS: Final = Words(
+    IPv6Address, Event.ND_PROBE, Event.ND_EVICTED, Event.ND_LEARNED, Event.ND_CHANGED,
+    Event.ND_RESOLVED, Event.ND_FAILED, Event.ND_AGED, Drop.ND_QUEUE_FULL,
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -84,8 +109,10 @@ class ArpCache:
         negative_timeout: float = 5.0,
         events: Counter[str] | None = None,
         count_drop: CountDrop | None = None,
+        words: Words = ARP_WORDS,
     ) -> None:
-        """count_drop: how a drop is counted (the router's, into the dropped packet's ingress port)."""
+        """count_drop: how a drop is counted (the router's, into the dropped packet's ingress port);
+        words: ARP's or NDP's counter names."""
         if timeout <= 0 or retry_interval <= 0 or negative_timeout < 0:
             raise ValueError("ARP timeouts must be positive")
         if retries < 1 or queue_max < 1 or cache_max < 1 or pending_max < 1:
@@ -98,6 +125,7 @@ class ArpCache:
         self.pending_max = pending_max
         self.negative_timeout = negative_timeout
         self.count_drop: CountDrop = count_drop or _count_in_ledger
+        self.words = words
         self.events: Counter[str] = events if events is not None else Counter()
         # Insertion order is refresh order (refresh re-inserts), so the first entry is the oldest.
         self.entries: dict[int, Neighbour] = {}
@@ -136,7 +164,7 @@ class ArpCache:
             return None
         keep(self.journal, self, entry)
         entry.probed = now
-        self.events[Event.ARP_PROBE] += 1
+        self.events[self.words.probe] += 1
         return entry.mac
 
     def is_failed(self, ip: int, now: float) -> bool:
@@ -162,13 +190,13 @@ class ArpCache:
                 self.sweep(now)
                 if len(self.entries) >= self.cache_max:
                     del self.entries[next(iter(self.entries))]
-                    self.events[Event.ARP_EVICTED] += 1
+                    self.events[self.words.evicted] += 1
                     self._changed()
             self.entries[ip] = Neighbour(mac, iface, now)
-            self.events[Event.ARP_LEARNED] += 1
+            self.events[self.words.learned] += 1
         else:
             if entry.mac != mac:
-                self.events[Event.ARP_CHANGED] += 1
+                self.events[self.words.changed] += 1
             if entry.mac != mac or entry.iface != iface:
                 self._changed()
             entry.mac, entry.iface, entry.updated = mac, iface, now
@@ -180,7 +208,7 @@ class ArpCache:
         pending = self.pending.pop(ip, None)
         if pending is None:
             return []
-        self.events[Event.ARP_RESOLVED] += 1
+        self.events[self.words.resolved] += 1
         self._forget_queue(pending)
         return list(pending.queue)
 
@@ -198,7 +226,7 @@ class ArpCache:
         size = len(frame) + len(original)
         keep(self.journal, self, self.pending.get(ip))
         if self.queued_bytes + size > QUEUE_BYTES_MAX:
-            self.count_drop(ledger, Drop.ARP_QUEUE_FULL)
+            self.count_drop(ledger, self.words.queue_full)
             return REJECTED_COUNTED
         pending = self.pending.get(ip)
         if pending is None:
@@ -212,7 +240,7 @@ class ArpCache:
             if len(pending.queue) >= self.queue_max:
                 old_frame, _, old_original, old_ledger = pending.queue.popleft()
                 self.queued_bytes -= len(old_frame) + len(old_original)
-                self.count_drop(old_ledger, Drop.ARP_QUEUE_FULL)
+                self.count_drop(old_ledger, self.words.queue_full)
         pending.queue.append((frame, in_iface, original, ledger))
         self.queued_bytes += size
         return outcome
@@ -240,7 +268,7 @@ class ArpCache:
                 self._forget_queue(pending)
                 self._remember_failure(ip, now)
                 failed.extend(pending.queue)
-                self.events[Event.ARP_FAILED] += 1
+                self.events[self.words.failed] += 1
             else:
                 pending.tries += 1
                 pending.next_try = now + self.retry_interval
@@ -261,7 +289,7 @@ class ArpCache:
         stale = [ip for ip, e in self.entries.items() if e.updated <= limit]
         for ip in stale:
             del self.entries[ip]
-        self.events[Event.ARP_AGED] += len(stale)
+        self.events[self.words.aged] += len(stale)
         if stale:
             self._changed()
         for ip in [ip for ip, until in self.failed.items() if until <= now]:
@@ -276,7 +304,7 @@ class ArpCache:
     def table(self, now: float) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = [
             {
-                "ip": str(IPv4Address(ip)),
+                "ip": str(self.words.address(ip)),
                 "mac": mac_str(e.mac),
                 "iface": e.iface,
                 "state": "reachable" if now - e.updated < self.timeout else "stale",
@@ -286,7 +314,7 @@ class ArpCache:
         ]
         rows.extend(
             {
-                "ip": str(IPv4Address(ip)),
+                "ip": str(self.words.address(ip)),
                 "mac": None,
                 "iface": p.iface,
                 "state": "incomplete",
@@ -295,7 +323,7 @@ class ArpCache:
             for ip, p in self.pending.items()
         )
         rows.extend(
-            {"ip": str(IPv4Address(ip)), "mac": None, "iface": None, "state": "failed"}
+            {"ip": str(self.words.address(ip)), "mac": None, "iface": None, "state": "failed"}
             for ip, until in self.failed.items()
             if until > now
         )

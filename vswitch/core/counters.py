@@ -62,6 +62,32 @@ class Drop(StrEnum):
     IP_MARTIAN_DESTINATION = "ip-martian-destination"  # 0/8, 127/8, 240/4 (RFC 1812 5.3.7)
     L4_BAD_CHECKSUM = "l4-bad-checksum"  # an ICMP message to the router that does not verify
     CONNTRACK_FULL = "conntrack-full"  # table full and every flow is established (assured)
+    # IPv6 (RFC 8200, RFC 4443) and Neighbor Discovery (RFC 4861)
+    IPV6_TRUNCATED = "ipv6-truncated"  # shorter than an IPv6 header
+    IPV6_BAD_VERSION = "ipv6-bad-version"  # ethertype IPv6, version field not 6
+    IPV6_BAD_LENGTH = "ipv6-bad-length"  # payload length beyond the frame, or 0 (a jumbogram)
+    IPV6_MARTIAN_SOURCE = "ipv6-martian-source"  # multicast, loopback, or unspecified to unicast
+    IPV6_MARTIAN_DESTINATION = "ipv6-martian-destination"  # unspecified or loopback
+    IPV6_EXTENSION_TRUNCATED = "ipv6-extension-truncated"  # an extension header runs past the packet
+    IPV6_EXTENSION_CHAIN_TOO_LONG = "ipv6-extension-chain-too-long"  # more than 8 extension headers
+    IPV6_BAD_EXTENSION = "ipv6-bad-extension"  # hop-by-hop options not first (RFC 8200 4.1)
+    IPV6_UNKNOWN_OPTION = "ipv6-unknown-option"  # a hop-by-hop option whose type says discard (4.2)
+    IPV6_ROUTING_TYPE_0 = "ipv6-routing-type-0"  # deprecated source routing (RFC 5095)
+    IPV6_LINK_LOCAL_DESTINATION = "ipv6-link-local-destination"  # fe80::/10 not ours: never routed
+    IPV6_BEYOND_SCOPE = "ipv6-beyond-scope"  # a link-local source would leave its link (RFC 4443 3.1)
+    IPV6_MULTICAST = "ipv6-multicast"  # a multicast destination the router does not listen to, to its MAC
+    HOP_LIMIT_EXCEEDED = "hop-limit-exceeded"  # would leave with hop limit 0 (RFC 8200 3)
+    PACKET_TOO_BIG = "packet-too-big"  # over the next hop's MTU: routers never fragment (RFC 8200 5)
+    ND_BAD_HOP_LIMIT = (
+        "nd-bad-hop-limit"  # ND with a hop limit other than 255: from off-link (RFC 4861 6.1, 7.1)
+    )
+    ND_MALFORMED = "nd-malformed"  # short, code not 0, a bad option or target (RFC 4861 6.1, 7.1)
+    ND_CLAIMS_ROUTER_ADDRESS = "nd-claims-router-address"  # an advertisement for one of our addresses
+    ND_REDIRECT = "nd-redirect"  # a redirect sent to a router: only hosts follow them (RFC 4861 8.1)
+    RA_GUARD = "ra-guard"  # a router advertisement from a port: a rogue router (RFC 6105)
+    ND_QUEUE_FULL = "nd-queue-full"  # oldest packet waiting on one next hop pushed out
+    ND_PENDING_FULL = "nd-pending-full"  # too many distinct next hops being resolved at once
+    ND_FAILED = "nd-failed"  # next hop did not answer its solicitations (or is in the negative cache)
     # VXLAN (RFC 7348): what the underlay socket received, and what cannot go into the tunnel
     VXLAN_RUNT = "vxlan-runt"  # shorter than a VXLAN header and an inner Ethernet header
     VXLAN_BAD_FLAGS = "vxlan-bad-flags"  # I flag not set, or a reserved bit set (the kernel drops these)
@@ -106,6 +132,28 @@ class Event(StrEnum):
     NAT_FRAGMENT_TRANSLATED = "nat-fragment-translated"
     NAT_FRAGMENT_HELD = "nat-fragment-held"
     NAT_ICMP_ERROR_TRANSLATED = "nat-icmp-error-translated"
+    ND_PROBE = "nd-probe"
+    ND_EVICTED = "nd-evicted"
+    ND_LEARNED = "nd-learned"
+    ND_CHANGED = "nd-changed"
+    ND_RESOLVED = "nd-resolved"
+    ND_FAILED = "nd-failed"
+    ND_AGED = "nd-aged"
+    ND_ADVERTISED = "nd-advertised"  # answered a solicitation for one of our addresses
+    ND_DAD_DEFENDED = "nd-dad-defended"  # someone probed for one of our addresses; we answered
+    RA_SENT = "ra-sent"
+    RA_SOLICITED = "ra-solicited"  # a router solicitation answered
+    IPV6_MULTICAST_IGNORED = "ipv6-multicast-ignored"  # a flooded group we do not listen to (MLD, mDNS)
+    ICMPV6_ECHO_REPLIED = "icmpv6-echo-replied"
+    ICMPV6_RATE_LIMITED = "icmpv6-rate-limited"  # an error not sent: over RFC 4443 2.4(f)'s bucket
+    ICMPV6_ERROR_ABOUT_ERROR_SUPPRESSED = "icmpv6-error-about-error-suppressed"
+    ICMPV6_NO_ROUTE_SENT = "icmpv6-no-route-sent"
+    ICMPV6_BEYOND_SCOPE_SENT = "icmpv6-beyond-scope-sent"
+    ICMPV6_ADDRESS_UNREACHABLE_SENT = "icmpv6-address-unreachable-sent"
+    ICMPV6_PORT_UNREACHABLE_SENT = "icmpv6-port-unreachable-sent"
+    ICMPV6_PACKET_TOO_BIG_SENT = "icmpv6-packet-too-big-sent"
+    ICMPV6_TIME_EXCEEDED_SENT = "icmpv6-time-exceeded-sent"
+    ICMPV6_PARAMETER_PROBLEM_SENT = "icmpv6-parameter-problem-sent"
     NOT_FOR_ROUTER = "not-for-router"
     BROADCAST_IGNORED = "broadcast-ignored"
     ORIGINATED_NO_ROUTE = "originated-no-route"

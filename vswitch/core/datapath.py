@@ -38,9 +38,11 @@ from .counters import Counters, Drop, Event
 from .fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
 from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
 from .flowcache import FlowCache
+from .ipv6 import is_router_advert
 from .journal import Journal
 from .l2 import Decision, Switch
-from .router import Forwarded, Router, Transmit
+from .routed import Forwarded, Transmit
+from .router import Router
 from .trace import Tracer
 from .vlan import TPID, UNTAG, Trunk, Untag, pop, tagged, vid_of
 from .vxlan import HEADER_LEN, Tunnel, Vtep, received_vnet_header
@@ -122,6 +124,9 @@ class Datapath:
             seg.switch.set_router_port(port, mac)
             self.port_switch.append(seg.switch)
             self.port_segment.append(segment)
+        if router.v6 is not None:
+            for segment in router.v6.advertising:  # RFC 6105: only the router advertises there
+                self.segments[segment].switch.ra_guard = True
         if self.flow_cache_max > 0:
             switches = [seg.switch for seg in self.segments]
             self.flows = FlowCache(router, switches, self.counters, self.flow_cache_max)
@@ -406,6 +411,8 @@ class Datapath:
                 decision = self._traced_l2(switch, port, frame, now, "from the router")
             else:
                 decision = switch.decide(port, frame, now)
+            if switch.no_ra and is_router_advert(frame):  # never onto the host port (router6.py)
+                decision = _without(decision, switch.no_ra)
             if decision.__class__ is int:
                 sent.append((decision, frame))
             elif decision.__class__ is tuple:
@@ -516,6 +523,15 @@ class Datapath:
     def router_drops(self) -> Counter[str]:
         """The drops the router counted (in the ports' ledgers), summed: stats' router block."""
         return Counter() if self.router is None else Counter(self.router.drops)
+
+
+def _without(decision: Decision, ports: set[int]) -> Decision:
+    """decision without the given ports (a flood loses them; a unicast to one becomes nothing)."""
+    if isinstance(decision, int):
+        return () if decision in ports else decision
+    if isinstance(decision, tuple):
+        return tuple(p for p in decision if p not in ports)
+    return decision
 
 
 __all__ = ["Datapath", "Drop", "Forwarder", "PortVerdict", "Segment", "Transmit", "Verdict"]

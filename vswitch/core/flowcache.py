@@ -14,6 +14,8 @@ so the two cannot drift; what is left here is the cache's own part, its keys, ch
 What is cached; everything else always takes the slow path, which installs an entry when it can:
 - IPv4 with ihl 5, not a fragment, TTL > 1, TCP, UDP or an ICMP echo request or reply with its whole
   header in the packet, within the egress MTU (a GSO frame: the wire size of its segments);
+- IPv6 with no extension header, hop limit > 1, TCP, UDP or an ICMPv6 echo, within the MTU likewise
+  (`forward6`: tables of their own, keyed by addresses and ports or by an echo's identifier);
 - TCP only as ACK-only segments (no SYN, FIN or RST), and for a tracked flow only in ESTABLISHED;
   UDP and ICMP echo of a tracked flow in any state that its packets leave as it is
   (``Conntrack.steady_timeout``);
@@ -52,18 +54,27 @@ from .conntrack import Flow
 from .counters import Counters, Event
 from .icmp import ECHO_REPLY, ECHO_REQUEST
 from .journal import Journal
-from .router import Forwarded, Router, wire_size
+from .routed import Forwarded, wire_size
+from .router import Router
 from .wire import (
+    ETH_TYPE_OFF,
     ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
     GSO_NONE,
     ICMP_MIN_LEN,
+    IP6_NEXT_HEADER,
+    IP6_PAYLOAD_LEN,
+    IP6_SRC,
     IP_FLAGS_FRAG,
     IP_PROTO,
     IP_SRC,
     IP_TOTAL_LEN,
     IPV4_MIN_LEN,
+    IPV6_HDR_LEN,
     L3,
+    L4_6,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     TCP_ACK,
@@ -101,6 +112,10 @@ ECHO_TYPES: Final = (ECHO_REQUEST << 8, ECHO_REPLY << 8)  # type and code 0, as 
 TTL_ONE: Final = 0x0100  # TTL is the high byte of the TTL/protocol word
 ONES: Final = 0xFFFF
 ADDRESSES: Final = struct.Struct("!4H")
+IPV6_TYPE: Final = ETHERTYPE_IPV6.to_bytes(2, "big")
+KEY6_BYTES: Final = slice(IP6_SRC.start, L4_6 + 4)  # IPv6 source, destination, ports
+L4_MIN6: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: UDP_LEN, PROTO_ICMPV6: ICMP_MIN_LEN}
+ECHO6_TYPES: Final = (128, 129)  # ICMPv6 echo request and reply (RFC 4443 4)
 
 
 class CachedFlow(NamedTuple):
@@ -141,6 +156,8 @@ class FlowCache:
         self.max_entries = max_entries
         self.tables: list[dict[bytes, CachedFlow]] = [{} for _ in switches]
         self.echo_tables: list[dict[bytes, CachedFlow]] = [{} for _ in switches]  # ICMP echo, by segment
+        self.tables6: list[dict[bytes, CachedFlow]] = [{} for _ in switches]  # IPv6 TCP and UDP
+        self.echo_tables6: list[dict[bytes, CachedFlow]] = [{} for _ in switches]  # ICMPv6 echo
         self._full_misses = 0  # installs asked of a full table; one in INSERT_WHEN_FULL is done
         self.journal: Journal | None = None  # while a frame is traced (journal.py)
         self.arp_timeout = router.arp.timeout
@@ -148,6 +165,9 @@ class FlowCache:
         # Subscribe to every table a cached decision derives from.
         router.routes.on_change = self.flush
         router.arp.on_change = self.flush
+        if router.v6 is not None:
+            router.v6.routes.on_change = self.flush
+            router.v6.nd.on_change = self.flush
         for switch in switches:
             switch.fdb.on_change = self.flush
         self._refresh: Callable[[Flow, int, float, float], None] = _no_conntrack
@@ -157,29 +177,32 @@ class FlowCache:
 
     def journal_save(self) -> Any:
         """The tables, for a trace run to put back (journal.py): its changes only ever empty them."""
-        return [dict(t) for t in self.tables], [dict(t) for t in self.echo_tables], self._full_misses
+        return [dict(t) for t in self._every_table()], self._full_misses
 
     def journal_restore(self, saved: Any) -> None:
-        tables, echo_tables, self._full_misses = saved
-        for table, entries in zip((*self.tables, *self.echo_tables), (*tables, *echo_tables), strict=True):
+        tables, self._full_misses = saved
+        for table, entries in zip(self._every_table(), tables, strict=True):
             table.clear()
             table.update(entries)
 
+    def _every_table(self) -> tuple[dict[bytes, CachedFlow], ...]:
+        return (*self.tables, *self.echo_tables, *self.tables6, *self.echo_tables6)
+
     def add_segment(self, switch: Switch) -> None:
         self.switches.append(switch)
-        self.tables.append({})
-        self.echo_tables.append({})
+        for tables in (self.tables, self.echo_tables, self.tables6, self.echo_tables6):
+            tables.append({})
         switch.fdb.on_change = self.flush
 
     def __len__(self) -> int:
-        return sum(len(table) for table in self.tables) + sum(len(table) for table in self.echo_tables)
+        return sum(len(table) for table in self._every_table())
 
     # --- invalidation ------------------------------------------------------------------------------
     def flush(self) -> None:
         """A route, neighbour or FDB entry changed: every entry may be void."""
         if self.journal is not None:
             self.journal.keep(self)
-        for table in (*self.tables, *self.echo_tables):
+        for table in self._every_table():
             table.clear()
         self.counters.events[Event.FLOW_CACHE_FLUSHED] += 1
 
@@ -212,6 +235,8 @@ class FlowCache:
         counters = self.counters
         entry = self.tables[segment].get(pkt[KEY_BYTES])  # a short frame gives a short key: no match
         if entry is None:
+            if pkt[ETH_TYPE_OFF:L3] == IPV6_TYPE:
+                return self.forward6(segment, pkt, now, dry_run)
             if len(pkt) >= ICMP_KEY_END and pkt[IP_PROTO] == PROTO_ICMP:
                 entry = self.echo_tables[segment].get(_echo_key(pkt))
             if entry is None:
@@ -248,6 +273,8 @@ class FlowCache:
             or (flow is not None and flow.expires <= now)
             or now - neighbour.updated >= self.arp_timeout  # stale: the slow path probes it
         ):
+            if ethertype == ETHERTYPE_IPV6:  # an IPv6 packet whose bytes matched an IPv4 key
+                return self.forward6(segment, pkt, now, dry_run)
             if not dry_run:
                 counters.flow_cache_misses += 1
             return None
@@ -255,13 +282,58 @@ class FlowCache:
             return [(out_port, write(pkt, fields, NO_GATHER))]
         if flow is not None:
             self._refresh(flow, direction, timeout, now)
+        return self._hit(out_port, rx_port, tx_port, write(pkt, fields, GATHER_FROM), len(pkt))
+
+    def _hit(self, out_port: int, rx_port: int, tx_port: int, frame: Frame, size: int) -> list[Output]:
+        """A hit's counters: the router's ports, as if the packet had taken the slow path."""
+        counters = self.counters
         counters.flow_cache_hits += 1
         length = size - VNET_HDR_LEN
         counters.rx_packets[rx_port] += 1
         counters.rx_bytes[rx_port] += length
         counters.tx_packets[tx_port] += 1
         counters.tx_bytes[tx_port] += length
-        return [(out_port, write(pkt, fields, GATHER_FROM))]
+        return [(out_port, frame)]
+
+    def forward6(self, segment: int, pkt: bytes, now: float, dry_run: bool = False) -> list[Output] | None:
+        """`forward` for IPv6: a plain packet (no extension header) of a TCP, UDP or ICMPv6 echo flow
+        whose action the slow path left (router6.py). A hit re-checks the version, next header, hop
+        limit, payload length against the frame and the MTU (a GSO frame: its segments), TCP flags and
+        the neighbour's freshness; there is no header checksum, and no conntrack yet."""
+        if len(pkt) < L4_6 + 8:
+            entry = None
+        elif pkt[IP6_NEXT_HEADER] == PROTO_ICMPV6:
+            entry = self.echo_tables6[segment].get(_echo6_key(pkt))
+        else:
+            entry = self.tables6[segment].get(pkt[KEY6_BYTES])
+        if entry is None:
+            if not dry_run:
+                self.counters.flow_cache_misses += 1
+            return None
+        (_, reader, write, proto, _, min_length, mtu, _, _, _, neighbour, out_port, rx_port,
+         tx_port) = entry  # fmt: skip
+        fields = reader.unpack_from(pkt)
+        vnet, ethertype, version_class_flow, length, next_header, hop_limit = fields
+        size = len(pkt)
+        if (
+            ethertype != ETHERTYPE_IPV6
+            or version_class_flow >> 28 != 6
+            or next_header != proto
+            or hop_limit < 2  # time exceeded, in the slow path
+            or (
+                not min_length <= length <= mtu - IPV6_HDR_LEN or L4_6 + length != size
+                if vnet[1] == GSO_NONE
+                else not (L4_6 + min_length <= size and wire_size(pkt, L4_6, size) <= mtu)
+            )
+            or (proto == PROTO_TCP and pkt[L4_6 + TCP_FLAGS_OFF] & TCP_DECIDING != TCP_ACK)
+            or now - neighbour.updated >= self.arp_timeout
+        ):
+            if not dry_run:
+                self.counters.flow_cache_misses += 1
+            return None
+        if dry_run:
+            return [(out_port, write(pkt, fields, NO_GATHER))]
+        return self._hit(out_port, rx_port, tx_port, write(pkt, fields, GATHER_FROM), size)
 
     # --- learning from the slow path ---------------------------------------------------------------
     def install(self, segment: int, pkt: bytes, forwarded: Forwarded | None, sent: Sequence[Output]) -> None:
@@ -281,10 +353,11 @@ class FlowCache:
                 self.counters.events[Event.FLOW_CACHE_FULL_SKIP] += 1
                 return
         rewrite, out_iface, neighbour, flow, direction = forwarded
-        min_total = _cacheable(pkt)
+        six = pkt[ETH_TYPE_OFF:L3] == IPV6_TYPE
+        min_total = _cacheable6(pkt) if six else _cacheable(pkt)
         if min_total is None:
             return
-        echo = pkt[IP_PROTO] == PROTO_ICMP
+        echo = pkt[IP6_NEXT_HEADER if six else IP_PROTO] == (PROTO_ICMPV6 if six else PROTO_ICMP)
         [(out_port, _)] = sent
         out_switch = self.switches[out_iface]
         known = out_switch.fdb.entries.get(neighbour.mac)
@@ -303,8 +376,8 @@ class FlowCache:
             rewrite=rewrite,
             reader=rewrite.reader,
             write=rewrite.write,
-            proto=pkt[IP_PROTO],
-            addr_sum=sum(ADDRESSES.unpack_from(pkt, IP_SRC.start)),
+            proto=pkt[IP6_NEXT_HEADER if six else IP_PROTO],
+            addr_sum=0 if six else sum(ADDRESSES.unpack_from(pkt, IP_SRC.start)),
             min_total=min_total,
             mtu=self.router.interfaces[out_iface].mtu,
             flow=flow,
@@ -315,13 +388,22 @@ class FlowCache:
             rx_port=rx_port,
             tx_port=tx_port,
         )
-        table = self.echo_tables[segment] if echo else self.tables[segment]
-        key = _echo_key(pkt) if echo else pkt[KEY_BYTES]
+        table, key = self._slot(segment, pkt, six, echo)
         table.pop(key, None)  # re-inserted at the end: insertion order stays install order
         table[key] = entry
         if len(table) > self.max_entries:
             del table[next(iter(table))]
             self.counters.events[Event.FLOW_CACHE_EVICTED] += 1
+
+    def _slot(self, segment: int, pkt: bytes, six: bool, echo: bool) -> tuple[dict[bytes, CachedFlow], bytes]:
+        """The table and key a packet's flow is kept under."""
+        if six:
+            if echo:
+                return self.echo_tables6[segment], _echo6_key(pkt)
+            return self.tables6[segment], pkt[KEY6_BYTES]
+        if echo:
+            return self.echo_tables[segment], _echo_key(pkt)
+        return self.tables[segment], pkt[KEY_BYTES]
 
 
 def _cacheable(pkt: bytes) -> int | None:
@@ -341,6 +423,31 @@ def _cacheable(pkt: bytes) -> int | None:
     if proto == PROTO_ICMP and pkt[L4] << 8 | pkt[L4 + 1] not in ECHO_TYPES:
         return None  # an ICMP error: NAT rewrites the packet it quotes, every time
     return min_total
+
+
+def _cacheable6(pkt: bytes) -> int | None:
+    """The smallest payload length a packet like pkt needs, if its flow may be cached: no extension
+    header, TCP (ACK only), UDP or an ICMPv6 echo with its whole header; else None."""
+    proto = pkt[IP6_NEXT_HEADER]
+    need = L4_MIN6.get(proto)
+    if need is None or len(pkt) < L4_6 + need:
+        return None
+    if pkt[1] == GSO_NONE and (pkt[IP6_PAYLOAD_LEN] << 8 | pkt[IP6_PAYLOAD_LEN + 1]) < need:
+        return None
+    if proto == PROTO_TCP and pkt[L4_6 + TCP_FLAGS_OFF] & TCP_DECIDING != TCP_ACK:
+        return None
+    if (
+        (proto == PROTO_ICMPV6 and pkt[L4_6] not in ECHO6_TYPES) or pkt[L4_6 + 1]
+        if proto == PROTO_ICMPV6
+        else False
+    ):
+        return None  # an error or ND: the slow path reads every one
+    return need
+
+
+def _echo6_key(pkt: bytes) -> bytes:
+    """An ICMPv6 echo's key: source, destination, type, code and identifier."""
+    return pkt[IP6_SRC.start : L4_6 + 2] + pkt[L4_6 + 4 : L4_6 + 6]
 
 
 def _echo_key(pkt: bytes) -> bytes:

@@ -13,6 +13,7 @@ from typing import Final
 
 from .counters import Drop
 from .fdb import Fdb
+from .ipv6 import is_router_advert
 from .wire import ETH_MIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_MAC
 
 # IEEE 802.1Q table 8-1: 01:80:c2:00:00:00 to 0f are link-local; a bridge consumes and never forwards them.
@@ -38,6 +39,10 @@ class Switch:
         # Split horizon: ports of one group (a tunnel's remotes) never flood to each other.
         self.groups: dict[int, int] = {}
         self.unflooded: set[int] = set()  # reached by their FDB entries only (a remote named only there)
+        # RA guard (RFC 6105): on a segment the router advertises on, a router advertisement from a
+        # port is a rogue router's, and dropped before any host sees it.
+        self.ra_guard = False
+        self.no_ra: set[int] = set()  # ports the router's own advertisements never reach (the host's)
         for port in ports:
             self.add_port(port)
 
@@ -102,6 +107,8 @@ class Switch:
             refused = self._learn(in_port, src, now)
             if refused is not None:
                 return refused
+        if self.ra_guard and pkt[22] == 0x86 and in_port != self.router_port and is_router_advert(pkt):
+            return Drop.RA_GUARD
         entry = entries.get(pkt[10:16])
         if entry is None:
             return self._flood(in_port)
@@ -132,6 +139,8 @@ class Switch:
         refused = self._learn(in_port, pkt[16:22], now)
         if refused is not None:
             return refused
+        if self.ra_guard and in_port != self.router_port and is_router_advert(pkt):
+            return Drop.RA_GUARD
         return self._flood(in_port)
 
     def _flood(self, in_port: int) -> tuple[int, ...] | Drop:

@@ -20,25 +20,23 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
-from typing import TYPE_CHECKING, Final, NamedTuple
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING, Final
 
-from .action import Rewrite, apply, rewrite
+from .action import apply, rewrite
 from .arp import (
     ARP_HEADER,
     QUEUED_SEND_REQUEST,
     REJECTED,
     REJECTED_COUNTED,
     ArpCache,
-    Neighbour,
     Waiting,
     build_arp,
     build_reply,
     build_request,
 )
 from .checksum import ones_sum
-from .conntrack import Flow, describe
+from .conntrack import describe
 from .counters import Drop, Event
 from .fragment import complete_checksum, fragment
 from .icmp import (
@@ -58,6 +56,8 @@ from .icmp import (
 from .ipv4 import NatChange, Packet, parse
 from .journal import Journal
 from .nat import Held, Nat, NatConfig
+from .routed import NOTHING, Forwarded, Interface, Routed, Transmit, _new, wire_size
+from .router6 import Ipv6Router, RaConfig
 from .routes import NextHop, Route, RouteTable
 from .wire import (
     ARP,
@@ -71,9 +71,8 @@ from .wire import (
     ETHERTYPE,
     ETHERTYPE_ARP,
     ETHERTYPE_IPV4,
-    GSO_ECN,
+    ETHERTYPE_IPV6,
     GSO_NONE,
-    GSO_TCPV4,
     IP_DF,
     IP_DST,
     IP_FLAGS_FRAG,
@@ -89,71 +88,17 @@ from .wire import (
     PROTO_TCP,
     PROTO_UDP,
     U16,
-    UDP_LEN,
     VNET_F_DATA_VALID,
     VNET_F_NEEDS_CSUM,
     ZERO_MAC,
     mac_str,
 )
 
-Transmit = tuple[int, bytes]
-
 if TYPE_CHECKING:
     from .trace import Tracer
 _U32: Final = struct.Struct("!I")
 _IPV4_TYPE: Final = ETHERTYPE.pack(ETHERTYPE_IPV4)
 _NO_IFACE: Final = -1  # waiting frames the router made itself: no ICMP error about them
-
-
-@dataclass(frozen=True)
-class Interface:
-    index: int  # the segment the interface sits on
-    name: str
-    mac: bytes
-    address: IPv4Interface
-    mtu: int = 1500
-    uplink: bool = False
-
-
-class Forwarded(NamedTuple):
-    """A packet the router forwarded to a fresh neighbour: the action, and what it depends on (what
-    the flow cache must re-check before it reuses the action for the flow's next packet)."""
-
-    rewrite: Rewrite
-    out_iface: int
-    neighbour: Neighbour
-    flow: Flow | None  # the conntrack flow, if the packet is tracked
-    direction: int
-
-
-class Routed(NamedTuple):
-    """What the router did with one frame: the frames it sends (as (interface, frame)), and the
-    forwarded packet's action when a flow cache may reuse it."""
-
-    frames: list[Transmit]
-    forwarded: Forwarded | None = None
-
-
-NOTHING: Final = Routed([])
-_new: Final = tuple.__new__  # a NamedTuple from a tuple, without its generated __new__ (a Python call)
-
-
-def wire_size(pkt: bytes, l4: int, end: int) -> int:
-    """The IP size of the largest packet this frame becomes on the wire.
-
-    For a GSO frame that is one segment: gso_size plus the IP and L4 headers. The headers are
-    measured here rather than taken from hdr_len, which the kernel fills with skb_headlen(), a
-    hint that may include payload (virtio_net_hdr_from_skb).
-    """
-    gso_type = pkt[1] & ~GSO_ECN
-    if gso_type == GSO_NONE:
-        return end - L3
-    gso_size = pkt[4] | pkt[5] << 8
-    if gso_size == 0:
-        return end - L3
-    tcp = gso_type == GSO_TCPV4 and l4 + 13 <= end
-    l4_len = (pkt[l4 + 12] >> 4) * 4 if tcp else UDP_LEN
-    return l4 - L3 + l4_len + gso_size
 
 
 class Router:
@@ -172,7 +117,10 @@ class Router:
         arp_negative_timeout: float = 5.0,
         icmp_rate: float = 1000.0,
         icmp_burst: int = 50,
+        ra: RaConfig | None = None,
     ) -> None:
+        """ra: how the IPv6 interfaces advertise (router6.RaConfig); an interface has IPv6 when it has
+        an address6, and the router then routes IPv6 too (`v6`, with its own table and caches)."""
         self.drops: Counter[str] = Counter()  # the rollup of every drop the router counts
         self.events: Counter[str] = Counter()
         self.unported: Counter[str] = Counter()  # the ledger of frames handed to receive() directly
@@ -187,8 +135,10 @@ class Router:
         self.routes = RouteTable()
         for iface in interfaces:
             self._add_interface(iface)
+        routes = list(routes)
         for route in routes:
-            self.routes.add(route)
+            if route.prefix.version == 4:
+                self.routes.add(route)
         self.arp = ArpCache(
             arp_timeout,
             arp_retries,
@@ -206,6 +156,12 @@ class Router:
         self.icmp_bucket = TokenBucket(icmp_rate, icmp_burst)
         self._ip_id = 0
         self.journal: Journal | None = None
+        six = [i for i in interfaces if i.address6 is not None]
+        routes6 = [r for r in routes if r.prefix.version == 6]
+        if routes6 and not six:
+            raise ValueError("an IPv6 route, but no interface has an IPv6 address")
+        # NDP keeps the bounds ARP keeps (same queue, staleness and negative cache).
+        self.v6 = Ipv6Router(self, six, routes6, ra, like=self.arp) if six else None
 
     def _add_interface(self, iface: Interface) -> None:
         if iface.index in self.interfaces:
@@ -236,6 +192,8 @@ class Router:
     def journaled(self) -> list[object]:
         """The router's tables, each of which hands a journal what it is about to change."""
         tables: list[object] = [self, self.arp]
+        if self.v6 is not None:
+            tables.append(self.v6.nd)
         if self.nat is not None:
             tables += [self.nat, self.nat.conntrack]
         return tables
@@ -265,10 +223,14 @@ class Router:
             self._count(ledger, Drop.RUNT)
             return NOTHING
         dst_mac = pkt[ETH_DST]
+        ethertype = pkt[ETH_TYPE_OFF] << 8 | pkt[ETH_TYPE_OFF + 1]
         if dst_mac != self._mac[iface] and dst_mac != BROADCAST_MAC:
+            if dst_mac[0] == 0x33 and dst_mac[1] == 0x33 and ethertype == ETHERTYPE_IPV6:
+                return self._ipv6(iface, pkt, True, ledger, now)  # an IPv6 group (RFC 2464 7): NDP
             self.events[Event.NOT_FOR_ROUTER] += 1  # a flooded copy for someone else
             return NOTHING
-        ethertype = pkt[ETH_TYPE_OFF] << 8 | pkt[ETH_TYPE_OFF + 1]
+        if ethertype == ETHERTYPE_IPV6:
+            return self._ipv6(iface, pkt, dst_mac == BROADCAST_MAC, ledger, now)
         if ethertype == ETHERTYPE_IPV4:
             return self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, ledger, now)
         if ethertype == ETHERTYPE_ARP:
@@ -279,8 +241,21 @@ class Router:
             self._count(ledger, Drop.UNSUPPORTED_ETHERTYPE)
         return NOTHING
 
+    def _ipv6(self, iface: int, pkt: bytes, link_multicast: bool, ledger: Counter[str], now: float) -> Routed:
+        if self.v6 is None:
+            if link_multicast:
+                self.events[Event.IPV6_MULTICAST_IGNORED] += 1
+                return NOTHING
+            self._count(ledger, Drop.UNSUPPORTED_ETHERTYPE)
+            return NOTHING
+        return self.v6.receive(iface, pkt, link_multicast, ledger, now)
+
     def next_deadline(self) -> float | None:
         best = self.arp.next_deadline()
+        if self.v6 is not None:
+            deadline = self.v6.next_deadline()
+            if deadline is not None and (best is None or deadline < best):
+                best = deadline
         if self.nat is not None:
             deadline = self.nat.next_deadline()
             if deadline is not None and (best is None or deadline < best):
@@ -298,6 +273,8 @@ class Router:
             self._count(ledger, Drop.ARP_FAILED)
             if in_iface != _NO_IFACE:
                 out.extend(self._icmp_error(in_iface, original, DEST_UNREACH, HOST_UNREACH, 0, now, ledger))
+        if self.v6 is not None:
+            out.extend(self.v6.on_timer(now))
         if self.nat is not None:
             for waiting in self.nat.on_timer(now):  # held for a first fragment that never came
                 self._count(waiting.ledger, Drop.NAT_FRAGMENT, len(waiting.frames))
@@ -635,10 +612,11 @@ class Router:
 
     # --- display -----------------------------------------------------------------------------------
     def routes_table(self) -> list[dict[str, object]]:
-        return self.routes.table()
+        return self.routes.table() + ([] if self.v6 is None else self.v6.routes.table())
 
     def arp_table(self, now: float) -> list[dict[str, object]]:
-        return self.arp.table(now)
+        """Both neighbour caches, ARP's then NDP's, as `ip neigh` shows them."""
+        return self.arp.table(now) + ([] if self.v6 is None else self.v6.nd.table(now))
 
     def conntrack_table(self, now: float) -> list[dict[str, object]]:
         return [] if self.nat is None else self.nat.table(now)
@@ -652,6 +630,10 @@ class Router:
                 "address": str(i.address),
                 "mtu": i.mtu,
                 "uplink": i.uplink,
+                "address6": None if i.address6 is None else str(i.address6),
+                "link_local": None
+                if self.v6 is None or i.index not in self.v6.link_local
+                else str(IPv6Address(self.v6.link_local[i.index])),
             }
             for i in self.interfaces.values()
         ]

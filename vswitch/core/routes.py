@@ -1,9 +1,10 @@
-"""The IPv4 routing table: longest-prefix match over connected and static routes.
+"""The routing tables, IPv4 and IPv6: longest-prefix match over connected and static routes.
 
 One dict per prefix length present, keyed by the masked network address as an int, probed longest
-first: a lookup costs one mask and one dict probe per distinct prefix length (at most 33, usually 2
-or 3), with no per-lookup allocation. Connected routes (from interface addresses) win over a static
-route for the same prefix, as an administrative distance of 0 does (RFC 1812 5.2.4.3).
+first: a lookup costs one mask and one dict probe per distinct prefix length (at most 33 or 129,
+usually 2 or 3), with no per-lookup allocation. One table holds one family (`bits`: 32 or 128).
+Connected routes (from interface addresses) win over a static route for the same prefix, as an
+administrative distance of 0 does (RFC 1812 5.2.4.3).
 Every change is reported to ``on_change`` (a flow cache drops what it derived from the old table).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 NextHop = tuple[int, int | None]  # (egress iface, gateway as int or None when directly connected)
 
@@ -20,8 +21,8 @@ NextHop = tuple[int, int | None]  # (egress iface, gateway as int or None when d
 class Route:
     """A route; iface None means "find the iface from the gateway's connected route"."""
 
-    prefix: IPv4Network
-    via: IPv4Address | None = None
+    prefix: IPv4Network | IPv6Network
+    via: IPv4Address | IPv6Address | None = None
     iface: int | None = None
 
 
@@ -30,7 +31,9 @@ class RouteError(ValueError):
 
 
 class RouteTable:
-    def __init__(self) -> None:
+    def __init__(self, bits: int = 32) -> None:
+        self.bits = bits
+        self._address: type[IPv4Address] | type[IPv6Address] = IPv4Address if bits == 32 else IPv6Address
         # (prefix length, mask, {network int: (route, next hop, connected)}), longest first
         self._levels: list[tuple[int, int, dict[int, tuple[Route, NextHop, bool]]]] = []
         self.on_change: Callable[[], None] | None = None
@@ -43,13 +46,14 @@ class RouteTable:
         for plen, _, existing in self._levels:
             if plen == length:
                 return existing
-        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        ones = (1 << self.bits) - 1
+        mask = (ones << (self.bits - length)) & ones
         table: dict[int, tuple[Route, NextHop, bool]] = {}
         self._levels.append((length, mask, table))
         self._levels.sort(key=lambda level: -level[0])
         return table
 
-    def add_connected(self, prefix: IPv4Network, iface: int) -> None:
+    def add_connected(self, prefix: IPv4Network | IPv6Network, iface: int) -> None:
         """The subnet of an interface address: reached directly on iface."""
         route = Route(prefix, None, iface)
         self._level(prefix.prefixlen)[int(prefix.network_address)] = (route, (iface, None), True)
@@ -57,6 +61,8 @@ class RouteTable:
 
     def add(self, route: Route) -> None:
         """A static route. A gateway must be on a connected subnet (no recursive lookup)."""
+        if route.prefix.max_prefixlen != self.bits:
+            raise RouteError(f"route {route.prefix} is not of this table's family")
         if route.via is None:
             if route.iface is None:
                 raise RouteError(f"route {route.prefix} has neither gateway nor interface")
@@ -101,7 +107,7 @@ class RouteTable:
         return [
             {
                 "prefix": str(route.prefix),
-                "via": None if hop[1] is None else str(IPv4Address(hop[1])),
+                "via": None if hop[1] is None else str(self._address(hop[1])),
                 "iface": hop[0],
                 "type": "connected" if connected else "static",
             }

@@ -67,6 +67,17 @@ PROTO_ICMP: Final = 1
 PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
 
+# --- IPv6 (RFC 8200) ---------------------------------------------------------------------------------
+IPV6_HDR_LEN: Final = 40
+IPV6_MIN_MTU: Final = 1280  # RFC 8200 section 5: every link carries 1280 bytes without fragmenting
+IP6_PAYLOAD_LEN: Final = L3 + 4
+IP6_NEXT_HEADER: Final = L3 + 6
+IP6_HOP_LIMIT: Final = L3 + 7
+IP6_SRC: Final = slice(L3 + 8, L3 + 24)
+IP6_DST: Final = slice(L3 + 24, L3 + 40)
+L4_6: Final = L3 + IPV6_HDR_LEN  # the first header after a fixed IPv6 header
+PROTO_ICMPV6: Final = 58
+
 # --- L4, offsets relative to the start of the L4 header ---------------------------------------------
 PORTS: Final = struct.Struct("!HH")
 TCP_CSUM_OFF: Final = 16

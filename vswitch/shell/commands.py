@@ -24,6 +24,8 @@ def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
     tables: dict[str, Any] = {"fdb": {seg.name: len(seg.switch.fdb) for seg in datapath.segments}}
     if router is not None:
         tables["arp"] = len(router.arp.entries)
+        if router.v6 is not None:
+            tables["nd"] = len(router.v6.nd.entries)
         if router.nat is not None:
             tables["conntrack"] = len(router.nat.conntrack)
         snapshot["router"] = {

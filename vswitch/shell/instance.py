@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
-from typing import Any
+from typing import Any, Final
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -38,6 +38,17 @@ from .loop import Shell
 from .state import Ledger, socket_path, state_path
 from .tap import Tap, TapError, open_tap
 from .underlay import UnderlaySockets, open_sender, open_underlay
+
+# A namespace port on a routed IPv6 segment: it takes its address and default route from our router
+# advertisements (SLAAC, RFC 4862), asks for one at once when it comes up (no 1 s solicitation delay),
+# and skips duplicate address detection, as our own static addresses do (the router hands out one
+# /64 per segment and every interface identifier in it comes from a MAC we made).
+SLAAC_CONF: Final = {"accept_ra": 1, "dad_transmits": 0, "router_solicitation_delay": 0}
+# The host port: the root namespace's IPv6 stays as it was, no link-local address (addr_gen_mode 1:
+# none), no advertisement taken.
+HOST_CONF: Final = {"accept_ra": 0, "addr_gen_mode": 1}
+SLAAC_WAIT: Final = 5.0
+SLAAC_POLL: Final = 0.05
 
 
 class StartError(Exception):
@@ -146,8 +157,9 @@ class Instance:
                 # partial checksums. The namespace's stack finishing them measured 3% faster and 3%
                 # less CPU than TSO cut here by gso.py (README), which serves frames routed in.
                 offloads = segment.vxlan is None
+                conf = SLAAC_CONF if segment.gateway6 is not None else None
                 for spec in segment.ports:
-                    self._add_port(spec, seg_index, segment.name, segment.mtu, offloads)
+                    self._add_port(spec, seg_index, segment.name, segment.mtu, offloads, conf)
             self._add_tunnels()
             self._add_trunks()
             uplink = self.topology.uplink
@@ -191,9 +203,15 @@ class Instance:
             raise StartError(f"cannot write {state_path(self.topology.name)}: run as root") from None
 
     def _add_port(
-        self, spec: PortSpec, seg_index: int, seg_name: str, mtu: int, offloads: bool = True
+        self,
+        spec: PortSpec,
+        seg_index: int,
+        seg_name: str,
+        mtu: int,
+        offloads: bool = True,
+        ipv6_conf: dict[str, int] | None = None,
     ) -> None:
-        tap, mac = self._make_tap(spec, mtu, offloads)
+        tap, mac = self._make_tap(spec, mtu, offloads, ipv6_conf)
         port_id = self.datapath.add_port(spec.label, seg_index)
         self.ports.append(
             LivePort(
@@ -209,9 +227,11 @@ class Instance:
             )
         )
 
-    def _make_tap(self, spec: PortSpec, mtu: int, offloads: bool = True) -> tuple[Tap, str]:
+    def _make_tap(
+        self, spec: PortSpec, mtu: int, offloads: bool = True, ipv6_conf: dict[str, int] | None = None
+    ) -> tuple[Tap, str]:
         """The tap of a port: its namespace made if missing (lo up), the tap opened, recorded, moved
-        there, named, addressed and up. Returns it and its MAC."""
+        there, named, given its IPv6 settings, addressed and up. Returns it and its MAC."""
         namespace = spec.namespace
         if namespace is not None:
             if kernel.netns_inode(namespace) is None:
@@ -224,10 +244,18 @@ class Instance:
             tap = open_tap(_tap_name(self.topology.name), offloads)
         else:  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
             tap = open_tap(spec.ifname, offloads)
+            ipv6_conf = HOST_CONF
         self._taps.append(tap)
         self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
         mac = kernel.place_tap(
-            tap.name, namespace, spec.ifname, spec.address, self.topology.txqueuelen, mtu, spec.address6
+            tap.name,
+            namespace,
+            spec.ifname,
+            spec.address,
+            self.topology.txqueuelen,
+            mtu,
+            spec.address6,
+            ipv6_conf,
         )
         return tap, mac
 
@@ -308,7 +336,9 @@ class Instance:
     def _add_router(self) -> None:
         """One router interface per segment (the gateway), one on the uplink, NAT toward it."""
         from ..core.nat import NatConfig, PortForward
-        from ..core.router import Interface, Router
+        from ..core.routed import Interface
+        from ..core.router import Router
+        from ..core.router6 import RaConfig
         from ..core.routes import Route
 
         topo = self.topology
@@ -317,7 +347,16 @@ class Instance:
         for index, segment in enumerate(topo.segments):
             assert segment.gateway is not None
             macs[index] = random_mac()
-            interfaces.append(Interface(index, segment.name, macs[index], segment.gateway, mtu=segment.mtu))
+            interfaces.append(
+                Interface(
+                    index,
+                    segment.name,
+                    macs[index],
+                    segment.gateway,
+                    mtu=segment.mtu,
+                    address6=segment.gateway6,
+                )
+            )
         routes: list[Route] = []
         nat = None
         if topo.uplink is not None:
@@ -341,9 +380,12 @@ class Instance:
                 forwards=forwards,
             )
         routes.extend(Route(r.prefix, r.via, None) for r in topo.routes)
-        self.router = Router(interfaces, routes, nat)
+        self.router = Router(interfaces, routes, nat, ra=RaConfig(max_interval=topo.ra_interval))
         self.router_macs = macs
         self.datapath.attach_router(self.router, macs)
+        for port in self.ports:
+            if port.namespace is None:  # the root namespace's IPv6 is not ours: no advertisements
+                self.datapath.port_switch[port.id].no_ra.add(port.id)
 
     def _add_namespace_routes(self) -> None:
         """Each namespace: a default route via its gateway. The host: only what --host-routes asks."""
@@ -414,6 +456,7 @@ class Instance:
             for sig in stop_signals:
                 loop.add_signal_handler(sig, self._stop.set)
         try:
+            await self._await_slaac()
             if ready is not None:
                 ready()
             await self._stop.wait()
@@ -427,6 +470,34 @@ class Instance:
                 metrics.close()
             shell.detach_all()
             await control.close()
+
+    async def _await_slaac(self, timeout: float = SLAAC_WAIT) -> None:
+        """Until each namespace on a routed IPv6 segment has its address from our advertisements (its
+        router solicitation is answered as soon as the loop runs), or timeout: `up` is ready when the
+        hosts can talk. A namespace still without one is told in the log, and does not stop us."""
+        waiting = {
+            port.label: (port, segment.subnet6)
+            for segment in self.topology.segments
+            if segment.gateway6 is not None and segment.subnet6 is not None
+            for port in self.ports
+            if port.segment == segment.name and port.namespace is not None
+        }
+        if not waiting:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while waiting and loop.time() < deadline:
+            for label, (port, prefix) in list(waiting.items()):
+                found = await loop.run_in_executor(
+                    None, kernel.slaac_address, port.namespace, port.ifname, prefix
+                )
+                if found is not None:
+                    port.address6 = found
+                    del waiting[label]
+            if waiting:
+                await asyncio.sleep(SLAAC_POLL)
+        for label in waiting:
+            self.log(f"{label}: no IPv6 address from the router's advertisements within {timeout:g}s")
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -455,6 +526,8 @@ class Instance:
                     "name": s.name,
                     "subnet": str(s.subnet),
                     "gateway": str(s.gateway) if s.gateway else None,
+                    "subnet6": str(s.subnet6) if s.subnet6 else None,
+                    "gateway6": str(s.gateway6) if s.gateway6 else None,
                     "ports": [p.label for p in s.ports],
                     "mtu": s.mtu,
                 }

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
@@ -23,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 T = TypeVar("T")
 
 IFA_F_NODAD = 0x02  # include/uapi/linux/if_addr.h: skip duplicate address detection
+IFA_F_TENTATIVE = 0x40  # not usable yet: duplicate address detection is running
 IFF_UP = 0x1  # include/uapi/linux/if.h
 
 NETNS_DIR = "/run/netns"
@@ -242,8 +243,10 @@ def place_tap(
     txqueuelen: int = 1000,
     mtu: int = 1500,
     address6: IPv6Interface | None = None,
+    ipv6_conf: dict[str, int] | None = None,
 ) -> str:
-    """Move a root-namespace tap into namespace as ifname, address it, bring it up; return its MAC."""
+    """Move a root-namespace tap into namespace as ifname, address it, bring it up; return its MAC.
+    ipv6_conf: the link's net.ipv6.conf settings, made before it comes up (set_ipv6_conf)."""
     try:
         with IPRoute() as root:
             index = link_index(root, tap_name)
@@ -261,6 +264,8 @@ def place_tap(
                     where = f"namespace {namespace}" if namespace else "the root namespace"
                     raise KernelError(f"{where} already has an interface named {ifname}")
                 ipr.link("set", index=index, ifname=ifname)
+            if ipv6_conf:
+                set_ipv6_conf(namespace, ifname, ipv6_conf)
             if address is not None:
                 ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
             if address6 is not None:
@@ -275,6 +280,36 @@ def place_tap(
         raise KernelError(f"configuring {ifname} in {namespace or 'root'}: {os.strerror(exc.code)}") from None
     except FileNotFoundError:  # pyroute2 opens /run/netns/NAME itself
         raise KernelError(f"namespace {namespace} does not exist") from None
+
+
+def set_ipv6_conf(namespace: str | None, ifname: str, settings: dict[str, int]) -> None:
+    """Write net.ipv6.conf.IFNAME.KEY for each setting, in namespace. Netlink cannot set these (the
+    kernel takes only the token and the address generation mode that way), and /proc/sys/net is the
+    writer's own namespace's, so the writes run on a thread inside it (in_namespace)."""
+
+    def write() -> None:
+        for key, value in settings.items():
+            with open(f"/proc/sys/net/ipv6/conf/{ifname}/{key}", "w") as conf:
+                conf.write(str(value))
+
+    try:
+        in_namespace(namespace, write)
+    except OSError as exc:
+        raise KernelError(f"setting IPv6 options of {ifname} in {namespace or 'root'}: {exc}") from None
+
+
+def slaac_address(namespace: str | None, ifname: str, prefix: IPv6Network) -> IPv6Interface | None:
+    """The address ifname has taken by SLAAC in prefix, once it is usable (not tentative), or None."""
+    with open_existing_namespace(namespace) as ipr:
+        index = link_index(ipr, ifname)
+        if index is None:
+            return None
+        for msg in ipr.get_addr(family=socket.AF_INET6, index=index):
+            address = IPv6Address(msg.get("IFA_ADDRESS"))
+            flags = msg.get("IFA_FLAGS") or msg["flags"]
+            if address in prefix and not flags & IFA_F_TENTATIVE:
+                return IPv6Interface(f"{address}/{msg['prefixlen']}")
+    return None
 
 
 def add_route(namespace: str | None, dst: IPv4Network, gateway: IPv4Address | None, ifname: str) -> None:
