@@ -48,19 +48,23 @@ class Switch:
         segments: dict[str, Sequence[str]] | None = None,
         uplink: str | None = None,
         subnet: str | None = None,
+        subnet6: str | None = None,
         vxlan: dict[str, str] | None = None,
         trunks: Sequence[str] = (),
         name: str | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         """vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan takes it after the '=';
-        trunks: ["NS=SEGMENT:VID,...[,native=SEGMENT]", ...], as --trunk takes them."""
+        trunks: ["NS=SEGMENT:VID,...[,native=SEGMENT]", ...], as --trunk takes them; subnet6: as
+        --subnet6 (routed: a /48-/60, a /64 per segment, the hosts by SLAAC)."""
         req = topology.Request()
         req.name = name or f"api{secrets.token_hex(3)}"
         if ports:
             req.ports = topology.parse_ports(",".join(ports))
         if subnet is not None:
             req.subnet = topology.parse_subnet(subnet)
+        if subnet6 is not None:
+            req.subnet6 = topology.parse_subnet6(subnet6)
         for seg_name, members in (segments or {}).items():
             req.segments.append(topology.parse_segment(f"{seg_name}={','.join(members)}"))
         if uplink is not None:

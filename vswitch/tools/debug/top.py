@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ...shell.control import ControlError, request
 from .common import instance_socket
@@ -66,12 +66,15 @@ def _si(value: float) -> str:
     return f"{value:.0f}"
 
 
+_TABLE_WORDS: Final = {"nd": "ndp", "flow_cache": "flow cache"}
+
+
 def table_sizes(tables: dict[str, Any]) -> list[str]:
-    """`stats`' tables block as words: FDB per segment, then ARP, conntrack, flow cache where present."""
+    """`stats`' tables block as words: FDB per segment, then ARP, NDP, conntrack, flow cache where present."""
     sizes = [f"FDB {segment} {size}" for segment, size in tables.get("fdb", {}).items()]
     sizes += [
-        f"{key.replace('_', ' ')} {tables[key]}"
-        for key in ("arp", "conntrack", "flow_cache")
+        f"{_TABLE_WORDS.get(key, key)} {tables[key]}"
+        for key in ("arp", "nd", "conntrack", "flow_cache")
         if key in tables
     ]
     return sizes
