@@ -15,6 +15,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -466,16 +467,17 @@ class RootView:
         )
 
 
-def root_view() -> RootView:
-    """The root namespace's links, IPv4 addresses and main-table IPv4 routes, read with pyroute2."""
+def root_view(family: int = socket.AF_INET) -> RootView:
+    """The root namespace's links, addresses and main-table routes of one family (default IPv4, or
+    socket.AF_INET6), read with pyroute2."""
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         addresses = {
             (names.get(a["index"], str(a["index"])), f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in ipr.get_addr(family=2)
+            for a in ipr.get_addr(family=family)
         }
         routes = set()
-        for r in ipr.get_routes(family=2, table=254):
+        for r in ipr.get_routes(family=family, table=254):
             dst = r.get_attr("RTA_DST")
             oif = r.get_attr("RTA_OIF")
             routes.add(

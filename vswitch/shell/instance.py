@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 from typing import Any, Final
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -528,10 +528,12 @@ class Instance:
                     "gateway": str(s.gateway) if s.gateway else None,
                     "subnet6": str(s.subnet6) if s.subnet6 else None,
                     "gateway6": str(s.gateway6) if s.gateway6 else None,
+                    # the router's MAC and link-local address there: the hosts' IPv6 default gateway
+                    **self._router_side(index),
                     "ports": [p.label for p in s.ports],
                     "mtu": s.mtu,
                 }
-                for s in self.topology.segments
+                for index, s in enumerate(self.topology.segments)
             ],
             "routed": self.topology.routed,
             "uplink": None
@@ -549,6 +551,19 @@ class Instance:
             "fdb_max": self.topology.fdb_max,
             "flow_cache_max": self.topology.flow_cache,
             "flow_cache_entries": 0 if self.datapath.flows is None else len(self.datapath.flows),
+        }
+
+    def _router_side(self, segment: int) -> dict[str, str | None]:
+        from ..core.icmp6 import link_local_of
+        from ..core.wire import mac_str
+
+        mac = self.router_macs.get(segment)
+        if mac is None:
+            return {"router_mac": None, "link_local": None}
+        v6 = self.router is not None and self.router.v6 is not None and segment in self.router.v6.link_local
+        return {
+            "router_mac": mac_str(mac),
+            "link_local": str(IPv6Address(link_local_of(mac))) if v6 else None,
         }
 
     def tunnels(self) -> list[dict[str, Any]]:
