@@ -142,7 +142,10 @@ def test_the_core_loads_without_any_io_module() -> None:
 # A function of the core longer than this needs a reason (the rule of thumb: a reader should
 # see a stage whole). Each exemption says why.
 CORE_FUNCTION_LINES = 60
-LONG_ON_PURPOSE: dict[str, str] = {}  # name -> why; none today
+LONG_ON_PURPOSE: dict[str, str] = {  # name -> why
+    # The flow cache's hit, its counting inline: one call more per hit measured +2% (bench-micro).
+    "vswitch.core.flowcache.forward": "the per-packet fast path, one function on purpose",
+}
 
 
 def test_core_functions_are_short_or_say_why() -> None:

@@ -282,7 +282,14 @@ class FlowCache:
             return [(out_port, write(pkt, fields, NO_GATHER))]
         if flow is not None:
             self._refresh(flow, direction, timeout, now)
-        return self._hit(out_port, rx_port, tx_port, write(pkt, fields, GATHER_FROM), len(pkt))
+        # _hit's counting, inline: a call more per hit measured +2% on the routed hit (bench-micro)
+        counters.flow_cache_hits += 1
+        length = size - VNET_HDR_LEN
+        counters.rx_packets[rx_port] += 1
+        counters.rx_bytes[rx_port] += length
+        counters.tx_packets[tx_port] += 1
+        counters.tx_bytes[tx_port] += length
+        return [(out_port, write(pkt, fields, GATHER_FROM))]
 
     def _hit(self, out_port: int, rx_port: int, tx_port: int, frame: Frame, size: int) -> list[Output]:
         """A hit's counters: the router's ports, as if the packet had taken the slow path."""
@@ -344,7 +351,8 @@ class FlowCache:
         """
         if forwarded is None or len(sent) != 1:
             return
-        if len(self.tables[segment]) >= self.max_entries:
+        six = pkt[ETH_TYPE_OFF:L3] == IPV6_TYPE
+        if len((self.tables6 if six else self.tables)[segment]) >= self.max_entries:
             # Full: more flows are active than the cache holds. Installing every miss would evict an
             # entry per packet and make each one pay for an insertion it never uses; like OVS's
             # emc-insert-inv-prob, only one miss in INSERT_WHEN_FULL gets in, so busy flows still do.
@@ -353,7 +361,6 @@ class FlowCache:
                 self.counters.events[Event.FLOW_CACHE_FULL_SKIP] += 1
                 return
         rewrite, out_iface, neighbour, flow, direction = forwarded
-        six = pkt[ETH_TYPE_OFF:L3] == IPV6_TYPE
         min_total = _cacheable6(pkt) if six else _cacheable(pkt)
         if min_total is None:
             return

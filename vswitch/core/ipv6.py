@@ -20,7 +20,7 @@ from typing import Final, NamedTuple
 
 from .counters import Drop
 from .icmp6 import ERRONEOUS_HEADER, LOOPBACK, UNRECOGNIZED_NEXT_HEADER, UNRECOGNIZED_OPTION, UNSPECIFIED
-from .wire import ETHERTYPE_IPV6, GSO_NONE, IP6_DST, IP6_NEXT_HEADER, IP6_SRC, L3, L4_6
+from .wire import ETHERTYPE_IPV6, ETHERTYPE_VLAN, GSO_NONE, IP6_DST, IP6_NEXT_HEADER, IP6_SRC, L3, L4_6
 
 HOP_BY_HOP: Final = 0
 ROUTING: Final = 43
@@ -38,6 +38,7 @@ PADN: Final = 1
 ROUTER_ALERT: Final = 5  # RFC 2711: a router looks at the packet; for MLD, which we do not route
 JUMBO: Final = 0xC2  # RFC 2675: only with a payload length of 0, which we refuse
 _IPV6_TYPE: Final = ETHERTYPE_IPV6.to_bytes(2, "big")
+_VLAN_TYPE: Final = ETHERTYPE_VLAN.to_bytes(2, "big")
 
 
 class Problem(NamedTuple):
@@ -142,13 +143,39 @@ def _hop_by_hop(pkt: bytes, at: int, end: int) -> Drop | Problem | None:
     return None
 
 
+def upper_layer(pkt: bytes, end: int) -> tuple[int, int]:
+    """The upper-layer protocol of a packet up to end, and where its header starts (-1: not reached:
+    a later fragment, the end, too many headers), the chain skipped by length alone, as the kernel's
+    ipv6_skip_exthdr does. For RFC 4443 2.4(e.1), which asks whether a packet is an ICMPv6 error
+    before an error is sent about it: of one parse refused part way along the chain, or of the first
+    1280 bytes kept of one that waited for a neighbour."""
+    next_header, at = pkt[IP6_NEXT_HEADER], L4_6
+    for _ in range(MAX_EXTENSIONS + 1):
+        if next_header not in _EXTENSIONS:
+            return next_header, at
+        if at + 8 > end or (next_header == FRAGMENT and (pkt[at + 2] << 8 | pkt[at + 3]) & 0xFFF8):
+            return next_header, -1
+        if next_header == FRAGMENT:
+            size = 8
+        elif next_header == AUTH:
+            size = (pkt[at + 1] + 2) * 4
+        else:
+            size = (pkt[at + 1] + 1) * 8
+        next_header, at = pkt[at], at + size
+    return next_header, -1
+
+
 def is_router_advert(pkt: bytes | memoryview) -> bool:
     """Whether a frame is, or may be, a router advertisement, for RA guard (RFC 6105, and RFC 7113:
     the header chain is followed, and a packet that hides its upper layer past a fragment or the end
-    of the chain counts as one). Only a link-local source can send one (RFC 4861 6.1.2)."""
-    if len(pkt) < L4_6 or pkt[L3 - 2 : L3] != _IPV6_TYPE or pkt[L3 + 8] != 0xFE or pkt[L3 + 9] & 0xC0 != 0x80:
+    of the chain counts as one). One 802.1Q tag is looked through (a frame from a trunk keeps its tag
+    across the switch). Only a link-local source can send one (RFC 4861 6.1.2)."""
+    base = L3 + 4 if pkt[L3 - 2 : L3] == _VLAN_TYPE else L3
+    if len(pkt) < base + 40 or pkt[base - 2 : base] != _IPV6_TYPE:
         return False
-    next_header, at, end = pkt[IP6_NEXT_HEADER], L4_6, len(pkt)
+    if pkt[base + 8] != 0xFE or pkt[base + 9] & 0xC0 != 0x80:
+        return False
+    next_header, at, end = pkt[base + 6], base + 40, len(pkt)
     for _ in range(MAX_EXTENSIONS + 1):
         if next_header == 58:
             return at >= end or pkt[at] == 134

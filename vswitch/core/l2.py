@@ -20,6 +20,8 @@ from .wire import ETH_MIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_MAC
 RESERVED_GROUP_PREFIX: Final = b"\x01\x80\xc2\x00\x00"
 
 Decision = int | tuple[int, ...] | Drop
+# The first byte of the ethertypes RA guard looks into: IPv6 (0x86dd), and an 802.1Q tag (0x8100).
+_GUARDED: Final = (0x86, 0x81)
 # csum_start and csum_offset of the virtio-net header (bytes 6-9), read inline on every NEEDS_CSUM frame.
 _CSUM_FIELDS: Final = struct.Struct("<HH").unpack_from
 # The checksum field (2 bytes) at csum_start + csum_offset must lie inside the frame (tun.c refuses
@@ -107,7 +109,7 @@ class Switch:
             refused = self._learn(in_port, src, now)
             if refused is not None:
                 return refused
-        if self.ra_guard and pkt[22] == 0x86 and in_port != self.router_port and is_router_advert(pkt):
+        if self.ra_guard and pkt[22] in _GUARDED and in_port != self.router_port and is_router_advert(pkt):
             return Drop.RA_GUARD
         entry = entries.get(pkt[10:16])
         if entry is None:

@@ -74,7 +74,7 @@ from .icmp6 import (
     solicited_node,
     verify,
 )
-from .ipv6 import Packet6, Problem, parse
+from .ipv6 import Packet6, Problem, parse, upper_layer
 from .routed import NOTHING, Forwarded, Interface, Routed, Transmit, wire_size
 from .routes import Route, RouteTable
 from .wire import (
@@ -115,6 +115,8 @@ class Host(Protocol):
 MAX_INITIAL_RTR_ADVERT_INTERVAL: Final = 16.0
 MAX_INITIAL_RTR_ADVERTISEMENTS: Final = 3
 MIN_DELAY_BETWEEN_RAS: Final = 3.0
+MAX_RA_DELAY_TIME: Final = 0.5
+ANSWERS_MAX: Final = 64  # unicast answers waiting for their random delay; beyond, one multicast answer
 MAX_LIFETIME: Final = 9000  # AdvDefaultLifetime's ceiling (6.2.1)
 _NO_IFACE: Final = -1
 
@@ -127,12 +129,13 @@ class RaConfig:
 
     max_interval: float = 600.0
     min_delay: float = MIN_DELAY_BETWEEN_RAS
+    reply_delay: float = MAX_RA_DELAY_TIME  # an answer to a solicitation waits 0 to this (6.2.6)
     valid_lifetime: int = 2592000  # AdvValidLifetime: 30 days
     preferred_lifetime: int = 604800  # AdvPreferredLifetime: 7 days
     hop_limit: int = 64  # AdvCurHopLimit
 
     def __post_init__(self) -> None:
-        if not 0 < self.max_interval <= 1800 or self.min_delay < 0:
+        if not 0 < self.max_interval <= 1800 or self.min_delay < 0 or self.reply_delay < 0:
             raise ValueError("the advertisement interval must be more than 0 and at most 1800 seconds")
 
     @property
@@ -199,6 +202,7 @@ class Ipv6Router:
         self.next_ra: dict[int, float] = dict.fromkeys(self.advertising, 0.0)
         self.initial_left: dict[int, int] = dict.fromkeys(self.advertising, MAX_INITIAL_RTR_ADVERTISEMENTS)
         self.last_ra: dict[int, float] = dict.fromkeys(self.advertising, float("-inf"))
+        self.answers: list[tuple[float, int, bytes, bytes]] = []  # (due, iface, solicitor, its MAC)
 
     def _add_interface(self, iface: Interface) -> None:
         assert iface.address6 is not None
@@ -226,7 +230,9 @@ class Ipv6Router:
         """A trace is running: hand the journal what a frame may change here (journal.py)."""
         journal = self.router.journal
         if journal is not None:
-            journal.keep(self.bucket, self.reply_bucket, self.next_ra, self.initial_left, self.last_ra)
+            journal.keep(
+                self.bucket, self.reply_bucket, self.next_ra, self.initial_left, self.last_ra, self.answers
+            )
 
     # --- entry --------------------------------------------------------------------------------------
     def receive(
@@ -279,6 +285,9 @@ class Ipv6Router:
         for due in self.next_ra.values():
             if best is None or due < best:
                 best = due
+        for due, *_ in self.answers:
+            if best is None or due < best:
+                best = due
         return best
 
     def on_timer(self, now: float) -> list[Transmit]:
@@ -286,16 +295,19 @@ class Ipv6Router:
         for iface, due in self.next_ra.items():
             if now >= due:
                 out.append(self._multicast_ra(iface, now))
+        if self.answers:
+            due_now = [answer for answer in self.answers if answer[0] <= now]
+            self.answers = [answer for answer in self.answers if answer[0] > now]
+            out.extend(self._advertisement(iface, dst, mac) for _, iface, dst, mac in due_now)
         requests, failed = self.nd.on_timer(now)
         for iface, ip in requests:
             out.append(self._solicitation(iface, ip.to_bytes(16, "big"), None))
         for _frame, in_iface, original, ledger in failed:
             # RFC 4443 3.1 code 3: the next hop did not answer; tell the source, quoting the packet.
             self.router._count(ledger, Drop.ND_FAILED)
-            if in_iface != _NO_IFACE:
-                p = parse(in_iface, original, ledger)
-                if isinstance(p, Packet6):
-                    out.extend(self._error(p, DEST_UNREACH, ADDRESS_UNREACH, 0, now))
+            if in_iface != _NO_IFACE:  # original: its first 1280 bytes, checked when it came
+                p = self._checked(in_iface, original, ledger)
+                out.extend(self._error(p, DEST_UNREACH, ADDRESS_UNREACH, 0, now))
         return out
 
     # --- Neighbor Discovery (RFC 4861) --------------------------------------------------------------
@@ -400,13 +412,20 @@ class Ipv6Router:
             # to it (RFC 7772 4), unless answers come faster than a host's solicitations ever do.
             key = int.from_bytes(p.src, "big")
             out += self._release(self.nd.learn(key, sender_mac, iface, now), iface, sender_mac)
-            if self.reply_bucket.take(now):
-                answer = self._advertisement(iface, p.src, sender_mac)
+            # Every answer waits a random 0 to MAX_RA_DELAY_TIME (6.2.6), so hosts that came up together
+            # do not get theirs in one burst.
+            if len(self.answers) < ANSWERS_MAX and self.reply_bucket.take(now):
+                due = now + self.uniform(0.0, self.ra.reply_delay)
                 if router.tracer is not None:
-                    router.tracer.note("NDP", f"answered a router solicitation from {IPv6Address(p.src)}")
-                return [answer, *out]
+                    router.tracer.note(
+                        "NDP", f"a router solicitation from {IPv6Address(p.src)}: answer in {due - now:.3f} s"
+                    )
+                if due <= now:
+                    return [self._advertisement(iface, p.src, sender_mac), *out]
+                self.answers.append((due, iface, p.src, sender_mac))
+                return out
         # A multicast answer, no sooner than MIN_DELAY_BETWEEN_RAS after the last one (6.2.6).
-        due = max(now, self.last_ra[iface] + self.ra.min_delay)
+        due = max(now + self.uniform(0.0, self.ra.reply_delay), self.last_ra[iface] + self.ra.min_delay)
         if due <= now:
             out.append(self._multicast_ra(iface, now))
         else:
@@ -546,6 +565,8 @@ class Ipv6Router:
         """Fill in the next hop's MAC, or park the frame until it answers a solicitation (7.2.2)."""
         router, nd = self.router, self.nd
         mac = nd.lookup(next_hop, now)
+        if mac is not None and nd.entries[next_hop].iface != out_iface:
+            mac = None  # a link-local address a host on another segment uses too (RFC 4007): ask here
         if mac is not None:
             buf[ETH_DST] = mac
             sent = [(out_iface, bytes(buf))]
@@ -612,22 +633,43 @@ class Ipv6Router:
             router.events[Event.ICMPV6_RATE_LIMITED] += 1
             return []
         iface = p.iface
-        src = self.link_local[iface] if is_link_local(p.src) else self.address[iface]
+        if p.dst in self.local:  # 2.2(b): about a packet to one of our addresses, from that address
+            src = p.dst
+        else:
+            src = self.link_local[iface] if is_link_local(p.src) else self.address[iface]
         error = build_error(icmp_type, code, rest, src, p.src, pkt[L3 : p.end])
         router.events[_ERROR_EVENTS.get((icmp_type, code), Event.ICMPV6_PARAMETER_PROBLEM_SENT)] += 1
         if router.tracer is not None:
-            router.tracer.note("icmpv6", f"error type {icmp_type} code {code} to {IPv6Address(p.src)}")
+            words = _ERROR_WORDS.get((icmp_type, code), f"parameter problem (code {code}, pointer {rest})")
+            router.tracer.note("icmpv6", f"{words} to {IPv6Address(p.src)}")
         return self._originate(error, iface, now, p.ledger)
 
     def _problem(
         self, iface: int, pkt: bytes, problem: Problem, now: float, ledger: Counter[str]
     ) -> list[Transmit]:
         """A parameter problem (RFC 4443 3.4) about a packet parse refused, pointing at the field."""
-        end = L3 + 40 + (pkt[L3 + 4] << 8 | pkt[L3 + 5])
-        p = Packet6(iface, pkt[:end], ledger, end, pkt[L3 + 8 : L3 + 24], pkt[IP6_DST], -1, 0, -1, True)
+        p = self._checked(iface, pkt, ledger)
         return self._error(p, PARAM_PROBLEM, problem.code, problem.pointer, now, problem.multicast_ok)
 
+    @staticmethod
+    def _checked(iface: int, pkt: bytes, ledger: Counter[str]) -> Packet6:
+        """An error's view of a packet whose fixed header parse has checked: one it refused past that
+        header, or the first 1280 bytes kept of one that waited for a neighbour (its payload length
+        may run past them). Its upper layer is looked for past the extension headers, whatever they
+        hold: none is sent about an ICMPv6 error (2.4(e.1))."""
+        end = min(L3 + 40 + (pkt[L3 + 4] << 8 | pkt[L3 + 5]), len(pkt))
+        proto, l4 = upper_layer(pkt, end)
+        return Packet6(iface, pkt[:end], ledger, end, pkt[L3 + 8 : L3 + 24], pkt[IP6_DST], proto, 0, l4, True)
 
+
+_ERROR_WORDS: Final = {
+    (DEST_UNREACH, NO_ROUTE): "destination unreachable: no route",
+    (DEST_UNREACH, BEYOND_SCOPE): "destination unreachable: beyond the scope of the source",
+    (DEST_UNREACH, ADDRESS_UNREACH): "destination unreachable: address unreachable",
+    (DEST_UNREACH, PORT_UNREACH): "destination unreachable: port unreachable",
+    (PACKET_TOO_BIG, 0): "packet too big",
+    (TIME_EXCEEDED, 0): "time exceeded: hop limit",
+}
 _ERROR_EVENTS: Final = {
     (DEST_UNREACH, NO_ROUTE): Event.ICMPV6_NO_ROUTE_SENT,
     (DEST_UNREACH, BEYOND_SCOPE): Event.ICMPV6_BEYOND_SCOPE_SENT,
