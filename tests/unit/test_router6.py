@@ -1053,3 +1053,26 @@ def test_a_packet_parse_refuses_is_a_named_drop_and_nothing_is_sent(case: str) -
     w = _a_and_c()
     assert w.send("a", to_router(A, l3)) == []
     assert w.drops("a") == {reason: 1}
+
+
+def test_the_subnet_router_anycast_address_is_answered_from_the_segments_own_address() -> None:
+    """RFC 4291 2.6.1: every router answers its subnet's prefix::; a reply never comes from an anycast
+    address (RFC 4443 4.2), and its neighbour advertisement does not override (RFC 4861 7.2.7)."""
+    w = world()
+    w.send("a", solicit(A, "fd00:1::1"), 1.0)  # the router learns a's MAC
+    ping = IPv6(src=A.ip, dst="fd00:1::") / ICMPv6EchoRequest(id=7, seq=1, data=b"any")
+    [reply] = of(w.send("a", eth(A.mac, R_LAN, ping), 1.5), ICMPv6EchoReply)
+    assert reply.pkt[IPv6].src == "fd00:1::1" and reply.pkt[ICMPv6EchoReply].data == b"any"
+    [advert] = of(w.send("a", solicit(A, "fd00:1::"), 2.0), ICMPv6ND_NA)
+    assert advert.pkt[ICMPv6ND_NA].R == 1 and advert.pkt[ICMPv6ND_NA].O == 0
+
+
+def test_an_unsolicited_advertisement_with_the_same_mac_confirms_nothing() -> None:
+    """RFC 4861 7.2.5: only a solicited advertisement makes an entry reachable again."""
+    w = world()
+    w.send("a", solicit(A, "fd00:1::1"), 1.0)
+    assert w.router.v6 is not None
+    entry = w.router.v6.nd.entries[int(IPv6Address(A.ip))]
+    unsolicited = IPv6(src=A.ip, dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=A.ip, S=0, O=1)
+    w.send("a", eth(A.mac, "33:33:00:00:00:01", unsolicited / ICMPv6NDOptDstLLAddr(lladdr=A.mac)), 50.0)
+    assert entry.updated == 1.0

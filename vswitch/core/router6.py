@@ -172,6 +172,7 @@ class Ipv6Router:
         self.uniform = uniform
         self.link_local: dict[int, bytes] = {}
         self.address: dict[int, bytes] = {}  # the segment's ::1
+        self.anycast: dict[int, bytes] = {}  # the segment's prefix:: (every router on it answers)
         self.prefixes: dict[int, Prefix] = {}
         self.on_link: dict[int, tuple[int, int]] = {}  # iface -> (network, mask) of its /64
         self.local: dict[bytes, int] = {}  # every address of ours -> its iface
@@ -212,19 +213,19 @@ class Ipv6Router:
         self.address[index] = iface.address6.ip.packed
         self.prefixes[index] = Prefix(network.network_address.packed, network.prefixlen, 0, 0)
         self.on_link[index] = (int(network.network_address), int(network.netmask))
-        self.local[self.link_local[index]] = index
-        self.local[self.address[index]] = index
+        self.anycast[index] = network.network_address.packed  # subnet-router anycast (RFC 4291 2.6.1)
+        for address in (self.link_local[index], self.address[index], self.anycast[index]):
+            self.local[address] = index
         self.groups[index] = frozenset(
-            {
-                ALL_NODES,
-                ALL_ROUTERS,
-                solicited_node(self.link_local[index]),
-                solicited_node(self.address[index]),
-            }
+            {ALL_NODES, ALL_ROUTERS, *(solicited_node(address) for address in self.local_of(index))}
         )
         self.routes.add_connected(network, index)
         if iface.advertise:
             self.advertising.add(index)
+
+    def local_of(self, iface: int) -> tuple[bytes, bytes, bytes]:
+        """Our addresses on iface: link-local, ::1, subnet-router anycast."""
+        return self.link_local[iface], self.address[iface], self.anycast[iface]
 
     def _keep(self) -> None:
         """A trace is running: hand the journal what a frame may change here (journal.py)."""
@@ -351,7 +352,7 @@ class Ipv6Router:
         if target[0] == 0xFF or (dad and (p.dst != solicited_node(target) or OPT_SOURCE_LL in found)):
             router._count(p.ledger, Drop.ND_MALFORMED)
             return []
-        if target != self.link_local[iface] and target != self.address[iface]:
+        if target not in self.local_of(iface):
             router.events[Event.NOT_FOR_ROUTER] += 1  # someone else's address
             return []
         mac = router._mac[iface]
@@ -365,7 +366,9 @@ class Ipv6Router:
             out += self._release(
                 self.nd.learn(int.from_bytes(p.src, "big"), sender_mac, iface, now), iface, sender_mac
             )
-        advert = build_advert(target, p.src, target, mac, NA_ROUTER | NA_SOLICITED | NA_OVERRIDE)
+        # 7.2.4 and 7.2.7: override, except for an anycast target (another router may answer for it).
+        flags = NA_ROUTER | NA_SOLICITED | (0 if target == self.anycast[iface] else NA_OVERRIDE)
+        advert = build_advert(target, p.src, target, mac, flags)
         advert[ETH_DST], advert[ETH_SRC] = sender_mac or pkt[ETH_SRC], mac
         router.events[Event.ND_ADVERTISED] += 1
         if router.tracer is not None:
@@ -394,6 +397,8 @@ class Ipv6Router:
             return []
         if known is not None and known.mac != mac and not flags & NA_OVERRIDE:
             return []
+        if known is not None and known.mac == mac and not flags & NA_SOLICITED:
+            return []  # 7.2.5: unsolicited, it confirms nothing: the entry stays as fresh as it was
         return self._release(self.nd.learn(key, mac, iface, now), iface, mac)
 
     def _router_solicit(self, p: Packet6, found: dict[int, bytes], now: float) -> list[Transmit]:
@@ -502,7 +507,8 @@ class Ipv6Router:
                 router._count(p.ledger, Drop.L4_BAD_CHECKSUM)
                 return []
             router.events[Event.ICMPV6_ECHO_REPLIED] += 1
-            return self._originate(build_echo_reply(p.dst, p.src, pkt[l4:end]), p.iface, now, p.ledger)
+            src = self.address[p.iface] if p.dst == self.anycast[self.local[p.dst]] else p.dst  # 4.2
+            return self._originate(build_echo_reply(src, p.src, pkt[l4:end]), p.iface, now, p.ledger)
         router._count(p.ledger, Drop.TO_ROUTER)
         if p.proto == PROTO_TCP:
             return []  # silently: we run no TCP service
@@ -633,7 +639,9 @@ class Ipv6Router:
             router.events[Event.ICMPV6_RATE_LIMITED] += 1
             return []
         iface = p.iface
-        if p.dst in self.local:  # 2.2(b): about a packet to one of our addresses, from that address
+        # 2.2(b): about a packet to one of our unicast addresses, from that address (an anycast one
+        # is never a source: the ::1 of its segment answers, RFC 4291 2.6)
+        if p.dst in self.local and p.dst != self.anycast[self.local[p.dst]]:
             src = p.dst
         else:
             src = self.link_local[iface] if is_link_local(p.src) else self.address[iface]
