@@ -7,12 +7,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+from scapy.layers.inet6 import (
+    HBHOptUnknown,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_Redirect,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
@@ -20,7 +33,8 @@ import vswitch
 from vswitch.core.counters import Drop
 from vswitch.core.datapath import Datapath
 from vswitch.core.nat import FRAGMENT_TIMEOUT, HELD_DATAGRAMS_MAX, NatConfig, PortForward
-from vswitch.core.router import Interface, Router
+from vswitch.core.routed import Interface
+from vswitch.core.router import Router
 from vswitch.core.routes import Route
 from vswitch.core.vlan import Trunk
 from vswitch.core.vxlan import Tunnel, Vtep
@@ -33,6 +47,11 @@ BROADCAST = "ff:ff:ff:ff:ff:ff"
 NAT_ADDRESS = "198.18.0.2"  # the router's wan address, which NAT masquerades to
 OUTSIDE = "198.19.5.5"  # a host beyond the upstream router (198.18.0.1)
 SILENT = "10.2.0.9"  # on dmz, never answers ARP
+# IPv6 (routed(six=True)): a /64 per segment, the router at ::1 on each, the hosts in its neighbour cache.
+A6, B6, C6, UP6 = "fd00:1::2", "fd00:1::3", "fd00:2::2", "fd00:ff::1"
+R6_LAN = "fd00:1::1"
+ROUTER6 = ("fd00:1::1/64", "fd00:2::1/64", "fd00:ff::2/64")  # the router's, on lan, dmz and wan
+SILENT6 = "fd00:2::9"  # on dmz, never answers a solicitation
 NOW = 1.0
 
 
@@ -55,19 +74,31 @@ def routed(
     forwards: tuple[PortForward, ...] = (),
     port_range: tuple[int, int] = (1024, 65535),
     max_flows: int = 65536,
+    six: bool = False,
     **router_options: Any,
 ) -> tuple[Datapath, dict[str, int]]:
     """lan (a 10.1.0.2, b 10.1.0.3), dmz (c 10.2.0.2) and wan (up 198.18.0.1, the default gateway),
-    masqueraded to 198.18.0.2; the router's ARP cache knows all four hosts."""
+    masqueraded to 198.18.0.2; the router's ARP cache knows all four hosts. six: dual-stack, lan
+    fd00:1::/64 (a ::2, b ::3), dmz fd00:2::/64 (c ::2) and wan fd00:ff::/64 (up ::1, the default
+    gateway), the router ::1 on lan and dmz and ::2 on wan, advertising on all three (so RA guard is on
+    in each segment); its neighbour cache knows the four hosts."""
     dp = Datapath()
     lan, dmz, wan = dp.add_segment("lan"), dp.add_segment("dmz"), dp.add_segment("wan")
     ports = {name: dp.add_port(name, seg) for name, seg in (("a", lan), ("b", lan), ("c", dmz), ("up", wan))}
     routes = [Route(IPv4Network("0.0.0.0/0"), IPv4Address("198.18.0.1"), wan)] if default_route else []
+    if six and default_route:
+        routes.append(Route(IPv6Network("::/0"), IPv6Address(UP6), wan))
+
+    def v6(segment: int) -> IPv6Interface | None:
+        return IPv6Interface(ROUTER6[segment]) if six else None
+
     router = Router(
         [
-            Interface(lan, "lan", mac(R_LAN), IPv4Interface("10.1.0.1/24")),
-            Interface(dmz, "dmz", mac(R_DMZ), IPv4Interface("10.2.0.1/24"), mtu=dmz_mtu),
-            Interface(wan, "wan", mac(R_WAN), IPv4Interface(f"{NAT_ADDRESS}/24"), uplink=True),
+            Interface(lan, "lan", mac(R_LAN), IPv4Interface("10.1.0.1/24"), address6=v6(lan)),
+            Interface(dmz, "dmz", mac(R_DMZ), IPv4Interface("10.2.0.1/24"), mtu=dmz_mtu, address6=v6(dmz)),
+            Interface(
+                wan, "wan", mac(R_WAN), IPv4Interface(f"{NAT_ADDRESS}/24"), uplink=True, address6=v6(wan)
+            ),
         ],
         routes,
         NatConfig(
@@ -88,6 +119,9 @@ def routed(
         ("198.18.0.1", UP, wan),
     ):
         router.arp.learn(int(IPv4Address(address)), mac(host), segment, 0.0)
+    if router.v6 is not None:
+        for address, host, segment in ((A6, A, lan), (B6, B, lan), (C6, C, dmz), (UP6, UP, wan)):
+            router.v6.nd.learn(int(IPv6Address(address)), mac(host), segment, 0.0)
     return dp, ports
 
 
@@ -103,6 +137,11 @@ def from_a(l3: Packet, dst: str = R_LAN) -> bytes:
 
 def from_b(l3: Packet) -> bytes:
     return buf(Ether(src=B, dst=R_LAN) / l3)
+
+
+def from_c(l3: Packet) -> bytes:
+    """l3 sent by host c (on dmz) to the router's dmz MAC."""
+    return buf(Ether(src=C, dst=R_DMZ) / l3)
 
 
 def from_upstream(l3: Packet) -> bytes:
@@ -123,6 +162,16 @@ def udp_out(sport: int = 5000, dst: str = OUTSIDE) -> Packet:
 def later_fragment(ident: int) -> Packet:
     """The second fragment (offset 1480) of a UDP datagram from a to OUTSIDE: no ports in it."""
     return IP(src="10.1.0.2", dst=OUTSIDE, id=ident, frag=185, proto=17) / (b"f" * 64)
+
+
+def udp6(src: str = A6, dst: str = C6, **fields: Any) -> Packet:
+    """UDP from a to c across the router (IPv6)."""
+    return IPv6(src=src, dst=dst, **fields) / UDP(sport=5000, dport=53) / b"query"
+
+
+def nd6(message: Packet, hop_limit: int = 255) -> Packet:
+    """An ND message from a to the router's lan address (RFC 4861 sends ND with hop limit 255)."""
+    return IPv6(src=A6, dst=R6_LAN, hlim=hop_limit) / message
 
 
 # --- scenarios -----------------------------------------------------------------------------------------
@@ -214,7 +263,7 @@ def no_destination() -> Scenario:
 
 # The router: classification and ARP.
 def unsupported_ethertype() -> Scenario:
-    """IPv6 to the router's MAC: it routes IPv4 and answers ARP, nothing else."""
+    """IPv6 to the router's MAC when no interface has IPv6: it routes IPv4 and answers ARP, nothing else."""
     dp, ports = routed()
     pkt = Ether(src=A, dst=R_LAN, type=0x86DD) / Raw(bytes(40))
     return Scenario(dp=dp, port=ports["a"], frame=buf(pkt))
@@ -441,6 +490,169 @@ def conntrack_full() -> Scenario:
     return Scenario(dp=dp, port=ports["a"], frame=from_a(udp_out(5001)))
 
 
+# The router, IPv6: RFC 8200 sections 3-4 and RFC 4291's addresses (ipv6.parse).
+def ipv6_truncated() -> Scenario:
+    """20 bytes after an IPv6 ethertype: shorter than the 40-byte IPv6 header."""
+    dp, ports = routed(six=True)
+    frame = buf(Ether(src=A, dst=R_LAN, type=0x86DD) / Raw(bytes(IPv6(src=A6, dst=C6))[:20]))
+    return Scenario(dp=dp, port=ports["a"], frame=frame)
+
+
+def ipv6_bad_version() -> Scenario:
+    """Version 4 in an IPv6 ethertype frame (RFC 8200 3)."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(version=4)))
+
+
+def ipv6_bad_length() -> Scenario:
+    """Payload length 2000 in a packet with 13 bytes of payload: it claims more than the frame holds."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(plen=2000)))
+
+
+def ipv6_martian_source() -> Scenario:
+    """From ::1, the loopback address, on the wire (RFC 4291 2.5.3)."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(src="::1")))
+
+
+def ipv6_martian_destination() -> Scenario:
+    """To ::, the unspecified address: never a destination (RFC 4291 2.5.2)."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(dst="::")))
+
+
+def ipv6_extension_truncated() -> Scenario:
+    """A destination options header whose length says 48 bytes, with 8 in the packet (RFC 8200 4.6)."""
+    dp, ports = routed(six=True)
+    ip = IPv6(src=A6, dst=C6, nh=60) / Raw(bytes((17, 5)) + bytes(6))
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def ipv6_extension_chain_too_long() -> Scenario:
+    """Nine destination options headers in a row: more than the eight the router walks."""
+    dp, ports = routed(six=True)
+    ip = IPv6(src=A6, dst=C6)
+    for _ in range(9):
+        ip = ip / IPv6ExtHdrDestOpt()
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip / UDP(sport=5000, dport=53)))
+
+
+def ipv6_bad_extension() -> Scenario:
+    """Hop-by-hop options after a destination options header: only right after the IPv6 header
+    (RFC 8200 4.1; answered with a parameter problem, unrecognized next header)."""
+    dp, ports = routed(six=True)
+    ip = IPv6(src=A6, dst=C6) / IPv6ExtHdrDestOpt() / IPv6ExtHdrHopByHop() / UDP(sport=5000, dport=53)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def ipv6_unknown_option() -> Scenario:
+    """A hop-by-hop option of type 0x41, unknown, whose high bits 01 say discard silently (RFC 8200 4.2)."""
+    dp, ports = routed(six=True)
+    option = HBHOptUnknown(otype=0x41, optdata=bytes(4))
+    ip = IPv6(src=A6, dst=C6) / IPv6ExtHdrHopByHop(options=[option]) / UDP(sport=5000, dport=53)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+def ipv6_routing_type_0() -> Scenario:
+    """A type 0 routing header with no segments left: deprecated source routing (RFC 5095 3)."""
+    dp, ports = routed(six=True)
+    ip = IPv6(src=A6, dst=C6) / IPv6ExtHdrRouting(type=0, addresses=[]) / UDP(sport=5000, dport=53)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ip))
+
+
+# The router, IPv6: forwarding (RFC 8200, RFC 4443).
+def ipv6_link_local_destination() -> Scenario:
+    """To fe80::99, a link-local address not the router's, sent to the router's MAC: never forwarded
+    (RFC 4291 2.5.6)."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(dst="fe80::99")))
+
+
+def ipv6_beyond_scope() -> Scenario:
+    """From fe80::2, link-local, to c on dmz: it would leave its source's link (RFC 4443 3.1 code 2)."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(src="fe80::2")))
+
+
+def ipv6_multicast() -> Scenario:
+    """To ff0e::1, a global group, unicast to the router's MAC: it does not route multicast."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(dst="ff0e::1")))
+
+
+def hop_limit_exceeded() -> Scenario:
+    """Hop limit 1 to c on dmz: it would leave with 0 (RFC 8200 3; time exceeded back, RFC 4443 3.3)."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(hlim=1)))
+
+
+def packet_too_big() -> Scenario:
+    """1353 bytes to dmz, whose MTU is 1280: a router never fragments IPv6 (RFC 8200 5)."""
+    dp, ports = routed(six=True, dmz_mtu=1280)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6() / bytes(1300)))
+
+
+# The router, IPv6: Neighbor Discovery (RFC 4861).
+def nd_bad_hop_limit() -> Scenario:
+    """A solicitation for the router's address with hop limit 64: it crossed a router (RFC 4861 7.1.1)."""
+    dp, ports = routed(six=True)
+    ns = ICMPv6ND_NS(tgt=R6_LAN) / ICMPv6NDOptSrcLLAddr(lladdr=A)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(nd6(ns, hop_limit=64)))
+
+
+def nd_malformed() -> Scenario:
+    """A solicitation for the router's address with code 1: ND messages have code 0 (RFC 4861 7.1.1)."""
+    dp, ports = routed(six=True)
+    ns = ICMPv6ND_NS(code=1, tgt=R6_LAN) / ICMPv6NDOptSrcLLAddr(lladdr=A)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(nd6(ns)))
+
+
+def nd_claims_router_address() -> Scenario:
+    """a advertises fd00:1::1, the router's own address, as its own (with override): never believed."""
+    dp, ports = routed(six=True)
+    na = ICMPv6ND_NA(tgt=R6_LAN, R=0, S=1, O=1) / ICMPv6NDOptDstLLAddr(lladdr=A)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(nd6(na)))
+
+
+def nd_redirect() -> Scenario:
+    """A redirect sent to the router: only hosts follow redirects (RFC 4861 8.1)."""
+    dp, ports = routed(six=True)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(nd6(ICMPv6ND_Redirect(tgt=B6, dst=C6))))
+
+
+def ra_guard() -> Scenario:
+    """A router advertisement from port a to all nodes, on lan where the router advertises: a rogue
+    router's, dropped by the switch before any host sees it (RFC 6105)."""
+    dp, ports = routed(six=True)
+    ra = IPv6(src="fe80::2", dst="ff02::1", hlim=255) / ICMPv6ND_RA() / ICMPv6NDOptSrcLLAddr(lladdr=A)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(ra, dst="33:33:00:00:00:01"), by_router=False)
+
+
+def nd_queue_full() -> Scenario:
+    """With room for one packet per unresolved next hop, a's packet pushes out b's, which waited
+    first (RFC 4861 7.2.2: the new arrival replaces the oldest): the drop is b's, charged to b's port."""
+    dp, ports = routed(six=True, arp_queue_max=1)
+    dp.receive(ports["b"], from_b(udp6(src=B6, dst=SILENT6)), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(dst=SILENT6)), charged=ports["b"])
+
+
+def nd_pending_full() -> Scenario:
+    """With one resolution at a time and fd00:2::9 already being solicited, fd00:2::10 cannot start."""
+    dp, ports = routed(six=True, arp_pending_max=1)
+    dp.receive(ports["a"], from_a(udp6(dst=SILENT6)), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6(dst="fd00:2::10")))
+
+
+def nd_failed() -> Scenario:
+    """fd00:2::9 did not answer and is in the negative cache: the next packet to it dies at once."""
+    dp, ports = routed(six=True, arp_retries=1)
+    frame = from_a(udp6(dst=SILENT6))
+    dp.receive(ports["a"], frame, NOW)
+    dp.on_timer(NOW + 1.0)  # the one solicitation went unanswered: negative entry until NOW + 6
+    return Scenario(dp=dp, port=ports["a"], frame=frame, now=NOW + 2.0)
+
+
 TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
     Drop.RUNT: runt,
     Drop.BAD_VNET_HEADER: bad_vnet_header,
@@ -480,6 +692,29 @@ TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
     Drop.IP_MARTIAN_DESTINATION: ip_martian_destination,
     Drop.L4_BAD_CHECKSUM: l4_bad_checksum,
     Drop.CONNTRACK_FULL: conntrack_full,
+    Drop.IPV6_TRUNCATED: ipv6_truncated,
+    Drop.IPV6_BAD_VERSION: ipv6_bad_version,
+    Drop.IPV6_BAD_LENGTH: ipv6_bad_length,
+    Drop.IPV6_MARTIAN_SOURCE: ipv6_martian_source,
+    Drop.IPV6_MARTIAN_DESTINATION: ipv6_martian_destination,
+    Drop.IPV6_EXTENSION_TRUNCATED: ipv6_extension_truncated,
+    Drop.IPV6_EXTENSION_CHAIN_TOO_LONG: ipv6_extension_chain_too_long,
+    Drop.IPV6_BAD_EXTENSION: ipv6_bad_extension,
+    Drop.IPV6_UNKNOWN_OPTION: ipv6_unknown_option,
+    Drop.IPV6_ROUTING_TYPE_0: ipv6_routing_type_0,
+    Drop.IPV6_LINK_LOCAL_DESTINATION: ipv6_link_local_destination,
+    Drop.IPV6_BEYOND_SCOPE: ipv6_beyond_scope,
+    Drop.IPV6_MULTICAST: ipv6_multicast,
+    Drop.HOP_LIMIT_EXCEEDED: hop_limit_exceeded,
+    Drop.PACKET_TOO_BIG: packet_too_big,
+    Drop.ND_BAD_HOP_LIMIT: nd_bad_hop_limit,
+    Drop.ND_MALFORMED: nd_malformed,
+    Drop.ND_CLAIMS_ROUTER_ADDRESS: nd_claims_router_address,
+    Drop.ND_REDIRECT: nd_redirect,
+    Drop.RA_GUARD: ra_guard,
+    Drop.ND_QUEUE_FULL: nd_queue_full,
+    Drop.ND_PENDING_FULL: nd_pending_full,
+    Drop.ND_FAILED: nd_failed,
 }
 
 # VXLAN: a frame too big for the tunnel comes from a port like any other.
@@ -606,9 +841,18 @@ def nat_fragment_on_timer() -> Timed:
     )
 
 
+def nd_failed_on_timer() -> Timed:
+    """fd00:2::9 never answers the one solicitation: the queued packet dies when the retry is due
+    (RFC 4861 7.2.2, address unreachable to the source)."""
+    dp, ports = routed(six=True, arp_retries=1)
+    frame = from_a(udp6(dst=SILENT6))
+    return Timed(dp=dp, port=ports["a"], frame=frame, later=NOW + 1.0, waits=("NDP", "unresolved on dmz"))
+
+
 TIMER_TRIGGERS: dict[Drop, Callable[[], Timed]] = {
     Drop.ARP_FAILED: arp_failed_on_timer,
     Drop.NAT_FRAGMENT: nat_fragment_on_timer,
+    Drop.ND_FAILED: nd_failed_on_timer,
 }
 
 
@@ -741,3 +985,23 @@ def test_a_reply_the_router_cannot_send_is_charged_to_the_port_of_the_request() 
     ledger = Ledger(dp)
     dp.receive(scenario.port, scenario.frame, scenario.now)
     ledger.assert_one_drop(Drop.ARP_PENDING_FULL, scenario)
+
+
+def test_an_error_made_on_a_timer_that_overflows_a_queue_is_charged_to_the_frame_it_pushes_out() -> None:
+    """a's packet to fd00:2::9 fails on the timer (charged to a). The address unreachable error back
+    to a must wait for a's address too (forgotten here), where c's packet already waits; with room for
+    one, the error replaces it (RFC 4861 7.2.2) and that drop is c's, not a's nor nobody's."""
+    dp, ports = routed(six=True, arp_retries=1, arp_queue_max=1)
+    assert dp.router is not None and dp.router.v6 is not None
+    del dp.router.v6.nd.entries[int(IPv6Address(A6))]
+    dp.receive(ports["a"], from_a(udp6(dst=SILENT6)), NOW)
+    dp.receive(ports["c"], from_c(udp6(src=C6, dst=A6)), NOW + 0.5)  # a's solicitation due at NOW + 1.5
+    before = Ledger(dp)
+    dp.on_timer(NOW + 1.0)
+    after = ledgers(dp)
+    changed = {name: delta(before.ports[name], after[name]) for name in after}
+    assert {name: d for name, d in changed.items() if d} == {
+        "a": {Drop.ND_FAILED: 1},
+        "c": {Drop.ND_QUEUE_FULL: 1},
+    }
+    assert delta(before.rollup, rollup(dp)) == {Drop.ND_FAILED: 1, Drop.ND_QUEUE_FULL: 1}

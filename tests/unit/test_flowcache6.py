@@ -34,7 +34,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
-from vswitch.core.counters import Event
+from vswitch.core.counters import Drop, Event
 from vswitch.core.datapath import Datapath, Verdict
 from vswitch.core.flowcache import INSERT_WHEN_FULL, FlowCache
 from vswitch.core.routed import Interface
@@ -370,3 +370,16 @@ def test_an_ipv6_entry_is_never_used_for_ipv4() -> None:
     v4 = ZERO_VNET_HDR + bytes(Ether(src=A_MAC, dst=R_LAN) / IP(src=V4_SRC, dst=V4_DST) / TCP(flags="A"))
     hit, [p] = twin.hit("a", v4, 2.0)
     assert not hit and IP in p and p.dst == C_MAC and p[IP].ttl == 63
+
+
+@pytest.mark.parametrize("length", [0, 0xFFFF], ids=["zero", "past-the-frame"])
+def test_a_super_frame_whose_payload_length_the_slow_path_refuses_is_a_miss(length: int) -> None:
+    """A cached UDP flow, then a USO frame of it with a payload length of 0 or past its end: the
+    slow path drops it (ipv6-bad-length) and the cache must not forward it (found by the fuzz)."""
+    twin = Twin.build()
+    twin.send("a", udp(), 1.0)
+    frame = bytearray(udp(data=b"x" * 1100))
+    frame[:10] = VNET_HDR.pack(0, 5, 0, 1000, 0, 0)  # GSO_UDP_L4, gso_size 1000
+    frame[L3 + 4 : L3 + 6] = length.to_bytes(2, "big")
+    assert twin.send("a", bytes(frame), 2.0) == []
+    assert twin.on.counters.drops[PORTS["a"]][Drop.IPV6_BAD_LENGTH] == 1

@@ -499,3 +499,18 @@ def test_push_never_raises_whatever_the_header_says() -> None:
         assert isinstance(result, Drop | list)
         if isinstance(result, list):
             assert all(len(p) > 36 + 14 for p in result)
+
+
+@pytest.mark.parametrize(
+    ("vnet", "ethertype", "body"),
+    [((0, 4, 0, 1000, 54, 16), 0x86DD, b"\x60"), ((0, 1, 0, 1000, 34, 16), 0x0800, b"\x45")],
+    ids=["tcpv6", "tcpv4"],
+)
+def test_a_super_frame_cut_short_before_its_network_header_ends_is_refused(
+    vnet: tuple[int, ...], ethertype: int, body: bytes
+) -> None:
+    """A GSO header that promises more than the frame holds: a GsoError (a named drop upstream), not
+    an IndexError (found by the IPv6 fuzz)."""
+    frame = struct.pack("<BBHHHH", *vnet) + bytes(Ether(dst="ff:ff:ff:ff:ff:ff", type=ethertype)) + body
+    with pytest.raises(GsoError):
+        segment(frame)

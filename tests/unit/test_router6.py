@@ -1076,3 +1076,13 @@ def test_an_unsolicited_advertisement_with_the_same_mac_confirms_nothing() -> No
     unsolicited = IPv6(src=A.ip, dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=A.ip, S=0, O=1)
     w.send("a", eth(A.mac, "33:33:00:00:00:01", unsolicited / ICMPv6NDOptDstLLAddr(lladdr=A.mac)), 50.0)
     assert entry.updated == 1.0
+
+
+@pytest.mark.parametrize("kind", [133, 135, 136])
+def test_a_one_byte_nd_message_is_malformed_not_an_exception(kind: int) -> None:
+    """A solicitation or advertisement cut to its type byte: nd-malformed (found by the fuzz: the
+    code byte was read before the length was checked)."""
+    w = world()
+    short = IPv6(src=A.ip, dst="fd00:1::1", nh=58, hlim=255) / Raw(bytes([kind]))
+    assert w.send("a", eth(A.mac, R_LAN, short), 1.0) == []
+    assert w.drops("a") == {Drop.ND_MALFORMED: 1}

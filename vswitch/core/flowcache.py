@@ -330,7 +330,10 @@ class FlowCache:
             or (
                 not min_length <= length <= mtu - IPV6_HDR_LEN or L4_6 + length != size
                 if vnet[1] == GSO_NONE
-                else not (L4_6 + min_length <= size and wire_size(pkt, L4_6, size) <= mtu)
+                # as ipv6.parse: the payload length within the frame (a super-frame's may end before)
+                else not (
+                    min_length <= length and L4_6 + length <= size and wire_size(pkt, L4_6, size) <= mtu
+                )
             )
             or (proto == PROTO_TCP and pkt[L4_6 + TCP_FLAGS_OFF] & TCP_DECIDING != TCP_ACK)
             or now - neighbour.updated >= self.arp_timeout

@@ -119,6 +119,8 @@ def _layout(frame: memoryview, kind: int, csum_start: int) -> _Layout:
         raise GsoError(f"GSO type {kind} is not TCP or UDP_L4")
     if tcp and ipv4 != (kind == GSO_TCPV4):
         raise GsoError("GSO type and network header disagree")
+    if l3 < 0 or l3 + (20 if ipv4 else 40) > min(csum_start, len(frame)):
+        raise GsoError("GSO network header outside the frame")
     # The transport the network header names must be the one the GSO type cuts (inet_gso_segment
     # picks its handler by protocol, and the handler refuses another type's frame).
     named = frame[l3 + 9] if ipv4 else frame[l3 + 6]

@@ -325,7 +325,7 @@ class Ipv6Router:
         if pkt[IP6_HOP_LIMIT] != ND_HOP_LIMIT:  # 6.1.1, 7.1.1: it came through a router
             router._count(p.ledger, Drop.ND_BAD_HOP_LIMIT)
             return []
-        if pkt[l4 + 1] != 0 or end - l4 < ND_MIN_LEN[kind]:
+        if end - l4 < ND_MIN_LEN[kind] or pkt[l4 + 1] != 0:
             router._count(p.ledger, Drop.ND_MALFORMED)
             return []
         if not pkt[0] & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID) and not verify(p.src, p.dst, pkt[l4:end]):
