@@ -118,6 +118,12 @@ def build_parser() -> Parser:
     up.add_argument("--host-routes", action="store_true", help="routes from the host to the other segments")
     up.add_argument("--ageing", type=positive_float, help="FDB ageing time in seconds (default 300)")
     up.add_argument(
+        "--nat6",
+        metavar="MODE",
+        help="IPv6 through the uplink: masquerade (default), none (routed; the outside namespace gets "
+        "the route back), or prefix=OUTSIDE/LEN (NPTv6, RFC 6296)",
+    )
+    up.add_argument(
         "--ra-interval",
         type=positive_float,
         metavar="SECONDS",
@@ -228,6 +234,8 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.ageing = args.ageing
     if args.ra_interval is not None:
         req.ra_interval = args.ra_interval
+    if args.nat6 is not None:
+        req.nat6 = topology.parse_nat6(args.nat6)
     if args.fdb_max is not None:
         req.fdb_max = args.fdb_max
     if args.txqueuelen is not None:

@@ -33,6 +33,7 @@ import vswitch
 from vswitch.core.counters import Drop
 from vswitch.core.datapath import Datapath
 from vswitch.core.nat import FRAGMENT_TIMEOUT, HELD_DATAGRAMS_MAX, NatConfig, PortForward
+from vswitch.core.npt import Npt
 from vswitch.core.routed import Interface
 from vswitch.core.router import Router
 from vswitch.core.routes import Route
@@ -593,6 +594,15 @@ def packet_too_big() -> Scenario:
     return Scenario(dp=dp, port=ports["a"], frame=from_a(udp6() / bytes(1300)))
 
 
+def npt_unmappable() -> Scenario:
+    """NPTv6 maps lan's fd00:1::/48 to 2001:2::/48 on wan; from upstream to 2001:2:0:ffff::2, whose
+    bits 48-63 are 0xFFFF: at /48 that word alone takes the adjustment, and no mapped address has it
+    (RFC 6296 3.4; a result of 0xFFFF is written 0), so it has no inside address."""
+    npt = Npt(IPv6Network("fd00:1::/48"), IPv6Network("2001:2::/48"))
+    dp, ports = routed(six=True, npt=(npt, 2))  # 2: wan, the third segment
+    return Scenario(dp=dp, port=ports["up"], frame=from_upstream(udp6(src=UP6, dst="2001:2:0:ffff::2")))
+
+
 # The router, IPv6: Neighbor Discovery (RFC 4861).
 def nd_bad_hop_limit() -> Scenario:
     """A solicitation for the router's address with hop limit 64: it crossed a router (RFC 4861 7.1.1)."""
@@ -707,6 +717,7 @@ TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
     Drop.IPV6_MULTICAST: ipv6_multicast,
     Drop.HOP_LIMIT_EXCEEDED: hop_limit_exceeded,
     Drop.PACKET_TOO_BIG: packet_too_big,
+    Drop.NPT_UNMAPPABLE: npt_unmappable,
     Drop.ND_BAD_HOP_LIMIT: nd_bad_hop_limit,
     Drop.ND_MALFORMED: nd_malformed,
     Drop.ND_CLAIMS_ROUTER_ADDRESS: nd_claims_router_address,

@@ -57,6 +57,15 @@ def expected_series(dp: Datapath) -> dict[Series, float]:
         out["vswitch_flow_cache_lookups_total", (("result", "miss"),)] = c.flow_cache_misses
         out["vswitch_flow_cache_entries", ()] = len(dp.flows)
     out["vswitch_fdb_entries", ()] = sum(len(s.switch.fdb) for s in dp.segments)
+    router = dp.router
+    if router is not None:
+        out["vswitch_neighbour_entries", (("family", "ipv4"),)] = len(router.arp.entries)
+        if router.v6 is not None:
+            out["vswitch_neighbour_entries", (("family", "ipv6"),)] = len(router.v6.nd.entries)
+        if router.nat is not None:
+            six = sum(len(flow.orig) == 37 for flow in router.nat.conntrack.flows)
+            out["vswitch_conntrack_flows", (("family", "ipv4"),)] = len(router.nat.conntrack) - six
+            out["vswitch_conntrack_flows", (("family", "ipv6"),)] = six
     return out
 
 
@@ -81,6 +90,8 @@ def test_every_series_keeps_its_name_labels_and_value() -> None:
         "vswitch_flow_cache_lookups_total",
         "vswitch_flow_cache_entries",
         "vswitch_fdb_entries",
+        "vswitch_neighbour_entries",
+        "vswitch_conntrack_flows",
     }
     assert parsed(render(dp)) == want
 

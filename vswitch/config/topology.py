@@ -57,6 +57,9 @@ HOST = "host"  # the word that puts the root namespace on a segment (the host po
 UPLINK_SEGMENT = "wan"
 DEFAULT_UPLINK_ADDRESS = IPv4Interface("198.18.0.2/24")
 DEFAULT_UPSTREAM = IPv4Address("198.18.0.1")
+DEFAULT_UPLINK_ADDRESS6 = IPv6Interface("2001:2::2/64")
+DEFAULT_UPSTREAM6 = IPv6Address("2001:2::1")
+NAT6_MODES = ("masquerade", "none", "prefix=OUTSIDE/LEN")
 NAMESPACE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 INSTANCE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,11}")
 SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
@@ -160,6 +163,18 @@ class UplinkSpec:
     address: IPv4Interface = DEFAULT_UPLINK_ADDRESS  # the router's own uplink address (NAT source)
     upstream: IPv4Address = DEFAULT_UPSTREAM  # the outside namespace's address, our default route
     ifname: str = DEFAULT_IFNAME
+    # With IPv6 on the segments: the same in RFC 5180's benchmarking range (as 198.18.0.0/15 is IPv4's)
+    address6: IPv6Interface = DEFAULT_UPLINK_ADDRESS6
+    upstream6: IPv6Address = DEFAULT_UPSTREAM6
+
+
+@dataclass(frozen=True)
+class Nat6Spec:
+    """What IPv6 leaving by the uplink becomes: masqueraded to the uplink address (NAT66), routed as
+    it is (none), or its prefix translated, stateless (NPTv6, RFC 6296, `prefix` the outside one)."""
+
+    mode: str = "masquerade"
+    prefix: IPv6Network | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +207,8 @@ class Topology:
     host_ifname: str | None = None  # default: vs-NAME
     ageing: float = DEFAULT_AGEING
     ra_interval: float = DEFAULT_RA_INTERVAL  # MaxRtrAdvInterval of the router's advertisements
+    subnet6: IPv6Network | None = None  # routed: the --subnet6 the segments' /64s came from (NPTv6's inside)
+    nat6: Nat6Spec | None = None  # IPv6 through the uplink; None: no IPv6 there (or not asked)
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
@@ -335,6 +352,25 @@ def parse_uplink(text: str) -> UplinkSpec:
     if upstream not in address.network or upstream == address.ip:
         raise ConfigError(f"uplink gateway {upstream} must be another address in {address.network}")
     return UplinkSpec(namespace.strip(), address, upstream)
+
+
+def parse_nat6(text: str) -> Nat6Spec:
+    """`masquerade`, `none` or `prefix=OUTSIDE/LEN` (NPTv6)."""
+    text = text.strip()
+    if text in ("masquerade", "none"):
+        return Nat6Spec(text)
+    key, eq, value = text.partition("=")
+    if key.strip() != "prefix" or not eq:
+        raise ConfigError(f"--nat6 {text!r}: expected one of {', '.join(NAT6_MODES)}")
+    try:
+        prefix = IPv6Network(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--nat6 {text!r}: {value.strip()!r} is not an IPv6 prefix with its host bits 0"
+        ) from None
+    if prefix.prefixlen > SLAAC_PREFIXLEN or prefix.is_multicast or prefix.is_link_local:
+        raise ConfigError(f"--nat6 {text!r}: the outside prefix must be a global or ULA /64 or shorter")
+    return Nat6Spec("prefix", prefix)
 
 
 def check_mtu(value: object, what: str) -> int:
@@ -572,6 +608,7 @@ class Request:
     host_routes: bool = False
     ageing: float = DEFAULT_AGEING
     ra_interval: float = DEFAULT_RA_INTERVAL  # MaxRtrAdvInterval of the router's advertisements
+    nat6: Nat6Spec | None = None  # IPv6 through the uplink; None: no IPv6 there (or not asked)
     fdb_max: int = DEFAULT_MAX_ENTRIES
     txqueuelen: int = DEFAULT_TXQUEUELEN
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
@@ -671,6 +708,8 @@ def build(request: Request) -> Topology:
         host_ifname=host_ifname,
         ageing=request.ageing,
         ra_interval=request.ra_interval,
+        subnet6=request.subnet6 if routed else None,
+        nat6=_nat6(request, segments),
         fdb_max=request.fdb_max,
         txqueuelen=request.txqueuelen,
         flow_cache=request.flow_cache,
@@ -678,6 +717,39 @@ def build(request: Request) -> Topology:
         trunks=list(request.trunks),
     )
     return validate(topology)
+
+
+def _nat6(request: Request, segments: list[SegmentSpec]) -> Nat6Spec | None:
+    """IPv6 through the uplink: with an uplink and IPv6 on a segment, masquerade unless asked."""
+    six = any(s.subnet6 is not None for s in segments)
+    if request.nat6 is not None and request.uplink is None:
+        raise ConfigError("--nat6 needs an --uplink (IPv6 leaves by it)")
+    if request.nat6 is not None and not six:
+        raise ConfigError("--nat6 needs IPv6 on the segments (--subnet6)")
+    if request.uplink is None or not six:
+        return None
+    nat6 = request.nat6 or Nat6Spec()
+    uplink_mtu = request.segment_mtu.get(UPLINK_SEGMENT, request.mtu or DEFAULT_MTU)
+    if uplink_mtu < IPV6_MIN_MTU:
+        raise ConfigError(
+            f"the uplink carries IPv6: its mtu {uplink_mtu} is below {IPV6_MIN_MTU} (RFC 8200 section 5)"
+        )
+    if nat6.prefix is not None:
+        inside = request.subnet6
+        if inside is None or request.segment_subnet6:
+            raise ConfigError(
+                "--nat6 prefix= translates the --subnet6 prefix: "
+                "give --subnet6 and no segment a /64 of its own"
+            )
+        # RFC 6296 3.1: the two prefixes have one length, so the mapping is one-to-one.
+        if nat6.prefix.prefixlen != inside.prefixlen:
+            raise ConfigError(
+                f"--nat6 prefix={nat6.prefix}: NPTv6 maps a prefix to one of the same length, and the inside "
+                f"one, {inside}, is a /{inside.prefixlen} (RFC 6296 3.1)"
+            )
+        if nat6.prefix.overlaps(inside) or request.uplink.address6.network.overlaps(nat6.prefix):
+            raise ConfigError(f"--nat6 prefix={nat6.prefix} overlaps the inside prefix or the uplink's")
+    return nat6
 
 
 def _assign_subnets6(request: Request, segments: list[SegmentSpec]) -> None:
@@ -911,6 +983,7 @@ TOML_KEYS = {
     "host_routes",
     "ageing",
     "ra_interval",
+    "nat6",
     "fdb_max",
     "txqueuelen",
     "flow_cache",
@@ -994,6 +1067,8 @@ def request_from_toml(text: str) -> Request:
     req.host_routes = _bool(data, "host_routes", False)
     req.ageing = _seconds(data, "ageing", DEFAULT_AGEING)
     req.ra_interval = _seconds(data, "ra_interval", DEFAULT_RA_INTERVAL)
+    if "nat6" in data:
+        req.nat6 = parse_nat6(_str(data, "nat6", ""))
     req.fdb_max = _int(data, "fdb_max", DEFAULT_MAX_ENTRIES)
     req.txqueuelen = _int(data, "txqueuelen", DEFAULT_TXQUEUELEN)
     req.flow_cache = _int(data, "flow_cache", FLOW_CACHE_ENTRIES)

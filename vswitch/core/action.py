@@ -32,6 +32,7 @@ from .ipv4 import NatChange
 from .wire import (
     L3,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     TCP_CSUM_OFF,
@@ -48,6 +49,9 @@ ADDRESSES: Final = 1  # and NAT's addresses: a later fragment, which carries no 
 PORTS: Final = 2  # and NAT's addresses and TCP or UDP ports, with the L4 checksum
 ECHO: Final = 3  # and NAT's addresses and ICMP echo identifier, with the ICMP checksum
 HOP6: Final = 4  # IPv6: hop limit and MACs
+PREFIX6: Final = 5  # and new addresses: NPTv6's (checksum-neutral), or NAT66's for a later fragment
+PORTS6: Final = 6  # IPv6 with NAT66's addresses and TCP or UDP ports, with the L4 checksum
+ECHO6: Final = 7  # IPv6 with NAT66's addresses and ICMPv6 echo identifier, with the ICMPv6 checksum
 
 ONES: Final = 0xFFFF
 TTL_ONE: Final = 0x0100  # TTL is the high byte of the TTL/protocol word
@@ -66,6 +70,7 @@ ADDRESSES_WRITER: Final = struct.Struct(_FRONT + "12s" + _WORDS + "8s")
 # IPv6: the ethertype, version/class/flow, payload length, next header and hop limit (RFC 8200 3).
 IPV6_READER: Final = struct.Struct(_FRONT + "12xHIHBB")
 IPV6_WRITER: Final = struct.Struct(_FRONT + "12sHIHBB")
+PREFIX6_WRITER: Final = struct.Struct(_FRONT + "12sHIHBB32s")
 # Between the ports and the checksum: TCP's sequence, ack, offset/flags and window; UDP's length.
 _L4_MIDDLE: Final = {PROTO_TCP: 12, PROTO_UDP: 2}
 _L4_CSUM_END: Final = {PROTO_TCP: TCP_CSUM_OFF + 2, PROTO_UDP: UDP_CSUM_OFF + 2, PROTO_ICMP: 6}
@@ -138,9 +143,13 @@ def rewrite(proto: int, ihl: int, macs: bytes, nat: NatChange | None = None) -> 
     return made
 
 
-def rewrite6(macs: bytes) -> Rewrite:
-    """The action for a routed IPv6 packet: new MACs, the hop limit one less. It depends on the next
-    hop alone: built once per neighbour (MADE, bounded)."""
+def rewrite6(macs: bytes, addresses: bytes | None = None) -> Rewrite:
+    """The action for a routed IPv6 packet: new MACs, the hop limit one less, and NPTv6's new source
+    and destination if given (one flow's: built for it). Without, it depends on the next hop alone:
+    built once per neighbour (MADE, bounded)."""
+    if addresses is not None:
+        fields = (PREFIX6, IPV6_READER, PREFIX6_WRITER, L3 + 40, macs, 0, addresses, b"", 0, 0, 0, 0)
+        return _new(Rewrite, (*fields, _compile(*fields)))
     key = (HOP6, 0, macs)
     made = MADE.get(key)
     if made is None:
@@ -149,6 +158,29 @@ def rewrite6(macs: bytes) -> Rewrite:
         fields = (HOP6, IPV6_READER, IPV6_WRITER, L3 + 8, macs, 0, b"", b"", 0, 0, 0, 0)
         made = MADE[key] = _new(Rewrite, (*fields, _compile(*fields)))
     return made
+
+
+def rewrite6_nat(proto: int, extensions: int, macs: bytes, nat: NatChange) -> Rewrite:
+    """The action for a routed IPv6 packet NAT66 translates: one flow's, built for its packet.
+    extensions: the bytes of extension headers between the IPv6 header and the L4 one. ICMPv6's
+    checksum has a pseudo-header (RFC 4443 2.3): an echo's change is its addresses and identifier."""
+    addresses, l4, addr_delta, l4_delta, addresses_only = nat
+    if addresses_only:
+        return rewrite6(macs, addresses)
+    l4_at = L3 + 40 + extensions
+    front = _FRONT + "12xHIHBB32x"
+    if proto == PROTO_ICMPV6:
+        kind, reader = ECHO6, struct.Struct(f"{front}{extensions}s2sH")
+        writer = struct.Struct(f"{_FRONT}12sHIHBB32s{extensions}s2sH2s")
+        tail_at, change = l4_at + 6, addr_delta + l4_delta
+    else:
+        middle = _L4_MIDDLE[proto]
+        kind, reader = PORTS6, struct.Struct(f"{front}{extensions}s4x{middle}sH")
+        writer = struct.Struct(f"{_FRONT}12sHIHBB32s{extensions}s4s{middle}sH")
+        tail_at, change = l4_at + _L4_CSUM_END[proto], addr_delta + l4_delta
+    fields = (kind, reader, writer, tail_at, macs, 0, addresses, l4, l4_at - VNET_HDR_LEN, addr_delta,
+              (change & ONES) + (change >> 16), proto)  # fmt: skip
+    return _new(Rewrite, (*fields, _compile(*fields)))
 
 
 def _make(proto: int, ihl: int, macs: bytes, nat: NatChange | None) -> Rewrite:
@@ -193,8 +225,13 @@ def _compile(
 ) -> Write:
     """The writer of one rewrite: the code of its kind, with its values bound. Every forwarded frame
     is written by one of the functions made here. Sums stay below 2**17: one end-around carry folds."""
-    if kind == HOP6:
-        return _ipv6_writer(writer.pack, tail_at, macs)
+    if kind in (HOP6, PREFIX6):
+        return _ipv6_writer(writer.pack, tail_at, macs, addresses if kind == PREFIX6 else None)
+    if kind in (PORTS6, ECHO6):
+        return _nat6_writer(
+            writer.pack, tail_at, macs, addresses, l4, partial_start, partial_change, complete_change,
+            proto == PROTO_UDP, kind == ECHO6,
+        )  # fmt: skip
     if kind <= ADDRESSES:
         return _ip_writer(writer.pack, tail_at, macs, ip_change, addresses if kind == ADDRESSES else None)
     if kind == ECHO:
@@ -229,17 +266,63 @@ def _ip_writer(
     return write_ip
 
 
-def _ipv6_writer(pack: Callable[..., bytes], tail_at: int, macs: bytes) -> Write:
-    """HOP6: MACs and the hop limit; nothing else changes (no checksum covers either)."""
+def _ipv6_writer(pack: Callable[..., bytes], tail_at: int, macs: bytes, addresses: bytes | None) -> Write:
+    """HOP6: MACs and the hop limit; nothing else changes (no checksum covers either). PREFIX6: and
+    the addresses, which NPTv6 made sum as before."""
 
     def write_ipv6(pkt: bytes, fields: tuple[Any, ...], gather_from: int) -> Frame:
         vnet, ethertype, version_class_flow, length, next_header, hop_limit = fields
-        head = pack(vnet, macs, ethertype, version_class_flow, length, next_header, hop_limit - 1)
+        if addresses is None:
+            head = pack(vnet, macs, ethertype, version_class_flow, length, next_header, hop_limit - 1)
+        else:
+            head = pack(
+                vnet, macs, ethertype, version_class_flow, length, next_header, hop_limit - 1, addresses
+            )
         if len(pkt) - tail_at > gather_from:
             return Gather(head, memoryview(pkt)[tail_at:])
         return head + pkt[tail_at:]
 
     return write_ipv6
+
+
+def _nat6_writer(
+    pack: Callable[..., bytes],
+    tail_at: int,
+    macs: bytes,
+    addresses: bytes,
+    l4: bytes,
+    partial_start: int,
+    partial_change: int,
+    complete_change: int,
+    udp: bool,
+    echo: bool,
+) -> Write:
+    """PORTS6 and ECHO6: addresses, ports or identifier, and the L4 checksum in its form (a partial
+    one holds the pseudo-header sum: the addresses only)."""
+
+    def write_nat6(pkt: bytes, fields: tuple[Any, ...], gather_from: int) -> Frame:
+        vnet, ethertype, version_class_flow, length, next_header, hop_limit, extensions, middle, l4_csum = (
+            fields
+        )
+        if vnet[0] & VNET_F_NEEDS_CSUM and vnet[6] | vnet[7] << 8 == partial_start:
+            change = l4_csum + partial_change
+            l4_csum = (change & ONES) + (change >> 16)
+        elif l4_csum or not udp:
+            change = (~l4_csum & ONES) + complete_change
+            l4_csum = ~((change & ONES) + (change >> 16)) & ONES
+            if not l4_csum and udp:
+                l4_csum = ONES
+        if echo:  # middle is the type and code; the identifier follows the checksum
+            head = pack(vnet, macs, ethertype, version_class_flow, length, next_header, hop_limit - 1,
+                        addresses, extensions, middle, l4_csum, l4)  # fmt: skip
+        else:
+            head = pack(vnet, macs, ethertype, version_class_flow, length, next_header, hop_limit - 1,
+                        addresses, extensions, l4, middle, l4_csum)  # fmt: skip
+        if len(pkt) - tail_at > gather_from:
+            return Gather(head, memoryview(pkt)[tail_at:])
+        return head + pkt[tail_at:]
+
+    return write_nat6
 
 
 def _echo_writer(

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
 from .counters import Event
@@ -34,6 +34,7 @@ from .journal import Journal, keep
 from .wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 KEY: Final = struct.Struct("!B4sH4sH")  # proto, src, sport, dst, dport: a flow key, as bytes
+KEY6: Final = struct.Struct("!B16sH16sH")  # the same for IPv6 (NAT66 shares the table: keys differ in size)
 ORIGINAL: Final = 0
 REPLY: Final = 1
 MIN_PASS_INTERVAL: Final = 1.0
@@ -334,11 +335,14 @@ class Conntrack:
 
 
 def proto_name(proto: int) -> str:
-    return {1: "icmp", 6: "tcp", 17: "udp"}.get(proto, str(proto))
+    return {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(proto, str(proto))
 
 
 def tuple_text(key: bytes) -> str:
-    """A KEY as people read it: 10.1.0.2:40000 -> 198.19.5.5:80."""
+    """A KEY as people read it: 10.1.0.2:40000 -> 198.19.5.5:80, or [fd00::2]:40000 -> [2001:2::1]:80."""
+    if len(key) == KEY6.size:
+        _, src, sport, dst, dport = KEY6.unpack(key)
+        return f"[{IPv6Address(src)}]:{sport} -> [{IPv6Address(dst)}]:{dport}"
     _, src, sport, dst, dport = KEY.unpack(key)
     return f"{IPv4Address(src)}:{sport} -> {IPv4Address(dst)}:{dport}"
 

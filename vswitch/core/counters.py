@@ -78,6 +78,7 @@ class Drop(StrEnum):
     IPV6_MULTICAST = "ipv6-multicast"  # a multicast destination the router does not listen to, to its MAC
     HOP_LIMIT_EXCEEDED = "hop-limit-exceeded"  # would leave with hop limit 0 (RFC 8200 3)
     PACKET_TOO_BIG = "packet-too-big"  # over the next hop's MTU: routers never fragment (RFC 8200 5)
+    NPT_UNMAPPABLE = "npt-unmappable"  # NPTv6 finds no word to keep the address's sum (RFC 6296 3.5)
     ND_BAD_HOP_LIMIT = (
         "nd-bad-hop-limit"  # ND with a hop limit other than 255: from off-link (RFC 4861 6.1, 7.1)
     )

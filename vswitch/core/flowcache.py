@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .action import NO_GATHER, Rewrite, Write
 from .arp import Neighbour
-from .conntrack import Flow
+from .conntrack import KEY6, Flow
 from .counters import Counters, Event
 from .icmp import ECHO_REPLY, ECHO_REQUEST
 from .journal import Journal
@@ -114,6 +114,7 @@ ONES: Final = 0xFFFF
 ADDRESSES: Final = struct.Struct("!4H")
 IPV6_TYPE: Final = ETHERTYPE_IPV6.to_bytes(2, "big")
 KEY6_BYTES: Final = slice(IP6_SRC.start, L4_6 + 4)  # IPv6 source, destination, ports
+KEY6_SIZE: Final = KEY6.size  # a NAT66 conntrack key: proto, 16 + 2, 16 + 2
 L4_MIN6: Final = {PROTO_TCP: TCP_MIN_LEN, PROTO_UDP: UDP_LEN, PROTO_ICMPV6: ICMP_MIN_LEN}
 ECHO6_TYPES: Final = (128, 129)  # ICMPv6 echo request and reply (RFC 4443 4)
 
@@ -210,6 +211,9 @@ class FlowCache:
         """A tracked flow came, changed state or went: drop the entries under its keys."""
         if self.journal is not None:
             self.journal.keep(self)
+        if len(flow.orig) == KEY6_SIZE:
+            self._forget_flow6(flow)
+            return
         if flow.proto not in L4_MIN:
             return
         for key in (flow.orig, flow.reply):
@@ -223,6 +227,19 @@ class FlowCache:
                 continue
             cache_key = key[1:5] + key[7:11] + key[5:7] + key[11:13]
             for table in self.tables:
+                table.pop(cache_key, None)
+
+    def _forget_flow6(self, flow: Flow) -> None:
+        """forget_flow for a NAT66 flow: its KEY is proto, src (16), sport, dst (16), dport."""
+        for key in (flow.orig, flow.reply):
+            addresses = key[1:17] + key[19:35]
+            if flow.proto == PROTO_ICMPV6:  # a request's identifier is its sport, a reply's its dport
+                for cache_key in (addresses + b"\x80\x00" + key[17:19], addresses + b"\x81\x00" + key[35:37]):
+                    for table in self.echo_tables6:
+                        table.pop(cache_key, None)
+                continue
+            cache_key = addresses + key[17:19] + key[35:37]
+            for table in self.tables6:
                 table.pop(cache_key, None)
 
     # --- the fast path -----------------------------------------------------------------------------
@@ -306,7 +323,7 @@ class FlowCache:
         """`forward` for IPv6: a plain packet (no extension header) of a TCP, UDP or ICMPv6 echo flow
         whose action the slow path left (router6.py). A hit re-checks the version, next header, hop
         limit, payload length against the frame and the MTU (a GSO frame: its segments), TCP flags and
-        the neighbour's freshness; there is no header checksum, and no conntrack yet."""
+        the neighbour's freshness and a NAT66 flow's expiry; there is no header checksum."""
         if len(pkt) < L4_6 + 8:
             entry = None
         elif pkt[IP6_NEXT_HEADER] == PROTO_ICMPV6:
@@ -317,10 +334,15 @@ class FlowCache:
             if not dry_run:
                 self.counters.flow_cache_misses += 1
             return None
-        (_, reader, write, proto, _, min_length, mtu, _, _, _, neighbour, out_port, rx_port,
+        (_, reader, write, proto, _, min_length, mtu, flow, direction, timeout, neighbour, out_port, rx_port,
          tx_port) = entry  # fmt: skip
-        fields = reader.unpack_from(pkt)
-        vnet, ethertype, version_class_flow, length, next_header, hop_limit = fields
+        try:
+            fields = reader.unpack_from(pkt)
+        except struct.error:  # shorter than the L4 bytes a NAT66 rewrite reads
+            if not dry_run:
+                self.counters.flow_cache_misses += 1
+            return None
+        vnet, ethertype, version_class_flow, length, next_header, hop_limit = fields[:6]
         size = len(pkt)
         if (
             ethertype != ETHERTYPE_IPV6
@@ -336,6 +358,7 @@ class FlowCache:
                 )
             )
             or (proto == PROTO_TCP and pkt[L4_6 + TCP_FLAGS_OFF] & TCP_DECIDING != TCP_ACK)
+            or (flow is not None and flow.expires <= now)
             or now - neighbour.updated >= self.arp_timeout
         ):
             if not dry_run:
@@ -343,6 +366,8 @@ class FlowCache:
             return None
         if dry_run:
             return [(out_port, write(pkt, fields, NO_GATHER))]
+        if flow is not None:
+            self._refresh(flow, direction, timeout, now)
         return self._hit(out_port, rx_port, tx_port, write(pkt, fields, GATHER_FROM), size)
 
     # --- learning from the slow path ---------------------------------------------------------------

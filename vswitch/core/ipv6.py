@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .counters import Drop
 from .icmp6 import ERRONEOUS_HEADER, LOOPBACK, UNRECOGNIZED_NEXT_HEADER, UNRECOGNIZED_OPTION, UNSPECIFIED
+from .ipv4 import NatChange
 from .wire import ETHERTYPE_IPV6, ETHERTYPE_VLAN, GSO_NONE, IP6_DST, IP6_NEXT_HEADER, IP6_SRC, L3, L4_6
+
+if TYPE_CHECKING:
+    from .conntrack import Flow
 
 HOP_BY_HOP: Final = 0
 ROUTING: Final = 43
@@ -64,6 +68,15 @@ class Packet6:
     proto_at: int  # where that next header field is (a pointer for "unrecognized next header")
     l4: int  # where the upper-layer header starts in pkt; -1 in a later fragment (it has none)
     extensions: bool  # any extension header: the flow cache takes plain packets only
+    fragment: int = -1  # where its fragment header is, if it has one
+    # What NAT66 decided (nat6.py), as ipv4.Packet has it
+    nat: NatChange | None = None
+    flow: Flow | None = None
+    direction: int = 0
+    made_flow: Flow | None = None
+
+    def route_to(self, dst: bytes) -> None:
+        self.dst = dst
 
 
 def parse(iface: int, pkt: bytes, ledger: Counter[str]) -> Packet6 | Drop | Problem:
@@ -87,7 +100,7 @@ def parse(iface: int, pkt: bytes, ledger: Counter[str]) -> Packet6 | Drop | Prob
     if dst in (UNSPECIFIED, LOOPBACK):
         return Drop.IPV6_MARTIAN_DESTINATION
     next_header, at, field = pkt[IP6_NEXT_HEADER], L4_6, IP6_NEXT_HEADER
-    count = 0
+    count, fragment = 0, -1
     while next_header in _EXTENSIONS:
         count += 1
         if count > MAX_EXTENSIONS:
@@ -114,11 +127,13 @@ def parse(iface: int, pkt: bytes, ledger: Counter[str]) -> Packet6 | Drop | Prob
             if pkt[at + 3]:
                 return Problem(Drop.IPV6_ROUTING_TYPE_0, ERRONEOUS_HEADER, at + 2 - L3)
             return Drop.IPV6_ROUTING_TYPE_0
-        elif next_header == FRAGMENT and (pkt[at + 2] << 8 | pkt[at + 3]) & 0xFFF8:
-            # A later fragment: what follows is payload, not headers (RFC 8200 4.5).
-            return Packet6(iface, pkt, ledger, end, src, dst, pkt[at], at - L3, -1, True)
+        elif next_header == FRAGMENT:
+            fragment = at
+            if (pkt[at + 2] << 8 | pkt[at + 3]) & 0xFFF8:
+                # A later fragment: what follows is payload, not headers (RFC 8200 4.5).
+                return Packet6(iface, pkt, ledger, end, src, dst, pkt[at], at - L3, -1, True, at)
         next_header, field, at = pkt[at], at, at + size
-    return Packet6(iface, pkt, ledger, end, src, dst, next_header, field - L3, at, count > 0)
+    return Packet6(iface, pkt, ledger, end, src, dst, next_header, field - L3, at, count > 0, fragment)
 
 
 def _hop_by_hop(pkt: bytes, at: int, end: int) -> Drop | Problem | None:

@@ -33,7 +33,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Final
 
 from .checksum import delta, fold, update_complete
@@ -41,6 +41,7 @@ from .conntrack import KEY, ORIGINAL, REPLY, Conntrack, Flow, Timeouts
 from .counters import Drop, Event
 from .icmp import ECHO_REPLY, ECHO_REQUEST, ERROR_TYPES
 from .ipv4 import NatChange, Packet
+from .ipv6 import Packet6
 from .journal import Journal
 from .routes import NextHop
 from .wire import (
@@ -104,15 +105,15 @@ Route = Callable[[bytes], NextHop | None]  # the router's lookup, for "would thi
 class PortForward:
     proto: int
     port: int
-    target: IPv4Address
+    target: IPv4Address | IPv6Address  # of the NAT's family
     target_port: int
 
 
 @dataclass
 class NatConfig:
     uplink: int
-    address: IPv4Address
-    inside: list[IPv4Network] = field(default_factory=list)
+    address: IPv4Address | IPv6Address  # IPv4's for Nat, IPv6's for nat6.Nat66
+    inside: list[IPv4Network] | list[IPv6Network] = field(default_factory=list)
     forwards: list[PortForward] = field(default_factory=list)
     port_range: tuple[int, int] = (1024, 65535)
     max_flows: int = 65536
@@ -154,19 +155,19 @@ class PortAllocator:
             self.used.discard(port)
 
 
-def _xlate(old: bytes, new: bytes) -> Xlate | None:
+def _xlate(old: bytes, new: bytes, key: struct.Struct = KEY) -> Xlate | None:
     """The rewrite from one KEY to another: new fields and their checksum deltas."""
     if old == new:
         return None
-    _, osrc, osp, odst, odp = KEY.unpack(old)
-    _, nsrc, nsp, ndst, ndp = KEY.unpack(new)
+    _, osrc, osp, odst, odp = key.unpack(old)
+    _, nsrc, nsp, ndst, ndp = key.unpack(new)
     old_ports, new_ports = PORTS.pack(osp, odp), PORTS.pack(nsp, ndp)
     return nsrc, ndst, new_ports, delta(osrc + odst, nsrc + ndst), delta(old_ports, new_ports)
 
 
-def _invert(key: bytes) -> bytes:
-    proto, src, sport, dst, dport = KEY.unpack(key)
-    return KEY.pack(proto, dst, dport, src, sport)
+def _invert(key: bytes, layout: struct.Struct = KEY) -> bytes:
+    proto, src, sport, dst, dport = layout.unpack(key)
+    return layout.pack(proto, dst, dport, src, sport)
 
 
 def _partial(pkt: bytes | bytearray, l4: int) -> bool:
@@ -175,14 +176,25 @@ def _partial(pkt: bytes | bytearray, l4: int) -> bool:
 
 
 class Nat:
-    def __init__(self, config: NatConfig, events: Counter[str] | None = None) -> None:
+    """IPv4's NAT; nat6.Nat66 is IPv6's, with these five words its own and the policy shared."""
+
+    KEY: struct.Struct = KEY
+    MAPPING: struct.Struct = MAPPING
+    ICMP: int = PROTO_ICMP
+    ECHO_REQUEST: int = ECHO_REQUEST
+    ECHO_REPLY: int = ECHO_REPLY
+
+    def __init__(
+        self, config: NatConfig, events: Counter[str] | None = None, conntrack: Conntrack | None = None
+    ) -> None:
+        """conntrack: one to share (IPv4's, for IPv6's NAT: one table, one bound, one flow cache)."""
         self.config = config
         self.uplink = config.uplink
         self.address = config.address.packed
         self.inside = [(int(n.network_address), int(n.netmask)) for n in config.inside]
         self.events: Counter[str] = events if events is not None else Counter()
         self.forwards: dict[tuple[int, int], tuple[bytes, int]] = {}
-        reserved: dict[int, set[int]] = {PROTO_TCP: set(), PROTO_UDP: set(), PROTO_ICMP: set()}
+        reserved: dict[int, set[int]] = {PROTO_TCP: set(), PROTO_UDP: set(), self.ICMP: set()}
         for fwd in config.forwards:
             if fwd.proto not in (PROTO_TCP, PROTO_UDP):
                 raise ValueError(f"port forward for protocol {fwd.proto}: only TCP and UDP")
@@ -193,7 +205,7 @@ class Nat:
         self.ports = {
             PROTO_TCP: PortAllocator(low, high, reserved[PROTO_TCP]),
             PROTO_UDP: PortAllocator(low, high, reserved[PROTO_UDP]),
-            PROTO_ICMP: PortAllocator(0, 0xFFFF, set()),
+            self.ICMP: PortAllocator(0, 0xFFFF, set()),
         }
         self.mappings: dict[bytes, list[int]] = {}  # MAPPING key -> [external port, flows]
         # FRAGMENT_KEY before translation -> (the address rewrite of its first fragment, expiry)
@@ -201,9 +213,11 @@ class Nat:
         # FRAGMENT_KEY -> later fragments that came first (released into their first's record)
         self.held: dict[bytes, HeldFragments] = {}
         self.held_bytes = 0
-        self.conntrack = Conntrack(
-            config.max_flows, config.timeouts, on_remove=self._release, events=self.events
-        )
+        if conntrack is None:
+            conntrack = Conntrack(
+                config.max_flows, config.timeouts, on_remove=self._release, events=self.events
+            )
+        self.conntrack = conntrack
         self.journal: Journal | None = None  # while a frame is traced (journal.py)
 
     def journal_save(self) -> Any:
@@ -237,14 +251,15 @@ class Nat:
         return any(value & mask == net for net, mask in self.inside)
 
     def _release(self, flow: Flow) -> None:
-        if flow.mapping is None:
+        key = flow.mapping
+        mapping = None if key is None else self.mappings.get(key)
+        if key is None or mapping is None:  # none, or the other family's NAT's (one shared conntrack)
             return
         if self.journal is not None:
             self.journal.keep(self)
-        mapping = self.mappings[flow.mapping]
         mapping[1] -= 1
         if mapping[1] == 0:
-            del self.mappings[flow.mapping]
+            del self.mappings[key]
             self.ports[flow.proto].free(mapping[0])
             self.events[Event.NAT_MAPPING_FREED] += 1
 
@@ -366,7 +381,7 @@ class Nat:
         return hop is not None and hop[0] == self.uplink
 
     def _policy(
-        self, p: Packet, dport: int, route: Route
+        self, p: Packet | Packet6, dport: int, route: Route
     ) -> tuple[tuple[bytes, int] | None, bool, bool] | Drop | None:
         """Whether a flow's first packet is NAT's to track, and how: (the port forward's target,
         masquerade the source, an identity flow); None: plain routing; a Drop: unsolicited."""
@@ -375,7 +390,7 @@ class Nat:
         if dst == self.address:
             dnat = self.forwards.get((proto, dport))
             if dnat is None:
-                if in_iface != self.uplink or proto == PROTO_ICMP:
+                if in_iface != self.uplink or proto == self.ICMP:
                     return None  # for the router itself (echo, or UDP it will refuse)
                 return Drop.NAT_UNSOLICITED
         inside = self.is_inside(src)
@@ -403,7 +418,7 @@ class Nat:
         return mapping[0]
 
     def _new_flow(
-        self, p: Packet, flags: int, key: bytes, dport: int, route: Route, now: float
+        self, p: Packet | Packet6, flags: int, key: bytes, dport: int, route: Route, now: float
     ) -> Flow | Drop | None:
         """Track the first packet of a flow, if NAT must (a masquerade, a forward, or routed in from
         the uplink); the flow's translations are set for both directions."""
@@ -415,22 +430,22 @@ class Nat:
         # New flows start only with a SYN, or an echo request (RFC 5382 REQ-2 policy note above).
         if proto == PROTO_TCP and flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
             return None if identity else Drop.NAT_NO_FLOW
-        if proto == PROTO_ICMP and p.pkt[p.l4] != ECHO_REQUEST:
+        if proto == self.ICMP and p.pkt[p.l4] != self.ECHO_REQUEST:
             return None if identity else Drop.NAT_NO_FLOW
         conntrack = self.conntrack
         if not conntrack.make_room(now):
             return Drop.CONNTRACK_FULL
-        _, _, sport, _, _ = KEY.unpack(key)
+        _, _, sport, _, _ = self.KEY.unpack(key)
         new_src, new_sport = p.src, sport
         mapping_key: bytes | None = None
         if snat:
-            mapping_key = MAPPING.pack(proto, p.src, sport)
+            mapping_key = self.MAPPING.pack(proto, p.src, sport)
             port = self._mapped_port(mapping_key, proto, sport)
             if port is None:
                 return Drop.NAT_PORTS_EXHAUSTED
             new_src, new_sport = self.address, port
         new_dst, new_dport = dnat if dnat is not None else (p.dst, dport)
-        reply = KEY.pack(proto, new_dst, new_dport, new_src, new_sport)
+        reply = self.KEY.pack(proto, new_dst, new_dport, new_src, new_sport)
         # The reply tuple must be new, and not the packet's own (source = destination, same
         # ports): such a flow could not tell its replies from itself.
         if reply in conntrack.keys or reply == key:
@@ -441,8 +456,8 @@ class Nat:
         if mapping_key is not None:
             flow.mapping = mapping_key
             self.mappings[mapping_key][1] += 1
-        flow.xlate[ORIGINAL] = _xlate(key, _invert(reply))
-        flow.xlate[REPLY] = _xlate(reply, _invert(key))
+        flow.xlate[ORIGINAL] = _xlate(key, _invert(reply, self.KEY), self.KEY)
+        flow.xlate[REPLY] = _xlate(reply, _invert(key, self.KEY), self.KEY)
         conntrack.insert(flow, now)
         conntrack.update(flow, ORIGINAL, flags, now)
         p.flow, p.direction, p.made_flow = flow, ORIGINAL, flow

@@ -36,7 +36,7 @@ from .arp import (
     build_request,
 )
 from .checksum import ones_sum
-from .conntrack import describe
+from .conntrack import Flow, describe
 from .counters import Drop, Event
 from .fragment import complete_checksum, fragment
 from .icmp import (
@@ -56,6 +56,8 @@ from .icmp import (
 from .ipv4 import NatChange, Packet, parse
 from .journal import Journal
 from .nat import Held, Nat, NatConfig
+from .nat6 import Nat66
+from .npt import Npt
 from .routed import NOTHING, Forwarded, Interface, Routed, Transmit, _new, wire_size
 from .router6 import Ipv6Router, RaConfig
 from .routes import NextHop, Route, RouteTable
@@ -118,9 +120,12 @@ class Router:
         icmp_rate: float = 1000.0,
         icmp_burst: int = 50,
         ra: RaConfig | None = None,
+        npt: tuple[Npt, int] | None = None,
+        nat6: NatConfig | None = None,
     ) -> None:
         """ra: how the IPv6 interfaces advertise (router6.RaConfig); an interface has IPv6 when it has
-        an address6, and the router then routes IPv6 too (`v6`, with its own table and caches)."""
+        an address6, and the router then routes IPv6 too (`v6`, with its own table and caches); npt:
+        NPTv6 (npt.py) on that interface, the uplink."""
         self.drops: Counter[str] = Counter()  # the rollup of every drop the router counts
         self.events: Counter[str] = Counter()
         self.unported: Counter[str] = Counter()  # the ledger of frames handed to receive() directly
@@ -156,12 +161,42 @@ class Router:
         self.icmp_bucket = TokenBucket(icmp_rate, icmp_burst)
         self._ip_id = 0
         self.journal: Journal | None = None
+        self.v6 = self._ipv6_half(interfaces, routes, ra, npt, nat6)
+
+    def _ipv6_half(
+        self,
+        interfaces: list[Interface],
+        routes: list[Route],
+        ra: RaConfig | None,
+        npt: tuple[Npt, int] | None,
+        nat6: NatConfig | None,
+    ) -> Ipv6Router | None:
+        """The IPv6 half, if an interface has IPv6: NDP keeps ARP's bounds (queue, staleness, negative
+        cache); NAT66 shares IPv4's conntrack (one table, one bound)."""
         six = [i for i in interfaces if i.address6 is not None]
         routes6 = [r for r in routes if r.prefix.version == 6]
-        if routes6 and not six:
-            raise ValueError("an IPv6 route, but no interface has an IPv6 address")
-        # NDP keeps the bounds ARP keeps (same queue, staleness and negative cache).
-        self.v6 = Ipv6Router(self, six, routes6, ra, like=self.arp) if six else None
+        if (routes6 or npt or nat6) and not six:
+            raise ValueError("IPv6 routes, NPTv6 or NAT66, but no interface has an IPv6 address")
+        if not six:
+            return None
+        v6 = Ipv6Router(self, six, routes6, ra, like=self.arp)
+        if npt is not None:
+            if npt[1] not in v6.link_local:
+                raise ValueError("NPTv6 on an interface without IPv6")
+            v6.npt, v6.npt_uplink = npt
+        if nat6 is not None:
+            if self.nat is None or nat6.uplink not in v6.link_local:
+                raise ValueError("NAT66 needs IPv4's NAT (its conntrack) and IPv6 on the uplink")
+            v6.nat = Nat66(nat6, self.events, self.nat.conntrack)
+            self.nat.conntrack.on_remove = self._release_mapping
+        return v6
+
+    def _release_mapping(self, flow: Flow) -> None:
+        """A flow of the shared conntrack went: its NAT (IPv4's or IPv6's) frees its mapping."""
+        assert self.nat is not None
+        self.nat._release(flow)
+        if self.v6 is not None and self.v6.nat is not None:
+            self.v6.nat._release(flow)
 
     def _add_interface(self, iface: Interface) -> None:
         if iface.index in self.interfaces:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address
 from typing import TYPE_CHECKING, Final, Protocol
 
-from .action import apply, rewrite6
+from .action import apply, rewrite6, rewrite6_nat
 from .arp import ND_WORDS, QUEUED_SEND_REQUEST, REJECTED, REJECTED_COUNTED, ArpCache
+from .conntrack import describe
 from .counters import Drop, Event
 from .icmp import TokenBucket
 from .icmp6 import (
@@ -74,9 +75,12 @@ from .icmp6 import (
     solicited_node,
     verify,
 )
+from .ipv4 import NatChange
 from .ipv6 import Packet6, Problem, parse, upper_layer
+from .nat6 import Nat66
+from .npt import Npt
 from .routed import NOTHING, Forwarded, Interface, Routed, Transmit, wire_size
-from .routes import Route, RouteTable
+from .routes import NextHop, Route, RouteTable
 from .wire import (
     ETH_DST,
     ETH_SRC,
@@ -204,6 +208,9 @@ class Ipv6Router:
         self.initial_left: dict[int, int] = dict.fromkeys(self.advertising, MAX_INITIAL_RTR_ADVERTISEMENTS)
         self.last_ra: dict[int, float] = dict.fromkeys(self.advertising, float("-inf"))
         self.answers: list[tuple[float, int, bytes, bytes]] = []  # (due, iface, solicitor, its MAC)
+        self.npt: Npt | None = None  # NPTv6 on the uplink (npt.py), with the uplink's interface
+        self.nat: Nat66 | None = None  # NAT66 on the uplink (nat6.py), the other choice
+        self.npt_uplink = -1
 
     def _add_interface(self, iface: Interface) -> None:
         assert iface.address6 is not None
@@ -268,9 +275,15 @@ class Ipv6Router:
         if link_multicast:  # a unicast address in a group frame: not for the router to take
             router.events[Event.IPV6_MULTICAST_IGNORED] += 1
             return NOTHING
+        if nd and dst in self.local:
+            return self._routed(self._nd(p, False, now))
+        if self.nat is not None and not (p.pkt[IP6_HOP_LIMIT] <= 1 and dst not in self.local):
+            # Pre-routing NAT66, after the hop limit is known to do (a dying probe leaves no flow)
+            refused = self._nat66(p, now)
+            if refused is not None:
+                return refused
+            dst = p.dst
         if dst in self.local:
-            if nd:
-                return self._routed(self._nd(p, False, now))
             return self._routed(self._deliver(p, now))
         if is_link_local(dst):
             router._count(ledger, Drop.IPV6_LINK_LOCAL_DESTINATION)  # RFC 4291 2.5.6: never forwarded
@@ -280,6 +293,29 @@ class Ipv6Router:
     @staticmethod
     def _routed(frames: list[Transmit]) -> Routed:
         return Routed(frames)
+
+    def _nat66(self, p: Packet6, now: float) -> Routed | None:
+        """NAT66 (nat6.py): None to go on (translated, p.nat, or not); else what became of p."""
+        assert self.nat is not None
+        verdict = self.nat.process(p, self._route_bytes, now)
+        if isinstance(verdict, NatChange):
+            p.nat = verdict
+        elif isinstance(verdict, bytearray):
+            p.pkt = bytes(verdict)  # an ICMPv6 error, translated outer and quoted: routed as it is
+        elif verdict is not None:
+            self.router._count(p.ledger, verdict)
+            return NOTHING
+        tracer = self.router.tracer
+        if tracer is not None:
+            made, flow = p.made_flow, p.flow
+            words = (
+                f"new {describe(made)}" if made else f"existing {describe(flow)}" if flow else "not NAT-ed"
+            )
+            tracer.note("conntrack", words)
+        return None
+
+    def _route_bytes(self, dst: bytes) -> NextHop | None:
+        return self.routes.lookup(int.from_bytes(dst, "big"))
 
     def next_deadline(self) -> float | None:
         best = self.nd.next_deadline()
@@ -520,15 +556,24 @@ class Ipv6Router:
     def _forward(self, p: Packet6, now: float) -> Routed:
         router, pkt = self.router, p.pkt
         tracer = router.tracer
-        hop = self.routes.lookup(int.from_bytes(p.dst, "big"))
+        dst = p.dst
+        npt = self.npt
+        inward = None
+        if npt is not None and p.iface == self.npt_uplink and npt.is_outside(dst):
+            inward = npt.inward(dst)  # NPTv6 inbound, before routing (RFC 6296 3.1)
+            if inward is None:
+                router._count(p.ledger, Drop.NPT_UNMAPPABLE)
+                return NOTHING
+            dst = inward
+        hop = self.routes.lookup(int.from_bytes(dst, "big"))
         if hop is None:
             if tracer is not None:
-                tracer.note("route", f"{IPv6Address(p.dst)}: no route")
+                tracer.note("route", f"{IPv6Address(dst)}: no route")
             return Routed(self._refuse(p, Drop.NO_ROUTE, DEST_UNREACH, NO_ROUTE, 0, now))
         out_iface, gateway = hop
         if tracer is not None:
             via = "directly connected" if gateway is None else f"via {IPv6Address(gateway)}"
-            tracer.note("route", f"{IPv6Address(p.dst)} -> {router.interfaces[out_iface].name}, {via}")
+            tracer.note("route", f"{IPv6Address(dst)} -> {router.interfaces[out_iface].name}, {via}")
         if pkt[IP6_HOP_LIMIT] <= 1:  # RFC 8200 3, RFC 4443 3.3
             return Routed(self._refuse(p, Drop.HOP_LIMIT_EXCEEDED, TIME_EXCEEDED, 0, 0, now))
         if is_link_local(p.src):  # RFC 4443 3.1 code 2: it would leave its source's scope
@@ -537,26 +582,89 @@ class Ipv6Router:
         size = p.end - L3 if pkt[1] == GSO_NONE or p.l4 < 0 else wire_size(pkt, p.l4, p.end)
         if size > mtu:  # RFC 8200 5: a router never fragments; RFC 8201 path MTU discovery
             return Routed(self._refuse(p, Drop.PACKET_TOO_BIG, PACKET_TOO_BIG, 0, mtu, now))
-        next_hop = int.from_bytes(p.dst, "big") if gateway is None else gateway
+        addresses = None
+        if p.nat is not None:
+            return self._forward_nat(p, out_iface, dst if gateway is None else gateway, now)
+        if npt is not None:
+            translated = self._npt(p, out_iface, inward)
+            if isinstance(translated, Drop):
+                router._count(p.ledger, translated)
+                return NOTHING
+            if translated is not None:
+                pkt, addresses = translated
+                if tracer is not None:
+                    tracer.note("NPTv6", f"{IPv6Address(p.src)} > {IPv6Address(p.dst)} becomes "
+                                f"{IPv6Address(addresses[:16])} > {IPv6Address(addresses[16:])}")  # fmt: skip
+        next_hop = int.from_bytes(dst, "big") if gateway is None else gateway
         nd = self.nd
         neighbour = nd.entries.get(next_hop)
         if neighbour is not None and now - neighbour.updated < nd.timeout:
             if tracer is not None:
                 name = router.interfaces[out_iface].name
                 tracer.note("NDP", f"next hop on {name} is {mac_str(neighbour.mac)} (cached)")
-            action = rewrite6(neighbour.mac + router._mac[out_iface])
+            action = rewrite6(neighbour.mac + router._mac[out_iface], addresses)
             frame = apply(action, pkt, action.reader.unpack_from(pkt))
             assert isinstance(frame, bytes)
-            return Routed([(out_iface, frame)], Forwarded(action, out_iface, neighbour, None, 0))
-        action = rewrite6(ZERO_MAC + router._mac[out_iface])
+            # An error whose quoted packet NPTv6 mapped is not its flow's usual rewrite: not cached.
+            forwarded = Forwarded(action, out_iface, neighbour, None, 0) if pkt is p.pkt else None
+            return Routed([(out_iface, frame)], forwarded)
+        action = rewrite6(ZERO_MAC + router._mac[out_iface], addresses)
         frame = apply(action, pkt, action.reader.unpack_from(pkt))
         assert isinstance(frame, bytes)
         return Routed(self._resolve(bytearray(frame), out_iface, next_hop, p, now, p.ledger))
 
+    def _forward_nat(self, p: Packet6, out_iface: int, next_hop: bytes | int, now: float) -> Routed:
+        """The last step of _forward for a packet NAT66 translated: its action has the flow's rewrite."""
+        assert p.nat is not None
+        router, nd = self.router, self.nd
+        hop = next_hop if isinstance(next_hop, int) else int.from_bytes(next_hop, "big")
+        extensions = p.l4 - L3 - 40 if p.l4 >= 0 else 0
+        neighbour = nd.entries.get(hop)
+        if neighbour is not None and now - neighbour.updated < nd.timeout:
+            action = rewrite6_nat(p.proto, extensions, neighbour.mac + router._mac[out_iface], p.nat)
+            frame = apply(action, p.pkt, action.reader.unpack_from(p.pkt))
+            assert isinstance(frame, bytes)
+            return Routed([(out_iface, frame)], Forwarded(action, out_iface, neighbour, p.flow, p.direction))
+        action = rewrite6_nat(p.proto, extensions, ZERO_MAC + router._mac[out_iface], p.nat)
+        frame = apply(action, p.pkt, action.reader.unpack_from(p.pkt))
+        assert isinstance(frame, bytes)
+        return Routed(self._resolve(bytearray(frame), out_iface, hop, p, now, p.ledger))
+
+    def _npt(self, p: Packet6, out_iface: int, inward: bytes | None) -> tuple[bytes, bytes] | Drop | None:
+        """NPTv6's new addresses for p (RFC 6296): the destination mapped in (already: inward), the
+        source mapped out when it leaves by the uplink. An ICMPv6 error's quoted packet is mapped the
+        other way, so its sender knows it again (as Linux's ip6t_NPT does); every change keeps the
+        sums, so no checksum moves. Returns (the packet to write from, the new source and destination)."""
+        npt = self.npt
+        assert npt is not None
+        src = p.src
+        if out_iface == self.npt_uplink and npt.is_inside(src):
+            outward = npt.outward(src)
+            if outward is None:
+                return Drop.NPT_UNMAPPABLE
+            src = outward
+        if src == p.src and inward is None:
+            return None
+        pkt, l4 = p.pkt, p.l4
+        if p.proto == PROTO_ICMPV6 and l4 >= 0 and l4 + 48 <= p.end and pkt[l4] < 128:
+            quoted = l4 + 8  # the invoking packet's IPv6 header
+            buf = bytearray(pkt)
+            inner_src, inner_dst = pkt[quoted + 8 : quoted + 24], pkt[quoted + 24 : quoted + 40]
+            if inward is not None and npt.is_outside(inner_src):
+                buf[quoted + 8 : quoted + 24] = npt.inward(inner_src) or inner_src
+            if src != p.src and npt.is_inside(inner_dst):
+                buf[quoted + 24 : quoted + 40] = npt.outward(inner_dst) or inner_dst
+            pkt = bytes(buf)
+        return pkt, src + (inward or p.dst)
+
     def _refuse(
         self, p: Packet6, reason: Drop, icmp_type: int, code: int, rest: int, now: float
     ) -> list[Transmit]:
+        """Drop p with an error about it; a flow it has just made goes too (as for IPv4)."""
         self.router._count(p.ledger, reason)
+        if p.made_flow is not None and self.nat is not None:
+            self.nat.conntrack.remove(p.made_flow, Event.CONNTRACK_UNCONFIRMED)
+            p.made_flow = None
         return self._error(p, icmp_type, code, rest, now)
 
     def _resolve(

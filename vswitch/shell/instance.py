@@ -14,8 +14,8 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, Final
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -29,6 +29,7 @@ from ..config.topology import (
     underlay_mtu_check,
 )
 from ..core.datapath import Datapath
+from ..core.nat import PortForward
 from ..core.vlan import Trunk
 from ..core.vxlan import Tunnel, Vtep
 from . import kernel
@@ -47,6 +48,8 @@ SLAAC_CONF: Final = {"accept_ra": 1, "dad_transmits": 0, "router_solicitation_de
 # The host port: the root namespace's IPv6 stays as it was, no link-local address (addr_gen_mode 1:
 # none), no advertisement taken.
 HOST_CONF: Final = {"accept_ra": 0, "addr_gen_mode": 1}
+# The outside namespace: a static address and routes, as an upstream router has; nothing learned.
+OUTSIDE_CONF: Final = {"accept_ra": 0, "dad_transmits": 0}
 SLAAC_WAIT: Final = 5.0
 SLAAC_POLL: Final = 0.05
 
@@ -144,6 +147,7 @@ class Instance:
         self.underlays: list[tuple[Vtep, UnderlaySockets]] = []
         self.netns_of: dict[int, str | None] = {}  # id(vtep) -> the underlay's namespace
         self.trunks: list[LiveTrunk] = []
+        self.made_namespaces: set[str] = set()
 
     # --- start-up ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -166,11 +170,16 @@ class Instance:
             if uplink is not None:
                 seg_index = self.datapath.add_segment(UPLINK_SEGMENT)
                 outside = IPv4Interface(f"{uplink.upstream}/{uplink.address.network.prefixlen}")
-                spec = PortSpec(uplink.namespace, uplink.ifname, outside)
-                self._add_port(spec, seg_index, UPLINK_SEGMENT, self.topology.uplink_mtu)
+                outside6 = None
+                if self.topology.nat6 is not None:  # the outside world's IPv6 address, static
+                    outside6 = IPv6Interface(f"{uplink.upstream6}/{uplink.address6.network.prefixlen}")
+                spec = PortSpec(uplink.namespace, uplink.ifname, outside, outside6)
+                conf = None if outside6 is None else OUTSIDE_CONF
+                self._add_port(spec, seg_index, UPLINK_SEGMENT, self.topology.uplink_mtu, True, conf)
             if self.topology.routed:
                 self._add_router()
                 self._add_namespace_routes()
+                self._add_outside_routes6()
         except NetlinkError as exc:
             self.teardown()
             raise StartError(f"the kernel refused a step: {os.strerror(exc.code)}") from None
@@ -237,6 +246,7 @@ class Instance:
             if kernel.netns_inode(namespace) is None:
                 inode, cookie = kernel.create_netns(namespace)
                 self.ledger.record("netns", name=namespace, inode=inode, cookie=cookie)
+                self.made_namespaces.add(namespace)
                 kernel.set_lo_up(namespace)
             elif kernel.set_lo_up(namespace):
                 # Someone else's namespace, lo down: we bring it up, and put it back when we go.
@@ -335,7 +345,8 @@ class Instance:
 
     def _add_router(self) -> None:
         """One router interface per segment (the gateway), one on the uplink, NAT toward it."""
-        from ..core.nat import NatConfig, PortForward
+        from ..core.nat import NatConfig
+        from ..core.npt import Npt
         from ..core.routed import Interface
         from ..core.router import Router
         from ..core.router6 import RaConfig
@@ -359,6 +370,8 @@ class Instance:
             )
         routes: list[Route] = []
         nat = None
+        npt: tuple[Npt, int] | None = None
+        nat6: NatConfig | None = None
         if topo.uplink is not None:
             index = len(topo.segments)
             macs[index] = random_mac()
@@ -373,6 +386,20 @@ class Instance:
                 target = topo.port(fwd.namespace)
                 assert target is not None and target.address is not None
                 forwards.append(PortForward(fwd.proto, fwd.port, target.address.ip, fwd.target_port))
+            if topo.nat6 is not None:
+                uplink6 = interfaces.pop()
+                interfaces.append(replace(uplink6, address6=topo.uplink.address6, advertise=False))
+                routes.append(Route(IPv6Network("::/0"), topo.uplink.upstream6, index))
+                if topo.nat6.prefix is not None:
+                    assert topo.subnet6 is not None
+                    npt = (Npt(topo.subnet6, topo.nat6.prefix), index)
+                elif topo.nat6.mode == "masquerade":
+                    nat6 = NatConfig(
+                        uplink=index,
+                        address=topo.uplink.address6.ip,
+                        inside=[s.subnet6 for s in topo.segments if s.subnet6 is not None],
+                        forwards=self._forwards6(),
+                    )
             nat = NatConfig(
                 uplink=index,
                 address=topo.uplink.address.ip,
@@ -380,12 +407,30 @@ class Instance:
                 forwards=forwards,
             )
         routes.extend(Route(r.prefix, r.via, None) for r in topo.routes)
-        self.router = Router(interfaces, routes, nat, ra=RaConfig(max_interval=topo.ra_interval))
+        ra = RaConfig(max_interval=topo.ra_interval)
+        self.router = Router(interfaces, routes, nat, ra=ra, npt=npt, nat6=nat6)
         self.router_macs = macs
         self.datapath.attach_router(self.router, macs)
         for port in self.ports:
             if port.namespace is None:  # the root namespace's IPv6 is not ours: no advertisements
                 self.datapath.port_switch[port.id].no_ra.add(port.id)
+
+    def _forwards6(self) -> list[PortForward]:
+        """--forward in IPv6: to the address the target takes by SLAAC on its segment (its /64 and the
+        EUI-64 of its MAC, RFC 4862 5.5.3 and RFC 4291 appendix A), known before it takes it."""
+        from ..core.icmp6 import link_local_of
+        from ..core.wire import parse_mac
+
+        forwards = []
+        for fwd in self.topology.forwards:
+            segment = self.topology.segment_of(fwd.namespace)
+            port = next((p for p in self.ports if p.label == fwd.namespace), None)
+            if segment is None or segment.subnet6 is None or port is None:
+                continue  # a target without IPv6: the forward is IPv4's only
+            interface_id = link_local_of(parse_mac(port.mac))[8:]
+            target = IPv6Address(segment.subnet6.network_address.packed[:8] + interface_id)
+            forwards.append(PortForward(fwd.proto, fwd.port, target, fwd.target_port))
+        return forwards
 
     def _add_namespace_routes(self) -> None:
         """Each namespace: a default route via its gateway. The host: only what --host-routes asks."""
@@ -402,6 +447,26 @@ class Instance:
                             kernel.add_route(None, other.subnet, segment.gateway.ip, spec.ifname)
                             # Routes through our tap die with it; recorded so `status` can show them.
                             self.ledger.record("route", dst=str(other.subnet), via=str(segment.gateway.ip))
+
+    def _add_outside_routes6(self) -> None:
+        """--nat6 none or prefix=: the outside namespace we made gets the route back to the inside
+        prefix (or NPTv6's outside one) via our uplink address, as an upstream router would be told.
+        A namespace that was there before is the user's: they add it (README)."""
+        topo = self.topology
+        uplink, nat6 = topo.uplink, topo.nat6
+        if uplink is None or nat6 is None or nat6.mode == "masquerade":
+            return
+        if uplink.namespace not in self.made_namespaces:
+            self.log(f"{uplink.namespace}: add a route to the inside prefixes via {uplink.address6.ip}")
+            return
+        if nat6.prefix is not None:
+            prefixes = [nat6.prefix]
+        elif topo.subnet6 is not None:
+            prefixes = [topo.subnet6]
+        else:
+            prefixes = [s.subnet6 for s in topo.segments if s.subnet6 is not None]
+        for prefix in prefixes:
+            kernel.add_route(uplink.namespace, prefix, uplink.address6.ip, uplink.ifname)
 
     # --- running -----------------------------------------------------------------------------------
     async def serve(self, ready: Callable[[], None] | None = None, signals: bool = True) -> None:
@@ -543,6 +608,7 @@ class Instance:
                 "address": str(self.topology.uplink.address),
                 "upstream": str(self.topology.uplink.upstream),
                 "mtu": self.topology.uplink_mtu,
+                **self._uplink6(),
             },
             "tunnels": self.tunnels(),
             "trunks": [t.describe(self.datapath.counters.names) for t in self.trunks],
@@ -552,6 +618,13 @@ class Instance:
             "flow_cache_max": self.topology.flow_cache,
             "flow_cache_entries": 0 if self.datapath.flows is None else len(self.datapath.flows),
         }
+
+    def _uplink6(self) -> dict[str, str | None]:
+        topo = self.topology
+        if topo.uplink is None or topo.nat6 is None:
+            return {"address6": None, "upstream6": None, "nat6": None}
+        mode = topo.nat6.mode if topo.nat6.prefix is None else f"prefix={topo.nat6.prefix}"
+        return {"address6": str(topo.uplink.address6), "upstream6": str(topo.uplink.upstream6), "nat6": mode}
 
     def _router_side(self, segment: int) -> dict[str, str | None]:
         from ..core.icmp6 import link_local_of

@@ -312,12 +312,19 @@ def slaac_address(namespace: str | None, ifname: str, prefix: IPv6Network) -> IP
     return None
 
 
-def add_route(namespace: str | None, dst: IPv4Network, gateway: IPv4Address | None, ifname: str) -> None:
+def add_route(
+    namespace: str | None,
+    dst: IPv4Network | IPv6Network,
+    gateway: IPv4Address | IPv6Address | None,
+    ifname: str,
+) -> None:
     with _ipr(namespace) as ipr:
         index = link_index(ipr, ifname)
         if index is None:
             raise KernelError(f"no interface {ifname} in {namespace or 'the root namespace'}")
         kwargs: dict[str, object] = {"dst": str(dst), "oif": index}
+        if dst.version == 6:
+            kwargs["family"] = socket.AF_INET6
         if gateway is not None:
             kwargs["gateway"] = str(gateway)
         try:

@@ -27,7 +27,9 @@ from ipaddress import ip_address
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..core.conntrack import KEY6
 from ..core.datapath import Datapath
+from ..core.router import Router
 
 # The text format generate_latest writes (prometheus-client's CONTENT_TYPE_PLAIN_0_0_4; older
 # releases, which pyproject allows, call it CONTENT_TYPE_LATEST, newer ones use that name for 1.0.0).
@@ -107,6 +109,27 @@ class DatapathCollector:
             yield GaugeMetricFamily("vswitch_flow_cache_entries", "flows with a cached decision", len(flows))
         entries = sum(len(segment.switch.fdb) for segment in datapath.segments)
         yield GaugeMetricFamily("vswitch_fdb_entries", "MAC addresses learned", entries)
+        if datapath.router is not None:
+            yield from self._router_tables(datapath.router)
+
+    @staticmethod
+    def _router_tables(router: Router) -> Iterator[Metric]:
+        """The router's tables by family: neighbours (ARP, NDP) and tracked flows (IPv4, IPv6)."""
+        neighbours = GaugeMetricFamily(
+            "vswitch_neighbour_entries", "resolved neighbours, by family (ARP, NDP)", labels=["family"]
+        )
+        neighbours.add_metric(["ipv4"], len(router.arp.entries))
+        if router.v6 is not None:
+            neighbours.add_metric(["ipv6"], len(router.v6.nd.entries))
+        yield neighbours
+        if router.nat is not None:
+            flows = GaugeMetricFamily(
+                "vswitch_conntrack_flows", "tracked flows, by family", labels=["family"]
+            )
+            six = sum(len(flow.orig) == KEY6.size for flow in router.nat.conntrack.flows)
+            flows.add_metric(["ipv4"], len(router.nat.conntrack) - six)
+            flows.add_metric(["ipv6"], six)
+            yield flows
 
 
 def make_registry(datapath: Datapath, process: bool = True) -> CollectorRegistry:
