@@ -229,6 +229,8 @@ class Router:
         tables: list[object] = [self, self.arp]
         if self.v6 is not None:
             tables.append(self.v6.nd)
+            if self.v6.nat is not None:
+                tables.append(self.v6.nat)
         if self.nat is not None:
             tables += [self.nat, self.nat.conntrack]
         return tables
