@@ -734,6 +734,12 @@ def _nat6(request: Request, segments: list[SegmentSpec]) -> Nat6Spec | None:
         raise ConfigError(
             f"the uplink carries IPv6: its mtu {uplink_mtu} is below {IPV6_MIN_MTU} (RFC 8200 section 5)"
         )
+    uplink6 = request.uplink.address6.network
+    for segment in segments:  # the router would have one /64 on two interfaces
+        if segment.subnet6 is not None and segment.subnet6.overlaps(uplink6):
+            raise ConfigError(
+                f"segment {segment.name}: IPv6 prefix {segment.subnet6} is the uplink's, {uplink6}"
+            )
     if nat6.prefix is not None:
         inside = request.subnet6
         if inside is None or request.segment_subnet6:

@@ -543,7 +543,8 @@ class Ipv6Router:
                 router._count(p.ledger, Drop.L4_BAD_CHECKSUM)
                 return []
             router.events[Event.ICMPV6_ECHO_REPLIED] += 1
-            src = self.address[p.iface] if p.dst == self.anycast[self.local[p.dst]] else p.dst  # 4.2
+            anycast = p.dst in self.local and p.dst == self.anycast[self.local[p.dst]]
+            src = self.address[p.iface] if anycast else p.dst  # 4.2: never from an anycast address
             return self._originate(build_echo_reply(src, p.src, pkt[l4:end]), p.iface, now, p.ledger)
         router._count(p.ledger, Drop.TO_ROUTER)
         if p.proto == PROTO_TCP:
@@ -565,6 +566,8 @@ class Ipv6Router:
                 router._count(p.ledger, Drop.NPT_UNMAPPABLE)
                 return NOTHING
             dst = inward
+            if dst in self.local:  # one of ours, as the outside sees it: delivered, answered as that
+                return Routed(self._deliver(p, now))
         hop = self.routes.lookup(int.from_bytes(dst, "big"))
         if hop is None:
             if tracer is not None:
