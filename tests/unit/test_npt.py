@@ -573,7 +573,6 @@ def test_icmpv6_errors_are_never_cached() -> None:
         assert not hit and o.pkt[IPv6].dst == A.ip and o.buf[L3 + 56 : L3 + 72] == a6(A.ip)
 
 
-
 def test_the_mapped_address_of_the_routers_own_inside_address_is_the_router() -> None:
     """From outside, the NPTv6 mapping of the router's ::1 reaches the router itself (as Linux delivers
     it locally), and the echo reply comes from that mapped address."""

@@ -31,7 +31,7 @@ from typing import Final
 
 from .counters import Event
 from .journal import Journal, keep
-from .wire import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from .wire import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 KEY: Final = struct.Struct("!B4sH4sH")  # proto, src, sport, dst, dport: a flow key, as bytes
 KEY6: Final = struct.Struct("!B16sH16sH")  # the same for IPv6 (NAT66 shares the table: keys differ in size)
@@ -269,7 +269,7 @@ class Conntrack:
             if flow.replied:
                 return self.timeouts.udp_stream
             return self.timeouts.udp if direction == ORIGINAL else None
-        if flow.proto == PROTO_ICMP:  # echo: like UDP, one timeout whether answered or not
+        if flow.proto in (PROTO_ICMP, PROTO_ICMPV6):  # echo: like UDP, one timeout whether answered or not
             return self.timeouts.icmp if flow.replied or direction == ORIGINAL else None
         return None
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from .checksum import delta, fold, internet_checksum, update_complete
+from .checksum import delta, fold, internet_checksum, update_complete, update_partial
 from .conntrack import KEY6, ORIGINAL, REPLY, Flow
 from .counters import Drop, Event
 from .icmp6 import ECHO_REPLY, ECHO_REQUEST, pseudo_header
@@ -61,7 +61,7 @@ class Nat66(Nat):
             self.journal.keep(self)
         proto, l4, end = p.proto, p.l4, p.end
         if l4 < 0:
-            return self._later_fragment6(p, route)
+            return self._later_fragment6(p, route, now)
         need = _L4_MIN.get(proto)
         if need is None or l4 + need > end:
             if not self._needs_nat(p.iface, p.src, p.dst, route):
@@ -119,11 +119,11 @@ class Nat66(Nat):
             self.events[Event.NAT_FRAGMENT_EVICTED] += 1
         fragments[key] = (x, now + FRAGMENT_TIMEOUT)
 
-    def _later_fragment6(self, p: Packet6, route: Route) -> NatChange | Drop | None:
+    def _later_fragment6(self, p: Packet6, route: Route, now: float) -> NatChange | Drop | None:
         """A later fragment gets the address rewrite its first fragment got (the first one came
-        before it, as a host sends them)."""
+        before it, as a host sends them), within FRAGMENT_TIMEOUT of it (no timer expires these)."""
         entry = self.fragments.get(self._fragment_key(p))
-        if entry is None:
+        if entry is None or entry[1] <= now:
             return Drop.NAT_FRAGMENT if self._needs_nat(p.iface, p.src, p.dst, route) else None
         nsrc, ndst, _, addr_delta, _ = entry[0]
         self.events[Event.NAT_FRAGMENT_TRANSLATED] += 1
@@ -151,7 +151,10 @@ class Nat66(Nat):
         buf[IP6_SRC] = x[0] if x[0] != pre_src else pkt[IP6_SRC]
         buf[IP6_DST] = x[1] if x[1] != pre_dst else pkt[IP6_DST]
         self._translate_quoted6(buf, flow, direction, l4 + 8, end)
-        if not _partial(buf, l4):
+        if _partial(buf, l4):  # the field holds the pseudo-header sum: only the outer addresses move it
+            change = delta(pkt[_ADDRESSES], bytes(buf[_ADDRESSES]))
+            buf[l4 + 2 : l4 + 4] = U16.pack(update_partial(U16.unpack_from(buf, l4 + 2)[0], change))
+        else:
             buf[l4 + 2 : l4 + 4] = b"\x00\x00"
             message = bytes(buf[l4:end])
             checksum = internet_checksum(

@@ -557,17 +557,16 @@ class Ipv6Router:
     def _forward(self, p: Packet6, now: float) -> Routed:
         router, pkt = self.router, p.pkt
         tracer = router.tracer
-        dst = p.dst
         npt = self.npt
         inward = None
-        if npt is not None and p.iface == self.npt_uplink and npt.is_outside(dst):
-            inward = npt.inward(dst)  # NPTv6 inbound, before routing (RFC 6296 3.1)
+        if npt is not None and p.iface == self.npt_uplink and npt.is_outside(p.dst):
+            inward = npt.inward(p.dst)  # NPTv6 inbound, before routing (RFC 6296 3.1)
             if inward is None:
                 router._count(p.ledger, Drop.NPT_UNMAPPABLE)
                 return NOTHING
-            dst = inward
-            if dst in self.local:  # one of ours, as the outside sees it: delivered, answered as that
+            if inward in self.local:  # one of ours, as the outside sees it: delivered, answered as that
                 return Routed(self._deliver(p, now))
+        dst = inward or p.dst
         hop = self.routes.lookup(int.from_bytes(dst, "big"))
         if hop is None:
             if tracer is not None:
@@ -595,9 +594,6 @@ class Ipv6Router:
                 return NOTHING
             if translated is not None:
                 pkt, addresses = translated
-                if tracer is not None:
-                    tracer.note("NPTv6", f"{IPv6Address(p.src)} > {IPv6Address(p.dst)} becomes "
-                                f"{IPv6Address(addresses[:16])} > {IPv6Address(addresses[16:])}")  # fmt: skip
         next_hop = int.from_bytes(dst, "big") if gateway is None else gateway
         nd = self.nd
         neighbour = nd.entries.get(next_hop)
@@ -658,6 +654,9 @@ class Ipv6Router:
             if src != p.src and npt.is_inside(inner_dst):
                 buf[quoted + 24 : quoted + 40] = npt.outward(inner_dst) or inner_dst
             pkt = bytes(buf)
+        if self.router.tracer is not None:
+            self.router.tracer.note("NPTv6", f"{IPv6Address(p.src)} > {IPv6Address(p.dst)} becomes "
+                                    f"{IPv6Address(src)} > {IPv6Address(inward or p.dst)}")  # fmt: skip
         return pkt, src + (inward or p.dst)
 
     def _refuse(
