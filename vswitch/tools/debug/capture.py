@@ -126,6 +126,7 @@ def stamp_ns(record: dict[str, Any]) -> int:
 
 def summary(record: dict[str, Any], port: str) -> str:
     import scapy.layers.inet
+    import scapy.layers.inet6  # binds IPv6 under Ether's 0x86dd, ICMPv6 and NDP under it
     import scapy.layers.vxlan  # noqa: F401  (binds VXLAN under UDP 4789: capture --outer)
     from scapy.layers.l2 import Ether
 
@@ -262,6 +263,10 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("-c", "--count", type=int, help="stop after N packets (all ports together)")
     p.add_argument(
-        "-f", "--filter", metavar="EXPR", help="tcpdump-like: icmp, tcp port 80, host 10.0.0.2 ..."
+        "-f",
+        "--filter",
+        metavar="EXPR",
+        help="tcpdump-like, both families: icmp, tcp port 80, host 10.0.0.2, icmp6 and host fd00:77::2, "
+        "net fd00:77::/64 ... (the language is above)",
     )
     p.add_argument("--name", default="default")

@@ -9,18 +9,41 @@ from __future__ import annotations
 import argparse
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from dataclasses import dataclass, field
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
+from typing import Any, Final
 
 from ...config.topology import UPLINK_SEGMENT
+from ...core.icmp6 import link_local_of
 from ...core.vxlan import OVERHEAD as VXLAN_OVERHEAD
-from ...shell.kernel import IFF_UP, KernelError, in_namespace, open_existing_namespace, route_mtu
+from ...shell.kernel import (
+    IFA_F_TENTATIVE,
+    IFF_UP,
+    KernelError,
+    in_namespace,
+    open_existing_namespace,
+    route_mtu,
+)
 from .common import call
 
 NUD_FAILED = 0x20
 NUD_INCOMPLETE = 0x01
+IFA_F_DADFAILED: Final = 0x08  # include/uapi/linux/if_addr.h: another host answered for the address
+RTPROT_RA: Final = 9  # include/uapi/linux/rtnetlink.h: a route learned from a router advertisement
+# net.ipv6.conf.IFNAME.* read for each port on an IPv6 segment (Documentation/networking/ip-sysctl.rst)
+IPV6_CONF: Final = (
+    "disable_ipv6", "forwarding", "accept_ra", "accept_ra_defrtr", "autoconf", "accept_ra_mtu", "mtu",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,10 +61,13 @@ def gateway_of(info: dict[str, Any], port: dict[str, Any]) -> str | None:
     return None
 
 
-def kernel_findings(info: dict[str, Any], port: dict[str, Any], target: str | None = None) -> list[Finding]:
-    """What is wrong inside the port's namespace: it exists, lo and the link are up, the address is
-    there, and (routed, or toward target) a route covers where it must send."""
-    ns, ifname, address = port["namespace"], port["interface"], port["address"]
+def kernel_findings(
+    info: dict[str, Any], port: dict[str, Any], target: str | None = None, family: int = 4
+) -> list[Finding]:
+    """What is wrong inside the port's namespace: it exists, lo and the link are up with the segment's
+    MTU; then, family 4: the address is there, and (routed, or toward target) a route covers where it
+    must send; family 6: ipv6_findings."""
+    ns, ifname = port["namespace"], port["interface"]
     restart = f"vswitch down --name {info['instance']}  # then start it again with vswitch up"
     if ns is None:
         return []
@@ -71,32 +97,307 @@ def kernel_findings(info: dict[str, Any], port: dict[str, Any], target: str | No
                     f"ip -n {ns} link set {ifname} mtu {want}",
                 )
             )
-        have = {
-            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            for a in ipr.get_addr(index=index[0], family=socket.AF_INET)
-        }
-        if address and address not in have:
-            found.append(
-                Finding(
-                    ns,
-                    f"address {address} is missing on {ifname}",
-                    f"ip -n {ns} addr add {address} dev {ifname}",
-                )
-            )
-        routes = ipr.get_routes(family=socket.AF_INET, table=254)
-        gateway = gateway_of(info, port)
-        has_default = any(r["dst_len"] == 0 for r in routes)
-        if info["routed"] and gateway is not None and not has_default:
-            found.append(
-                Finding(
-                    ns,
-                    f"the default route is missing (expected: default via {gateway})",
-                    f"ip -n {ns} route add default via {gateway} dev {ifname}",
-                )
-            )
-        elif target is not None and not has_default and not _covered(routes, target):
-            found.append(Finding(ns, f"no route to {target} (no default route)", None))
+        if family == 4:
+            found.extend(_ipv4_findings(info, port, ipr, index[0], target))
+        elif target is not None:
+            found.extend(_ipv6_route_to(info, port, ipr, target))
+    if family == 6:
+        found.extend(ipv6_port_findings(info, port))
     return found
+
+
+def _ipv6_route_to(info: dict[str, Any], port: dict[str, Any], ipr: Any, target: str) -> list[Finding]:
+    """No IPv6 route toward target, for a namespace that is not told its default route by the router
+    (the uplink's outside namespace, a switched segment's hosts): on a routed segment ipv6_findings
+    already names the missing default route."""
+    want = expect6(info, port)
+    if want is not None and want.router is not None:
+        return []
+    routes = [r for r in ipr.get_routes(family=socket.AF_INET6, table=254) if r["type"] == 1]  # unicast
+    if any(r["dst_len"] == 0 for r in routes) or _covered(routes, target):
+        return []
+    return [Finding(port["namespace"], f"no route to {target} (no IPv6 default route)", None)]
+
+
+def _ipv4_findings(
+    info: dict[str, Any], port: dict[str, Any], ipr: Any, index: int, target: str | None
+) -> list[Finding]:
+    ns, ifname, address = port["namespace"], port["interface"], port["address"]
+    found: list[Finding] = []
+    have = {
+        f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+        for a in ipr.get_addr(index=index, family=socket.AF_INET)
+    }
+    if address and address not in have:
+        found.append(
+            Finding(
+                ns,
+                f"address {address} is missing on {ifname}",
+                f"ip -n {ns} addr add {address} dev {ifname}",
+            )
+        )
+    routes = ipr.get_routes(family=socket.AF_INET, table=254)
+    gateway = gateway_of(info, port)
+    has_default = any(r["dst_len"] == 0 for r in routes)
+    if info["routed"] and gateway is not None and not has_default:
+        found.append(
+            Finding(
+                ns,
+                f"the default route is missing (expected: default via {gateway})",
+                f"ip -n {ns} route add default via {gateway} dev {ifname}",
+            )
+        )
+    elif target is not None and not has_default and not _covered(routes, target):
+        found.append(Finding(ns, f"no route to {target} (no default route)", None))
+    return found
+
+
+# --- IPv6: what a port on an IPv6 segment must have, judged apart from reading it ------------------------
+@dataclass(frozen=True)
+class Expect6:
+    """What vswitch set up for a port's IPv6: its segment's /64, the address (status address6: SLAAC's
+    on a routed segment, a static ::N on a switched one), and on a routed segment the router's
+    link-local address, the default gateway its advertisements name."""
+
+    segment: str
+    prefix: IPv6Network
+    address: IPv6Interface | None
+    router: IPv6Address | None  # None: a switched segment (no router, no advertisements)
+    mtu: int | None
+
+
+@dataclass(frozen=True)
+class Route6:
+    """One IPv6 default route of the namespace's main table (one per next hop of a multipath route)."""
+
+    gateway: IPv6Address | None
+    oif: int | None
+    proto: int
+
+
+@dataclass(frozen=True)
+class Link6:
+    """What the kernel shows of a port's IPv6 (read_link6): the link, its addresses with their IFA
+    flags, the main table's default routes, and its net.ipv6.conf settings."""
+
+    ifname: str
+    index: int
+    mac: str
+    mtu: int
+    addresses: tuple[tuple[IPv6Interface, int], ...]
+    defaults: tuple[Route6, ...]
+    conf: dict[str, int] = field(default_factory=dict)
+
+
+def expect6(info: dict[str, Any], port: dict[str, Any]) -> Expect6 | None:
+    """What the port's IPv6 should look like; None for a port vswitch gave no IPv6 (the host port
+    among them: its link is left without IPv6 on purpose)."""
+    if port["namespace"] is None:
+        return None
+    for segment in info["segments"]:
+        if segment["name"] == port["segment"] and segment.get("subnet6"):
+            routed = bool(info["routed"] and segment.get("gateway6") and segment.get("link_local"))
+            return Expect6(
+                segment["name"],
+                IPv6Network(segment["subnet6"]),
+                IPv6Interface(port["address6"]) if port.get("address6") else None,
+                IPv6Address(segment["link_local"]) if routed else None,
+                segment.get("mtu"),
+            )
+    return None
+
+
+def slaac_address(prefix: IPv6Network, mac: str) -> IPv6Interface:
+    """The address SLAAC forms in a /64 from a MAC (modified EUI-64, RFC 4291 appendix A)."""
+    iid = int.from_bytes(link_local_of(bytes.fromhex(mac.replace(":", "")))[8:], "big")
+    return IPv6Interface(f"{IPv6Address(int(prefix.network_address) | iid)}/{prefix.prefixlen}")
+
+
+def ipv6_findings(ns: str, link: Link6, want: Expect6) -> list[Finding]:
+    """The IPv6 checklist of one port: a usable address in its segment's /64 (not tentative, not
+    failed duplicate address detection); on a routed segment a default route via the router's
+    link-local address, learned from its advertisements (proto ra); the IPv6 MTU its segment has (the
+    one the router advertises). Each failure names its cause where the settings show one."""
+    ifname, conf = link.ifname, link.conf
+    sysctl = f"ip netns exec {ns} sysctl -w net.ipv6.conf.{ifname}"
+    if conf.get("disable_ipv6"):
+        return [Finding(ns, f"IPv6 is disabled on {ifname} (disable_ipv6 1)", f"{sysctl}.disable_ipv6=0")]
+    found: list[Finding] = []
+    # Why advertisements would be ignored: accept_ra 0, or 1 while the namespace forwards (ip-sysctl.rst).
+    ignores_ra: tuple[str, str] | None = None  # (why, the fix)
+    if want.router is not None:
+        accept_ra = conf.get("accept_ra", 1)
+        if accept_ra == 0:
+            ignores_ra = "accept_ra 0: the router's advertisements are ignored", f"{sysctl}.accept_ra=1"
+        elif accept_ra == 1 and conf.get("forwarding"):
+            ignores_ra = (
+                "forwarding 1 with accept_ra 1: a forwarding namespace ignores advertisements",
+                f"{sysctl}.accept_ra=2",
+            )
+    # The address
+    ours = [(a, flags) for a, flags in link.addresses if a.ip in want.prefix]
+    for address, flags in ours:
+        if flags & IFA_F_DADFAILED:
+            found.append(
+                Finding(
+                    ns,
+                    f"address {address} on {ifname} failed duplicate address detection: another host on "
+                    f"{want.segment} holds it (vswitch arp shows its MAC)",
+                    f"ip -n {ns} addr del {address} dev {ifname}  # once the other holder has gone: "
+                    f"ip -n {ns} addr add {address} dev {ifname} nodad",
+                )
+            )
+        elif flags & IFA_F_TENTATIVE:
+            found.append(
+                Finding(
+                    ns,
+                    f"address {address} on {ifname} is tentative: duplicate address detection has not "
+                    "finished, and until it does the address cannot be used",
+                    f"ip -n {ns} addr del {address} dev {ifname} && "
+                    f"ip -n {ns} addr add {address} dev {ifname} nodad",
+                )
+            )
+    if not ours:
+        expected = want.address or slaac_address(want.prefix, link.mac)
+        how = "SLAAC would give it" if want.router is not None else "vswitch gave it"
+        text, fix = f"no IPv6 address in {want.prefix} on {ifname} ({how} {expected})", None
+        if ignores_ra is not None:
+            text, fix = f"{text}; {ignores_ra[0]}", ignores_ra[1]
+        elif want.router is not None and conf.get("autoconf", 1) == 0:
+            text, fix = f"{text}; autoconf 0: SLAAC is off", f"{sysctl}.autoconf=1"
+        found.append(Finding(ns, text, fix or f"ip -n {ns} addr add {expected} dev {ifname} nodad"))
+    # The default route
+    if want.router is not None:
+        found.extend(_default_route6(ns, link, want.router, ignores_ra))
+    # The MTU: only when the link's is right (kernel_findings reports the link's; the IPv6 MTU follows it)
+    if want.mtu is not None and link.mtu == want.mtu and conf.get("mtu", want.mtu) != want.mtu:
+        where = f"its segment {want.segment}" + (" and the router's advertisements" if want.router else "")
+        text = f"{ifname}'s IPv6 MTU is {conf['mtu']}, {where} say {want.mtu}"
+        fix = f"{sysctl}.mtu={want.mtu}"
+        if want.router is not None and conf.get("accept_ra_mtu", 1) == 0:
+            text += " (accept_ra_mtu 0: the advertised MTU is ignored)"
+            fix += f" net.ipv6.conf.{ifname}.accept_ra_mtu=1"
+        found.append(Finding(ns, text, fix))
+    return found
+
+
+def _default_route6(
+    ns: str, link: Link6, router: IPv6Address, ignores_ra: tuple[str, str] | None
+) -> list[Finding]:
+    ifname, conf = link.ifname, link.conf
+    found: list[Finding] = []
+    via_router = [r for r in link.defaults if r.gateway == router and r.oif == link.index]
+    if not via_router:
+        text = f"no IPv6 default route via the router (expected: default via {router} dev {ifname} proto ra)"
+        fix = f"ip -n {ns} -6 route add default via {router} dev {ifname}"
+        if ignores_ra is not None:
+            text, fix = f"{text}; {ignores_ra[0]}", ignores_ra[1]
+        elif conf.get("accept_ra_defrtr", 1) == 0:
+            text += "; accept_ra_defrtr 0: advertisements give no default route"
+            fix = f"ip netns exec {ns} sysctl -w net.ipv6.conf.{ifname}.accept_ra_defrtr=1"
+        else:
+            text += " (the router's next advertisement brings it back)"
+        found.append(Finding(ns, text, fix))
+    elif not any(r.proto == RTPROT_RA for r in via_router):
+        found.append(
+            Finding(
+                ns,
+                f"the IPv6 default route via {router} was set by hand (proto {via_router[0].proto}), not "
+                "learned from the router's advertisements: it will not follow them",
+                None,
+                problem=False,
+            )
+        )
+    for route in link.defaults:
+        if route in via_router:
+            continue
+        gateway = f" via {route.gateway}" if route.gateway is not None else ""
+        learned = "a router advertisement from another router" if route.proto == RTPROT_RA else "set by hand"
+        found.append(
+            Finding(
+                ns,
+                f"an IPv6 default route{gateway} that is not the router's ({router}): {learned}",
+                f"ip -n {ns} -6 route del default{gateway}"
+                + (f" dev {ifname}" if route.oif == link.index else ""),
+            )
+        )
+    return found
+
+
+def read_link6(ns: str, ifname: str) -> Link6 | None:
+    """The kernel's side of ipv6_findings, by netlink and (for net.ipv6.conf) /proc/sys inside ns;
+    None when the namespace or the link is gone (kernel_findings reports that)."""
+    try:
+        ipr = open_existing_namespace(ns)
+    except FileNotFoundError:
+        return None
+    with ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return None
+        index = found[0]
+        link = ipr.get_links(index)[0]
+        addresses = tuple(
+            (
+                IPv6Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"),
+                a.get_attr("IFA_FLAGS") or a["flags"],
+            )
+            for a in ipr.get_addr(index=index, family=socket.AF_INET6)
+        )
+        defaults: list[Route6] = []
+        for route in ipr.get_routes(family=socket.AF_INET6, table=254):
+            if route["dst_len"] != 0 or route["type"] != 1:  # RTN_UNICAST: not the unreachable catch-all
+                continue
+            hops = route.get_attr("RTA_MULTIPATH")
+            if hops:
+                for hop in hops:
+                    defaults.append(
+                        Route6(_address6(hop.get_attr("RTA_GATEWAY")), hop["oif"], route["proto"])
+                    )
+            else:
+                gateway = _address6(route.get_attr("RTA_GATEWAY"))
+                defaults.append(Route6(gateway, route.get_attr("RTA_OIF"), route["proto"]))
+    try:
+        conf = in_namespace(ns, _conf_reader(ifname))
+    except OSError:
+        conf = {}
+    return Link6(
+        ifname,
+        index,
+        str(link.get_attr("IFLA_ADDRESS")),
+        link.get_attr("IFLA_MTU"),
+        addresses,
+        tuple(defaults),
+        conf,
+    )
+
+
+def _address6(text: str | None) -> IPv6Address | None:
+    return IPv6Address(text) if text else None
+
+
+def _conf_reader(ifname: str) -> Callable[[], dict[str, int]]:
+    def read() -> dict[str, int]:
+        conf: dict[str, int] = {}
+        for key in IPV6_CONF:
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{ifname}/{key}") as setting:
+                    conf[key] = int(setting.read())
+            except (OSError, ValueError):
+                continue  # an older kernel without the setting: judged by its default
+        return conf
+
+    return read
+
+
+def ipv6_port_findings(info: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
+    """ipv6_findings for a port on an IPv6 segment, read from its namespace; nothing for other ports,
+    or when the namespace or the link is gone (kernel_findings says so)."""
+    want = expect6(info, port)
+    if want is None:
+        return []
+    link = read_link6(port["namespace"], port["interface"])
+    return [] if link is None else ipv6_findings(port["namespace"], link, want)
 
 
 def segment_mtu(info: dict[str, Any], port: dict[str, Any]) -> int | None:
@@ -112,32 +413,40 @@ def segment_mtu(info: dict[str, Any], port: dict[str, Any]) -> int | None:
 
 
 def _covered(routes: list[Any], target: str) -> bool:
-    addr = IPv4Address(target)
+    """Whether a route with a destination (either family) covers target."""
+    addr = ip_address(target)
     for route in routes:
         dst = route.get_attr("RTA_DST")
-        if dst is not None and addr in IPv4Network(f"{dst}/{route['dst_len']}", strict=False):
+        if dst is not None and addr in ip_network(f"{dst}/{route['dst_len']}", strict=False):
             return True
     return False
 
 
 def neighbour_state(ns: str | None, ip: str) -> tuple[str | None, int | None]:
-    """(MAC, NUD state) of ip in the neighbour table of namespace ns (None: the root), or (None, None),
-    also when the namespace is gone: kernel_findings reports that."""
+    """(MAC, NUD state) of ip (IPv4: ARP, IPv6: NDP) in the neighbour table of namespace ns (None: the
+    root), or (None, None), also when the namespace is gone: kernel_findings reports that."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
         ipr = open_existing_namespace(ns)
     except FileNotFoundError:
         return None, None
     with ipr:
-        for entry in ipr.get_neighbours(family=socket.AF_INET):
-            if entry.get_attr("NDA_DST") == ip:
+        for entry in ipr.get_neighbours(family=family):
+            if entry.get_attr("NDA_DST") in (ip, _compressed(ip)):
                 return entry.get_attr("NDA_LLADDR"), int(entry["state"])
     return None, None
+
+
+def _compressed(ip: str) -> str:
+    """An IPv6 address as netlink prints it (the compressed form); IPv4 as it is."""
+    return str(IPv6Address(ip)) if ":" in ip else ip
 
 
 def findings(info: dict[str, Any], stats: dict[str, Any], arp: list[dict[str, Any]] | None) -> list[Finding]:
     found: list[Finding] = []
     for port in info["ports"]:
         found.extend(kernel_findings(info, port))
+        found.extend(ipv6_port_findings(info, port))
     if info["fdb_entries"] == 0:
         first = next((p for p in info["ports"] if p["namespace"] and p["address"]), None)
         fix = None
@@ -151,7 +460,9 @@ def findings(info: dict[str, Any], stats: dict[str, Any], arp: list[dict[str, An
         )
     for row in arp or []:
         if row["state"] in ("failed", "incomplete"):
-            found.append(Finding("arp", f"router: {row['ip']} is {row['state']} (no ARP reply)", None, False))
+            # NDP rows sit in the same table, their ip an IPv6 address
+            answer = "no neighbour advertisement" if ":" in str(row["ip"]) else "no ARP reply"
+            found.append(Finding("arp", f"router: {row['ip']} is {row['state']} ({answer})", None, False))
     for name, port in stats["ports"].items():
         for reason, count in port["drops"].items():
             found.append(Finding(name, f"{count} dropped: {reason}", None, problem=False))
@@ -282,6 +593,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "doctor", help="check namespaces, links, addresses, routes, tables, drops; print fixes"
+        "doctor",
+        help="check namespaces, links, addresses and routes (IPv4, and IPv6: SLAAC address, RA default "
+        "route, MTU), tables, drops; print fixes",
     )
     p.add_argument("--name", default="default")
