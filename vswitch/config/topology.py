@@ -54,6 +54,9 @@ def valid_ifname(name: str) -> bool:
 DEFAULT_SUBNET = IPv4Network("10.0.0.0/24")
 DEFAULT_IFNAME = "eth0"
 HOST = "host"  # the word that puts the root namespace on a segment (the host port)
+DHCP = "dhcp"  # the word for an address that DHCP gives (reserved: no namespace is called that)
+PID_PREFIX = "pid:"  # a port in the namespace of a process: pid:1234
+PORT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 UPLINK_SEGMENT = "wan"
 DEFAULT_UPLINK_ADDRESS = IPv4Interface("198.18.0.2/24")
 DEFAULT_UPSTREAM = IPv4Address("198.18.0.1")
@@ -89,17 +92,26 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class PortSpec:
-    """One port: a namespace's interface (or, with namespace None, the host's) and its address."""
+    """One port: an interface in a namespace (or, with namespace None, the host's) and its address.
+
+    namespace is a name under /run/netns, which vswitch makes if missing, or, for a port attached to
+    a namespace that exists (`pid:PID`, `/PATH`: a container, a process), the path of that namespace,
+    which vswitch never makes, renames or removes: it owns only its tap there (`attached`)."""
 
     namespace: str | None
     ifname: str = DEFAULT_IFNAME
     address: IPv4Interface | None = None  # None until resolved: the next free host of the subnet
     # with --subnet6 on a switched topology: ::N for the Nth port (routed segments' hosts use SLAAC)
     address6: IPv6Interface | None = None
+    name: str | None = None  # the port's own name (PORT=), else its namespace's or pidPID
+    dhcp: bool = False  # =dhcp: the address comes from DHCP (the DHCP issue serves it)
+    attached: bool = False
 
     @property
     def label(self) -> str:
-        """How the user names this port in other commands: its namespace, or 'host'."""
+        """How the user names this port in other commands (capture, trace, stats, DNS)."""
+        if self.name is not None:
+            return self.name
         return self.namespace if self.namespace is not None else HOST
 
 
@@ -280,17 +292,58 @@ def parse_subnet6(text: str) -> IPv6Network:
 
 
 def parse_port(text: str) -> PortSpec:
-    """`ns`, `ns:ifname`, `ns:ifname=10.0.0.7/24`, or `host[=ADDR/PREFIX]` (the root namespace)."""
+    """One port, in the grammar every option that names or makes a port takes (README, "Ports"):
+    `[PORT=](NS|pid:PID|/PATH)[:IFNAME][=ADDR/PREFIX|=dhcp]`, or `host[=ADDR/PREFIX]`.
+
+    `PORT=` names a port only before `pid:` or `/`, so `ns1=10.0.0.7/24` keeps its meaning (namespace
+    ns1 with that address). A port given by PID is named pidPID unless named; one given by path must
+    be named. An attached namespace's interface defaults to eth0 where free, else vs0 (chosen at start:
+    "" until then)."""
     text = text.strip()
-    address: IPv4Interface | None = None
-    if "=" in text:
-        text, addr_text = text.split("=", 1)
-        address = parse_interface(addr_text, f"address for port {text}")
-    name, colon, ifname = text.partition(":")
-    if name == HOST:
+    name = None
+    head, eq, rest = text.partition("=")
+    if eq and (rest.startswith(PID_PREFIX) or rest.startswith("/")):
+        name, text = check_port_name(head.strip()), rest
+    target, eq, value = text.partition("=")
+    address, dhcp = None, False
+    if eq:
+        if value.strip() == DHCP:
+            dhcp = True
+        else:
+            address = parse_interface(value, f"address for port {target}")
+    if target.startswith(PID_PREFIX):
+        digits, colon, ifname = target[len(PID_PREFIX) :].partition(":")
+        if not digits.isascii() or not digits.isdigit() or int(digits) < 1:
+            raise ConfigError(f"port {text!r}: pid:PID takes a process number, e.g. pid:1234")
+        namespace = f"/proc/{int(digits)}/ns/net"
+        label = name or f"pid{int(digits)}"
+        return PortSpec(namespace, check_ifname(ifname) if colon else "", address, None, label, dhcp, True)
+    if target.startswith("/"):
+        slash, colon_at = target.rfind("/"), target.rfind(":")
+        path, ifname = (target[:colon_at], target[colon_at + 1 :]) if colon_at > slash else (target, "")
+        if name is None:
+            raise ConfigError(
+                f"port {target!r}: a namespace given by path needs a port name, e.g. web={target} "
+                "(the name is what capture, trace and stats call it)"
+            )
+        return PortSpec(path, check_ifname(ifname) if ifname else "", address, None, name, dhcp, True)
+    namespace, colon, ifname = target.partition(":")
+    if namespace == HOST:
+        if dhcp:
+            raise ConfigError("the host port takes an address, not dhcp: the root namespace is not ours")
         return PortSpec(None, check_ifname(ifname) if colon else "", address)
-    check_namespace(name)
-    return PortSpec(name, check_ifname(ifname) if colon else DEFAULT_IFNAME, address)
+    if namespace == DHCP:
+        raise ConfigError(f"{DHCP!r} is a reserved word, not a namespace name")
+    check_namespace(namespace)
+    return PortSpec(namespace, check_ifname(ifname) if colon else DEFAULT_IFNAME, address, dhcp=dhcp)
+
+
+def check_port_name(name: str) -> str:
+    if not PORT_NAME_RE.fullmatch(name) or name in (HOST, DHCP):
+        raise ConfigError(
+            f"invalid port name {name!r}: 1-32 letters, digits, '_', '.', '-' (not host or dhcp)"
+        )
+    return name
 
 
 def parse_ports(text: str, option: str = "--ports") -> list[PortSpec]:
@@ -685,7 +738,7 @@ def build(request: Request) -> Topology:
     host_ifname = request.host_ifname or f"vs-{request.name}"
     for segment in segments:
         segment.ports = [
-            PortSpec(None, host_ifname, p.address) if p.namespace is None else p for p in segment.ports
+            replace(p, ifname=host_ifname) if p.namespace is None else p for p in segment.ports
         ]
         assign_addresses(segment, {segment.gateway.ip} if segment.gateway else set())
         if request.subnet6 is not None and not routed:
@@ -861,7 +914,7 @@ def assign_addresses(segment: SegmentSpec, reserved: set[IPv4Address] | None = N
                     f"subnet {segment.subnet} is too small for {len(segment.ports)} ports"
                     + (" and a gateway" if reserved else "")
                 )
-            port = PortSpec(port.namespace, port.ifname, IPv4Interface(f"{host}/{segment.subnet.prefixlen}"))
+            port = replace(port, address=IPv4Interface(f"{host}/{segment.subnet.prefixlen}"))
         elif port.address.ip not in segment.subnet and segment.gateway is not None:
             raise ConfigError(f"address {port.address} of {port.label} is outside segment {segment.name}")
         resolved.append(port)
@@ -879,7 +932,7 @@ def assign_addresses6(segment: SegmentSpec, subnet: IPv6Network) -> None:
             if number >= subnet.num_addresses:  # ::0 is the subnet-router anycast (RFC 4291 2.6.1)
                 raise ConfigError(f"IPv6 subnet {subnet} is too small for {len(segment.ports)} ports")
             address = IPv6Interface(f"{subnet.network_address + number}/{subnet.prefixlen}")
-            port = PortSpec(port.namespace, port.ifname, port.address, address)
+            port = replace(port, address6=address)
         resolved.append(port)
     segment.ports = resolved
 

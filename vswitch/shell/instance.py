@@ -21,6 +21,7 @@ from typing import Any, Final
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..config.topology import (
+    DEFAULT_IFNAME,
     UPLINK_SEGMENT,
     ConfigError,
     PortSpec,
@@ -71,6 +72,7 @@ class LivePort:
     segment: str
     tap: Tap
     address6: IPv6Interface | None = None
+    attached: bool = False  # in a namespace vswitch did not make (pid:, /PATH): only the tap is ours
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,7 @@ class LivePort:
             "address": str(self.address) if self.address else None,
             "address6": str(self.address6) if self.address6 else None,
             "segment": self.segment,
+            "attached": self.attached,
         }
 
 
@@ -220,29 +223,39 @@ class Instance:
         offloads: bool = True,
         ipv6_conf: dict[str, int] | None = None,
     ) -> None:
-        tap, mac = self._make_tap(spec, mtu, offloads, ipv6_conf)
+        tap, mac, ifname = self._make_tap(spec, mtu, offloads, ipv6_conf)
         port_id = self.datapath.add_port(spec.label, seg_index)
         self.ports.append(
             LivePort(
                 port_id,
                 spec.label,
                 spec.namespace,
-                spec.ifname,
+                ifname,
                 spec.address,
                 mac,
                 seg_name,
                 tap,
                 spec.address6,
+                spec.attached,
             )
         )
 
     def _make_tap(
         self, spec: PortSpec, mtu: int, offloads: bool = True, ipv6_conf: dict[str, int] | None = None
-    ) -> tuple[Tap, str]:
+    ) -> tuple[Tap, str, str]:
         """The tap of a port: its namespace made if missing (lo up), the tap opened, recorded, moved
-        there, named, given its IPv6 settings, addressed and up. Returns it and its MAC."""
+        there, named, given its IPv6 settings, addressed and up. Returns it, its MAC and its name there.
+        In an attached namespace (pid:, /PATH) only the tap is ours: nothing else there is touched."""
         namespace = spec.namespace
-        if namespace is not None:
+        if spec.attached:
+            assert namespace is not None
+            if kernel.netns_inode(namespace) is None:
+                raise StartError(f"port {spec.label}: no namespace at {namespace} (has the process gone?)")
+            if not spec.ifname:  # a container usually has its own eth0
+                spec = replace(
+                    spec, ifname="vs0" if kernel.link_exists(namespace, DEFAULT_IFNAME) else DEFAULT_IFNAME
+                )
+        if namespace is not None and not spec.attached:
             if kernel.netns_inode(namespace) is None:
                 inode, cookie = kernel.create_netns(namespace)
                 self.ledger.record("netns", name=namespace, inode=inode, cookie=cookie)
@@ -251,6 +264,7 @@ class Instance:
             elif kernel.set_lo_up(namespace):
                 # Someone else's namespace, lo down: we bring it up, and put it back when we go.
                 self.ledger.record("lo-up", namespace=namespace, cookie=kernel.netns_cookie(namespace))
+        if namespace is not None:
             tap = open_tap(_tap_name(self.topology.name), offloads)
         else:  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
             tap = open_tap(spec.ifname, offloads)
@@ -267,7 +281,7 @@ class Instance:
             spec.address6,
             ipv6_conf,
         )
-        return tap, mac
+        return tap, mac, spec.ifname
 
     def _add_trunks(self) -> None:
         """Each trunk: a tap with no address in its namespace, at the largest MTU of its segments (a
@@ -275,7 +289,7 @@ class Instance:
         index = {s.name: i for i, s in enumerate(self.topology.segments)}
         for spec in self.topology.trunks:
             segments = [self.topology.segments[index[name]] for name in spec.segments]
-            tap, mac = self._make_tap(PortSpec(spec.namespace, spec.ifname), max(s.mtu for s in segments))
+            tap, mac, _ = self._make_tap(PortSpec(spec.namespace, spec.ifname), max(s.mtu for s in segments))
             trunk = Trunk(spec.namespace)
             native = index[spec.native] if spec.native is not None else None
             self.datapath.add_trunk(trunk, [(index[name], vid) for name, vid in spec.vlans], native)
@@ -438,9 +452,17 @@ class Instance:
             assert segment.gateway is not None
             for spec in segment.ports:
                 if spec.namespace is not None:
-                    kernel.add_route(
-                        spec.namespace, IPv4Network("0.0.0.0/0"), segment.gateway.ip, spec.ifname
-                    )
+                    live = next(p for p in self.ports if p.label == spec.label)
+                    try:
+                        kernel.add_route(
+                            live.namespace, IPv4Network("0.0.0.0/0"), segment.gateway.ip, live.ifname
+                        )
+                    except KernelError as exc:
+                        if not live.attached:
+                            raise
+                        # A container has its default route already: it keeps it (ours would go with
+                        # our tap anyway); it reaches this segment directly, the rest as it routes.
+                        self.log(f"{live.label}: no default route via {segment.gateway.ip}: {exc}")
                 elif self.topology.host_routes:
                     for other in self.topology.segments:
                         if other is not segment:
