@@ -737,9 +737,7 @@ def build(request: Request) -> Topology:
     _attach_vxlan(request, segments)
     host_ifname = request.host_ifname or f"vs-{request.name}"
     for segment in segments:
-        segment.ports = [
-            replace(p, ifname=host_ifname) if p.namespace is None else p for p in segment.ports
-        ]
+        segment.ports = [replace(p, ifname=host_ifname) if p.namespace is None else p for p in segment.ports]
         assign_addresses(segment, {segment.gateway.ip} if segment.gateway else set())
         if request.subnet6 is not None and not routed:
             segment.subnet6 = request.subnet6
