@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .config import topology
+from .config.topology import ConfigError
 from .core.wire import VNET_HDR_LEN, ZERO_VNET_HDR
+from .shell.control import CommandError
 from .shell.instance import Instance, StartError
 from .shell.kernel import stop_signals_held
 from .shell.loop import new_loop
@@ -124,6 +126,33 @@ class Switch:
         self._thread.start()
         if not ready.wait(self.start_timeout) or self._error is not None:
             raise StartError(f"in-process switch {self.name} did not start: {self._error}")
+
+    # --- live ports ---------------------------------------------------------------------------------
+    def add_port(self, spec: str, segment: str | None = None, address: str | None = None) -> dict[str, Any]:
+        """A port while the switch runs, in the port grammar (README "Ports"): `ns4`, `pid:1234`,
+        `web=/run/c1/net`; its description, as `status` shows it."""
+        described: dict[str, Any] = self._live(
+            lambda instance: instance.add_port_live(spec, segment, address)
+        )
+        return described
+
+    def remove_port(self, port: str) -> None:
+        self._live(lambda instance: instance.remove_port_live(port))
+
+    def move_port(self, port: str, segment: str) -> dict[str, Any]:
+        described: dict[str, Any] = self._live(lambda instance: instance.move_port_live(port, segment))
+        return described
+
+    def _live(self, change: Callable[[Instance], Coroutine[Any, Any, Any]]) -> Any:
+        """Run a live change on the switch's loop (its thread owns the datapath); its errors raise here
+        as ValueError with the control socket's words."""
+        instance, loop = self.instance, self._loop
+        if instance is None or loop is None:
+            raise RuntimeError(f"switch {self.name} is not running")
+        try:
+            return asyncio.run_coroutine_threadsafe(change(instance), loop).result(timeout=30.0)
+        except (CommandError, ConfigError) as exc:
+            raise ValueError(str(exc)) from None
 
     def stop(self) -> None:
         """Stop forwarding and remove every namespace, tap and file this switch created."""

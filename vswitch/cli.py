@@ -194,6 +194,22 @@ def build_parser() -> Parser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--name", default="default")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    port = sub.add_parser("port", help="add, remove or move a port while the switch runs")
+    ops = port.add_subparsers(dest="op", required=True, metavar="OP")
+    add = ops.add_parser("add", help="a new port (its namespace made if missing, or attached)")
+    add.add_argument("spec", metavar="SPEC", help="[PORT=](NS|pid:PID|/PATH)[:IFNAME][=ADDR/PREFIX|=dhcp]")
+    add.add_argument("--segment", help="which segment (needed when there are several)")
+    how = add.add_mutually_exclusive_group()
+    how.add_argument("--address", metavar="ADDR/PREFIX", help="its address (default: the next free one)")
+    how.add_argument("--dhcp", action="store_true", help="its address comes from DHCP")
+    remove = ops.add_parser("del", help="remove a port: its tap goes, and what was learned through it")
+    remove.add_argument("port", metavar="PORT")
+    move = ops.add_parser("move", help="move a port to another segment (readdressed for it)")
+    move.add_argument("port", metavar="PORT")
+    move.add_argument("--segment", required=True)
+    for p in (add, remove, move):
+        p.add_argument("--name", default="default")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
     for module in EXTENSIONS:
         EXTENSION_COMMANDS.update(importlib.import_module(module).register(sub))
     return parser
@@ -521,6 +537,30 @@ def cmd_table(cmd: str, title: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def cmd_port(args: argparse.Namespace) -> int:
+    fields: dict[str, Any] = {"op": args.op}
+    if args.op == "add":
+        spec = args.spec + ("=dhcp" if args.dhcp and "=" not in args.spec.split(":")[-1] else "")
+        fields.update(spec=spec, segment=args.segment, address=args.address)
+    else:
+        fields.update(port=args.port, segment=getattr(args, "segment", None))
+    check_or_fail(args.name)
+    try:
+        result = request(socket_path(args.name), "port", timeout=30.0, **fields)
+    except ControlError as exc:
+        fail(f"instance {args.name}: {exc}")
+    if not print_json(args, result):
+        if args.op == "del":
+            print(f"removed port {args.port}")
+        else:
+            address = " ".join(a for a in (result.get("address"), result.get("address6")) if a) or "-"
+            print(
+                f"port {result['port']}: {result['namespace']} {result['interface']} {address} "
+                f"on {result['segment']}"
+            )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "routes": cmd_table("routes", "routes"),
     "arp": cmd_table("arp", "neighbours (ARP, NDP)"),
@@ -530,6 +570,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "fdb": cmd_fdb,
     "stats": cmd_stats,
+    "port": cmd_port,
 }
 
 

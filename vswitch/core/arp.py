@@ -177,6 +177,16 @@ class ArpCache:
         del self.failed[ip]
         return False
 
+    def forget_macs(self, macs: set[bytes]) -> int:
+        """Remove the entries that resolve to these MACs (a port that left took them); how many."""
+        keep(self.journal, self)
+        gone = [ip for ip, entry in self.entries.items() if entry.mac in macs]
+        for ip in gone:
+            del self.entries[ip]
+        if gone:
+            self._changed()
+        return len(gone)
+
     def known(self, ip: int) -> bool:
         """In the table, for RFC 826's merge rule (pending resolutions count too)."""
         return ip in self.entries or ip in self.pending

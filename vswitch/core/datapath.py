@@ -115,6 +115,30 @@ class Datapath:
         self.port_segment.append(segment)
         return port
 
+    def remove_port(self, port: int) -> set[bytes]:
+        """A port leaves (`vswitch port del`): no frame goes to it again, and what was learned through
+        it goes: its FDB entries, the router's neighbours with those MACs, the flow cache (flushed by
+        the FDB change). Its counters stay, under its name. Returns the MACs it had."""
+        switch = self.port_switch[port]
+        macs = {mac for mac, entry in switch.fdb.entries.items() if entry.port == port and not entry.static}
+        switch.remove_port(port)
+        self.segments[self.port_segment[port]].ports.remove(port)
+        if self.router is not None:
+            self.router.forget_neighbours(macs)
+        if self.flows is not None:
+            self.flows.flush()
+        return macs
+
+    def move_port(self, port: int, segment: int) -> set[bytes]:
+        """`vswitch port move`: the port leaves its segment as remove_port has it, and joins another."""
+        macs = self.remove_port(port)
+        seg = self.segments[segment]
+        seg.switch.add_port(port)
+        seg.ports.append(port)
+        self.port_switch[port] = seg.switch
+        self.port_segment[port] = segment
+        return macs
+
     def attach_router(self, router: Router, macs: dict[int, bytes]) -> None:
         """Give the router an interface (a port with no fd) on each segment in macs."""
         self.router = router

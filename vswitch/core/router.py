@@ -36,7 +36,7 @@ from .arp import (
     build_request,
 )
 from .checksum import ones_sum
-from .conntrack import Flow, describe
+from .conntrack import KEY, KEY6, Flow, describe
 from .counters import Drop, Event
 from .fragment import complete_checksum, fragment
 from .icmp import (
@@ -213,6 +213,25 @@ class Router:
         if net.prefixlen <= 30:
             self._broadcasts.add(net.broadcast_address.packed)
         self.routes.add_connected(net, iface.index)
+
+    def forget_neighbours(self, macs: set[bytes]) -> None:
+        """A port left: the ARP and NDP entries that pointed at its MACs go."""
+        self.arp.forget_macs(macs)
+        if self.v6 is not None:
+            self.v6.nd.forget_macs(macs)
+
+    def forget_addresses(self, addresses: set[bytes]) -> int:
+        """A port left or moved: the tracked flows from or to its addresses go (with their NAT
+        mappings and flow-cache entries, by conntrack's hooks). How many."""
+        if self.nat is None:
+            return 0
+        conntrack = self.nat.conntrack
+        gone = [
+            flow for flow in conntrack.flows if (_addresses(flow.orig) | _addresses(flow.reply)) & addresses
+        ]
+        for flow in gone:
+            conntrack.remove(flow)
+        return len(gone)
 
     def journal_save(self) -> tuple[Counter[str], Counter[str], Counter[str], int]:
         """What a frame changes in the router itself, for a trace run to put back (journal.py)."""
@@ -674,6 +693,15 @@ class Router:
             }
             for i in self.interfaces.values()
         ]
+
+
+def _addresses(key: bytes) -> set[bytes]:
+    """The two addresses of a conntrack key, IPv4's or IPv6's."""
+    if len(key) == KEY6.size:
+        _, src, _, dst, _ = KEY6.unpack(key)
+    else:
+        _, src, _, dst, _ = KEY.unpack(key)
+    return {src, dst}
 
 
 _ICMP_EVENTS: Final = {

@@ -1,10 +1,11 @@
-"""The control requests the shell answers itself: status and the tables (`BASE`)."""
+"""The control requests the shell answers itself: status, the tables and live ports (`BASE`)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, Final
 
+from ..config.topology import ConfigError
 from .control import CommandError, ControlTable
 from .instance import Instance
 
@@ -56,6 +57,24 @@ def _conntrack(instance: Instance, _req: dict[str, Any]) -> Any:
     return _router(instance).conntrack_table(asyncio.get_running_loop().time())
 
 
+async def _port(instance: Instance, req: dict[str, Any]) -> Any:
+    """{"op": "add", "spec", "segment"?, "address"?} | {"op": "del", "port"} | {"op": "move", "port",
+    "segment"}: a port changed while the switch runs (Instance.add_port_live and the others)."""
+    op = req.get("op")
+    try:
+        if op == "add":
+            return await instance.add_port_live(str(req["spec"]), req.get("segment"), req.get("address"))
+        if op == "del":
+            return await instance.remove_port_live(str(req["port"]))
+        if op == "move":
+            return await instance.move_port_live(str(req["port"]), str(req["segment"]))
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    except KeyError as exc:
+        raise CommandError(f"port {op}: {exc.args[0]} is missing") from None
+    raise CommandError(f"port: unknown operation {op!r} (add, del, move)")
+
+
 BASE: Final[ControlTable[Instance]] = ControlTable(
     {
         "status": _status,
@@ -64,5 +83,6 @@ BASE: Final[ControlTable[Instance]] = ControlTable(
         "routes": _routes,
         "arp": _arp,
         "conntrack": _conntrack,
+        "port": _port,
     }
 )

@@ -25,6 +25,7 @@ from ..config.topology import (
     UPLINK_SEGMENT,
     ConfigError,
     PortSpec,
+    SegmentSpec,
     Topology,
     TrunkSpec,
     underlay_mtu_check,
@@ -34,7 +35,7 @@ from ..core.nat import PortForward
 from ..core.vlan import Trunk
 from ..core.vxlan import Tunnel, Vtep
 from . import kernel
-from .control import ControlServer, ControlTable
+from .control import CommandError, ControlServer, ControlTable
 from .kernel import STOP_SIGNALS, KernelError
 from .loop import Shell
 from .state import Ledger, socket_path, state_path
@@ -490,6 +491,129 @@ class Instance:
         for prefix in prefixes:
             kernel.add_route(uplink.namespace, prefix, uplink.address6.ip, uplink.ifname)
 
+    # --- live ports (vswitch port add / del / move) ------------------------------------------------
+    # Each runs on the loop's thread between batches; the kernel's part (netlink, a thread in the
+    # namespace) in the default executor, so forwarding goes on meanwhile. The tap is in the ledger
+    # before the port forwards (_make_tap records it first): a SIGKILL at any moment leaves `down`
+    # an exact list.
+    async def add_port_live(self, text: str, segment: str | None = None, address: str | None = None) -> Any:
+        from ..config.topology import parse_interface, parse_port
+
+        spec = parse_port(text)
+        if address is not None:
+            spec = replace(spec, address=parse_interface(address, f"address for port {spec.label}"))
+        if spec.namespace is None:
+            raise CommandError("the host port is given at start (--host), not added live")
+        if any(p.label == spec.label for p in self.ports):
+            raise CommandError(f"there is a port {spec.label} already")
+        index, seg = self._segment_named(segment)
+        if spec.address is None and not spec.dhcp:
+            spec = replace(spec, address=self._free_address(seg))
+        conf = SLAAC_CONF if seg.gateway6 is not None else None
+        loop = asyncio.get_running_loop()
+        try:
+            tap, mac, ifname = await loop.run_in_executor(
+                None, self._make_tap, spec, seg.mtu, seg.vxlan is None, conf
+            )
+        except (KernelError, TapError, StartError, OSError) as exc:
+            raise CommandError(f"port {spec.label}: {exc}") from None
+        port_id = self.datapath.add_port(spec.label, index)
+        live = LivePort(port_id, spec.label, spec.namespace, ifname, spec.address, mac, seg.name, tap,
+                        spec.address6, spec.attached)  # fmt: skip
+        self.ports.append(live)
+        seg.ports.append(spec)
+        if self.shell is not None:
+            self.shell.attach(port_id, tap.fd)
+        if seg.gateway is not None:
+            await loop.run_in_executor(None, self._default_route, live, seg)
+        return live.describe()
+
+    async def remove_port_live(self, label: str) -> Any:
+        """The port's tap goes (and with it the interface in its namespace); what the switch learned
+        through it goes too (Datapath.remove_port, Router.forget_addresses)."""
+        live = self._live(label)
+        if self.shell is not None:
+            self.shell.detach(live.id)
+        self.datapath.remove_port(live.id)
+        if self.router is not None:
+            self.router.forget_addresses(_packed(live))
+        live.tap.close()
+        self._taps.remove(live.tap)
+        for entry in list(self.ledger.records):
+            if entry["kind"] == "tap" and entry["name"] == live.tap.name:
+                self.ledger.forget(entry)
+        self.ports.remove(live)
+        for seg in self.topology.segments:
+            seg.ports = [p for p in seg.ports if p.label != label]
+        return {"removed": label}
+
+    async def move_port_live(self, label: str, segment: str) -> Any:
+        """The port joins another segment: forgotten where it was, readdressed for the new one (its
+        subnet and gateway, its MTU), as if it had been plugged into another switch."""
+        live = self._live(label)
+        index, seg = self._segment_named(segment)
+        if seg.name == live.segment:
+            raise CommandError(f"port {label} is on segment {segment} already")
+        old = next(s for s in self.topology.segments if s.name == live.segment)
+        spec = next(p for p in old.ports if p.label == label)
+        self.datapath.move_port(live.id, index)
+        if self.router is not None:
+            self.router.forget_addresses(_packed(live))
+        address = live.address if live.address is not None and live.address.ip in seg.subnet else None
+        new = address or self._free_address(seg)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            None, kernel.readdress, live.namespace, live.ifname, live.address, new, seg.mtu
+        )
+        old.ports.remove(spec)
+        seg.ports.append(replace(spec, address=new, address6=None))
+        live.segment, live.address, live.address6 = seg.name, new, None
+        if seg.gateway is not None:
+            await loop.run_in_executor(None, self._default_route, live, seg)
+        return live.describe()
+
+    def _live(self, label: str) -> LivePort:
+        found = next((p for p in self.ports if p.label == label), None)
+        if found is None:
+            raise CommandError(f"no port {label} (vswitch status lists them)")
+        if found.segment == UPLINK_SEGMENT or found.namespace is None:
+            raise CommandError(
+                f"port {label} is the {'uplink' if found.namespace else 'host port'}: not changed live"
+            )
+        return found
+
+    def _segment_named(self, name: str | None) -> tuple[int, SegmentSpec]:
+        segments = self.topology.segments
+        if name is None:
+            if len(segments) > 1:
+                raise CommandError("there are several segments: say which with --segment")
+            return 0, segments[0]
+        for index, seg in enumerate(segments):
+            if seg.name == name:
+                return index, seg
+        raise CommandError(f"no segment {name} (there are {', '.join(s.name for s in segments)})")
+
+    def _free_address(self, seg: SegmentSpec) -> IPv4Interface:
+        taken = {p.address.ip for p in self.ports if p.address is not None}
+        if seg.gateway is not None:
+            taken.add(seg.gateway.ip)
+        host = next((h for h in seg.subnet.hosts() if h not in taken), None)
+        if host is None:
+            raise CommandError(f"segment {seg.name}: subnet {seg.subnet} has no free address")
+        return IPv4Interface(f"{host}/{seg.subnet.prefixlen}")
+
+    def _default_route(self, live: LivePort, seg: SegmentSpec) -> None:
+        """The namespace's default route via the segment's gateway; an attached one keeps its own."""
+        assert seg.gateway is not None
+        try:
+            kernel.add_route(
+                live.namespace, IPv4Network("0.0.0.0/0"), seg.gateway.ip, live.ifname, replace=True
+            )
+        except KernelError as exc:
+            if not live.attached:
+                raise
+            self.log(f"{live.label}: no default route via {seg.gateway.ip}: {exc}")
+
     # --- running -----------------------------------------------------------------------------------
     async def serve(self, ready: Callable[[], None] | None = None, signals: bool = True) -> None:
         """Forward until SIGINT/SIGTERM (or stop()); the caller tears down afterwards.
@@ -717,6 +841,11 @@ class Instance:
                     row["remote"] = tunnel.addresses[port]
                 rows.append(row)
         return rows
+
+
+def _packed(live: LivePort) -> set[bytes]:
+    """A port's addresses as the core keys them."""
+    return {a.ip.packed for a in (live.address, live.address6) if a is not None}
 
 
 def _ignore_signal() -> None:

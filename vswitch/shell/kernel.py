@@ -282,6 +282,26 @@ def place_tap(
         raise KernelError(f"namespace {namespace} does not exist") from None
 
 
+def readdress(
+    namespace: str | None, ifname: str, old: IPv4Interface | None, new: IPv4Interface, mtu: int
+) -> None:
+    """A moved port's interface: the old address off, the new one on, the new segment's MTU."""
+    try:
+        with _ipr(namespace) as ipr:
+            index = link_index(ipr, ifname)
+            if index is None:
+                raise KernelError(f"no interface {ifname} in {namespace or 'the root namespace'}")
+            ipr.link("set", index=index, mtu=mtu)
+            if old is not None and old != new:
+                ipr.addr("del", index=index, address=str(old.ip), prefixlen=old.network.prefixlen)
+            if old != new:
+                ipr.addr("add", index=index, address=str(new.ip), prefixlen=new.network.prefixlen)
+    except NetlinkError as exc:
+        raise KernelError(
+            f"readdressing {ifname} in {namespace or 'root'}: {os.strerror(exc.code)}"
+        ) from None
+
+
 def set_ipv6_conf(namespace: str | None, ifname: str, settings: dict[str, int]) -> None:
     """Write net.ipv6.conf.IFNAME.KEY for each setting, in namespace. Netlink cannot set these (the
     kernel takes only the token and the address generation mode that way), and /proc/sys/net is the
@@ -317,7 +337,9 @@ def add_route(
     dst: IPv4Network | IPv6Network,
     gateway: IPv4Address | IPv6Address | None,
     ifname: str,
+    replace: bool = False,
 ) -> None:
+    """A route in namespace; replace: over one to the same destination (a port moved)."""
     with _ipr(namespace) as ipr:
         index = link_index(ipr, ifname)
         if index is None:
@@ -328,7 +350,7 @@ def add_route(
         if gateway is not None:
             kwargs["gateway"] = str(gateway)
         try:
-            ipr.route("add", **kwargs)
+            ipr.route("replace" if replace else "add", **kwargs)
         except NetlinkError as exc:
             raise KernelError(
                 f"adding route {dst} in {namespace or 'root'}: {os.strerror(exc.code)}"

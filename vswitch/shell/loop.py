@@ -103,6 +103,17 @@ class Shell:
         self._drains = list(self._drain_of.values())
         self.loop.add_reader(fd, self._on_readable, port, drain)
 
+    def detach(self, port: int) -> None:
+        """Stop reading and writing a port (`vswitch port del`): its fd is the caller's to close."""
+        fd = self.fds.pop(port, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+        self._reader_of.pop(port, None)
+        if self._drain_of.pop(port, None) is not None:
+            self._drains = list(self._drain_of.values())  # a new list: _spin may be iterating the old one
+        if port < len(self._fd_list):
+            self._fd_list[port] = -1
+
     def attach_sender(self, port: int, fd: int) -> None:
         """A port that is only written (a remote VTEP's raw socket): no reader of its own."""
         while len(self._fd_list) <= port:
