@@ -731,7 +731,10 @@ class Instance:
             "instance": self.topology.name,
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started_at, 3),
-            "ports": [p.describe() for p in self.ports],
+            "ports": [
+                {**p.describe(), "gone": self.shell is not None and not self.shell.reading(p.id)}
+                for p in self.ports
+            ],
             "segments": [
                 {
                     "name": s.name,

@@ -103,6 +103,11 @@ class Shell:
         self._drains = list(self._drain_of.values())
         self.loop.add_reader(fd, self._on_readable, port, drain)
 
+    def reading(self, port: int) -> bool:
+        """Whether the port is still read: False once its link went away (its namespace's process
+        exited, or the namespace was removed) or it was detached."""
+        return port in self._drain_of
+
     def detach(self, port: int) -> None:
         """Stop reading and writing a port (`vswitch port del`): its fd is the caller's to close."""
         fd = self.fds.pop(port, None)
