@@ -65,7 +65,7 @@ fuzz: venv
 	$(BIN)/pytest -m slow tests/unit -p no:randomly
 
 bench: venv
-	$(BIN)/vswitch bench
+	$(BIN)/vswitch bench --ipv6
 
 bench-quick: venv
 	$(BIN)/vswitch bench --quick

@@ -11,13 +11,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from vswitch.tools.bench import run, topologies
-from vswitch.tools.bench.measure import FLOOR_FIGURES
+from vswitch.tools.bench.measure import FAMILY_FIGURES, FLOOR_FIGURES
+from vswitch.tools.bench.topologies import IPV6_CONTENDERS
 
 from .conftest import links, namespaces
 
@@ -36,7 +38,9 @@ CONTENDERS = [
     "vde-l2",
     "ovs-l2",
 ]
-BENCH_TIMEOUT = 120.0
+# --ipv6 adds the router's IPv6 rows (kernel and vswitch, routed and masqueraded): about 35 s more.
+ALL = [*CONTENDERS, *IPV6_CONTENDERS]
+BENCH_TIMEOUT = 180.0
 POSITIVE = [
     "tcp_gbps",
     "tcp4_gbps",
@@ -85,7 +89,7 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     out = tmp_path / "results"
     root_links_before = set(links(None))
     argv = [sys.executable, "-m", "vswitch", "bench", "--tiny", "--out", str(out)]
-    argv += ["--contenders", ",".join(CONTENDERS), "--congestion", "cubic"]
+    argv += ["--contenders", ",".join(CONTENDERS), "--ipv6", "--congestion", "cubic"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=BENCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr
 
@@ -105,8 +109,8 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
     assert doc["plan"]["congestion"] == "cubic"  # what the TCP loads used (iperf3 -C)
     assert "TCP cubic" in proc.stdout
     assert doc["prefix"].startswith("vsb")
-    assert set(doc["results"]) == set(CONTENDERS)
-    for name in CONTENDERS:
+    assert list(doc["results"]) == ALL  # --ipv6: the IPv6 rows after the ones named
+    for name in ALL:
         figures = doc["results"][name]
         for key in doc["figures"]:
             assert key in figures, (name, key)
@@ -126,7 +130,15 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         "vswitch-vxlan / kernel-vxlan",  # not against the floor: two processes, a UDP socket each
         "vswitch-l2 / python-floor",
         "vswitch-nat / python-floor",
+        "vswitch-routed6 / kernel-routed6",
+        "vswitch-nat6 / kernel-nat6",
+        "vswitch-routed6 / python-floor",
+        "vswitch-nat6 / python-floor",
+        "kernel-nat6 / kernel-nat",  # each IPv6 router against itself in IPv4
+        "vswitch-nat6 / vswitch-nat",
     }
+    assert set(doc["ratios"]["vswitch-nat6 / vswitch-nat"]) == set(FAMILY_FIGURES)
+    assert "IPv6 against IPv4" in proc.stdout and "84-byte frames" in proc.stdout
     assert doc["ratios"]["vswitch-l2 / kernel-bridge"]["tcp_gbps"] > 0
     # Against the floor: the figures the issue holds vswitch to, each a ratio of the two medians.
     floor = doc["results"]["python-floor"]
@@ -148,6 +160,27 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
         assert doc["contenders"][name]["namespaces"] == [f"{doc['prefix']}-{short}-{tag}" for tag in tags]
     vxlan = doc["contenders"]["vswitch-vxlan"]
     assert len(vxlan["pids"]) == 2 and vxlan["pid"] == vxlan["pids"][0]
+    # The IPv6 routers: their own namespaces, loads to an IPv6 server (vswitch's SLAAC address on the
+    # second /64, or the outside in RFC 5180's range, reached through masquerade: no route back there).
+    made = {
+        "kernel-routed6": "a b r",
+        "vswitch-routed6": "a b",
+        "kernel-nat6": "c r o",
+        "vswitch-nat6": "c o",
+    }
+    for name, own in made.items():
+        info = doc["contenders"][name]
+        short = topologies.SHORT[name]
+        assert info["namespaces"] == [f"{doc['prefix']}-{short}-{tag}" for tag in own.split()], name
+        assert info["family"] == 6 and doc["contenders"]["kernel-nat"]["family"] == 4
+    routed6 = IPv6Address(doc["contenders"]["vswitch-routed6"]["server"])
+    assert routed6 in IPv6Network("fd00:b6:0:1::/64") and routed6 != IPv6Address("fd00:b6:0:1::2")  # SLAAC
+    assert doc["contenders"]["kernel-routed6"]["server"] == "fd00:b6:0:1::2"
+    assert (
+        doc["contenders"]["kernel-nat6"]["server"]
+        == doc["contenders"]["vswitch-nat6"]["server"]
+        == "2001:2::1"
+    )
     assert doc["contenders"]["kernel-vxlan"]["pids"] == []
 
     png = png_files[0].read_bytes()
@@ -155,14 +188,17 @@ def test_bench_builds_measures_reports_and_cleans_up(tmp_path: Path) -> None:
 
     # Nothing left behind: no namespace with the run's prefix, no switch process, no iperf3 server.
     assert namespaces(doc["prefix"]) == set()
-    for name in CONTENDERS:
+    for name in ALL:
         server = doc["contenders"][name]["iperf3_pid"]
         assert not alive(server), f"{name}: iperf3 server pid {server} still running"
-    for name in ("vswitch-l2", "vswitch-nat", "vswitch-vxlan"):
+    for name in ("vswitch-l2", "vswitch-nat", "vswitch-vxlan", "vswitch-routed6", "vswitch-nat6"):
         info = doc["contenders"][name]
         for pid in info["pids"]:
             assert not alive(pid), f"{name}: vswitch pid {pid} still running"
-    for instance in (doc["contenders"][n]["instance"] for n in ("vswitch-l2", "vswitch-nat")):
+    for instance in (
+        doc["contenders"][n]["instance"]
+        for n in ("vswitch-l2", "vswitch-nat", "vswitch-routed6", "vswitch-nat6")
+    ):
         assert vswitch_processes(instance) == []
     vxlan_instance = doc["contenders"]["vswitch-vxlan"]["instance"]  # ...vxa; its peer is ...vxb
     assert vswitch_processes(vxlan_instance) == vswitch_processes(vxlan_instance[:-1] + "b") == []

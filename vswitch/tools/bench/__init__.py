@@ -1,4 +1,5 @@
-"""`vswitch bench`: vswitch against the kernel's bridge, NAT and VXLAN, the same topology side by side.
+"""`vswitch bench`: vswitch against the kernel's bridge, NAT, VXLAN and (--ipv6) IPv6 router, the same
+topology side by side.
 
 Only the argument parser lives here; the bench itself (pyroute2 plumbing, rich, matplotlib) is
 imported when the command runs, so registering the subcommand keeps `vswitch up` start-up fast.
@@ -16,6 +17,7 @@ CONTENDER_NAMES = (
     "kernel-bridge,python-floor,vswitch-l2,vswitch-l2-busy,kernel-nat,vswitch-nat,kernel-vxlan,vswitch-vxlan"
 )
 OPTIONAL_NAMES = "vde-l2,ovs-l2"
+IPV6_NAMES = "kernel-routed6,vswitch-routed6,kernel-nat6,vswitch-nat6"
 
 
 def _rounds(text: str) -> int:
@@ -44,8 +46,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
     bench.add_argument(
         "--contenders",
         metavar="LIST",
-        help=f"comma-separated subset of {CONTENDER_NAMES} and, when installed, {OPTIONAL_NAMES} "
-        "(default: all)",
+        help=f"comma-separated subset of {CONTENDER_NAMES}, {IPV6_NAMES} and, when installed, "
+        f"{OPTIONAL_NAMES} (default: all but the IPv6 ones)",
+    )
+    bench.add_argument(
+        "--ipv6",
+        action="store_true",
+        help=f"add the router's IPv6 contenders ({IPV6_NAMES}) to the others: about 1 minute more with "
+        "--quick, 7 without",
     )
     bench.add_argument(
         "--congestion",

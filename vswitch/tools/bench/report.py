@@ -12,12 +12,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .measure import FIGURES, FLOOR_FIGURES, Plan
-from .topologies import FLOOR
+from .measure import FAMILY_FIGURES, FIGURES, FLOOR_FIGURES, FRAME_BYTES6, UDP_PAYLOAD, Plan
+from .topologies import FLOOR, IPV4_COUNTERPART, IPV6_CONTENDERS
 
 KERNEL_COLOUR = "#4C72B0"
 VSWITCH_COLOUR = "#DD8452"
 RATIO_AXIS_TOP = 5.0  # the floor panel's axis stops here (x the floor)
+IPV6_HATCH = "//"
 OTHER_COLOUR = "#55A868"  # another userspace switch without a colour of its own
 # Other userspace switches: (colour, legend label), so each one is told apart in the chart.
 OTHERS: dict[str, tuple[str, str]] = {
@@ -103,6 +104,10 @@ class Display:
     def advance(self, steps: int = 1) -> None:
         self.progress.advance(self.task, steps)
 
+    def note(self, text: str) -> None:
+        """A line above the progress bar (a contender skipped, and why)."""
+        self.progress.console.print(text)
+
     def done(self, round_no: int, name: str, figures: dict[str, float | None]) -> None:
         self.progress.console.print(
             f"round {round_no} {name:<14} TCP {fmt('tcp_gbps', figures.get('tcp_gbps'))} Gbit/s  "
@@ -123,7 +128,7 @@ def tables(doc: dict[str, Any]) -> list[Grid]:
     kernel, then (when python-floor ran) each vswitch contender's ratios to the floor."""
     names = list(doc["results"])
     machine = doc["machine"]
-    kernel_pairs, floor_pairs = split_ratios(doc)
+    kernel_pairs, floor_pairs, family_pairs = split_ratios(doc)
     title = (
         f"vswitch bench ({doc['mode']}): medians of {doc['rounds']} round(s); "
         f"{machine['cpu_model']}, {machine['cores']} cores, Linux {machine['kernel']}, "
@@ -143,20 +148,42 @@ def tables(doc: dict[str, Any]) -> list[Grid]:
         ]
         floor_title = f"vswitch against {FLOOR} (the same IO with no switching), ratios of the medians above"
         grids.append((floor_title, ["figure", *(p.split(" / ")[0] for p in floor_pairs)], floor_rows))
+    if family_pairs:
+        family_rows = [
+            [FIGURES[key][0], *(ratio_text(doc["ratios"][p].get(key)) for p in family_pairs)]
+            for key in FAMILY_FIGURES
+        ]
+        family_title = "IPv6 against IPv4: each router's IPv6 medians over its IPv4 ones"
+        grids.append((family_title, ["figure", *family_pairs], family_rows))
     return grids
+
+
+def notes(doc: dict[str, Any]) -> list[str]:
+    """The lines under the tables: what the IPv6 columns' small frames are, and what was skipped."""
+    lines = []
+    six = [name for name in doc["results"] if name in IPV6_CONTENDERS]
+    if six:
+        lines.append(
+            f'{", ".join(six)}: IPv6 (iperf3 -6, ping -6); their "64-byte" loads carry the same '
+            f"{UDP_PAYLOAD}-byte UDP payload in {FRAME_BYTES6}-byte frames (the IPv6 header is 20 bytes "
+            "longer)"
+        )
+    lines.extend(f"{name}: {note}" for name, note in doc["skipped"].items())
+    return lines
 
 
 def print_table(doc: dict[str, Any]) -> None:
     """On a terminal, rich tables; into a pipe or a file, markdown tables a person can read and paste
     (rich would wrap them at the width it guesses)."""
     grids = tables(doc)
-    notes = [f"{name}: {note}" for name, note in doc["skipped"].items()]
+    footer = notes(doc)
     if not sys.stdout.isatty():
         print("\n\n".join(markdown(*grid) for grid in grids))
-        for note in notes:
+        for note in footer:
             print(f"\n{note}")
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -170,8 +197,8 @@ def print_table(doc: dict[str, Any]) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
-    for note in notes:
-        console.print(f"[dim]{note}[/dim]")
+    for note in footer:
+        console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
 
 
 def markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
@@ -183,10 +210,13 @@ def markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def split_ratios(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The ratio pairs against the kernel, and those against the floor, in the order they were made."""
+def split_ratios(doc: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """The ratio pairs against the kernel, those against the floor, and those of an IPv6 router
+    against the same router in IPv4, each in the order they were made."""
     floor = [pair for pair in doc["ratios"] if pair.endswith(f" / {FLOOR}")]
-    return [pair for pair in doc["ratios"] if pair not in floor], floor
+    across = {f"{six} / {four}" for six, four in IPV4_COUNTERPART.items()}
+    family = [pair for pair in doc["ratios"] if pair in across]
+    return [pair for pair in doc["ratios"] if pair not in floor and pair not in family], floor, family
 
 
 def ratio_text(value: float | None) -> str:
@@ -207,6 +237,7 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
     names = list(doc["results"])
     keys = list(FIGURES)
     floor_pairs = split_ratios(doc)[1]
+    hatched = [n in IPV6_CONTENDERS for n in names]  # the IPv6 routers: hatched, in their side's colour
     cols = 4
     rows = (len(keys) + bool(floor_pairs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.9 * rows), squeeze=False)
@@ -216,6 +247,9 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
         medians = [doc["results"][n].get(key) for n in names]
         heights = [m if m is not None else 0.0 for m in medians]
         bars = ax.bar(range(len(names)), heights, color=colours, width=0.65)
+        for bar, six in zip(bars, hatched, strict=True):
+            if six:
+                bar.set_hatch(IPV6_HATCH)
         top = max(heights, default=0.0) or 1.0
         for i, name in enumerate(names):
             points = [s[key] for s in doc["samples"].get(name, []) if s.get(key) is not None]
@@ -254,6 +288,8 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
         Patch(color=VSWITCH_COLOUR, label="vswitch"),
         *(Patch(color=colour(n), label=OTHERS.get(n, ("", n))[1]) for n in others),
     ]
+    if any(hatched):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch=IPV6_HATCH, label="IPv6"))
     # One row along the bottom: however many other switches there are, it covers no panel.
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=9, frameon=False)
     machine = doc["machine"]
@@ -280,7 +316,7 @@ def floor_panel(ax: Any, doc: dict[str, Any], pairs: list[str]) -> None:
         "ping_b2b_avg_ms": "ping b2b",
     }
     width = 0.8 / len(pairs)
-    shades = ["#DD8452", "#F0B27A", "#A0522D", "#E59866"]
+    shades = ["#DD8452", "#F0B27A", "#A0522D", "#E59866", "#C44E52", "#937860"]
     # A busy-polling switch spends 10x the floor's CPU at 50 kpps by design: cut the axis above
     # RATIO_AXIS_TOP and print such a bar's value at the top, so the other ratios stay readable.
     top = max(

@@ -26,15 +26,18 @@ from typing import Any
 
 from ... import __version__
 from . import measure, report
-from .measure import FIGURES, FLOOR_FIGURES, IperfServer, Plan
+from .measure import FAMILY_FIGURES, FIGURES, FLOOR_FIGURES, IperfServer, Plan
 from .topologies import (
     BASELINE,
     CONTENDERS,
     DESCRIPTIONS,
     FLOOR,
+    IPV4_COUNTERPART,
+    IPV6_CONTENDERS,
     NOT_AGAINST_FLOOR,
     BenchError,
     Contender,
+    Skipped,
     available_optional,
     cleanup_all,
     optional_notes,
@@ -79,23 +82,35 @@ def check_congestion(name: str | None) -> None:
         )
 
 
-def parse_contenders(text: str | None) -> list[str]:
-    known = [*CONTENDERS, *available_optional()]
-    if not text:
-        return known
-    names = [n.strip() for n in text.split(",") if n.strip()]
+def parse_contenders(text: str | None, ipv6: bool = False) -> list[str]:
+    """The contenders to measure, in order: those named (default: every IPv4 one this machine can
+    run), then, with ipv6 (--ipv6), the router's IPv6 ones not named already."""
+    default = [*CONTENDERS, *available_optional()]
+    known = [*default, *IPV6_CONTENDERS]
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else default
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise BenchError(
             f"unknown contender(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(known)}"
         )
+    if ipv6:
+        names = [*names, *IPV6_CONTENDERS]
     return list(dict.fromkeys(names))
+
+
+# Kernel contenders that configure their router with commands netlink does not cover.
+ROUTER_COMMANDS: dict[str, list[str]] = {
+    "kernel-nat": ["nft", "sysctl"],
+    "kernel-nat6": ["nft", "sysctl"],
+    "kernel-routed6": ["sysctl"],
+}
 
 
 def preflight(names: list[str]) -> None:
     if os.geteuid() != 0:
         raise BenchError("vswitch bench needs root (namespaces, veths, taps)")
-    needed = ["iperf3", "ping", "ip"] + (["nft", "sysctl"] if "kernel-nat" in names else [])
+    needed = ["iperf3", "ping", "ip"]
+    needed += [p for n in names for p in ROUTER_COMMANDS.get(n, []) if p not in needed]
     missing = [p for p in needed if shutil.which(p) is None]
     if missing:
         raise BenchError(f"missing program(s): {', '.join(missing)}")
@@ -163,7 +178,7 @@ class Signals:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        names = parse_contenders(args.contenders)
+        names = parse_contenders(args.contenders, getattr(args, "ipv6", False))
         check_congestion(args.congestion)
         preflight(names)
     except BenchError as exc:
@@ -208,6 +223,11 @@ def run(args: argparse.Namespace) -> int:
                     servers.append(server)
                     server.start()
                     measure.wait_reachable(contender)
+                except Skipped as exc:  # not there by design (a mode vswitch refuses): not an error
+                    doc["skipped"][name] = f"{exc}; skipped"
+                    display.note(f"{name}: {doc['skipped'][name]}")
+                    display.advance(rounds * len(plan.steps()))
+                    continue
                 except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                     doc["errors"].append(f"{name} not measured: {exc}")
                     display.advance(rounds * len(plan.steps()))
@@ -215,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
                 measured.append(contender)
                 doc["contenders"][name] = {
                     "kind": contender.kind,
+                    "family": contender.family,
+                    "server": contender.server_ip,  # what the loads are sent to
                     "description": contender.description,
                     "instance": contender.instance,
                     "pid": contender.pid,
@@ -264,8 +286,9 @@ def run(args: argparse.Namespace) -> int:
 
 def summarise(doc: dict[str, Any]) -> None:
     """Medians per contender and figure, then ratios of medians: each switch to its kernel
-    counterpart (every figure), and each vswitch contender whose IO the floor is (all but
-    NOT_AGAINST_FLOOR) to python-floor (FLOOR_FIGURES)."""
+    counterpart (every figure), each vswitch contender whose IO the floor is (all but
+    NOT_AGAINST_FLOOR) to python-floor (FLOOR_FIGURES), and each IPv6 router to the same router in
+    IPv4 (FAMILY_FIGURES)."""
     for name, samples in doc["samples"].items():
         keys = [*FIGURES, "offered50k_pps"]
         doc["results"][name] = {k: measure.median([s.get(k) for s in samples]) for k in keys}
@@ -273,6 +296,7 @@ def summarise(doc: dict[str, Any]) -> None:
     pairs = [(ours, theirs, list(FIGURES)) for ours, theirs in BASELINE.items()]
     held = [name for name in results if name.startswith("vswitch") and name not in NOT_AGAINST_FLOOR]
     pairs += [(name, FLOOR, list(FLOOR_FIGURES)) for name in held]
+    pairs += [(six, four, list(FAMILY_FIGURES)) for six, four in IPV4_COUNTERPART.items()]
     for ours, theirs, keys in pairs:
         if ours in results and theirs in results:
             a, b = results[ours], results[theirs]

@@ -8,6 +8,13 @@ through pyroute2 (netlink); the only commands run are `sysctl` and `nft -f -` in
 namespace, which netlink does not cover, and the other switches' own programs (vde_switch; OVS's
 ovsdb-tool, ovsdb-server, ovs-vswitchd and ovs-vsctl: see ovs.py).
 
+The IPv6 router contenders (IPV6_CONTENDERS, added by --ipv6 or named) are the router's IPv6 rows:
+the kernel forwarding IPv6 between two segments (net.ipv6.conf.all.forwarding=1) or masquerading
+to the outside (an nft `ip6` masquerade on its uplink), against `vswitch up --segment ... --subnet6`
+routed and `--uplink ... --nat6 masquerade`. Inside addresses come from fd00::/8, the outside from
+2001:2::/48 (RFC 5180's benchmarking range). If `vswitch up` refuses --nat6 masquerade at start-up,
+vswitch-nat6 is skipped with vswitch's reason (Skipped) instead of failing the run.
+
 The VXLAN pair (vxlan.py) has two host namespaces joined by an underlay veth and an end namespace
 behind each, on the kernel's vxlan devices and bridges or on one `vswitch up` per host; the vswitch
 side's CPU per packet is both processes'.
@@ -20,19 +27,22 @@ and `vswitch down` if it does not go.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from ...shell.kernel import remove_netns_named, stop_signals_held
 from . import vxlan
@@ -45,6 +55,16 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 15.0
 OUTSIDE = "198.18.0.1"  # the simulated outside world (RFC 2544 benchmarking range 198.18.0.0/15)
+# IPv6: the inside out of fd00::/8 (ULA), the outside out of 2001:2::/48 (RFC 5180's benchmarking
+# range). vswitch gives the routed segments the /64s of SUBNET6 in order (LAN6, then DMZ6), its router
+# is ::1 of each, and with --uplink the outside namespace has OUTSIDE6 and the router ROUTER_OUTSIDE6:
+# the kernel contenders are built with the same plan.
+SUBNET6: Final = "fd00:b6::/48"
+LAN6: Final = "fd00:b6::"  # the first segment's /64
+DMZ6: Final = "fd00:b6:0:1::"  # the second's
+OUTSIDE6: Final = "2001:2::1"
+ROUTER_OUTSIDE6: Final = "2001:2::2"
+NAT6_MODE: Final = "masquerade"  # what vswitch-nat6 asks for (vswitch's default, said out loud)
 
 CONTENDERS: tuple[str, ...] = (
     "kernel-bridge",
@@ -55,6 +75,14 @@ CONTENDERS: tuple[str, ...] = (
     "vswitch-nat",
     "kernel-vxlan",
     "vswitch-vxlan",
+)
+# The router's IPv6 rows, measured with --ipv6 (or when named): not in the default run, which keeps
+# its length (--quick about 2 minutes); these four add about a minute to --quick, 7 to the full run.
+IPV6_CONTENDERS: tuple[str, ...] = (
+    "kernel-routed6",
+    "vswitch-routed6",
+    "kernel-nat6",
+    "vswitch-nat6",
 )
 BUSY_POLL_USEC = 10_000  # vswitch-l2-busy: --busy-poll, longer than the ping interval (5 ms)
 # Optional contenders, measured only when installed; absent ones are named in the report.
@@ -72,6 +100,10 @@ SHORT: dict[str, str] = {
     "vswitch-vxlan": "vx",
     "vde-l2": "vd",
     "ovs-l2": "ov",
+    "kernel-routed6": "kr",
+    "vswitch-routed6": "vr",
+    "kernel-nat6": "k6",
+    "vswitch-nat6": "v6",
 }
 # Which kernel figure a vswitch figure is compared with.
 BASELINE: dict[str, str] = {
@@ -81,6 +113,13 @@ BASELINE: dict[str, str] = {
     "vswitch-vxlan": "kernel-vxlan",
     "vde-l2": "kernel-bridge",
     "ovs-l2": "kernel-bridge",
+    "vswitch-routed6": "kernel-routed6",
+    "vswitch-nat6": "kernel-nat6",
+}
+# The same router in the other family: each IPv6 contender's figures over its IPv4 counterpart's.
+IPV4_COUNTERPART: dict[str, str] = {
+    "kernel-nat6": "kernel-nat",
+    "vswitch-nat6": "vswitch-nat",
 }
 # The floor: vswitch's IO with no switch (floor.py). Every vswitch contender is also held to it, but
 # those in NOT_AGAINST_FLOOR.
@@ -94,6 +133,19 @@ NOT_AGAINST_FLOOR: dict[str, str] = {
 
 class BenchError(Exception):
     """A contender could not be built or measured; str() is one sentence for the user."""
+
+
+class StartRefused(BenchError):
+    """A program the bench started exited before it was ready; stderr is what it said."""
+
+    def __init__(self, message: str, stderr: str) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+class Skipped(BenchError):
+    """Not measured, by design rather than by fault: str() is the reason, printed and in the JSON's
+    `skipped`; the run does not count it as an error."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +175,11 @@ class Contender:
     instance: str | None = None  # the (first) vswitch's --name
     run_dir: Path | None = None
     vswitches: list[Vswitch] = field(default_factory=list)  # every `vswitch up` (vswitch-vxlan: two)
+
+    @property
+    def family(self) -> int:
+        """4 or 6: which IP the loads speak (iperf3 -6, ping -6 for the IPv6 router contenders)."""
+        return 6 if self.name in IPV6_CONTENDERS else 4
 
     @property
     def kind(self) -> str:
@@ -164,6 +221,10 @@ class Contender:
             "vswitch-vxlan": self._vswitch_vxlan,
             "vde-l2": self._vde_l2,
             "ovs-l2": self._ovs_l2,
+            "kernel-routed6": self._kernel_routed6,
+            "vswitch-routed6": self._vswitch_routed6,
+            "kernel-nat6": self._kernel_nat6,
+            "vswitch-nat6": self._vswitch_nat6,
         }
         try:
             builders[self.name]()
@@ -220,6 +281,43 @@ class Contender:
         in_netns(router, ["nft", "-f", "-"], stdin=rules)
         self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE
 
+    def _kernel_routed6(self) -> None:
+        """a -- veth -- router (IPv6 forwarding) -- veth -- b, on vswitch's two /64s of SUBNET6."""
+        a, b, router = self._new_ns("a"), self._new_ns("b"), self._new_ns("r")
+        with IPRoute(netns=router) as ipr:
+            ipr.link("add", ifname="lan0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": a})
+            ipr.link("add", ifname="lan1", kind="veth", peer={"ifname": "eth0", "net_ns_fd": b})
+        for host, port, prefix in ((a, "lan0", LAN6), (b, "lan1", DMZ6)):
+            _address6(router, port, f"{prefix}1", 64)
+            _address6(host, "eth0", f"{prefix}2", 64)
+            _default_route6(host, f"{prefix}1")
+        in_netns(router, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+        self.client_ns, self.server_ns, self.server_ip = a, b, f"{DMZ6}2"
+
+    def _kernel_nat6(self) -> None:
+        """client -- veth -- router (IPv6 forwarding, nft ip6 masquerade) -- veth -- outside 2001:2::1.
+        The outside has no route to the inside: replies come back to the router's own address."""
+        client, router, outside = self._new_ns("c"), self._new_ns("r"), self._new_ns("o")
+        with IPRoute(netns=router) as ipr:
+            ipr.link("add", ifname="lan0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": client})
+            ipr.link("add", ifname="wan0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": outside})
+        _address6(router, "lan0", f"{LAN6}1", 64)
+        _address6(router, "wan0", ROUTER_OUTSIDE6, 64)
+        _address6(client, "eth0", f"{LAN6}2", 64)
+        _address6(outside, "eth0", OUTSIDE6, 64)
+        _default_route6(client, f"{LAN6}1")
+        in_netns(router, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+        rules = (
+            "table ip6 vsbench {\n"
+            "  chain postrouting {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            '    oifname "wan0" masquerade\n'
+            "  }\n"
+            "}\n"
+        )
+        in_netns(router, ["nft", "-f", "-"], stdin=rules)
+        self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE6
+
     def _kernel_vxlan(self) -> None:
         """Two hosts on an underlay veth, each with a vxlan device and a veth to its end namespace in
         a Linux bridge (vxlan.py)."""
@@ -271,6 +369,50 @@ class Contender:
         client, outside = self.ns("c"), self.ns("o")
         self._vswitch_up(["--segment", f"lan={client}", "--uplink", outside], [client, outside])
         self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE
+
+    def _vswitch_routed6(self) -> None:
+        """Two routed segments out of SUBNET6; the server is b's SLAAC address, as vswitch reports it."""
+        a, b = self.ns("a"), self.ns("b")
+        topology = ["--segment", f"a={a}", "--segment", f"b={b}", "--subnet6", SUBNET6]
+        self._vswitch_up(topology, [a, b])
+        self.client_ns, self.server_ns, self.server_ip = a, b, self._slaac_address(b)
+
+    def _vswitch_nat6(self) -> None:
+        """A routed segment and the uplink, IPv6 masqueraded to ROUTER_OUTSIDE6 (--nat6 masquerade).
+        If vswitch refuses that mode at start-up, Skipped with its reason: a row for a feature that is
+        not there yet, not a fault of the run."""
+        client, outside = self.ns("c"), self.ns("o")
+        topology = ["--segment", f"lan={client}", "--uplink", outside, "--subnet6", SUBNET6]
+        topology += ["--nat6", NAT6_MODE]
+        try:
+            self._vswitch_up(topology, [client, outside])
+        except StartRefused as exc:
+            if refuses_nat6(exc.stderr):
+                raise Skipped(f"vswitch up refused --nat6 {NAT6_MODE}: {last_line(exc.stderr)}") from None
+            raise
+        self.client_ns, self.server_ns, self.server_ip = client, outside, OUTSIDE6
+
+    def _slaac_address(self, namespace: str) -> str:
+        """The IPv6 address vswitch reports for the port in namespace (`vswitch status --json`,
+        ports[].address6: what SLAAC gave it); asked again until it is there, bounded."""
+        assert self.instance is not None and self.run_dir is not None
+        env = {**os.environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
+        argv = [sys.executable, "-m", "vswitch", "status", "--name", self.instance, "--json"]
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=COMMAND_TIMEOUT)
+            if proc.returncode == 0:
+                try:
+                    found = port_address6(json.loads(proc.stdout), namespace)
+                except (ValueError, AttributeError):  # not the JSON object status prints
+                    found = None
+                if found is not None:
+                    return found
+            if time.monotonic() > deadline:
+                why = proc.stderr.strip() or "no address6 for that port"
+                late = f"{namespace} has no SLAAC address after {START_TIMEOUT:g}s"
+                raise BenchError(f"{self.name}: {late}: {why}")
+            time.sleep(0.2)
 
     def _python_floor(self) -> None:
         """floor.py in a session of its own: two taps, A to B and back, no switching."""
@@ -413,7 +555,7 @@ class Contender:
         while not ready(out_path.read_bytes()):
             if proc.poll() is not None:
                 why = err_path.read_text(errors="replace").strip()
-                raise BenchError(f"{self.name}: {what} {stem} exited {proc.returncode}: {why}")
+                raise StartRefused(f"{self.name}: {what} {stem} exited {proc.returncode}: {why}", why)
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.name}: {what} {stem} was not ready within {START_TIMEOUT:g}s")
             time.sleep(0.05)
@@ -470,6 +612,42 @@ def _address(namespace: str, ifname: str, address: str, prefixlen: int) -> None:
         index = ipr.link_lookup(ifname=ifname)[0]
         ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
         ipr.link("set", index=index, state="up")
+
+
+def _address6(namespace: str, ifname: str, address: str, prefixlen: int) -> None:
+    """A static IPv6 address without duplicate address detection (usable at once, not tentative for a
+    second, as vswitch places its own), and the link up."""
+    with IPRoute(netns=namespace) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.addr("add", index=index, address=address, prefixlen=prefixlen, family=socket.AF_INET6,
+                 flags=IFA_F_NODAD)  # fmt: skip
+        ipr.link("set", index=index, state="up")
+
+
+def _default_route6(namespace: str, gateway: str) -> None:
+    with IPRoute(netns=namespace) as ipr:
+        ipr.route("add", dst="::/0", gateway=gateway, family=socket.AF_INET6)
+
+
+def port_address6(status: dict[str, Any], namespace: str) -> str | None:
+    """The bare IPv6 address of the port in namespace, from `vswitch status --json`, or None."""
+    for port in status.get("ports", []):
+        if port.get("namespace") == namespace and port.get("address6"):
+            return str(port["address6"]).split("/", 1)[0]
+    return None
+
+
+def refuses_nat6(stderr: str) -> bool:
+    """Whether a `vswitch up` that exited at start-up said no to its --nat6 mode (rather than failing
+    for another reason, which stays an error of the run)."""
+    text = stderr.lower()
+    return "nat6" in text or NAT6_MODE in text
+
+
+def last_line(text: str) -> str:
+    """What a program said last, without vswitch's "vswitch: error: " in front."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix("vswitch: error: ") if lines else "(it said nothing)"
 
 
 def _tun_vnet_header(ipr: Any, index: int) -> bool:
@@ -562,5 +740,19 @@ DESCRIPTIONS: dict[str, str] = {
     "ovs-l2": (
         "Open vSwitch userspace datapath (netdev), private ovsdb, NORMAL action, type=tap ports moved "
         "into the two namespaces, other_config:userspace-tso-enable=true"
+    ),
+    "kernel-routed6": (
+        f"IPv6: a {LAN6}2 - veth - router ns (net.ipv6.conf.all.forwarding=1) - veth - b {DMZ6}2, two /64s"
+    ),
+    "vswitch-routed6": (
+        f"IPv6: vswitch up --segment a=A --segment b=B --subnet6 {SUBNET6} (routed /64s, SLAAC addresses)"
+    ),
+    "kernel-nat6": (
+        f"IPv6: client {LAN6}2 - veth - router ns (IPv6 forwarding, nft ip6 masquerade) - veth - outside "
+        f"{OUTSIDE6}"
+    ),
+    "vswitch-nat6": (
+        f"IPv6: vswitch up --segment lan=c --uplink o --subnet6 {SUBNET6} --nat6 {NAT6_MODE} (masquerade "
+        f"to {ROUTER_OUTSIDE6}, outside {OUTSIDE6})"
     ),
 }
