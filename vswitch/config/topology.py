@@ -309,6 +309,11 @@ def parse_port(text: str) -> PortSpec:
     if eq:
         if value.strip() == DHCP:
             dhcp = True
+        elif "/" not in value and head.strip() and not value.strip()[:1].isdigit():
+            raise ConfigError(
+                f"port {text!r}: NAME= names a port only before pid: or /PATH ({head.strip()}=pid:PID, "
+                f"{head.strip()}=/PATH); after a namespace, = gives its address"
+            )
         else:
             address = parse_interface(value, f"address for port {target}")
     if target.startswith(PID_PREFIX):
@@ -326,7 +331,8 @@ def parse_port(text: str) -> PortSpec:
                 f"port {target!r}: a namespace given by path needs a port name, e.g. web={target} "
                 "(the name is what capture, trace and stats call it)"
             )
-        return PortSpec(path, check_ifname(ifname) if ifname else "", address, None, name, dhcp, True)
+        ifname = check_ifname(ifname) if colon_at > slash else ""  # `/PATH:` is refused, as `NS:` is
+        return PortSpec(path, ifname, address, None, name, dhcp, True)
     namespace, colon, ifname = target.partition(":")
     if namespace == HOST:
         if dhcp:
@@ -957,6 +963,13 @@ def validate(topology: Topology) -> Topology:
         seen.add(namespace)
     if sum(p.namespace is None for p in ports) > 1:
         raise ConfigError("the host port is listed twice")
+    labels: set[str] = set()
+    for port in ports:  # the name capture, trace, stats and DNS find it by
+        if port.label in labels:
+            raise ConfigError(
+                f"two ports are called {port.label}: name one of them (NAME=pid:PID or NAME=/PATH)"
+            )
+        labels.add(port.label)
     if topology.routed:
         nets: list[IPv4Network | IPv6Network] = [s.subnet for s in topology.segments]
         if topology.uplink is not None:

@@ -188,7 +188,12 @@ def remove_netns_named(name: str) -> None:
 
 
 def _ipr(namespace: str | None) -> IPRoute:
-    return IPRoute() if namespace is None else IPRoute(netns=namespace)
+    """Netlink in namespace. A path (an attached namespace: /proc/PID/ns/net, a bind mount) is opened
+    as it is, never made (flags=0): if its process exited meanwhile, this fails instead of leaving a
+    namespace vswitch made where it must make none."""
+    if namespace is None:
+        return IPRoute()
+    return IPRoute(netns=namespace, flags=0) if namespace.startswith("/") else IPRoute(netns=namespace)
 
 
 def open_existing_namespace(namespace: str | None) -> IPRoute:
