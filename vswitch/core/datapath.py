@@ -137,7 +137,20 @@ class Datapath:
         seg.ports.append(port)
         self.port_switch[port] = seg.switch
         self.port_segment[port] = segment
+        self.access(port)
         return macs
+
+    def access(self, port: int) -> None:
+        """A host's port that joined its segment after the trunks were made (`port add`, `port move`):
+        an access port of a segment on a trunk, as add_trunk made the others (tagged in is a drop,
+        tagged out is popped), and a plain port elsewhere."""
+        if self.port_segment[port] in self.trunked_segments:
+            self.egress.setdefault(port, UNTAG)
+            self.untagged_only.add(port)
+        else:
+            if self.egress.get(port) is UNTAG:
+                del self.egress[port]
+            self.untagged_only.discard(port)
 
     def attach_router(self, router: Router, macs: dict[int, bytes]) -> None:
         """Give the router an interface (a port with no fd) on each segment in macs."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -54,6 +54,9 @@ HOST_CONF: Final = {"accept_ra": 0, "addr_gen_mode": 1}
 OUTSIDE_CONF: Final = {"accept_ra": 0, "dad_transmits": 0}
 SLAAC_WAIT: Final = 5.0
 SLAAC_POLL: Final = 0.05
+
+
+T = TypeVar("T")
 
 
 class StartError(Exception):
@@ -271,17 +274,25 @@ class Instance:
             tap = open_tap(spec.ifname, offloads)
             ipv6_conf = HOST_CONF
         self._taps.append(tap)
-        self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
-        mac = kernel.place_tap(
-            tap.name,
-            namespace,
-            spec.ifname,
-            spec.address,
-            self.topology.txqueuelen,
-            mtu,
-            spec.address6,
-            ipv6_conf,
-        )
+        record = self.ledger.record("tap", name=tap.name, namespace=namespace, ifname=spec.ifname)
+        try:
+            mac = kernel.place_tap(
+                tap.name,
+                namespace,
+                spec.ifname,
+                spec.address,
+                self.topology.txqueuelen,
+                mtu,
+                spec.address6,
+                ipv6_conf,
+            )
+        except BaseException:
+            # No port: its tap goes now (closed, the kernel deletes it wherever it got to), then leaves
+            # the ledger. At start-up teardown would have closed it; a live add has no teardown.
+            tap.close()
+            self._taps.remove(tap)
+            self.ledger.forget(record)
+            raise
         return tap, mac, spec.ifname
 
     def _add_trunks(self) -> None:
@@ -507,17 +518,22 @@ class Instance:
         if any(p.label == spec.label for p in self.ports):
             raise CommandError(f"there is a port {spec.label} already")
         index, seg = self._segment_named(segment)
-        if spec.address is None and not spec.dhcp:
+        if spec.address is not None:
+            self._check_address(spec.address, seg, spec.label)
+        elif not spec.dhcp:
             spec = replace(spec, address=self._free_address(seg))
         conf = SLAAC_CONF if seg.gateway6 is not None else None
         loop = asyncio.get_running_loop()
         try:
             tap, mac, ifname = await loop.run_in_executor(
-                None, self._make_tap, spec, seg.mtu, seg.vxlan is None, conf
+                None, _signals_held, self._make_tap, spec, seg.mtu, seg.vxlan is None, conf
             )
-        except (KernelError, TapError, StartError, OSError) as exc:
+        except StartError as exc:  # its words name the port already
+            raise CommandError(str(exc)) from None
+        except (KernelError, TapError, OSError) as exc:
             raise CommandError(f"port {spec.label}: {exc}") from None
         port_id = self.datapath.add_port(spec.label, index)
+        self.datapath.access(port_id)
         live = LivePort(port_id, spec.label, spec.namespace, ifname, spec.address, mac, seg.name, tap,
                         spec.address6, spec.attached)  # fmt: skip
         self.ports.append(live)
@@ -525,7 +541,8 @@ class Instance:
         if self.shell is not None:
             self.shell.attach(port_id, tap.fd)
         if seg.gateway is not None:
-            await loop.run_in_executor(None, self._default_route, live, seg)
+            await loop.run_in_executor(None, _signals_held, self._default_route, live, seg)
+        await self._await_slaac_of(live, seg)
         return live.describe()
 
     async def remove_port_live(self, label: str) -> Any:
@@ -535,14 +552,16 @@ class Instance:
         if self.shell is not None:
             self.shell.detach(live.id)
         self.datapath.remove_port(live.id)
-        if self.router is not None:
-            self.router.forget_addresses(_packed(live))
+        self._forget(live)
         live.tap.close()
         self._taps.remove(live.tap)
         for entry in list(self.ledger.records):
             if entry["kind"] == "tap" and entry["name"] == live.tap.name:
                 self.ledger.forget(entry)
         self.ports.remove(live)
+        # Its counters stay, under a name of their own: a port added again by this name is another
+        # (stats and metrics would otherwise show two series of one name).
+        self.datapath.counters.names[live.id] = f"{label}~{live.id}"
         for seg in self.topology.segments:
             seg.ports = [p for p in seg.ports if p.label != label]
         return {"removed": label}
@@ -556,21 +575,54 @@ class Instance:
             raise CommandError(f"port {label} is on segment {segment} already")
         old = next(s for s in self.topology.segments if s.name == live.segment)
         spec = next(p for p in old.ports if p.label == label)
-        self.datapath.move_port(live.id, index)
-        if self.router is not None:
-            self.router.forget_addresses(_packed(live))
         address = live.address if live.address is not None and live.address.ip in seg.subnet else None
         new = address or self._free_address(seg)
+        old_index, _ = self._segment_named(live.segment)
+        self.datapath.move_port(live.id, index)
+        self._forget(live)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            None, kernel.readdress, live.namespace, live.ifname, live.address, new, seg.mtu
-        )
+        try:
+            await loop.run_in_executor(
+                None, _signals_held, kernel.readdress, live.namespace, live.ifname, live.address, new, seg.mtu
+            )
+        except (KernelError, OSError) as exc:  # its namespace went (a process that exited), say
+            self.datapath.move_port(live.id, old_index)
+            raise CommandError(f"port {label}: {exc}") from None
         old.ports.remove(spec)
         seg.ports.append(replace(spec, address=new, address6=None))
         live.segment, live.address, live.address6 = seg.name, new, None
         if seg.gateway is not None:
-            await loop.run_in_executor(None, self._default_route, live, seg)
+            await loop.run_in_executor(None, _signals_held, self._default_route, live, seg)
+        await self._await_slaac_of(live, seg)
         return live.describe()
+
+    def _forget(self, live: LivePort) -> None:
+        """What the router knows of a port that left its segment: its tracked flows, and its neighbour
+        entries by its own MAC too (the datapath forgets those of the MACs still in the FDB; a quiet
+        host's may have aged out of it while the router still has it)."""
+        if self.router is not None:
+            from ..core.wire import parse_mac
+
+            self.router.forget_neighbours({parse_mac(live.mac)})
+            self.router.forget_addresses(_packed(live))
+
+    async def _await_slaac_of(self, live: LivePort, seg: SegmentSpec) -> None:
+        """A port added to or moved onto a routed IPv6 segment: until it has its address from our
+        advertisements, or SLAAC_WAIT, as start-up waits (_await_slaac); so the answer shows it, and
+        `port del` forgets the flows of it too."""
+        if seg.gateway6 is None or seg.subnet6 is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLAAC_WAIT
+        while loop.time() < deadline:
+            found = await loop.run_in_executor(
+                None, _signals_held, kernel.slaac_address, live.namespace, live.ifname, seg.subnet6
+            )
+            if found is not None:
+                live.address6 = found
+                return
+            await asyncio.sleep(SLAAC_POLL)
+        self.log(f"{live.label}: no IPv6 address from the router's advertisements within {SLAAC_WAIT:g}s")
 
     def _live(self, label: str) -> LivePort:
         found = next((p for p in self.ports if p.label == label), None)
@@ -593,6 +645,17 @@ class Instance:
                 return index, seg
         raise CommandError(f"no segment {name} (there are {', '.join(s.name for s in segments)})")
 
+    def _check_address(self, address: IPv4Interface, seg: SegmentSpec, label: str) -> None:
+        """A given address, checked as start-up checks them (topology.assign_addresses, validate): in
+        a routed segment's subnet, and nobody's already (another port's, the gateway's)."""
+        if seg.gateway is not None and address.ip not in seg.subnet:
+            raise CommandError(f"address {address} of {label} is outside segment {seg.name} ({seg.subnet})")
+        taken = {p.address.ip: f"port {p.label}" for p in self.ports if p.address is not None}
+        if seg.gateway is not None:
+            taken[seg.gateway.ip] = f"the gateway of {seg.name}"
+        if address.ip in taken:
+            raise CommandError(f"address {address.ip} is taken ({taken[address.ip]})")
+
     def _free_address(self, seg: SegmentSpec) -> IPv4Interface:
         taken = {p.address.ip for p in self.ports if p.address is not None}
         if seg.gateway is not None:
@@ -603,15 +666,15 @@ class Instance:
         return IPv4Interface(f"{host}/{seg.subnet.prefixlen}")
 
     def _default_route(self, live: LivePort, seg: SegmentSpec) -> None:
-        """The namespace's default route via the segment's gateway; an attached one keeps its own."""
+        """The namespace's default route via the segment's gateway; an attached one keeps its own (only
+        added, never replaced: one via our gateway went with the old address when it moved)."""
         assert seg.gateway is not None
         try:
-            kernel.add_route(
-                live.namespace, IPv4Network("0.0.0.0/0"), seg.gateway.ip, live.ifname, replace=True
-            )
+            default = IPv4Network("0.0.0.0/0")
+            kernel.add_route(live.namespace, default, seg.gateway.ip, live.ifname, replace=not live.attached)
         except KernelError as exc:
             if not live.attached:
-                raise
+                raise CommandError(f"port {live.label}: {exc}") from None
             self.log(f"{live.label}: no default route via {seg.gateway.ip}: {exc}")
 
     # --- running -----------------------------------------------------------------------------------
@@ -700,7 +763,7 @@ class Instance:
         while waiting and loop.time() < deadline:
             for label, (port, prefix) in list(waiting.items()):
                 found = await loop.run_in_executor(
-                    None, kernel.slaac_address, port.namespace, port.ifname, prefix
+                    None, _signals_held, kernel.slaac_address, port.namespace, port.ifname, prefix
                 )
                 if found is not None:
                     port.address6 = found
@@ -844,6 +907,16 @@ class Instance:
                     row["remote"] = tunnel.addresses[port]
                 rows.append(row)
         return rows
+
+
+def _signals_held(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in an executor's thread with the stop signals blocked there. pyroute2 reaches a
+    namespace through a child it forks from this thread and ends with SIGTERM; the child inherits the
+    loop's signal handlers and wakeup fd, so that SIGTERM, caught in the child, would reach our loop as
+    a stop. Blocked, it stays pending in the child until it exits. The process's own signals still
+    come, to the main thread."""
+    with kernel.stop_signals_held():
+        return fn(*args)
 
 
 def _packed(live: LivePort) -> set[bytes]:

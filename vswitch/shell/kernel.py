@@ -290,17 +290,22 @@ def place_tap(
 def readdress(
     namespace: str | None, ifname: str, old: IPv4Interface | None, new: IPv4Interface, mtu: int
 ) -> None:
-    """A moved port's interface: the old address off, the new one on, the new segment's MTU."""
+    """A moved port's interface: the old address off, the new one on, the new segment's MTU; taken
+    down and up again around it, as a replugged cable would be: what the old segment taught it goes
+    (its IPv6 address and default route from the old router's advertisements, its neighbours), and
+    coming up it solicits the new segment's router at once."""
     try:
         with _ipr(namespace) as ipr:
             index = link_index(ipr, ifname)
             if index is None:
                 raise KernelError(f"no interface {ifname} in {namespace or 'the root namespace'}")
+            ipr.link("set", index=index, state="down")
             ipr.link("set", index=index, mtu=mtu)
             if old is not None and old != new:
                 ipr.addr("del", index=index, address=str(old.ip), prefixlen=old.network.prefixlen)
             if old != new:
                 ipr.addr("add", index=index, address=str(new.ip), prefixlen=new.network.prefixlen)
+            ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
         raise KernelError(
             f"readdressing {ifname} in {namespace or 'root'}: {os.strerror(exc.code)}"
