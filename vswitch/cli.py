@@ -151,7 +151,7 @@ def build_parser() -> Parser:
         "--trunk",
         action="append",
         default=[],
-        metavar="NS=SEGMENT:VID[,...][,native=SEGMENT]",
+        metavar="PORT=SEGMENT:VID[,...][,native=SEGMENT]",
         help="an 802.1Q trunk port in NS carrying those segments tagged (repeatable)",
     )
     up.add_argument(

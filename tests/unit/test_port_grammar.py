@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from vswitch.cli import parse, topology_from_args
-from vswitch.config.topology import ConfigError, PortSpec, parse_port, request_from_toml
+from vswitch.config.topology import ConfigError, PortSpec, parse_port, parse_trunk, request_from_toml
 
 FIELDS = ("namespace", "ifname", "address", "address6", "name", "dhcp", "attached")
 A7, A9, A100 = IPv4Interface("10.0.0.7/24"), IPv4Interface("10.0.0.9/24"), IPv4Interface("10.0.0.100/24")
@@ -149,3 +149,28 @@ def test_a_name_before_a_namespace_says_where_names_go() -> None:
     """`web=ns1` is not a named namespace port: the error says NAME= goes before pid: or /PATH."""
     with pytest.raises(ConfigError, match="names a port only before pid: or /PATH"):
         topology_from_args(parse(["up", "--ports", "a,web=ns1"]))
+
+
+@pytest.mark.parametrize(
+    ("text", "namespace", "label", "ifname", "attached"),
+    [
+        ("t1=lan:10", "t1", "t1", "eth0", False),
+        ("t1:eth2=lan:10", "t1", "t1", "eth2", False),
+        ("pid:77=lan:10,native=dmz", "/proc/77/ns/net", "pid77", "", True),
+        ("tr=pid:77:eth4=lan:10", "/proc/77/ns/net", "tr", "eth4", True),
+        ("tr=/run/c1/net=lan:10", "/run/c1/net", "tr", "", True),
+    ],
+)
+def test_a_trunk_takes_the_port_grammar(
+    text: str, namespace: str, label: str, ifname: str, attached: bool
+) -> None:
+    """--trunk's port is a port like any other (no address: it carries segments)."""
+    spec = parse_trunk(text)
+    assert (spec.namespace, spec.label, spec.ifname, spec.attached) == (namespace, label, ifname, attached)
+    assert spec.vlans == (("lan", 10),)
+
+
+@pytest.mark.parametrize("text", ["t1=10.0.0.1/24=lan:10", "/run/c1/net=lan:10", "host=lan:10"])
+def test_a_trunk_port_with_an_address_or_no_name_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_trunk(text)

@@ -148,6 +148,12 @@ class TrunkSpec:
     vlans: tuple[tuple[str, int], ...]  # (segment, VID)
     native: str | None = None  # the segment of untagged frames
     ifname: str = DEFAULT_IFNAME
+    name: str | None = None  # as PortSpec's: the port's own name (pid:, /PATH)
+    attached: bool = False  # in a namespace that exists (pid:, /PATH): only the tap is ours
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else self.namespace
 
     @property
     def segments(self) -> list[str]:
@@ -579,12 +585,16 @@ def _unicast(text: str, what: str) -> IPv4Address:
 
 
 def parse_trunk(text: str) -> TrunkSpec:
-    """`NS[:IFNAME]=SEG:VID[,SEG:VID...][,native=SEG]`."""
-    usage = "expected NS=SEGMENT:VID[,SEGMENT:VID...][,native=SEGMENT], e.g. t1=lan:10,dmz:20"
+    """`PORT=SEG:VID[,SEG:VID...][,native=SEG]`, PORT in the port grammar without an address:
+    `NS[:IFNAME]`, `pid:PID[:IFNAME]`, `NAME=pid:PID[:IFNAME]` or `NAME=/PATH[:IFNAME]`."""
+    usage = "expected PORT=SEGMENT:VID[,SEGMENT:VID...][,native=SEGMENT], e.g. t1=lan:10,dmz:20"
     head, eq, rest = text.partition("=")
+    if eq and (rest.startswith(PID_PREFIX) or rest.startswith("/")):  # a named port: NAME=pid:/PATH
+        target, eq, rest = rest.partition("=")
+        head = f"{head}={target}"
     if not eq or not rest.strip():
         raise ConfigError(f"--trunk {text!r}: {usage}")
-    namespace, colon, ifname = head.strip().partition(":")
+    port = _trunk_port(head.strip(), f"--trunk {text!r}")
     vlans: list[tuple[str, int]] = []
     native = None
     for item in rest.split(","):
@@ -597,10 +607,18 @@ def parse_trunk(text: str) -> TrunkSpec:
         segment, colon2, vid = item.strip().partition(":")
         if not colon2 or not SEGMENT_RE.fullmatch(segment):
             raise ConfigError(f"--trunk {text!r}: {item.strip()!r}: {usage}")
-        vlans.append((segment, check_vid(vid, f"--trunk {namespace}: VLAN of {segment}")))
-    return trunk_spec(
-        check_namespace(namespace), vlans, native, check_ifname(ifname) if colon else DEFAULT_IFNAME
+        vlans.append((segment, check_vid(vid, f"--trunk {port.label}: VLAN of {segment}")))
+    return replace(
+        trunk_spec(port.namespace or "", vlans, native, port.ifname), name=port.name, attached=port.attached
     )
+
+
+def _trunk_port(text: str, what: str) -> PortSpec:
+    """A trunk's port: the port grammar, with no address (a trunk carries segments, not an address)."""
+    port = parse_port(text)
+    if port.namespace is None or port.address is not None or port.dhcp:
+        raise ConfigError(f"{what}: a trunk is a namespace's port with no address of its own")
+    return port
 
 
 def check_vid(text: object, what: str) -> int:
@@ -955,7 +973,7 @@ def validate(topology: Topology) -> Topology:
     for trunk in topology.trunks:
         for member in trunk.segments:
             if member not in names:
-                raise ConfigError(f"--trunk {trunk.namespace}: there is no segment {member!r}")
+                raise ConfigError(f"--trunk {trunk.label}: there is no segment {member!r}")
     seen: set[str] = set()
     for namespace in namespaces:
         if namespace in seen:
@@ -1148,12 +1166,12 @@ def request_from_toml(text: str) -> Request:
 
 
 def _trunk_from_toml(table: dict[str, Any]) -> TrunkSpec:
-    """A [[trunk]] table: port (NS or NS:IFNAME), vlans = {segment = VID, ...}, native."""
+    """A [[trunk]] table: port (in the port grammar, no address), vlans = {segment = VID, ...}, native."""
     unknown = set(table) - {"port", "vlans", "native"}
     if unknown:
         raise ConfigError(f"unknown key(s) in [[trunk]]: {', '.join(sorted(unknown))}")
     port = _str(table, "port", "")
-    namespace, colon, ifname = port.partition(":")
+    trunk_port = _trunk_port(port, f"[[trunk]] {port}")
     vlans = table.get("vlans", {})
     if not isinstance(vlans, dict):
         raise ConfigError(f"[[trunk]] {port}: vlans is a table of segment = VID, e.g. {{lan = 10, dmz = 20}}")
@@ -1168,9 +1186,8 @@ def _trunk_from_toml(table: dict[str, Any]) -> TrunkSpec:
     native = table.get("native")
     if native is not None and (not isinstance(native, str) or not SEGMENT_RE.fullmatch(native)):
         raise ConfigError(f"[[trunk]] {port}: native is a segment name, not {native!r}")
-    return trunk_spec(
-        check_namespace(namespace), pairs, native, check_ifname(ifname) if colon else DEFAULT_IFNAME
-    )
+    spec = trunk_spec(trunk_port.namespace or "", pairs, native, trunk_port.ifname)
+    return replace(spec, name=trunk_port.name, attached=trunk_port.attached)
 
 
 def _vxlan_from_toml(req: Request, name: str, table: object) -> None:

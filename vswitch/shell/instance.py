@@ -301,8 +301,10 @@ class Instance:
         index = {s.name: i for i, s in enumerate(self.topology.segments)}
         for spec in self.topology.trunks:
             segments = [self.topology.segments[index[name]] for name in spec.segments]
-            tap, mac, _ = self._make_tap(PortSpec(spec.namespace, spec.ifname), max(s.mtu for s in segments))
-            trunk = Trunk(spec.namespace)
+            port = PortSpec(spec.namespace, spec.ifname, name=spec.name, attached=spec.attached)
+            tap, mac, ifname = self._make_tap(port, max(s.mtu for s in segments))
+            spec = replace(spec, ifname=ifname)  # an attached one's, chosen where it is free
+            trunk = Trunk(spec.label)
             native = index[spec.native] if spec.native is not None else None
             self.datapath.add_trunk(trunk, [(index[name], vid) for name, vid in spec.vlans], native)
             self.trunks.append(LiveTrunk(trunk, spec, mac, tap))
