@@ -142,7 +142,8 @@ def bound(env: Env) -> Iterator[Namespace]:
 def port_row(sw: Switch, label: str) -> dict[str, Any]:
     """The port's row of `vswitch up --json`'s table."""
     (row,) = [p for p in sw.table["ports"] if p["port"] == label]
-    return row
+    described: dict[str, Any] = row
+    return described
 
 
 def records_in(sw: Switch, namespace: str) -> list[str]:

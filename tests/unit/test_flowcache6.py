@@ -12,6 +12,7 @@ The world: lan (a) fd00:1::/64 and 10.1.0.0/24, dmz (c) fd00:2::/64 and 10.2.0.0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any
@@ -173,7 +174,7 @@ def echo(seq: int = 1) -> bytes:
     return from_a(IPv6(src=A_IP, dst=C_IP) / ICMPv6EchoRequest(id=7, seq=seq, data=b"ping"))
 
 
-FLOWS = {"tcp-ack": tcp, "udp": udp, "icmpv6-echo": echo}
+FLOWS: dict[str, Callable[[], bytes]] = {"tcp-ack": tcp, "udp": udp, "icmpv6-echo": echo}
 
 
 # --- what is cached --------------------------------------------------------------------------------

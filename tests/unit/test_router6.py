@@ -210,7 +210,7 @@ def checksum_ok(o: Out) -> bool:
     """The ICMPv6 (or other upper-layer) checksum of a frame's IPv6 packet verifies afresh."""
     ip = o.pkt[IPv6]
     payload = o.buf[L3 + 40 : L3 + 40 + ip.plen]
-    return bool(in6_chksum(ip.nh, ip, payload) == 0)
+    return bool(in6_chksum(ip.nh, ip, payload) == 0)  # type: ignore[no-untyped-call]
 
 
 def error_to(outs: list[Out], h: Host, layer: type[Packet]) -> Packet:

@@ -122,7 +122,7 @@ def test_ipv6_primitives_and_mixed_with_ipv4(expr: str, expected: set[str]) -> N
     assert hits(expr) == expected
 
 
-def one(expr: str, pkt: Packet) -> bool:
+def one(expr: str, pkt: Packet | bytes) -> bool:
     return compile_filter(expr)(bytes(pkt))
 
 

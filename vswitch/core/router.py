@@ -58,7 +58,8 @@ from .journal import Journal
 from .nat import Held, Nat, NatConfig
 from .nat6 import Nat66
 from .npt import Npt
-from .routed import NOTHING, Forwarded, Interface, Routed, Transmit, _new, wire_size
+from .routed import NOTHING, Forwarded, Routed, Transmit, _new, wire_size
+from .routed import Interface as Interface  # re-exported: routers are built with it (tests, bench)
 from .router6 import Ipv6Router, RaConfig
 from .routes import NextHop, Route, RouteTable
 from .wire import (
