@@ -174,3 +174,12 @@ def test_a_trunk_takes_the_port_grammar(
 def test_a_trunk_port_with_an_address_or_no_name_is_refused(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_trunk(text)
+
+
+def test_a_dhcp_port_is_given_no_address_and_the_others_number_on() -> None:
+    """=dhcp: the address is DHCP's (the DHCP issue); until then the port has none, and the next
+    port takes the next host as if it were not there."""
+    topo = topology_from_args(parse(["up", "--segment", "lan=a,b=dhcp,c", "--segment", "dmz=d"]))
+    lan = {p.label: p for p in topo.segments[0].ports}
+    assert lan["b"].dhcp and lan["b"].address is None
+    assert (str(lan["a"].address), str(lan["c"].address)) == ("10.1.0.2/24", "10.1.0.3/24")

@@ -929,7 +929,7 @@ def assign_addresses(segment: SegmentSpec, reserved: set[IPv4Address] | None = N
     hosts = (h for h in segment.subnet.hosts() if h not in taken)
     resolved: list[PortSpec] = []
     for port in segment.ports:
-        if port.address is None:
+        if port.address is None and not port.dhcp:  # =dhcp: DHCP's to give (the DHCP issue)
             host = next(hosts, None)
             if host is None:
                 raise ConfigError(
@@ -937,7 +937,9 @@ def assign_addresses(segment: SegmentSpec, reserved: set[IPv4Address] | None = N
                     + (" and a gateway" if reserved else "")
                 )
             port = replace(port, address=IPv4Interface(f"{host}/{segment.subnet.prefixlen}"))
-        elif port.address.ip not in segment.subnet and segment.gateway is not None:
+        elif (
+            port.address is not None and port.address.ip not in segment.subnet and segment.gateway is not None
+        ):
             raise ConfigError(f"address {port.address} of {port.label} is outside segment {segment.name}")
         resolved.append(port)
     segment.ports = resolved
@@ -1000,7 +1002,8 @@ def validate(topology: Topology) -> Topology:
     addresses: set[IPv4Address] = set()
     for segment in topology.segments:
         for port in segment.ports:
-            assert port.address is not None
+            if port.address is None:  # =dhcp
+                continue
             if port.address.ip in addresses or (segment.gateway and port.address.ip == segment.gateway.ip):
                 raise ConfigError(f"address {port.address.ip} is given twice")
             addresses.add(port.address.ip)

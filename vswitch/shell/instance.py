@@ -465,7 +465,7 @@ class Instance:
         for segment in self.topology.segments:
             assert segment.gateway is not None
             for spec in segment.ports:
-                if spec.namespace is not None:
+                if spec.namespace is not None and spec.address is not None:  # not =dhcp: no address yet
                     live = next(p for p in self.ports if p.label == spec.label)
                     try:
                         kernel.add_route(
