@@ -300,7 +300,20 @@ class Nat:
             sport, dport = PORTS.unpack_from(pkt, l4)
             if proto == PROTO_TCP:
                 flags = pkt[l4 + TCP_FLAGS_OFF]
-        key = KEY.pack(proto, p.src, sport, p.dst, dport)
+        x = self._track(p, sport, dport, flags, route, now)
+        if not isinstance(x, tuple):
+            return x  # a Drop, or None: not NAT's
+        if p.frag & IP_MF:
+            self._remember_fragments(p, x, now)
+        return self._change(p, x, pkt[l4] == ECHO_REQUEST)
+
+    def _track(
+        self, p: Packet | Packet6, sport: int, dport: int, flags: int, route: Route, now: float
+    ) -> Xlate | Drop | None:
+        """The flow of a packet with these ports, found and stepped or made (both families): its
+        translation in the packet's direction. None: not NAT's, or nothing to change; a Drop: refused.
+        The flow is left in p.flow (and p.made_flow if this packet made it)."""
+        key = self.KEY.pack(p.proto, p.src, sport, p.dst, dport)
         found = self.conntrack.get(key, now)
         if found is not None:
             flow, direction = found
@@ -311,31 +324,35 @@ class Nat:
             if not isinstance(made, Flow):
                 return made
             flow, direction = made, ORIGINAL
-        x = flow.xlate[direction]
-        if x is None:
-            return None
-        if p.frag & IP_MF:
-            self._remember_fragments(p, x, now)
+        return flow.xlate[direction]
+
+    def _change(self, p: Packet | Packet6, x: Xlate, echo_request: bool) -> NatChange:
+        """The forward action's share of a translation; p is routed to its new destination."""
         nsrc, ndst, ports, addr_delta, port_delta = x
-        if proto == PROTO_ICMP:  # the identifier stands where the key has the request's source port
-            ports = ports[:2] if pkt[l4] == ECHO_REQUEST else ports[2:]
+        if p.proto == self.ICMP:  # the identifier stands where the key has the request's source port
+            ports = ports[:2] if echo_request else ports[2:]
         p.route_to(ndst)
         return _new(NatChange, (nsrc + ndst, ports, addr_delta, port_delta, False))
 
     # --- fragments (RFC 4787 REQ-14) ----------------------------------------------------------------
     def _remember_fragments(self, p: Packet, x: Xlate, now: float) -> None:
         """A first fragment was translated: its datagram's later fragments get the same addresses."""
-        fragments = self.fragments
         key = FRAGMENT_KEY.pack(p.proto, p.src, p.dst, U16.unpack_from(p.pkt, IP_ID_OFF)[0])
+        self._keep_fragment(key, x, now)
+        waiting = self._unhold(key)
+        if waiting is not None:
+            p.released = [(waiting.in_iface, frame, waiting.ledger) for frame in waiting.frames]
+            self.events[Event.NAT_FRAGMENT_RELEASED] += len(waiting.frames)
+
+    def _keep_fragment(self, key: bytes, x: Xlate, now: float) -> None:
+        """Remember a first fragment's rewrite for its datagram's later ones (both families), newest
+        last, the oldest evicted past FRAGMENT_MAX."""
+        fragments = self.fragments
         fragments.pop(key, None)
         while len(fragments) >= FRAGMENT_MAX:
             del fragments[next(iter(fragments))]
             self.events[Event.NAT_FRAGMENT_EVICTED] += 1
         fragments[key] = (x, now + FRAGMENT_TIMEOUT)
-        waiting = self._unhold(key)
-        if waiting is not None:
-            p.released = [(waiting.in_iface, frame, waiting.ledger) for frame in waiting.frames]
-            self.events[Event.NAT_FRAGMENT_RELEASED] += len(waiting.frames)
 
     def _later_fragment(self, p: Packet, route: Route, now: float) -> NatChange | Drop | Held | None:
         """A non-first fragment has no ports: it gets the address rewrite its first fragment got."""

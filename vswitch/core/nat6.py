@@ -26,7 +26,7 @@ from .counters import Drop, Event
 from .icmp6 import ECHO_REPLY, ECHO_REQUEST, pseudo_header
 from .ipv4 import NatChange
 from .ipv6 import Packet6
-from .nat import FRAGMENT_MAX, FRAGMENT_TIMEOUT, Nat, Route, Xlate, _partial
+from .nat import Nat, Route, _partial
 from .wire import (
     IP6_DST,
     IP6_SRC,
@@ -83,41 +83,17 @@ class Nat66(Nat):
             sport, dport = PORTS.unpack_from(pkt, l4)
             if proto == PROTO_TCP:
                 flags = pkt[l4 + TCP_FLAGS_OFF]
-        key = KEY6.pack(proto, p.src, sport, p.dst, dport)
-        found = self.conntrack.get(key, now)
-        if found is not None:
-            flow, direction = found
-            self.conntrack.update(flow, direction, flags, now)
-            p.flow, p.direction = flow, direction
-        else:
-            made = self._new_flow(p, flags, key, dport, route, now)
-            if not isinstance(made, Flow):
-                return made
-            flow, direction = made, ORIGINAL
-        x = flow.xlate[direction]
-        if x is None:
-            return None
-        if p.fragment >= 0:
-            self._remember_fragments6(p, x, now)
-        nsrc, ndst, ports, addr_delta, port_delta = x
-        if proto == PROTO_ICMPV6:  # the identifier stands where the key has the request's source port
-            ports = ports[:2] if pkt[l4] == ECHO_REQUEST else ports[2:]
-        p.route_to(ndst)
-        return _new(NatChange, (nsrc + ndst, ports, addr_delta, port_delta, False))
+        x = self._track(p, sport, dport, flags, route, now)
+        if not isinstance(x, tuple):
+            return x  # a Drop, or None: not NAT's
+        if p.fragment >= 0:  # a first fragment: its later ones get its addresses
+            self._keep_fragment(self._fragment_key(p), x, now)
+        return self._change(p, x, pkt[l4] == ECHO_REQUEST)
 
     # --- fragments --------------------------------------------------------------------------------
     def _fragment_key(self, p: Packet6) -> bytes:
         ident = struct.unpack_from("!I", p.pkt, p.fragment + 4)[0]
         return FRAGMENT_KEY6.pack(p.proto, p.src, p.dst, ident)
-
-    def _remember_fragments6(self, p: Packet6, x: Xlate, now: float) -> None:
-        fragments = self.fragments
-        key = self._fragment_key(p)
-        fragments.pop(key, None)
-        while len(fragments) >= FRAGMENT_MAX:
-            del fragments[next(iter(fragments))]
-            self.events[Event.NAT_FRAGMENT_EVICTED] += 1
-        fragments[key] = (x, now + FRAGMENT_TIMEOUT)
 
     def _later_fragment6(self, p: Packet6, route: Route, now: float) -> NatChange | Drop | None:
         """A later fragment gets the address rewrite its first fragment got (the first one came
