@@ -543,3 +543,24 @@ def start_routed(env: Env, *extra: str) -> Routed:
     ip = addresses_of(sw)
     assert ip == {ns1: "10.1.0.2", ns2: "10.1.0.3", ns3: "10.2.0.2", wan: UPSTREAM_ADDRESS}
     return Routed(sw, ns1, ns2, ns3, wan, ip)
+
+
+def unshare_sleep(env: Env) -> subprocess.Popen[str]:
+    """A process in a network namespace of its own (`unshare --net sleep 600`, killed in teardown with
+    the test's peers), once unshare(2) has run: before that, /proc/PID/ns/net is still ours, and a tap
+    attached there would land in the root namespace."""
+    proc = subprocess.Popen(
+        ["unshare", "--net", "sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    env.peers.append(proc)
+    ours = os.stat("/proc/self/ns/net").st_ino
+
+    def own_namespace() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"unshare --net sleep exited {proc.returncode}: {proc.communicate()[1].strip()}")
+        with contextlib.suppress(FileNotFoundError):
+            return os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours
+        return False
+
+    wait_for(own_namespace, 10, "unshare --net to enter a namespace of its own")
+    return proc

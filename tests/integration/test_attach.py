@@ -8,7 +8,6 @@ the test kills it in teardown (Env.peers), and unmounts and removes a bind-mount
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -30,6 +29,7 @@ from .conftest import (
     make_world,
     namespaces,
     pings,
+    unshare_sleep,
     wait_for,
 )
 
@@ -92,23 +92,8 @@ class Held(Namespace):
 
 
 def unshared(env: Env) -> Held:
-    """Start the process (killed in teardown with the test's peers) and wait until it is in its own
-    namespace: until unshare(2) has run, /proc/PID/ns/net is still ours, and attaching there would put
-    a tap in the root namespace."""
-    proc = subprocess.Popen(
-        ["unshare", "--net", "sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    env.peers.append(proc)
-    ours = os.stat("/proc/self/ns/net").st_ino
-
-    def own_namespace() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"unshare --net sleep exited {proc.returncode}: {proc.communicate()[1].strip()}")
-        with contextlib.suppress(FileNotFoundError):
-            return os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours
-        return False
-
-    wait_for(own_namespace, 10, "unshare --net to enter a namespace of its own")
+    """A process in a namespace of its own (conftest.unshare_sleep), which is new: lo, down, only."""
+    proc = unshare_sleep(env)
     held = Held(f"/proc/{proc.pid}/ns/net", ("--target", str(proc.pid), "--net"), proc)
     assert set(held.links()) == {"lo"} and not held.lo_up(), "a new namespace: lo, down, only"
     return held

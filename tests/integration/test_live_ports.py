@@ -40,6 +40,7 @@ from .conftest import (
     netns_exec,
     pings,
     read_line,
+    unshare_sleep,
     wait_for,
 )
 
@@ -145,23 +146,8 @@ class Held:
 
 
 def unshared(env: Env) -> Held:
-    """Start the process (killed in teardown with the test's peers); wait until unshare(2) has run:
-    before that, /proc/PID/ns/net is still the root namespace."""
-    proc = subprocess.Popen(
-        ["unshare", "--net", "sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    env.peers.append(proc)
-    ours = os.stat("/proc/self/ns/net").st_ino
-
-    def own_namespace() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"unshare --net sleep exited {proc.returncode}")
-        with contextlib.suppress(FileNotFoundError):
-            return os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours
-        return False
-
-    wait_for(own_namespace, 10, "unshare --net to enter a namespace of its own")
-    return Held(proc)
+    """A process in a namespace of its own (conftest.unshare_sleep)."""
+    return Held(unshare_sleep(env))
 
 
 def routed(env: Env, *extra: str) -> tuple[Switch, str, str, str]:

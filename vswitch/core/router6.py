@@ -259,14 +259,14 @@ class Ipv6Router:
         if not isinstance(p, Packet6):
             if isinstance(p, Problem):
                 router._count(ledger, p.reason)
-                return self._routed(self._problem(iface, pkt, p, now, ledger))
+                return Routed(self._problem(iface, pkt, p, now, ledger))
             router._count(ledger, p)
             return NOTHING
         dst = p.dst
         nd = p.proto == PROTO_ICMPV6 and 0 <= p.l4 < p.end and p.pkt[p.l4] in ND_TYPES
         if dst[0] == 0xFF:
             if nd and dst in self.groups[iface]:
-                return self._routed(self._nd(p, link_multicast, now))
+                return Routed(self._nd(p, link_multicast, now))
             if link_multicast:
                 router.events[Event.IPV6_MULTICAST_IGNORED] += 1  # MLD, mDNS, others' solicitations
             else:
@@ -276,7 +276,7 @@ class Ipv6Router:
             router.events[Event.IPV6_MULTICAST_IGNORED] += 1
             return NOTHING
         if nd and dst in self.local:
-            return self._routed(self._nd(p, False, now))
+            return Routed(self._nd(p, False, now))
         if self.nat is not None and not (p.pkt[IP6_HOP_LIMIT] <= 1 and dst not in self.local):
             # Pre-routing NAT66, after the hop limit is known to do (a dying probe leaves no flow)
             refused = self._nat66(p, now)
@@ -284,15 +284,11 @@ class Ipv6Router:
                 return refused
             dst = p.dst
         if dst in self.local:
-            return self._routed(self._deliver(p, now))
+            return Routed(self._deliver(p, now))
         if is_link_local(dst):
             router._count(ledger, Drop.IPV6_LINK_LOCAL_DESTINATION)  # RFC 4291 2.5.6: never forwarded
             return NOTHING
         return self._forward(p, now)
-
-    @staticmethod
-    def _routed(frames: list[Transmit]) -> Routed:
-        return Routed(frames)
 
     def _nat66(self, p: Packet6, now: float) -> Routed | None:
         """NAT66 (nat6.py): None to go on (translated, p.nat, or not); else what became of p."""
