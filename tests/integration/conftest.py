@@ -564,3 +564,25 @@ def unshare_sleep(env: Env) -> subprocess.Popen[str]:
 
     wait_for(own_namespace, 10, "unshare --net to enter a namespace of its own")
     return proc
+
+
+# Run inside a namespace: accept one TCP connection on [::]:argv[1] within argv[2] seconds, read it to
+# the end and print one JSON line: the bytes, their sha256 and the peer's address as this side sees it.
+TCP_SERVER6 = """
+import hashlib, json, socket, sys
+port, timeout = int(sys.argv[1]), float(sys.argv[2])
+with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as srv:
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("::", port))
+    srv.listen(1)
+    srv.settimeout(timeout)
+    print("ready", flush=True)
+    conn, peer = srv.accept()
+    with conn:
+        conn.settimeout(timeout)
+        digest, received = hashlib.sha256(), 0
+        while chunk := conn.recv(1 << 18):
+            digest.update(chunk)
+            received += len(chunk)
+print(json.dumps({"bytes": received, "sha256": digest.hexdigest(), "peer": peer[0]}))
+"""

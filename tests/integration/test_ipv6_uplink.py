@@ -25,7 +25,7 @@ import pytest
 
 from vswitch.core.npt import Npt
 
-from .conftest import Env, Switch, finish, make_world, namespaces, netns_exec, read_line
+from .conftest import TCP_SERVER6, Env, Switch, finish, make_world, namespaces, netns_exec, read_line
 
 pytestmark = pytest.mark.root
 
@@ -37,27 +37,6 @@ GATEWAY6 = {"a": "fd00:80::1", "b": "fd00:80:0:1::1"}  # the router on lan and o
 MODES = {"none": "none", "prefix": f"prefix={OUTSIDE}"}
 TCP_BYTES = 100_000_000
 PORT = 5001
-
-# Run inside a namespace: accept one TCP connection on [::]:argv[1] within argv[2] seconds, read it to the
-# end and print one JSON line: the bytes, their sha256 and the peer's address as this side sees it.
-SERVER6 = """
-import hashlib, json, socket, sys
-port, timeout = int(sys.argv[1]), float(sys.argv[2])
-with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as srv:
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("::", port))
-    srv.listen(1)
-    srv.settimeout(timeout)
-    print("ready", flush=True)
-    conn, peer = srv.accept()
-    with conn:
-        conn.settimeout(timeout)
-        digest, received = hashlib.sha256(), 0
-        while chunk := conn.recv(1 << 18):
-            digest.update(chunk)
-            received += len(chunk)
-print(json.dumps({"bytes": received, "sha256": digest.hexdigest(), "peer": peer[0]}))
-"""
 
 
 @pytest.fixture
@@ -124,9 +103,9 @@ def global_addresses6(ns: str) -> list[str]:
 
 
 def serve(env: Env, ns: str) -> subprocess.Popen[str]:
-    """SERVER6 in ns, listening once it returns; killed in teardown if the test fails first."""
+    """TCP_SERVER6 in ns, listening once it returns; killed in teardown if the test fails first."""
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER6, str(PORT), "90"],
+        ["ip", "netns", "exec", ns, sys.executable, "-c", TCP_SERVER6, str(PORT), "90"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     env.peers.append(proc)

@@ -26,7 +26,17 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from .conftest import Env, Switch, create_namespace, finish, make_world, netns_exec, read_line, wait_for
+from .conftest import (
+    TCP_SERVER6,
+    Env,
+    Switch,
+    create_namespace,
+    finish,
+    make_world,
+    netns_exec,
+    read_line,
+    wait_for,
+)
 
 pytestmark = pytest.mark.root
 
@@ -39,26 +49,6 @@ TCP_BYTES = 100_000_000
 TCP_PORT = 5001
 IFA_F_NODAD = 0x02  # include/uapi/linux/if_addr.h
 
-# Run inside a namespace: accept one TCP connection on [::]:argv[1] within argv[2] seconds, read it to
-# the end and print one JSON line: the bytes, their sha256 and the peer's address as this side sees it.
-TCP_SERVER6 = """
-import hashlib, json, socket, sys
-port, timeout = int(sys.argv[1]), float(sys.argv[2])
-with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as srv:
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("::", port))
-    srv.listen(1)
-    srv.settimeout(timeout)
-    print("ready", flush=True)
-    conn, peer = srv.accept()
-    with conn:
-        conn.settimeout(timeout)
-        digest, received = hashlib.sha256(), 0
-        while chunk := conn.recv(1 << 18):
-            digest.update(chunk)
-            received += len(chunk)
-print(json.dumps({"bytes": received, "sha256": digest.hexdigest(), "peer": peer[0]}))
-"""
 
 # Run inside a namespace: answer argv[2] GET requests on [::]:argv[1] with "hello from <its namespace
 # tag argv[3]>" within argv[4] seconds, then print one JSON line with each client's address.
