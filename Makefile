@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # vde2 and openvswitch-switch: the bench's other userspace switches; its integration test runs them.
-APT_PACKAGES := iproute2 iputils-ping iputils-tracepath traceroute curl iperf3 nftables tshark procps util-linux vde2 openvswitch-switch python3-venv
+# isc-dhcp-client, dhcpcd-base, busybox (udhcpc), bind9-dnsutils (dig) and ndisc6 (rdisc6): the real
+# clients the DHCP, DNS and RDNSS tests run against the router's services.
+APT_PACKAGES := iproute2 iputils-ping iputils-tracepath traceroute curl iperf3 isc-dhcp-client dhcpcd-base busybox bind9-dnsutils ndisc6 nftables tshark procps util-linux vde2 openvswitch-switch python3-venv
 # openvswitch-switch's postinst starts the system-wide ovsdb-server and ovs-vswitchd (invoke-rc.d, or
 # deb-systemd-invoke under systemd); we need only its programs (the bench runs a private OVS of its
 # own), so no daemon may be left running. Both ask policy-rc.d first: for the length of the install,

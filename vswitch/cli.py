@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import topology
+from .config import services, topology
 from .config.topology import ConfigError, Topology, check_instance
 from .shell.control import ControlError, request
 from .shell.instance import Instance, StartError, down
@@ -130,6 +130,31 @@ def build_parser() -> Parser:
         help="the longest gap between the router's IPv6 advertisements (RFC 4861 MaxRtrAdvInterval; "
         "default 600, a lab may go down to 0.1)",
     )
+    up.add_argument("--no-dhcp", action="store_true", help="no DHCP server on the routed segments")
+    up.add_argument(
+        "--dhcp-range",
+        action="append",
+        default=[],
+        metavar="START-END",
+        help="a segment's DHCP pool (default: its whole subnet but the router's and the ports' addresses)",
+    )
+    up.add_argument(
+        "--dhcp-host",
+        action="append",
+        default=[],
+        metavar="MAC=ADDR[,NAME]",
+        help="a DHCP reservation: this MAC always gets ADDR (and the DNS name NAME)",
+    )
+    up.add_argument(
+        "--lease-time", metavar="DURATION", help="DHCP lease time: 3600, 90s, 30m, 1h (default 1h)"
+    )
+    up.add_argument("--no-dns", action="store_true", help="no DNS server on the router's addresses")
+    up.add_argument(
+        "--dns-upstream",
+        metavar="ADDR[:PORT]",
+        help="where the router's DNS sends the names it does not hold, asked from the uplink's namespace "
+        "(default: none, and such questions are REFUSED)",
+    )
     up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
     up.add_argument("--txqueuelen", type=positive_int, help="each tap's queue length (default 10000)")
     up.add_argument(
@@ -190,6 +215,7 @@ def build_parser() -> Parser:
         ("routes", "the router's table (routed topologies)"),
         ("arp", "the router's neighbour caches (ARP, and NDP for IPv6)"),
         ("conntrack", "tracked connections and their NAT mappings"),
+        ("leases", "the DHCP leases: MAC, address, host name, port, seconds left"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--name", default="default")
@@ -271,7 +297,22 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.vxlan[segment] = spec
     req.vxlan_fdb.extend(topology.parse_vxlan_fdb(text) for text in args.vxlan_fdb)
     req.trunks.extend(topology.parse_trunk(text) for text in args.trunk)
+    _services_from_args(req.services, args)
     return topology.build(req)
+
+
+def _services_from_args(spec: services.ServicesSpec, args: argparse.Namespace) -> None:
+    """The DHCP and DNS options over what a config file said."""
+    if args.no_dhcp:
+        spec.dhcp = False
+    if args.no_dns:
+        spec.dns = False
+    spec.dhcp_ranges.extend(services.parse_dhcp_range(text) for text in args.dhcp_range)
+    spec.dhcp_hosts.extend(services.parse_dhcp_host(text) for text in args.dhcp_host)
+    if args.lease_time is not None:
+        spec.lease_time = services.check_lease_time(services.parse_duration(args.lease_time, "--lease-time"))
+    if args.dns_upstream is not None:
+        spec.dns_upstream = services.parse_dns_upstream(args.dns_upstream)
 
 
 # capabilities(7): taps and links need CAP_NET_ADMIN; naming namespaces (a bind mount) CAP_SYS_ADMIN.
@@ -457,6 +498,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for t in trunks
             ],
         )  # fmt: skip
+    services = result.get("services")
+    if services is not None and (services["dhcp"] or services["dns"]):
+        dhcp = (
+            f"DHCP {services['leases']} leases ({services['lease_time']:g}s)"
+            if services["dhcp"]
+            else "no DHCP"
+        )
+        dns = "no DNS"
+        if services["dns"]:
+            dns = f"DNS for .{services['domain']}, upstream {services['dns_upstream'] or 'none (REFUSED)'}"
+        print(f"services: {dhcp}; {dns}")
     for t in result.get("tunnels") or []:
         print(
             f"vxlan {t['port']}: segment {t['segment']}, VNI {t['vni']}, local {t['local']}:{t['dstport']} "
@@ -565,6 +617,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "routes": cmd_table("routes", "routes"),
     "arp": cmd_table("arp", "neighbours (ARP, NDP)"),
     "conntrack": cmd_table("conntrack", "connections"),
+    "leases": cmd_table("leases", "DHCP leases"),
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,

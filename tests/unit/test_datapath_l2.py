@@ -202,8 +202,9 @@ class FakeRouter:
     events: Counter[str] = field(default_factory=Counter)
     tracer: object = None
     v6: None = None  # routes no IPv6
+    foreign_ports: object = ()
 
-    def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str]) -> Routed:
+    def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str], port: int = -1) -> Routed:
         self.received.append((iface, pkt))
         replies, self.replies = self.replies, []
         return Routed(replies)

@@ -40,6 +40,9 @@ from ..core.vxlan import DEFAULT_TTL as VXLAN_TTL
 from ..core.vxlan import OVERHEAD as VXLAN_OVERHEAD
 from ..core.vxlan import VNI_MAX
 from ..core.wire import parse_mac
+from . import services
+from .errors import ConfigError as ConfigError  # re-exported: every caller knows it as topology's
+from .services import ServicesSpec
 
 IFNAMSIZ: Final = 16  # the kernel's limit on a link name, with its NUL
 
@@ -84,10 +87,6 @@ IPV6_MIN_MTU = 1280  # RFC 8200 section 5: every link that carries IPv6 has an M
 SLAAC_PREFIXLEN = 64
 # A routed --subnet6 is cut into a /64 per segment: a site's /48 down to a /60 (16 segments).
 ROUTED_SUBNET6_LENGTHS = range(48, 61)
-
-
-class ConfigError(Exception):
-    """A command line or configuration the user must fix; str() is the one line we print."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +231,7 @@ class Topology:
     flow_cache: int = FLOW_CACHE_ENTRIES  # per segment; 0: off
     uplink_mtu: int = DEFAULT_MTU
     trunks: list[TrunkSpec] = field(default_factory=list)
+    services: ServicesSpec = field(default_factory=ServicesSpec)  # DHCP and DNS on the routed segments
 
     @property
     def ports(self) -> list[PortSpec]:
@@ -694,6 +694,7 @@ class Request:
     vxlan: dict[str, VxlanSpec] = field(default_factory=dict)  # by segment name
     vxlan_fdb: list[tuple[str, bytes, IPv4Address]] = field(default_factory=list)
     trunks: list[TrunkSpec] = field(default_factory=list)
+    services: ServicesSpec = field(default_factory=ServicesSpec)
 
     def add_segment(
         self, name: str, ports: list[PortSpec], subnet: IPv4Network | None, subnet6: IPv6Network | None = None
@@ -790,8 +791,11 @@ def build(request: Request) -> Topology:
         flow_cache=request.flow_cache,
         uplink_mtu=request.segment_mtu.get(UPLINK_SEGMENT, default_mtu),
         trunks=list(request.trunks),
+        services=request.services,
     )
-    return validate(topology)
+    topology = validate(topology)
+    services.check(request.services, topology)
+    return topology
 
 
 def _nat6(request: Request, segments: list[SegmentSpec]) -> Nat6Spec | None:
@@ -1061,7 +1065,7 @@ def single_segment(
 
 
 # --- TOML ------------------------------------------------------------------------------------------
-TOML_KEYS = {
+TOML_KEYS = services.TOML_KEYS | {
     "name",
     "ports",
     "subnet",
@@ -1165,6 +1169,7 @@ def request_from_toml(text: str) -> Request:
     req.flow_cache = _int(data, "flow_cache", FLOW_CACHE_ENTRIES)
     if "mtu" in data:
         req.mtu = check_mtu(data["mtu"], "mtu")
+    req.services = services.from_toml(data)
     return req
 
 

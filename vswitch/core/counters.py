@@ -99,6 +99,14 @@ class Drop(StrEnum):
     VLAN_UNKNOWN = "vlan-unknown"  # tagged on a trunk with a VID the trunk does not carry
     VLAN_UNTAGGED = "vlan-untagged"  # untagged on a trunk with no native segment
     VLAN_ON_ACCESS = "vlan-on-access"  # tagged on an access port of a segment that is on a trunk
+    # The router's services: DHCPv4 (RFC 2131) and DNS
+    DHCP_MALFORMED = "dhcp-malformed"  # not a BOOTREQUEST for Ethernet with a DHCP message type
+    DHCP_NOT_SERVED = "dhcp-not-served"  # from a tunnel's remote, relayed, or on a segment without DHCP
+    DHCP_CHADDR_MISMATCH = "dhcp-chaddr-mismatch"  # chaddr is not the frame's source MAC
+    DHCP_RATE_LIMITED = "dhcp-rate-limited"  # over the server's token bucket (scapy's parse is slow)
+    DHCP_POOL_EXHAUSTED = "dhcp-pool-exhausted"  # a DISCOVER with no free address (or at the lease bound)
+    DNS_MALFORMED = "dns-malformed"  # shorter than a DNS header, or a response sent to the server
+    DNS_PENDING_FULL = "dns-pending-full"  # too many questions already waiting for the upstream
 
 
 class Event(StrEnum):
@@ -177,6 +185,32 @@ class Event(StrEnum):
     FLOW_CACHE_EVICTED = "flow-cache-evicted"
     PORT_GONE = "port-gone"
     OBSERVER_ERROR = "observer-error"
+    # DHCPv4: messages received by type, and what the server sent or decided
+    DHCP_DISCOVER = "dhcp-discover"
+    DHCP_REQUEST = "dhcp-request"
+    DHCP_DECLINE = "dhcp-decline"  # a client found its address in use: held back for a while
+    DHCP_RELEASE = "dhcp-release"
+    DHCP_INFORM = "dhcp-inform"
+    DHCP_OFFER = "dhcp-offer"
+    DHCP_ACK = "dhcp-ack"
+    DHCP_NAK = "dhcp-nak"
+    DHCP_OTHER_SERVER = "dhcp-other-server"  # a REQUEST choosing another server: our offer is freed
+    DHCP_LEASE_EXPIRED = "dhcp-lease-expired"
+    DHCP_OFFER_EXPIRED = "dhcp-offer-expired"
+    DHCP_PORT_LEASES_FORGOTTEN = "dhcp-port-leases-forgotten"  # a port left: its leases went with it
+    # DNS: questions, and how they were answered
+    DNS_QUERY = "dns-query"
+    DNS_LOCAL = "dns-local"  # answered from the ports and leases (NXDOMAIN included)
+    DNS_NXDOMAIN = "dns-nxdomain"  # a local name (or private reverse name) that does not exist
+    DNS_REFUSED = "dns-refused"  # not local, and no upstream to ask
+    DNS_CACHE_HIT = "dns-cache-hit"
+    DNS_FORWARDED = "dns-forwarded"
+    DNS_TRUNCATED = "dns-truncated"  # an answer over the client's UDP size, sent cut with TC set
+    DNS_UPSTREAM_TCP = "dns-upstream-tcp"  # the upstream's UDP answer was truncated: asked again over TCP
+    DNS_UPSTREAM_TIMEOUT = "dns-upstream-timeout"  # no answer in time: the client got SERVFAIL
+    DNS_UPSTREAM_MALFORMED = "dns-upstream-malformed"
+    DNS_UPSTREAM_MISMATCH = "dns-upstream-mismatch"  # an unknown id, or not our question: ignored
+    DNS_UPSTREAM_ERROR = "dns-upstream-error"  # the socket to the upstream failed (the shell's)
 
 
 class Counters:

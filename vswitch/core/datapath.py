@@ -125,6 +125,7 @@ class Datapath:
         self.segments[self.port_segment[port]].ports.remove(port)
         if self.router is not None:
             self.router.forget_neighbours(macs)
+            self.router.forget_port(port)
         if self.flows is not None:
             self.flows.flush()
         return macs
@@ -155,6 +156,7 @@ class Datapath:
     def attach_router(self, router: Router, macs: dict[int, bytes]) -> None:
         """Give the router an interface (a port with no fd) on each segment in macs."""
         self.router = router
+        router.foreign_ports = self.encaps  # a tunnel's remotes: another host's clients, never served
         for segment, mac in macs.items():
             seg = self.segments[segment]
             port = self.counters.add_port(f"router:{seg.name}")
@@ -431,7 +433,7 @@ class Datapath:
         if router_port is not None:
             counters.rx_packets[router_port] += 1
             counters.rx_bytes[router_port] += len(pkt) - VNET_HDR_LEN
-        routed = router.decide(self.port_segment[in_port], pkt, now, counters.drops[in_port])
+        routed = router.decide(self.port_segment[in_port], pkt, now, counters.drops[in_port], in_port)
         return routed.forwarded, self.from_router(routed.frames, now)
 
     def from_router(self, frames: list[Transmit], now: float) -> list[Transmit]:
@@ -543,6 +545,15 @@ class Datapath:
             if deadline is not None and (best is None or deadline < best):
                 best = deadline
         return best
+
+    def dns_upstream_reply(self, wire: bytes, now: float, over_tcp: bool = False) -> list[tuple[int, Frame]]:
+        """An answer from the DNS upstream (the shell's socket): the frames taking it to its client."""
+        if self.router is None:
+            return []
+        frames: list[tuple[int, Frame]] = list(
+            self.from_router(self.router.dns_upstream_reply(wire, now, over_tcp), now)
+        )
+        return self.encapsulate(-1, frames) if self.egress else frames
 
     def on_timer(self, now: float) -> list[tuple[int, Frame]]:
         for seg in self.segments:

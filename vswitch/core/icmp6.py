@@ -12,7 +12,16 @@ import struct
 from typing import Final, NamedTuple
 
 from .checksum import internet_checksum, ones_sum
-from .wire import ETH_HDR, ETHERTYPE_IPV6, IPV6_HDR_LEN, IPV6_MIN_MTU, PROTO_ICMPV6, ZERO_MAC, ZERO_VNET_HDR
+from .wire import (
+    ETH_HDR,
+    ETHERTYPE_IPV6,
+    IPV6_HDR_LEN,
+    IPV6_MIN_MTU,
+    PROTO_ICMPV6,
+    ZERO_MAC,
+    ZERO_VNET_HDR,
+    domain_wire,
+)
 
 # Types (RFC 4443 section 2.1, RFC 4861 section 4)
 DEST_UNREACH: Final = 1
@@ -44,6 +53,8 @@ OPT_SOURCE_LL: Final = 1
 OPT_TARGET_LL: Final = 2
 OPT_PREFIX: Final = 3
 OPT_MTU: Final = 5
+OPT_RDNSS: Final = 25  # RFC 8106 5.1
+OPT_DNSSL: Final = 31  # RFC 8106 5.2
 ND_HOP_LIMIT: Final = 255
 NA_ROUTER: Final = 0x80
 NA_SOLICITED: Final = 0x40
@@ -73,6 +84,7 @@ _ICMP_HDR: Final = struct.Struct("!BBHI")  # type, code, checksum, the second wo
 _PSEUDO_TAIL: Final = struct.Struct("!I3xB")  # upper-layer length, zeros, next header (RFC 8200 8.1)
 _BLANK_ETH: Final = ETH_HDR.pack(ZERO_MAC, ZERO_MAC, ETHERTYPE_IPV6)
 _MTU_OPTION: Final = struct.Struct("!BBHI")
+_DNS_OPTION: Final = struct.Struct("!BBHI")  # type, length in 8-octet units, reserved, lifetime
 _PREFIX_OPTION: Final = struct.Struct("!BBBBIII16s")
 _RA_FIXED: Final = struct.Struct("!BBHBBHII")  # type code checksum, hop limit, flags, lifetime, timers
 
@@ -159,9 +171,11 @@ def build_advertisement(
     mtu: int,
     prefixes: list[Prefix],
     hop_limit: int = 64,
+    dns: tuple[bytes, str, int] | None = None,
 ) -> bytearray:
     """A router advertisement (RFC 4861 4.2): our link-layer address, the link's MTU and prefixes.
-    Reachable time and retransmission timer 0: unspecified, the hosts keep their own."""
+    Reachable time and retransmission timer 0: unspecified, the hosts keep their own. dns: a resolver's
+    address, the search domain and their lifetime, as RDNSS and DNSSL options (RFC 8106 5.1, 5.2)."""
     icmp = bytearray(_RA_FIXED.pack(ROUTER_ADVERT, 0, 0, hop_limit, 0, lifetime, 0, 0))
     icmp += bytes((OPT_SOURCE_LL, 1)) + mac
     icmp += _MTU_OPTION.pack(OPT_MTU, 1, 0, mtu)
@@ -169,6 +183,12 @@ def build_advertisement(
         flags = PREFIX_ON_LINK | PREFIX_AUTONOMOUS
         icmp += _PREFIX_OPTION.pack(OPT_PREFIX, 4, prefix.length, flags, prefix.valid, prefix.preferred, 0,
                                     prefix.network)  # fmt: skip
+    if dns is not None:
+        server, domain, dns_lifetime = dns
+        icmp += _DNS_OPTION.pack(OPT_RDNSS, 3, 0, dns_lifetime) + server
+        names = domain_wire(domain)
+        names = names.ljust(-(-(8 + len(names)) // 8) * 8 - 8, b"\x00")  # padded to 8-octet units
+        icmp += _DNS_OPTION.pack(OPT_DNSSL, (8 + len(names)) // 8, 0, dns_lifetime) + names
     return packet(src, dst, icmp, ND_HOP_LIMIT)
 
 

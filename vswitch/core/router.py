@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Final
 
@@ -62,6 +62,8 @@ from .routed import NOTHING, Forwarded, Routed, Transmit, _new, wire_size
 from .routed import Interface as Interface  # re-exported: routers are built with it (tests, bench)
 from .router6 import Ipv6Router, RaConfig
 from .routes import NextHop, Route, RouteTable
+from .services import Client, DhcpService, DnsService
+from .udp import build_udp4, build_udp6, datagram
 from .wire import (
     ARP,
     ARP_LEN,
@@ -102,6 +104,9 @@ if TYPE_CHECKING:
 _U32: Final = struct.Struct("!I")
 _IPV4_TYPE: Final = ETHERTYPE.pack(ETHERTYPE_IPV4)
 _NO_IFACE: Final = -1  # waiting frames the router made itself: no ICMP error about them
+DHCP_SERVER_PORT: Final = 67
+DHCP_CLIENT_PORT: Final = 68
+DNS_PORT: Final = 53
 
 
 class Router:
@@ -123,10 +128,12 @@ class Router:
         ra: RaConfig | None = None,
         npt: tuple[Npt, int] | None = None,
         nat6: NatConfig | None = None,
+        dhcp: DhcpService | None = None,
+        dns: DnsService | None = None,
     ) -> None:
         """ra: how the IPv6 interfaces advertise (router6.RaConfig); an interface has IPv6 when it has
-        an address6, and the router then routes IPv6 too (`v6`, with its own table and caches); npt:
-        NPTv6 (npt.py) on that interface, the uplink."""
+        an address6 (`v6` routes it); npt: NPTv6 (npt.py) on the uplink; dhcp, dns: the services on
+        our addresses for the segments, never the uplink (services.py)."""
         self.drops: Counter[str] = Counter()  # the rollup of every drop the router counts
         self.events: Counter[str] = Counter()
         self.unported: Counter[str] = Counter()  # the ledger of frames handed to receive() directly
@@ -145,17 +152,9 @@ class Router:
         for route in routes:
             if route.prefix.version == 4:
                 self.routes.add(route)
-        self.arp = ArpCache(
-            arp_timeout,
-            arp_retries,
-            arp_retry_interval,
-            arp_queue_max,
-            arp_cache_max,
-            arp_pending_max,
-            arp_negative_timeout,
-            events=self.events,
-            count_drop=self._count,
-        )
+        self.arp = ArpCache(arp_timeout, arp_retries, arp_retry_interval, arp_queue_max, arp_cache_max,
+                            arp_pending_max, arp_negative_timeout,
+                            events=self.events, count_drop=self._count)  # fmt: skip
         self.nat = None if nat is None else Nat(nat, self.events)
         if nat is not None and nat.uplink not in self.interfaces:
             raise ValueError(f"NAT uplink {nat.uplink} is not a router interface")
@@ -163,6 +162,16 @@ class Router:
         self._ip_id = 0
         self.journal: Journal | None = None
         self.v6 = self._ipv6_half(interfaces, routes, ra, npt, nat6)
+        self._adopt(dhcp, dns)
+
+    def _adopt(self, dhcp: DhcpService | None, dns: DnsService | None) -> None:
+        """The services on our addresses, counting with the router's events (stats, trace, journal)."""
+        self.dhcp, self.dns = dhcp, dns
+        for service in (dhcp, dns):
+            if service is not None:
+                service.events = self.events
+        self.foreign_ports: Container[int] = ()  # a tunnel's remotes (the datapath's): never DHCP-served
+        self._in_port = -1  # the switch port of the frame being decided
 
     def _ipv6_half(
         self,
@@ -221,6 +230,14 @@ class Router:
         if self.v6 is not None:
             self.v6.nd.forget_macs(macs)
 
+    def forget_port(self, port: int) -> int:
+        """A port left or moved: the DHCP leases made through it go (and their names). How many."""
+        if self.dhcp is None:
+            return 0
+        gone = self.dhcp.forget_port(port)
+        self.events[Event.DHCP_PORT_LEASES_FORGOTTEN] += gone
+        return gone
+
     def forget_addresses(self, addresses: set[bytes]) -> int:
         """A port left or moved: the tracked flows from or to its addresses go (with their NAT
         mappings and flow-cache entries, by conntrack's hooks). How many."""
@@ -234,12 +251,12 @@ class Router:
             conntrack.remove(flow)
         return len(gone)
 
-    def journal_save(self) -> tuple[Counter[str], Counter[str], Counter[str], int]:
+    def journal_save(self) -> tuple[Counter[str], Counter[str], Counter[str], int, int]:
         """What a frame changes in the router itself, for a trace run to put back (journal.py)."""
-        return Counter(self.drops), Counter(self.events), Counter(self.unported), self._ip_id
+        return Counter(self.drops), Counter(self.events), Counter(self.unported), self._ip_id, self._in_port
 
-    def journal_restore(self, saved: tuple[Counter[str], Counter[str], Counter[str], int]) -> None:
-        drops, events, unported, self._ip_id = saved
+    def journal_restore(self, saved: tuple[Counter[str], Counter[str], Counter[str], int, int]) -> None:
+        drops, events, unported, self._ip_id, self._in_port = saved
         for counter, values in ((self.drops, drops), (self.events, events), (self.unported, unported)):
             counter.clear()  # in place: the ARP cache, NAT and conntrack count into the same events
             counter.update(values)
@@ -253,6 +270,7 @@ class Router:
                 tables.append(self.v6.nat)
         if self.nat is not None:
             tables += [self.nat, self.nat.conntrack]
+        tables += [service for service in (self.dhcp, self.dns) if service is not None]
         return tables
 
     def _count(self, ledger: Counter[str], reason: Drop, n: int = 1) -> None:
@@ -267,9 +285,9 @@ class Router:
         """A frame seen on segment iface: the frames the router sends for it (a list of its own)."""
         return list(self.decide(iface, pkt, now, self.unported).frames)
 
-    def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str]) -> Routed:
+    def decide(self, iface: int, pkt: bytes, now: float, ledger: Counter[str], port: int = -1) -> Routed:
         """A frame seen on segment iface (ours by MAC, or a broadcast/flood copy); its drops are
-        counted in ledger, the drops of the port it came in on."""
+        counted in ledger, the drops of the port it came in on (port, which DHCP's leases record)."""
         if self.journal is not None:
             self.journal.keep(self)  # the rollup, the events, the IP identification
             self.journal.keep(self.icmp_bucket)
@@ -289,6 +307,7 @@ class Router:
         if ethertype == ETHERTYPE_IPV6:
             return self._ipv6(iface, pkt, dst_mac == BROADCAST_MAC, ledger, now)
         if ethertype == ETHERTYPE_IPV4:
+            self._in_port = port  # for DHCP's leases, which remember their port (off the fast path)
             return self._ipv4(iface, pkt, dst_mac == BROADCAST_MAC, ledger, now)
         if ethertype == ETHERTYPE_ARP:
             return Routed(self._arp(iface, pkt, ledger, now))
@@ -309,6 +328,11 @@ class Router:
 
     def next_deadline(self) -> float | None:
         best = self.arp.next_deadline()
+        for service in (self.dhcp, self.dns):
+            if service is not None:
+                deadline = service.next_deadline()
+                if deadline is not None and (best is None or deadline < best):
+                    best = deadline
         if self.v6 is not None:
             deadline = self.v6.next_deadline()
             if deadline is not None and (best is None or deadline < best):
@@ -335,6 +359,10 @@ class Router:
         if self.nat is not None:
             for waiting in self.nat.on_timer(now):  # held for a first fragment that never came
                 self._count(waiting.ledger, Drop.NAT_FRAGMENT, len(waiting.frames))
+        if self.dhcp is not None:
+            self.dhcp.on_timer(now)
+        if self.dns is not None:
+            out += self.dns_answers(self.dns.on_timer(now), now)
         return out
 
     # --- ARP (RFC 826) -----------------------------------------------------------------------------
@@ -382,6 +410,13 @@ class Router:
     def _ipv4(self, iface: int, pkt: bytes, link_broadcast: bool, ledger: Counter[str], now: float) -> Routed:
         p = parse(iface, pkt, link_broadcast, ledger, self._local, self._broadcasts)
         if not isinstance(p, Packet):
+            if (
+                (p is Drop.IP_MARTIAN_SOURCE or p is Drop.IP_BROADCAST)
+                and self.dhcp is not None
+                and _is_dhcp(pkt)
+            ):
+                # A client with no address yet (0.0.0.0 to 255.255.255.255), or rebinding by broadcast.
+                return Routed(self._dhcp(iface, pkt, ledger, now))
             self._count(ledger, p)
             return NOTHING
         # RFC 1812 5.3.1, checked before NAT so a packet that dies here (a traceroute probe) leaves no
@@ -555,11 +590,105 @@ class Router:
             self.events[Event.ICMP_ECHO_REPLIED] += 1
             reply = build_echo_reply(p.dst, p.src, pkt[l4:end], self._next_id())
             return self._originate(reply, now, p.ledger)
+        if p.proto == PROTO_UDP and self.dns is not None and not self.interfaces[p.iface].uplink:
+            udp = datagram(pkt, l4, end, p.src + p.dst, False)
+            if udp is None:
+                self._count(p.ledger, Drop.L4_BAD_CHECKSUM)
+                return []
+            if udp.dport == DNS_PORT:
+                return self.dns_query(p.iface, False, p.src, p.dst, udp.sport, udp.payload, now, p.ledger)
+        if p.proto == PROTO_UDP and self.dhcp is not None and _is_dhcp(pkt):
+            return self._dhcp(p.iface, pkt, ledger=p.ledger, now=now)  # a client renewing, unicast to us
         self._count(p.ledger, Drop.TO_ROUTER)
         if p.proto == PROTO_TCP:
             return []  # silently: we run no TCP service (no RST, by policy)
         code = PORT_UNREACH if p.proto == PROTO_UDP else PROTO_UNREACH
         return self._icmp_error(p.iface, pkt, DEST_UNREACH, code, 0, now, p.ledger)
+
+    # --- the services: DHCP (dhcp.py) and DNS (dns.py) ------------------------------------------------
+    def _dhcp(self, iface: int, pkt: bytes, ledger: Counter[str], now: float) -> list[Transmit]:
+        """A client's DHCP message (broadcast from 0.0.0.0 while it has no address, or unicast to us
+        when it renews). Its IPv4 header is checked here: ipv4.parse would call it a martian."""
+        assert self.dhcp is not None
+        ihl = (pkt[L3] & 0x0F) * 4
+        total = pkt[IP_TOTAL_LEN] << 8 | pkt[IP_TOTAL_LEN + 1]
+        if ihl < 20 or total < ihl or L3 + total > len(pkt) or pkt[L3] >> 4 != 4:
+            self._count(ledger, Drop.IP_BAD_LENGTH)
+            return []
+        if ones_sum(pkt[L3 : L3 + ihl]) != 0xFFFF:
+            self._count(ledger, Drop.IP_BAD_CHECKSUM)
+            return []
+        port = self._in_port
+        if port in self.foreign_ports or self.interfaces[iface].uplink:
+            self._count(ledger, Drop.DHCP_NOT_SERVED)  # another host's client (a tunnel), or the outside
+            return []
+        udp = datagram(pkt, L3 + ihl, L3 + total, bytes(pkt[IP_SRC]) + bytes(pkt[IP_DST]), False)
+        if udp is None or pkt[IP_FLAGS_FRAG] & 0x3F or pkt[IP_FLAGS_FRAG + 1]:
+            self._count(ledger, Drop.DHCP_MALFORMED)
+            return []
+        replies = self.dhcp.receive(iface, port, bytes(pkt[ETH_SRC]), udp.payload, now, ledger)
+        if isinstance(replies, Drop):
+            self._count(ledger, replies)
+            return []
+        out: list[Transmit] = []
+        for reply in replies:
+            buf = build_udp4(reply.src.packed, reply.dst.packed, DHCP_SERVER_PORT, DHCP_CLIENT_PORT,
+                             reply.payload, self._next_id())  # fmt: skip
+            buf[ETH_DST], buf[ETH_SRC] = reply.dst_mac, self._mac[reply.iface]
+            out.append((reply.iface, bytes(buf)))
+        if self.tracer is not None:
+            self.tracer.note("DHCP", f"from {mac_str(pkt[ETH_SRC])}: {len(out)} answer(s)")
+        return out
+
+    def dns_query(
+        self,
+        iface: int,
+        v6: bool,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        payload: bytes,
+        now: float,
+        ledger: Counter[str],
+    ) -> list[Transmit]:
+        """A question to our DNS from (src, sport), asked of our address dst: answered, or gone
+        upstream (the answer comes later, through dns_upstream_reply)."""
+        assert self.dns is not None
+        client = Client(iface, v6, src, sport, dst)
+        answer = self.dns.query(payload, client, now)
+        if isinstance(answer, Drop):
+            self._count(ledger, answer)
+            return []
+        if answer is None:
+            if self.tracer is not None:
+                self.tracer.note("DNS", "not a local name: asked upstream")
+            return []
+        if self.tracer is not None:
+            self.tracer.note("DNS", f"answered from {len(answer)} bytes of our own")
+        return self.dns_answers([(client, answer)], now, ledger)
+
+    def dns_answers(
+        self, answers: list[tuple[Client, bytes]], now: float, ledger: Counter[str] | None = None
+    ) -> list[Transmit]:
+        """DNS answers back to their clients, routed like any packet the router makes."""
+        out: list[Transmit] = []
+        for client, payload in answers:
+            if client.v6:
+                assert self.v6 is not None
+                buf = build_udp6(client.server, client.address, DNS_PORT, client.port, payload)
+                out += self.v6._originate(buf, client.iface, now, ledger or self.unported)
+            else:
+                buf = build_udp4(
+                    client.server, client.address, DNS_PORT, client.port, payload, self._next_id()
+                )
+                out += self._originate(buf, now, ledger or self.unported)
+        return out
+
+    def dns_upstream_reply(self, wire: bytes, now: float, over_tcp: bool = False) -> list[Transmit]:
+        """An answer from the upstream resolver (the shell's socket): to the client that asked."""
+        if self.dns is None:
+            return []
+        return self.dns_answers(self.dns.upstream_reply(wire, now, over_tcp), now)
 
     # --- output ------------------------------------------------------------------------------------
     def _resolve(
@@ -713,3 +842,11 @@ _ICMP_EVENTS: Final = {
     (DEST_UNREACH, FRAG_NEEDED): Event.ICMP_FRAG_NEEDED_SENT,
     (TIME_EXCEEDED, 0): Event.ICMP_TIME_EXCEEDED_SENT,
 }
+
+
+def _is_dhcp(pkt: bytes) -> bool:
+    """A UDP datagram to the DHCP server's port (its header is checked by Router._dhcp)."""
+    if len(pkt) < L3 + 28 or pkt[IP_PROTO] != PROTO_UDP:
+        return False
+    l4 = L3 + (pkt[L3] & 0x0F) * 4
+    return len(pkt) >= l4 + 4 and pkt[l4 + 2] == 0 and pkt[l4 + 3] == DHCP_SERVER_PORT

@@ -81,6 +81,8 @@ from .nat6 import Nat66
 from .npt import Npt
 from .routed import NOTHING, Forwarded, Interface, Routed, Transmit, wire_size
 from .routes import NextHop, Route, RouteTable
+from .services import DnsService
+from .udp import datagram
 from .wire import (
     ETH_DST,
     ETH_SRC,
@@ -114,6 +116,20 @@ class Host(Protocol):
 
     def _count(self, ledger: Counter[str], reason: Drop, n: int = 1) -> None: ...
 
+    dns: DnsService | None
+
+    def dns_query(
+        self,
+        iface: int,
+        v6: bool,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        payload: bytes,
+        now: float,
+        ledger: Counter[str],
+    ) -> list[Transmit]: ...
+
 
 # RFC 4861 section 10, the router's constants
 MAX_INITIAL_RTR_ADVERT_INTERVAL: Final = 16.0
@@ -123,6 +139,7 @@ MAX_RA_DELAY_TIME: Final = 0.5
 ANSWERS_MAX: Final = 64  # unicast answers waiting for their random delay; beyond, one multicast answer
 MAX_LIFETIME: Final = 9000  # AdvDefaultLifetime's ceiling (6.2.1)
 _NO_IFACE: Final = -1
+DNS_PORT: Final = 53
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,11 @@ class RaConfig:
     def min_interval(self) -> float:
         """MinRtrAdvInterval's default: 0.33 x Max, or 0.75 x Max below 9 s (6.2.1)."""
         return self.max_interval * (0.33 if self.max_interval >= 9 else 0.75)
+
+    @property
+    def dns_lifetime(self) -> int:
+        """RDNSS and DNSSL lifetimes: 3 x MaxRtrAdvInterval (RFC 8106 5.1's default)."""
+        return int(max(3 * self.max_interval, 1))
 
     @property
     def router_lifetime(self) -> int:
@@ -485,6 +507,7 @@ class Ipv6Router:
         prefix = self.prefixes[iface]._replace(
             valid=self.ra.valid_lifetime, preferred=self.ra.preferred_lifetime
         )
+        dns = router.dns
         ra = build_advertisement(
             self.link_local[iface],
             dst,
@@ -493,6 +516,8 @@ class Ipv6Router:
             router._mtu[iface],
             [prefix],
             self.ra.hop_limit,
+            # RFC 8106 5.1: the router's own address as the resolver, the instance's domain to search
+            dns=None if dns is None else (self.address[iface], dns.domain, self.ra.dns_lifetime),
         )
         ra[ETH_DST], ra[ETH_SRC] = dst_mac, mac
         router.events[Event.RA_SENT] += 1
@@ -542,6 +567,14 @@ class Ipv6Router:
             anycast = p.dst in self.local and p.dst == self.anycast[self.local[p.dst]]
             src = self.address[p.iface] if anycast else p.dst  # 4.2: never from an anycast address
             return self._originate(build_echo_reply(src, p.src, pkt[l4:end]), p.iface, now, p.ledger)
+        dns = router.dns
+        if p.proto == PROTO_UDP and dns is not None and not router.interfaces[p.iface].uplink:
+            udp = datagram(pkt, l4, end, p.src + p.dst, True)
+            if udp is None:
+                router._count(p.ledger, Drop.L4_BAD_CHECKSUM)
+                return []
+            if udp.dport == DNS_PORT and p.dst != self.anycast[self.local[p.dst]]:
+                return router.dns_query(p.iface, True, p.src, p.dst, udp.sport, udp.payload, now, p.ledger)
         router._count(p.ledger, Drop.TO_ROUTER)
         if p.proto == PROTO_TCP:
             return []  # silently: we run no TCP service

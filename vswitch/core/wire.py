@@ -146,3 +146,10 @@ class Gather:
 
 # What a port is sent: bytes, or a Gather the shell writes with writev.
 Frame = bytes | Gather
+
+
+def domain_wire(domain: str) -> bytes:
+    """A domain name as DNS writes it on the wire (RFC 1035 3.1), for the options that carry one
+    (DHCP's search list, RFC 3397; an RA's DNSSL, RFC 8106 5.2)."""
+    labels = [label for label in domain.strip(".").split(".") if label]
+    return b"".join(bytes((len(label),)) + label.encode("ascii") for label in labels) + b"\x00"

@@ -29,6 +29,10 @@ def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
             tables["nd"] = len(router.v6.nd.entries)
         if router.nat is not None:
             tables["conntrack"] = len(router.nat.conntrack)
+        if router.dhcp is not None:
+            tables["leases"] = len(router.dhcp.leases)
+        if router.dns is not None:
+            tables["dns_cache"] = len(router.dns.cache)
         snapshot["router"] = {
             "drops": dict(sorted(datapath.router_drops().items())),
             "events": dict(sorted(router.events.items())),
@@ -57,6 +61,11 @@ def _conntrack(instance: Instance, _req: dict[str, Any]) -> Any:
     return _router(instance).conntrack_table(asyncio.get_running_loop().time())
 
 
+def _leases(instance: Instance, _req: dict[str, Any]) -> Any:
+    _router(instance)
+    return instance.leases(asyncio.get_running_loop().time())
+
+
 async def _port(instance: Instance, req: dict[str, Any]) -> Any:
     """{"op": "add", "spec", "segment"?, "address"?} | {"op": "del", "port"} | {"op": "move", "port",
     "segment"}: a port changed while the switch runs (Instance.add_port_live and the others)."""
@@ -83,6 +92,7 @@ BASE: Final[ControlTable[Instance]] = ControlTable(
         "routes": _routes,
         "arp": _arp,
         "conntrack": _conntrack,
+        "leases": _leases,
         "port": _port,
     }
 )

@@ -13,7 +13,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, Final, TypeVar
@@ -34,11 +34,11 @@ from ..core.datapath import Datapath
 from ..core.nat import PortForward
 from ..core.vlan import Trunk
 from ..core.vxlan import Tunnel, Vtep
-from . import kernel
+from . import kernel, services
 from .control import CommandError, ControlServer, ControlTable
 from .kernel import STOP_SIGNALS, KernelError
 from .loop import Shell
-from .state import Ledger, socket_path, state_path
+from .state import Ledger, lease_path, socket_path, state_path
 from .tap import Tap, TapError, open_tap
 from .underlay import UnderlaySockets, open_sender, open_underlay
 
@@ -227,7 +227,7 @@ class Instance:
         offloads: bool = True,
         ipv6_conf: dict[str, int] | None = None,
     ) -> None:
-        tap, mac, ifname = self._make_tap(spec, mtu, offloads, ipv6_conf)
+        tap, mac, ifname = self._make_tap(spec, mtu, offloads, ipv6_conf, [seg_name])
         port_id = self.datapath.add_port(spec.label, seg_index)
         self.ports.append(
             LivePort(
@@ -245,11 +245,17 @@ class Instance:
         )
 
     def _make_tap(
-        self, spec: PortSpec, mtu: int, offloads: bool = True, ipv6_conf: dict[str, int] | None = None
+        self,
+        spec: PortSpec,
+        mtu: int,
+        offloads: bool = True,
+        ipv6_conf: dict[str, int] | None = None,
+        segments: Sequence[str] = (),
     ) -> tuple[Tap, str, str]:
-        """The tap of a port: its namespace made if missing (lo up), the tap opened, recorded, moved
-        there, named, given its IPv6 settings, addressed and up. Returns it, its MAC and its name there.
-        In an attached namespace (pid:, /PATH) only the tap is ours: nothing else there is touched."""
+        """The tap of a port: its namespace made if missing (lo up, and its own resolv.conf naming the
+        DNS of the segments given), the tap opened, recorded, moved there, named, given its IPv6
+        settings, addressed and up. Returns it, its MAC and its name there. In an attached namespace
+        (pid:, /PATH) only the tap is ours: nothing else there is touched."""
         namespace = spec.namespace
         if spec.attached:
             assert namespace is not None
@@ -265,6 +271,8 @@ class Instance:
                 self.ledger.record("netns", name=namespace, inode=inode, cookie=cookie)
                 self.made_namespaces.add(namespace)
                 kernel.set_lo_up(namespace)
+                text = services.resolv_conf_text(self._nameservers(segments), self._search_domain())
+                services.write_resolv_conf(namespace, text, self.ledger.record)
             elif kernel.set_lo_up(namespace):
                 # Someone else's namespace, lo down: we bring it up, and put it back when we go.
                 self.ledger.record("lo-up", namespace=namespace, cookie=kernel.netns_cookie(namespace))
@@ -302,7 +310,7 @@ class Instance:
         for spec in self.topology.trunks:
             segments = [self.topology.segments[index[name]] for name in spec.segments]
             port = PortSpec(spec.namespace, spec.ifname, name=spec.name, attached=spec.attached)
-            tap, mac, ifname = self._make_tap(port, max(s.mtu for s in segments))
+            tap, mac, ifname = self._make_tap(port, max(s.mtu for s in segments), True, None, spec.segments)
             spec = replace(spec, ifname=ifname)  # an attached one's, chosen where it is free
             trunk = Trunk(spec.label)
             native = index[spec.native] if spec.native is not None else None
@@ -436,12 +444,57 @@ class Instance:
             )
         routes.extend(Route(r.prefix, r.via, None) for r in topo.routes)
         ra = RaConfig(max_interval=topo.ra_interval)
-        self.router = Router(interfaces, routes, nat, ra=ra, npt=npt, nat6=nat6)
+        dhcp, dns = services.build(topo, None)
+        self.router = Router(interfaces, routes, nat, ra=ra, npt=npt, nat6=nat6, dhcp=dhcp, dns=dns)
         self.router_macs = macs
         self.datapath.attach_router(self.router, macs)
         for port in self.ports:
             if port.namespace is None:  # the root namespace's IPv6 is not ours: no advertisements
                 self.datapath.port_switch[port.id].no_ra.add(port.id)
+        self._refresh_names()
+
+    # --- the services' view of the ports (shell/services.py) ----------------------------------------
+    def _nameservers(self, segments: Sequence[str]) -> list[str]:
+        """The DNS servers of a namespace on these segments: the router's addresses there."""
+        topo = self.topology
+        if not topo.routed or not topo.services.dns:
+            return []
+        found: list[str] = []
+        for segment in topo.segments:
+            if segment.name in segments and segment.gateway is not None:
+                found.append(str(segment.gateway.ip))
+                if segment.gateway6 is not None:
+                    found.append(str(segment.gateway6.ip))
+        return found
+
+    def _search_domain(self) -> str | None:
+        topo = self.topology
+        return topo.name if topo.routed and topo.services.dns else None
+
+    def _refresh_names(self) -> None:
+        """Tell the services about the ports as they are now: DHCP skips their fixed addresses, DNS
+        answers their names (a `=dhcp` port's by its lease)."""
+        router = self.router
+        if router is None:
+            return
+        if router.dhcp is not None:
+            router.dhcp.set_static(p.address.ip for p in self.ports if p.address is not None)
+        if router.dns is not None:
+            hosts: dict[str, list[IPv4Address | IPv6Address]] = {}
+            dhcp_ports: dict[str, int] = {}
+            for p in self.ports:
+                if p.segment == UPLINK_SEGMENT or p.namespace is None:
+                    continue
+                addresses: list[IPv4Address | IPv6Address] = []
+                if p.address is not None:
+                    addresses.append(p.address.ip)
+                if p.address6 is not None:
+                    addresses.append(p.address6.ip)
+                if addresses:
+                    hosts[p.label] = addresses
+                else:
+                    dhcp_ports[p.label] = p.id
+            router.dns.set_hosts(hosts, dhcp_ports)
 
     def _forwards6(self) -> list[PortForward]:
         """--forward in IPv6: to the address the target takes by SLAAC on its segment (its /64 and the
@@ -528,7 +581,7 @@ class Instance:
         loop = asyncio.get_running_loop()
         try:
             tap, mac, ifname = await loop.run_in_executor(
-                None, _signals_held, self._make_tap, spec, seg.mtu, seg.vxlan is None, conf
+                None, _signals_held, self._make_tap, spec, seg.mtu, seg.vxlan is None, conf, [seg.name]
             )
         except StartError as exc:  # its words name the port already
             raise CommandError(str(exc)) from None
@@ -545,6 +598,7 @@ class Instance:
         if seg.gateway is not None:
             await loop.run_in_executor(None, _signals_held, self._default_route, live, seg)
         await self._await_slaac_of(live, seg)
+        self._refresh_names()
         return live.describe()
 
     async def remove_port_live(self, label: str) -> Any:
@@ -566,6 +620,7 @@ class Instance:
         self.datapath.counters.names[live.id] = f"{label}~{live.id}"
         for seg in self.topology.segments:
             seg.ports = [p for p in seg.ports if p.label != label]
+        self._refresh_names()
         return {"removed": label}
 
     async def move_port_live(self, label: str, segment: str) -> Any:
@@ -596,6 +651,7 @@ class Instance:
         if seg.gateway is not None:
             await loop.run_in_executor(None, _signals_held, self._default_route, live, seg)
         await self._await_slaac_of(live, seg)
+        self._refresh_names()
         return live.describe()
 
     def _forget(self, live: LivePort) -> None:
@@ -660,6 +716,10 @@ class Instance:
 
     def _free_address(self, seg: SegmentSpec) -> IPv4Interface:
         taken = {p.address.ip for p in self.ports if p.address is not None}
+        if self.router is not None and self.router.dhcp is not None:  # nor a DHCP client's
+            taken |= set(self.router.dhcp.by_address) | {
+                r.address for r in self.router.dhcp.reservations.values()
+            }
         if seg.gateway is not None:
             taken.add(seg.gateway.ip)
         host = next((h for h in seg.subnet.hosts() if h not in taken), None)
@@ -731,12 +791,18 @@ class Instance:
         if signals:
             for sig in stop_signals:
                 loop.add_signal_handler(sig, self._stop.set)
+        upstream, lease_file = self._start_services(loop, shell)
         try:
             await self._await_slaac()
+            self._refresh_names()  # with the addresses SLAAC gave
             if ready is not None:
                 ready()
             await self._stop.wait()
         finally:
+            if upstream is not None:
+                upstream.close()
+            if lease_file is not None:
+                lease_file.stop()
             # A second Ctrl-C or SIGTERM must not cut teardown short: from here until the loop is
             # closed (after teardown) both signals are caught and ignored.
             if signals:
@@ -746,6 +812,40 @@ class Instance:
                 metrics.close()
             shell.detach_all()
             await control.close()
+
+    def _start_services(
+        self, loop: asyncio.AbstractEventLoop, shell: Shell
+    ) -> tuple[services.Upstream | None, services.LeaseFile | None]:
+        """The DNS upstream's socket and the lease file's writer, if the router has the services."""
+        router, topo = self.router, self.topology
+        upstream = None
+        if router is not None and router.dns is not None and topo.services.dns_upstream is not None:
+            assert topo.uplink is not None
+            address, port = topo.services.dns_upstream
+            upstream = services.Upstream(loop, self.datapath, router.dns, shell.send, topo.uplink.namespace,
+                                         address, port)  # fmt: skip
+            try:
+                upstream.open()
+            except OSError as exc:
+                self.log(
+                    f"dns upstream {address}: {exc.strerror or exc}; names not ours are answered SERVFAIL"
+                )
+                upstream = None
+        if router is None or router.dhcp is None:
+            return upstream, None
+        path = lease_path(topo.name)
+        self.ledger.record("file", path=str(path))
+        names = self.datapath.counters.names
+        lease_file = services.LeaseFile(path, router.dhcp, lambda: dict(enumerate(names)))
+        lease_file.start(loop)
+        return upstream, lease_file
+
+    def leases(self, now: float) -> list[dict[str, Any]]:
+        router = self.router
+        if router is None or router.dhcp is None:
+            return []
+        rows: list[dict[str, Any]] = router.dhcp.table(now, dict(enumerate(self.datapath.counters.names)))
+        return rows
 
     async def _await_slaac(self, timeout: float = SLAAC_WAIT) -> None:
         """Until each namespace on a routed IPv6 segment has its address from our advertisements (its
@@ -831,6 +931,22 @@ class Instance:
             "fdb_max": self.topology.fdb_max,
             "flow_cache_max": self.topology.flow_cache,
             "flow_cache_entries": 0 if self.datapath.flows is None else len(self.datapath.flows),
+            "services": self._services(),
+        }
+
+    def _services(self) -> dict[str, Any] | None:
+        """DHCP and DNS on the routed segments, as `status` shows them (None: no router)."""
+        router, spec = self.router, self.topology.services
+        if router is None:
+            return None
+        upstream = spec.dns_upstream
+        return {
+            "dhcp": router.dhcp is not None,
+            "leases": 0 if router.dhcp is None else len(router.dhcp.bound(asyncio.get_running_loop().time())),
+            "lease_time": spec.lease_time,
+            "dns": router.dns is not None,
+            "domain": None if router.dns is None else router.dns.domain,
+            "dns_upstream": None if upstream is None else f"{upstream[0]}:{upstream[1]}",
         }
 
     def _uplink6(self) -> dict[str, str | None]:
@@ -943,6 +1059,8 @@ def describe(entry: dict[str, Any]) -> str:
         return f"tap {entry['name']}"
     if kind == "lo-up":
         return f"lo brought up in namespace {entry['namespace']}"
+    if kind in ("resolv-conf", "file"):
+        return str(entry["path"])
     return f"{kind} {entry}"
 
 
@@ -964,7 +1082,7 @@ def undo(ledger: Ledger, done: list[str] | None = None) -> list[str]:
                         done.append(f"namespace {name} was already gone")
                     else:
                         done.append(f"kept namespace {name}: it is not the one vswitch made")
-            elif kind == "socket":
+            elif kind in ("socket", "file"):  # the control socket, the lease file
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry["path"])
                 if done is not None:
@@ -973,6 +1091,10 @@ def undo(ledger: Ledger, done: list[str] | None = None) -> list[str]:
                 put_back = kernel.set_lo_down(entry["namespace"], entry.get("cookie"))
                 if done is not None and put_back:
                     done.append(f"put lo back down in namespace {entry['namespace']}")
+            elif kind == "resolv-conf":
+                services.remove_resolv_conf(entry["path"], entry.get("folders", []))
+                if done is not None:
+                    done.append(f"removed {describe(entry)}")
             elif kind == "route" and done is not None:
                 done.append(f"{describe(entry)}: went with the host port's tap")
             # "tap": a non-persistent tap dies with its last fd; nothing to do once we are closed.

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from ipaddress import ip_address
+from typing import Final
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..core.conntrack import KEY6
+from ..core.counters import Event
 from ..core.datapath import Datapath
 from ..core.router import Router
 
@@ -122,6 +125,7 @@ class DatapathCollector:
         if router.v6 is not None:
             neighbours.add_metric(["ipv6"], len(router.v6.nd.entries))
         yield neighbours
+        yield from _services(router)
         if router.nat is not None:
             flows = GaugeMetricFamily(
                 "vswitch_conntrack_flows", "tracked flows, by family", labels=["family"]
@@ -175,3 +179,33 @@ async def start_metrics(datapath: Datapath, host: str, port: int) -> asyncio.Abs
                 await writer.wait_closed()
 
     return await asyncio.start_server(client, host, port, limit=REQUEST_LIMIT)
+
+
+def _services(router: Router) -> Iterator[Metric]:
+    """DHCP's leases and messages, DNS's questions by how they were answered (the router's events)."""
+    if router.dhcp is not None:
+        now = time.monotonic()  # the loop's clock (uvloop's and asyncio's are the monotonic one)
+        yield GaugeMetricFamily("vswitch_dhcp_leases", "bound DHCP leases", len(router.dhcp.bound(now)))
+        messages = CounterMetricFamily(
+            "vswitch_dhcp_messages", "DHCP messages received and sent, by type", labels=["type"]
+        )
+        for event in DHCP_MESSAGES:
+            messages.add_metric([event.removeprefix("dhcp-")], router.events[event])
+        yield messages
+    if router.dns is not None:
+        queries = CounterMetricFamily(
+            "vswitch_dns_queries", "DNS questions, and how they were answered", labels=["result"]
+        )
+        for event in DNS_RESULTS:
+            queries.add_metric([event.removeprefix("dns-")], router.events[event])
+        yield queries
+        yield GaugeMetricFamily(
+            "vswitch_dns_cache_entries", "answers in the DNS cache", len(router.dns.cache)
+        )
+
+
+DHCP_MESSAGES: Final = (Event.DHCP_DISCOVER, Event.DHCP_REQUEST, Event.DHCP_DECLINE, Event.DHCP_RELEASE,
+                        Event.DHCP_INFORM, Event.DHCP_OFFER, Event.DHCP_ACK, Event.DHCP_NAK)  # fmt: skip
+DNS_RESULTS: Final = (Event.DNS_QUERY, Event.DNS_LOCAL, Event.DNS_NXDOMAIN, Event.DNS_REFUSED,
+                      Event.DNS_CACHE_HIT, Event.DNS_FORWARDED, Event.DNS_TRUNCATED, Event.DNS_UPSTREAM_TCP,
+                      Event.DNS_UPSTREAM_TIMEOUT)  # fmt: skip

@@ -32,6 +32,11 @@ def socket_path(instance: str) -> Path:
     return run_dir() / f"{instance}.sock"
 
 
+def lease_path(instance: str) -> Path:
+    """The DHCP leases of a running instance (shell/services.py LeaseFile), JSON."""
+    return run_dir() / f"{instance}.leases.json"
+
+
 def process_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None when
     there is no such process, or only its zombie (it has exited; its parent has not reaped it yet)."""
