@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .config import topology
+from .config import services, topology
 from .config.topology import ConfigError
 from .core.wire import VNET_HDR_LEN, ZERO_VNET_HDR
 from .shell.control import CommandError
@@ -55,10 +55,17 @@ class Switch:
         trunks: Sequence[str] = (),
         name: str | None = None,
         start_timeout: float = 15.0,
+        dhcp: bool = True,
+        dns: bool = True,
+        dns_upstream: str | None = None,
+        lease_time: float | str | None = None,
+        dhcp_hosts: Sequence[str] = (),
     ) -> None:
         """vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan takes it after the '=';
         trunks: ["NS=SEGMENT:VID,...[,native=SEGMENT]", ...], as --trunk takes them; subnet6: as
-        --subnet6 (routed: a /48-/60, a /64 per segment, the hosts by SLAAC)."""
+        --subnet6 (routed: a /48-/60, a /64 per segment, the hosts by SLAAC); dhcp, dns, dns_upstream,
+        lease_time (seconds, or "1h"), dhcp_hosts (["MAC=ADDR[,NAME]", ...]): the router's services,
+        as --no-dhcp, --no-dns, --dns-upstream, --lease-time and --dhcp-host."""
         req = topology.Request()
         req.name = name or f"api{secrets.token_hex(3)}"
         if ports:
@@ -74,6 +81,17 @@ class Switch:
         req.trunks = [topology.parse_trunk(text) for text in trunks]
         for seg_name, spec in (vxlan or {}).items():
             req.vxlan[seg_name] = topology.parse_vxlan(f"{seg_name}={spec}")[1]
+        req.services.dhcp, req.services.dns = dhcp, dns
+        if dns_upstream is not None:
+            req.services.dns_upstream = services.parse_dns_upstream(dns_upstream)
+        if lease_time is not None:
+            seconds = (
+                services.parse_duration(lease_time, "lease_time")
+                if isinstance(lease_time, str)
+                else lease_time
+            )
+            req.services.lease_time = services.check_lease_time(float(seconds), "lease_time")
+        req.services.dhcp_hosts = [services.parse_dhcp_host(text) for text in dhcp_hosts]
         self.topology = topology.build(req)
         self.name = self.topology.name
         self.start_timeout = start_timeout
@@ -230,6 +248,16 @@ class Switch:
             if port.label == namespace and port.address is not None:
                 return str(port.address.ip)
         raise KeyError(namespace)
+
+    def leases(self) -> list[dict[str, Any]]:
+        """The DHCP leases in force (as `vswitch leases --json`), read on the switch's loop."""
+        instance, loop = self._running(), self._loop
+        assert loop is not None
+
+        async def read() -> list[dict[str, Any]]:
+            return instance.leases(asyncio.get_running_loop().time())
+
+        return asyncio.run_coroutine_threadsafe(read(), loop).result(timeout=5.0)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters (per port, drops by reason); read across threads, so approximate."""

@@ -220,6 +220,8 @@ def test_after_sigkill_down_removes_only_what_the_state_file_lists(env: Env) -> 
             expected.add(f"removed namespace {record['name']}")
         elif record["kind"] == "socket":
             expected.add(f"removed control socket {record['path']}")
+        elif record["kind"] == "resolv-conf":  # the made namespace's own, for its DHCP clients
+            expected.add(f"removed {record['path']}")
         else:  # a tap died with its fd: nothing to say, nothing to do
             assert record["kind"] == "tap", record
     assert set(down.stdout.splitlines()) == expected, down.stdout

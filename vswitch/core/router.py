@@ -637,7 +637,8 @@ class Router:
             buf[ETH_DST], buf[ETH_SRC] = reply.dst_mac, self._mac[reply.iface]
             out.append((reply.iface, bytes(buf)))
         if self.tracer is not None:
-            self.tracer.note("DHCP", f"from {mac_str(pkt[ETH_SRC])}: {len(out)} answer(s)")
+            answers = ", ".join(reply.what for reply in replies) or "no answer"
+            self.tracer.note("DHCP", f"from {mac_str(pkt[ETH_SRC])}: {answers}")
         return out
 
     def dns_query(
@@ -664,7 +665,7 @@ class Router:
                 self.tracer.note("DNS", "not a local name: asked upstream")
             return []
         if self.tracer is not None:
-            self.tracer.note("DNS", f"answered from {len(answer)} bytes of our own")
+            self.tracer.note("DNS", f"answered here ({len(answer)} bytes)")
         return self.dns_answers([(client, answer)], now, ledger)
 
     def dns_answers(

@@ -27,6 +27,7 @@ class Reply(NamedTuple):
     dst: IPv4Address
     src: IPv4Address
     payload: bytes
+    what: str = ""  # for a trace: "OFFER 10.0.0.66", "NAK: wrong network"
 
 
 class Client(NamedTuple):

@@ -16,6 +16,7 @@ Leases are immutable records replaced on change, so a trace's journal puts the t
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -133,7 +134,8 @@ class DhcpServer:
         self._pools: dict[int, Pool] = {i: Pool.of(s) for i, s in self.scopes.items()}
         self.count: dict[int, int] = dict.fromkeys(self.scopes, 0)  # leases and offers per segment
         self._reserved = {r.address for r in self.reservations.values()}
-        self._exhausted: dict[int, int] = {}  # iface -> the version at which its pool was found full
+        # iface -> (the version at which its pool was found full, when a hold or a lease ends there)
+        self._exhausted: dict[int, tuple[int, float]] = {}
 
     # --- entry ---------------------------------------------------------------------------------
     def receive(
@@ -193,14 +195,18 @@ class DhcpServer:
         if requested is not None and self._allocatable(scope, requested, mac, now):
             return requested
         pool = self._pools[scope.iface]
-        if self.count[scope.iface] >= LEASES_MAX or self._exhausted.get(scope.iface) == self.version:
-            return None  # at the bound, or full with nothing freed since it was found full: no scan
+        full = self._exhausted.get(scope.iface)
+        if self.count[scope.iface] >= LEASES_MAX or (full and full[0] == self.version and now < full[1]):
+            return None  # at the bound, or full with nothing freed or expired since it was found full
+        if pool.size == 0:
+            return None  # a /31 or /32 segment: no host address besides the router's
         start = zlib.crc32(mac) % pool.size
         for i in range(pool.size):
             candidate = pool.at((start + i) % pool.size)
             if self._allocatable(scope, candidate, mac, now):
                 return candidate
-        self._exhausted[scope.iface] = self.version
+        ends = [*self.declined.values(), *(lease.expires for lease in self.leases.values())]
+        self._exhausted[scope.iface] = (self.version, min((t for t in ends if t > now), default=math.inf))
         return None
 
     def _allocatable(self, scope: Scope, address: IPv4Address, mac: bytes, now: float) -> bool:
@@ -260,7 +266,8 @@ class DhcpServer:
         message = BOOTP(op=2, xid=m.xid, flags=m.flags, chaddr=m.chaddr) / DHCP(
             options=[("message-type", "nak"), ("server_id", str(scope.server)), ("error_message", why), "end"]
         )
-        return [Reply(scope.iface, BROADCAST_MAC, _LIMITED_BROADCAST, scope.server, _padded(bytes(message)))]
+        payload = _padded(bytes(message))
+        return [Reply(scope.iface, BROADCAST_MAC, _LIMITED_BROADCAST, scope.server, payload, f"NAK: {why}")]
 
     # --- 4.3.3-4.3.5: DECLINE, RELEASE, INFORM ----------------------------------------------------
     def _decline(self, m: Message, now: float) -> list[Reply]:
@@ -324,7 +331,8 @@ class DhcpServer:
             dst, dst_mac = _LIMITED_BROADCAST, BROADCAST_MAC
         else:
             dst, dst_mac = address, m.mac
-        return Reply(scope.iface, dst_mac, dst, scope.server, _padded(bytes(message)))
+        what = f"{_TYPE_NAMES[kind].upper()} {address or m.ciaddr} to {dst}"
+        return Reply(scope.iface, dst_mac, dst, scope.server, _padded(bytes(message)), what)
 
     # --- the tables -----------------------------------------------------------------------------------
     def _put(self, lease: Lease) -> None:

@@ -179,10 +179,14 @@ class DnsServer:
         """The answer if the name is ours (under the domain, or a reverse name we answer), else None."""
         if key.rdclass != dns.rdataclass.IN:
             return None
-        if name.is_subdomain(self.origin):
+        ours = name.is_subdomain(self.origin)
+        single = not ours and len(name.labels) == 2 and key.rdtype in _VERSIONS  # "ns1.": no domain
+        if ours or single:
+            # A single label is answered here too, never sent upstream (dnsmasq's domain-needed): a
+            # resolver's search list tries it bare, and the world has no use for our host names.
             r = self._response(q)
             r.flags |= dns.flags.AA
-            labels = name.relativize(self.origin).labels
+            labels = name.labels[:1] if single else name.relativize(self.origin).labels
             if not labels or labels == (b"@",):
                 return r  # the domain itself: no data
             addresses = self.names(now).get(b".".join(labels).decode("ascii", "replace").lower())
