@@ -389,6 +389,28 @@ def make_world(tmp_path: Path, family: str) -> Iterator[Env]:
         assert not problems, problems
 
 
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+def _resolv_conf_state() -> tuple[bytes, int, int] | None:
+    """The host's /etc/resolv.conf: its bytes, inode and mtime (None: there is none)."""
+    try:
+        info = HOST_RESOLV_CONF.stat()
+        return HOST_RESOLV_CONF.read_bytes(), info.st_ino, info.st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_resolv_conf_untouched() -> Iterator[None]:
+    """The whole run's promise to the machine: DHCP clients in the namespaces, vswitch's own
+    /etc/netns/NS/resolv.conf files, none of it reaches the host's /etc/resolv.conf (byte-identical,
+    the same file, never rewritten)."""
+    before = _resolv_conf_state()
+    yield
+    assert _resolv_conf_state() == before, "the host's /etc/resolv.conf changed during the test run"
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     """This test's namespaces, run dir and processes; all removed afterwards, pass or fail."""
