@@ -897,7 +897,11 @@ class Instance:
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started_at, 3),
             "ports": [
-                {**p.describe(), "gone": self.shell is not None and not self.shell.reading(p.id)}
+                {
+                    **p.describe(),
+                    **self._leased(p),
+                    "gone": self.shell is not None and not self.shell.reading(p.id),
+                }
                 for p in self.ports
             ],
             "segments": [
@@ -933,6 +937,18 @@ class Instance:
             "flow_cache_entries": 0 if self.datapath.flows is None else len(self.datapath.flows),
             "services": self._services(),
         }
+
+    def _leased(self, port: LivePort) -> dict[str, Any]:
+        """A `=dhcp` port's address as its lease has it (status, and so pingall and doctor, use it)."""
+        router = self.router
+        if port.address is not None or router is None or router.dhcp is None:
+            return {}
+        now = asyncio.get_running_loop().time()
+        lease = next((lease for lease in router.dhcp.bound(now) if lease.port == port.id), None)
+        if lease is None:
+            return {}
+        seg = next(s for s in self.topology.segments if s.name == port.segment)
+        return {"address": f"{lease.address}/{seg.subnet.prefixlen}", "leased": True}
 
     def _services(self) -> dict[str, Any] | None:
         """DHCP and DNS on the routed segments, as `status` shows them (None: no router)."""
