@@ -107,6 +107,7 @@ class Drop(StrEnum):
     DHCP_POOL_EXHAUSTED = "dhcp-pool-exhausted"  # a DISCOVER with no free address (or at the lease bound)
     DNS_MALFORMED = "dns-malformed"  # shorter than a DNS header, or a response sent to the server
     DNS_PENDING_FULL = "dns-pending-full"  # too many questions already waiting for the upstream
+    DNS_RATE_LIMITED = "dns-rate-limited"  # over the server's token bucket (dnspython's parse is slow)
 
 
 class Event(StrEnum):

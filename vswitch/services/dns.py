@@ -35,6 +35,7 @@ import dns.reversename
 import dns.rrset
 
 from ..core.counters import Drop, Event
+from ..core.icmp import TokenBucket
 from ..core.journal import keep
 from ..core.services import Client
 
@@ -106,10 +107,17 @@ class DnsServer:
     timeout: float = 3.0
     ttl_max: int = 3600
     rng: random.Random = field(default_factory=random.SystemRandom)
+    rate: float = 1000.0  # questions per second that reach the server (about 100 us each here)
+    burst: int = 100
 
     def __post_init__(self) -> None:
         self.origin = dns.name.from_text(self.domain)
         self.hosts: dict[str, list[Address]] = {}  # a port's label -> its fixed addresses
+        self._hosts_version = 0
+        self._table_version: tuple[int, int] = (-1, -1)
+        self._by_name: dict[str, list[tuple[Address, float]]] = {}
+        self._by_address: dict[Address, list[tuple[str, float]]] = {}
+        self.bucket = TokenBucket(self.rate, self.burst)
         self.dhcp_ports: dict[str, int] = {}  # a `=dhcp` port's label -> its switch port
         self.cache: dict[Key, Cached] = {}
         self.pending: dict[int, Pending] = {}
@@ -123,24 +131,51 @@ class DnsServer:
     ) -> None:
         self.hosts = {name.lower(): list(addresses) for name, addresses in hosts.items()}
         self.dhcp_ports = {name.lower(): port for name, port in (dhcp_ports or {}).items()}
+        self._hosts_version += 1
 
     def names(self, now: float) -> dict[str, list[Address]]:
         """Every local name and its addresses (ports first: a DHCP client may not take a port's name)."""
-        found: dict[str, list[Address]] = {name: list(addresses) for name, addresses in self.hosts.items()}
-        if self.dhcp is not None:
-            by_port = {port: name for name, port in self.dhcp_ports.items()}
-            for lease in self.dhcp.bound(now):
-                for name in (by_port.get(lease.port), lease.hostname):
-                    if name is not None and name not in self.hosts:
-                        found.setdefault(name, []).append(lease.address)
-        return found
+        return {name: found for name in self._table() if (found := self._addresses(name, now)) is not None}
+
+    def _table(self) -> dict[str, list[tuple[Address, float]]]:
+        """name -> (address, until when), rebuilt only when the ports or the leases changed: a
+        question costs a lookup, not a walk of 4096 leases."""
+        version = (self._hosts_version, -1 if self.dhcp is None else self.dhcp.version)
+        if version != self._table_version:
+            forever = float("inf")
+            table = {name: [(a, forever) for a in addresses] for name, addresses in self.hosts.items()}
+            if self.dhcp is not None:
+                by_port = {port: name for name, port in self.dhcp_ports.items()}
+                for lease in self.dhcp.leases.values():
+                    if not lease.bound:
+                        continue
+                    for name in (by_port.get(lease.port), lease.hostname):
+                        if name is not None and name not in self.hosts:
+                            table.setdefault(name, []).append((lease.address, lease.expires))
+            self._by_name, self._table_version = table, version
+            self._by_address = {}
+            for name, entries in table.items():
+                for address, until in entries:
+                    self._by_address.setdefault(address, []).append((name, until))
+        return self._by_name
+
+    def _addresses(self, name: str, now: float) -> list[Address] | None:
+        entries = self._table().get(name)
+        found = [address for address, until in entries or () if until > now]
+        return found or None
+
+    def _owners(self, address: Address, now: float) -> list[str]:
+        self._table()
+        return sorted(name for name, until in self._by_address.get(address, ()) if until > now)
 
     # --- a client's question ------------------------------------------------------------------------
     def query(self, payload: bytes, client: Client, now: float) -> bytes | Drop | None:
         """The answer to send back now, None if the question went upstream, or why it was dropped."""
-        keep(self.journal, self.cache, self.pending, self.outbox)
+        keep(self.journal, self, self.cache, self.pending, self.outbox, self.bucket)
         if len(payload) < HEADER_LEN or payload[2] & 0x80:
             return Drop.DNS_MALFORMED  # no header, or a response sent to a server
+        if not self.bucket.take(now):
+            return Drop.DNS_RATE_LIMITED  # dnspython's parse and render take the loop's time
         self.events[Event.DNS_QUERY] += 1
         try:
             q = dns.message.from_wire(payload)
@@ -189,7 +224,7 @@ class DnsServer:
             labels = name.labels[:1] if single else name.relativize(self.origin).labels
             if not labels or labels == (b"@",):
                 return r  # the domain itself: no data
-            addresses = self.names(now).get(b".".join(labels).decode("ascii", "replace").lower())
+            addresses = self._addresses(b".".join(labels).decode("ascii", "replace").lower(), now)
             if addresses is None:
                 r.set_rcode(dns.rcode.NXDOMAIN)
                 self.events[Event.DNS_NXDOMAIN] += 1
@@ -211,7 +246,7 @@ class DnsServer:
             return None
         r = self._response(q)
         r.flags |= dns.flags.AA
-        owners = sorted(n for n, addresses in self.names(now).items() if address in addresses)
+        owners = self._owners(address, now)
         if not owners:
             r.set_rcode(dns.rcode.NXDOMAIN)
             self.events[Event.DNS_NXDOMAIN] += 1
@@ -223,7 +258,7 @@ class DnsServer:
     # --- upstream -----------------------------------------------------------------------------------
     def upstream_reply(self, wire: bytes, now: float, over_tcp: bool = False) -> list[tuple[Client, bytes]]:
         """An answer from upstream: to its client (and into the cache), or asked again over TCP."""
-        keep(self.journal, self.cache, self.pending, self.outbox)
+        keep(self.journal, self, self.cache, self.pending, self.outbox)
         try:
             answer = dns.message.from_wire(wire)
         except dns.exception.DNSException:
