@@ -236,9 +236,11 @@ class DhcpServer:
                 self.events[Event.DHCP_OTHER_SERVER] += 1
                 return []
             wanted = _address(m.options.get("requested_addr"))
-            if lease is None or lease.iface != scope.iface or wanted != lease.address:
-                return self._nak(scope, m, "no such offer")
-            return self._ack(scope, port, m, lease.address, now)
+            if lease is not None and lease.iface == scope.iface and wanted == lease.address:
+                return self._ack(scope, port, m, wanted, now)
+            if wanted is not None and self._allocatable(scope, wanted, m.mac, now):
+                return self._ack(scope, port, m, wanted, now)  # our offer expired; the address is still free
+            return self._nak(scope, m, "no such offer")
         # INIT-REBOOT (the address in option 50), RENEWING or REBINDING (in ciaddr). We are the only
         # server of our own ports, so authoritative: a wrong or taken address is NAKed at once.
         wanted = _address(m.options.get("requested_addr")) if m.ciaddr == _ANY else m.ciaddr
