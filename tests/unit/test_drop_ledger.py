@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import (
     HBHOptUnknown,
@@ -40,6 +42,8 @@ from vswitch.core.routes import Route
 from vswitch.core.vlan import Trunk
 from vswitch.core.vxlan import Tunnel, Vtep
 from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
+from vswitch.services.dhcp import DhcpServer, Scope
+from vswitch.services.dns import DnsServer
 from vswitch.tools.debug.trace import render, trace
 
 R_LAN, R_DMZ, R_WAN = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03"
@@ -663,6 +667,85 @@ def nd_failed() -> Scenario:
     return Scenario(dp=dp, port=ports["a"], frame=frame, now=NOW + 2.0)
 
 
+# The router's services: DHCP on lan (10.1.0.0/24), DNS on the router's addresses.
+def dhcp_server(**options: Any) -> DhcpServer:
+    """A DHCP server for lan (segment 0, the router at 10.1.0.1)."""
+    ranges = options.pop("ranges", ())
+    scope = Scope(0, IPv4Network("10.1.0.0/24"), IPv4Address("10.1.0.1"), ranges)
+    return DhcpServer({0: scope}, domain="lab", **options)
+
+
+def dhcp_from(host: str, message: Packet) -> bytes:
+    """A client with no address yet: 0.0.0.0:68 to 255.255.255.255:67, Ethernet broadcast."""
+    l3 = IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / message
+    return buf(Ether(src=host, dst=BROADCAST) / l3)
+
+
+def discover(chaddr: str, giaddr: str = "0.0.0.0") -> Packet:
+    bootp = BOOTP(op=1, chaddr=mac(chaddr), giaddr=giaddr)
+    return bootp / DHCP(options=[("message-type", "discover"), "end"])
+
+
+def dhcp_malformed() -> Scenario:
+    """To the DHCP server's port, 300 bytes that are no BOOTREQUEST (RFC 2131 2)."""
+    dp, ports = routed(dhcp=dhcp_server())
+    return Scenario(dp=dp, port=ports["a"], frame=dhcp_from(A, Raw(b"\xee" * 300)))
+
+
+def dhcp_not_served() -> Scenario:
+    """A DISCOVER with giaddr set: relayed, and we serve our own segments only."""
+    dp, ports = routed(dhcp=dhcp_server())
+    return Scenario(dp=dp, port=ports["a"], frame=dhcp_from(A, discover(A, giaddr="10.9.0.1")))
+
+
+def dhcp_chaddr_mismatch() -> Scenario:
+    """From a, asking for b's hardware address: a client's frame carries its own chaddr as source."""
+    dp, ports = routed(dhcp=dhcp_server())
+    return Scenario(dp=dp, port=ports["a"], frame=dhcp_from(A, discover(B)))
+
+
+def dhcp_rate_limited() -> Scenario:
+    """With a bucket of one message, b's DISCOVER took it: a's, in the same instant, is over the rate."""
+    dp, ports = routed(dhcp=dhcp_server(rate=1.0, burst=1))
+    dp.receive(ports["b"], dhcp_from(B, discover(B)), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=dhcp_from(A, discover(A)))
+
+
+def dhcp_pool_exhausted() -> Scenario:
+    """A pool of one address, offered to b: nothing is left for a."""
+    pool = ((IPv4Address("10.1.0.100"), IPv4Address("10.1.0.100")),)
+    dp, ports = routed(dhcp=dhcp_server(ranges=pool))
+    dp.receive(ports["b"], dhcp_from(B, discover(B)), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=dhcp_from(A, discover(A)))
+
+
+def dns_query(question: Packet | bytes) -> Packet:
+    return IP(src="10.1.0.2", dst="10.1.0.1") / UDP(sport=5353, dport=53) / bytes(question)
+
+
+def dns_malformed() -> Scenario:
+    """Five bytes to the router's DNS: shorter than a DNS header (RFC 1035 4.1.1)."""
+    dp, ports = routed(dns=DnsServer("lab"))
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(dns_query(b"\x12\x34\x01\x00\x00")))
+
+
+def dns_rate_limited() -> Scenario:
+    """With a bucket of one question, b's took it: a's, in the same instant, is over the rate."""
+    dp, ports = routed(dns=DnsServer("lab", rate=1.0, burst=1))
+    question = DNS(rd=1, qd=DNSQR(qname="ns1.lab."))
+    dp.receive(ports["b"], from_b(IP(src="10.1.0.3", dst="10.1.0.1") / UDP(dport=53) / question), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(dns_query(question)))
+
+
+def dns_pending_full() -> Scenario:
+    """With room for one question upstream, b's holds it: a's cannot wait too."""
+    dp, ports = routed(dns=DnsServer("lab", upstream=True, pending_max=1))
+    question = DNS(rd=1, qd=DNSQR(qname="example.com."))
+    dp.receive(ports["b"], from_b(IP(src="10.1.0.3", dst="10.1.0.1") / UDP(dport=53) / question), NOW)
+    other = DNS(rd=1, qd=DNSQR(qname="example.org."))
+    return Scenario(dp=dp, port=ports["a"], frame=from_a(dns_query(other)))
+
+
 TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
     Drop.RUNT: runt,
     Drop.BAD_VNET_HEADER: bad_vnet_header,
@@ -726,6 +809,14 @@ TRIGGERS: dict[Drop, Callable[[], Scenario]] = {
     Drop.ND_QUEUE_FULL: nd_queue_full,
     Drop.ND_PENDING_FULL: nd_pending_full,
     Drop.ND_FAILED: nd_failed,
+    Drop.DHCP_MALFORMED: dhcp_malformed,
+    Drop.DHCP_NOT_SERVED: dhcp_not_served,
+    Drop.DHCP_CHADDR_MISMATCH: dhcp_chaddr_mismatch,
+    Drop.DHCP_RATE_LIMITED: dhcp_rate_limited,
+    Drop.DHCP_POOL_EXHAUSTED: dhcp_pool_exhausted,
+    Drop.DNS_MALFORMED: dns_malformed,
+    Drop.DNS_PENDING_FULL: dns_pending_full,
+    Drop.DNS_RATE_LIMITED: dns_rate_limited,
 }
 
 # VXLAN: a frame too big for the tunnel comes from a port like any other.

@@ -192,3 +192,14 @@ def test_subnet6_numbers_the_namespace_ports_and_refuses_what_cannot_work() -> N
     for bad in ("fe80::/64", "ff02::/64", "fd00::/127", "10.0.0.0/24"):
         with pytest.raises(ConfigError, match="IPv6 subnet"):
             parse_subnet6(bad)
+
+
+@pytest.mark.parametrize("length", [31, 32])
+def test_a_routed_segment_too_small_for_a_router_and_a_host_is_refused(length: int) -> None:
+    req = Request()
+    req.add_segment("lan", [parse_port("a")], IPv4Network(f"10.9.0.0/{length}"))
+    with pytest.raises(ConfigError, match=f"10.9.0.0/{length} is too small for a router"):
+        build(req)
+    req = Request()
+    req.add_segment("lan", [parse_port("a")], IPv4Network("10.9.0.0/30"))
+    assert str(build(req).segments[0].gateway) == "10.9.0.1/30"  # /30: the router and one host fit

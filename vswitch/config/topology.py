@@ -754,7 +754,9 @@ def build(request: Request) -> Topology:
             name, subnet, list(ports), mtu=request.segment_mtu.get(name, default_mtu), mtu_given=given
         )
         if routed:
-            segment.gateway = IPv4Interface(f"{next(subnet.hosts())}/{subnet.prefixlen}")
+            if subnet.prefixlen > 30:  # a router and a host need two host addresses beside the network's
+                raise ConfigError(f"segment {name}: subnet {subnet} is too small for a router (at most /30)")
+            segment.gateway = IPv4Interface(f"{next(iter(subnet.hosts()))}/{subnet.prefixlen}")
         segments.append(segment)
     if routed:
         _assign_subnets6(request, segments)
