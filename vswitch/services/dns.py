@@ -353,6 +353,8 @@ class DnsServer:
         return self._render(r, UDP_PLAIN_MAX)
 
     def _relay(self, answer: dns.message.Message, edns: bool, size: int) -> bytes:
+        # Ours to say: recursion is available here, and we hold no authority for what we relay.
+        answer.flags = (answer.flags | dns.flags.RA) & ~dns.flags.AA
         if edns:
             answer.use_edns(0, payload=EDNS_PAYLOAD)
         else:

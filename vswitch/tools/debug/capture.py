@@ -125,6 +125,8 @@ def stamp_ns(record: dict[str, Any]) -> int:
 
 
 def summary(record: dict[str, Any], port: str) -> str:
+    import scapy.layers.dhcp  # binds BOOTP/DHCP under UDP 67/68: the router's DHCP shows as DHCP
+    import scapy.layers.dns  # binds DNS under UDP 53: the router's DNS shows as DNS, not Raw
     import scapy.layers.inet
     import scapy.layers.inet6  # binds IPv6 under Ether's 0x86dd, ICMPv6 and NDP under it
     import scapy.layers.vxlan  # noqa: F401  (binds VXLAN under UDP 4789: capture --outer)
