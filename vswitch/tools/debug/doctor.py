@@ -445,7 +445,7 @@ def _compressed(ip: str) -> str:
 def findings(info: dict[str, Any], stats: dict[str, Any], arp: list[dict[str, Any]] | None) -> list[Finding]:
     found: list[Finding] = []
     for port in info["ports"]:
-        found.extend(kernel_findings(info, port))
+        found.extend(dhcp_findings(info, port) or kernel_findings(info, port))
         found.extend(ipv6_port_findings(info, port))
     if info["fdb_entries"] == 0:
         first = next((p for p in info["ports"] if p["namespace"] and p["address"]), None)
@@ -469,6 +469,21 @@ def findings(info: dict[str, Any], stats: dict[str, Any], arp: list[dict[str, An
     for reason, count in stats.get("router", {}).get("drops", {}).items():
         found.append(Finding("router", f"{count} dropped: {reason}", None, problem=False))
     return found
+
+
+def dhcp_findings(info: dict[str, Any], port: dict[str, Any]) -> list[Finding]:
+    """A `=dhcp` port with no lease yet: no address or default route is expected of it until a client
+    runs there (the fix runs one as the README says: its state files on tmpfs, not the host's)."""
+    services = info.get("services") or {}
+    if port["address"] or port["namespace"] is None or not services.get("dhcp") or not info["routed"]:
+        return []
+    if port["segment"] == UPLINK_SEGMENT and info.get("uplink") is not None:
+        return []
+    ns, ifname = port["namespace"], port["interface"]
+    run = f"mount -t tmpfs none /run; mount -t tmpfs none /var/lib/dhcp; dhclient -1 -v {ifname}"
+    fix = f"ip netns exec {ns} unshare -m sh -c '{run}'"
+    what = f"no address yet: {ifname} waits for a DHCP client to ask for one"
+    return [Finding(ns, what, fix, problem=False)]
 
 
 # Duplicate address detection as `arping -D` does it (RFC 5227 2.1.1): an ARP probe (sender address
