@@ -595,7 +595,7 @@ class Instance:
         seg.ports.append(spec)
         if self.shell is not None:
             self.shell.attach(port_id, tap.fd)
-        if seg.gateway is not None:
+        if seg.gateway is not None and live.address is not None:  # =dhcp: its client adds the route
             await loop.run_in_executor(None, _signals_held, self._default_route, live, seg)
         await self._await_slaac_of(live, seg)
         self._refresh_names()
