@@ -7,7 +7,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
-from vswitch.tools.debug.bpf import FilterError, compile_filter
+from vswitch.core.bpf import FilterError, compile_filter
 
 M1, M2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 PING = Ether(src=M1, dst=M2) / IP(src="10.1.0.2", dst="10.2.0.2") / ICMP()

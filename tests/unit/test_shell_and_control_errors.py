@@ -30,7 +30,7 @@ from vswitch.core.wire import VNET_HDR_LEN
 from vswitch.shell.control import ControlServer, ControlTable
 from vswitch.shell.loop import Shell
 from vswitch.tools.debug import SERVED
-from vswitch.tools.debug.bpf import MAX_NESTING, FilterError, compile_filter
+from vswitch.core.bpf import MAX_NESTING, FilterError, compile_filter
 from vswitch.tools.debug.trace import MAX_LIVE_TRACES
 
 if TYPE_CHECKING:

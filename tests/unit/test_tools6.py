@@ -26,7 +26,7 @@ from scapy.packet import Packet, Raw
 
 from vswitch.core.ipv6 import MAX_EXTENSIONS
 from vswitch.core.npt import Npt
-from vswitch.tools.debug.bpf import FilterError, compile_filter
+from vswitch.core.bpf import FilterError, compile_filter
 from vswitch.tools.debug.doctor import (
     IFA_F_DADFAILED,
     RTPROT_RA,

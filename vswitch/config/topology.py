@@ -42,6 +42,7 @@ from ..core.vxlan import VNI_MAX
 from ..core.wire import parse_mac
 from . import services
 from .errors import ConfigError as ConfigError  # re-exported: every caller knows it as topology's
+from .links import LinkSetting
 from .services import ServicesSpec
 
 IFNAMSIZ: Final = 16  # the kernel's limit on a link name, with its NUL
@@ -232,6 +233,7 @@ class Topology:
     uplink_mtu: int = DEFAULT_MTU
     trunks: list[TrunkSpec] = field(default_factory=list)
     services: ServicesSpec = field(default_factory=ServicesSpec)  # DHCP and DNS on the routed segments
+    links: list[LinkSetting] = field(default_factory=list)  # impairments set at start ([link.PORT])
 
     @property
     def ports(self) -> list[PortSpec]:

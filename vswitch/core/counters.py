@@ -108,6 +108,12 @@ class Drop(StrEnum):
     DNS_MALFORMED = "dns-malformed"  # shorter than a DNS header, or a response sent to the server
     DNS_PENDING_FULL = "dns-pending-full"  # too many questions already waiting for the upstream
     DNS_RATE_LIMITED = "dns-rate-limited"  # over the server's token bucket (dnspython's parse is slow)
+    # Network emulation (emulation.py): an impaired link's stage, or a partition between two ports
+    LINK_DOWN = "link-down"  # the link is set down, or in the down phase of a flap
+    IMPAIR_LOSS = "impair-loss"  # lost on purpose (--loss, random or in a burst)
+    IMPAIR_RATE = "impair-rate"  # would wait longer than the shaper's latency for tokens (--rate)
+    IMPAIR_LIMIT = "impair-limit"  # the impaired link's queue is full (--limit)
+    PARTITIONED = "partitioned"  # from a port on one side of a partition to one on the other
 
 
 class Event(StrEnum):

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Final
 
 from ..config.topology import ConfigError
+from ..core.emulation import DIRECTIONS, Direction, Impairment
 from .control import CommandError, ControlTable
 from .instance import Instance
 
@@ -40,6 +41,8 @@ def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
     if datapath.flows is not None:
         tables["flow_cache"] = len(datapath.flows)
     snapshot["tables"] = tables
+    if instance.shell is not None and instance.shell.emulator.configured:
+        snapshot["emulation"] = instance.links()
     return snapshot
 
 
@@ -84,6 +87,60 @@ async def _port(instance: Instance, req: dict[str, Any]) -> Any:
     raise CommandError(f"port: unknown operation {op!r} (add, del, move)")
 
 
+def _directions(value: Any) -> tuple[Direction, ...]:
+    if value in (None, "both"):
+        return DIRECTIONS
+    if value in DIRECTIONS:
+        return (value,)
+    raise CommandError(f"link: direction {value!r}: in, out or both")
+
+
+def _link(instance: Instance, req: dict[str, Any]) -> Any:
+    """{"op": "set", "port", "direction"?, "impairment": Impairment.settings()} | {"op": "clear", "port",
+    "direction"?} | {"op": "list"}: network emulation (core/emulation.py)."""
+    op = req.get("op", "list")
+    if op == "list":
+        return instance.links()
+    port = req.get("port")
+    if not isinstance(port, str):
+        raise CommandError(f"link {op}: a port name is missing")
+    directions = _directions(req.get("direction"))
+    if op == "set":
+        fields = req.get("impairment")
+        if not isinstance(fields, dict):
+            raise CommandError("link set: the impairment is missing")
+        try:
+            impairment = Impairment.from_settings(fields)
+        except ValueError as exc:
+            raise CommandError(f"link {port}: {exc}") from None
+        return instance.set_link(port, directions, impairment)
+    if op == "clear":
+        return instance.clear_link(port, directions)
+    raise CommandError(f"link: unknown operation {op!r} (set, clear, list)")
+
+
+def _names(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise CommandError(f"partition: {what} must be a list of port names")
+    return value
+
+
+def _partition(instance: Instance, req: dict[str, Any]) -> Any:
+    """{"sources": [ports], "targets": [ports], "two_way": bool}."""
+    two_way = req.get("two_way", True)
+    if not isinstance(two_way, bool):
+        raise CommandError("partition: two_way must be true or false")
+    return instance.partition(
+        _names(req.get("sources"), "sources"), _names(req.get("targets"), "targets"), two_way
+    )
+
+
+def _heal(instance: Instance, _req: dict[str, Any]) -> Any:
+    return instance.heal()
+
+
 BASE: Final[ControlTable[Instance]] = ControlTable(
     {
         "status": _status,
@@ -94,5 +151,8 @@ BASE: Final[ControlTable[Instance]] = ControlTable(
         "conntrack": _conntrack,
         "leases": _leases,
         "port": _port,
+        "link": _link,
+        "partition": _partition,
+        "heal": _heal,
     }
 )

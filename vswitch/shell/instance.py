@@ -30,7 +30,9 @@ from ..config.topology import (
     TrunkSpec,
     underlay_mtu_check,
 )
+from ..core.bpf import FilterError, compile_filter
 from ..core.datapath import Datapath
+from ..core.emulation import Direction, Emulator, Impairment
 from ..core.nat import PortForward
 from ..core.vlan import Trunk
 from ..core.vxlan import Tunnel, Vtep
@@ -39,7 +41,7 @@ from .control import CommandError, ControlServer, ControlTable
 from .kernel import STOP_SIGNALS, KernelError
 from .loop import Shell
 from .state import Ledger, lease_path, socket_path, state_path
-from .tap import Tap, TapError, open_tap
+from .tap import Tap, TapError, open_tap, set_carrier
 from .underlay import UnderlaySockets, open_sender, open_underlay
 
 # A namespace port on a routed IPv6 segment: it takes its address and default route from our router
@@ -607,6 +609,8 @@ class Instance:
         live = self._live(label)
         if self.shell is not None:
             self.shell.detach(live.id)
+            self.shell.emulator.forget_port(live.id)
+            self.shell.emulation_changed()
         self.datapath.remove_port(live.id)
         self._forget(live)
         live.tap.close()
@@ -761,6 +765,13 @@ class Instance:
         shell.open_sender = self._open_learned_remote
         for live in self.trunks:
             shell.attach_trunk(live.trunk, live.tap.fd)
+        shell.on_carrier = self._carrier
+        for link in self.topology.links:  # [link.PORT] tables, checked against the ports at load
+            try:
+                self.set_link(link.port, link.directions, link.impairment)
+            except CommandError as exc:
+                shell.detach_all()
+                raise StartError(str(exc)) from None
         shell.start_timer()
         control = ControlServer(self, socket_path(self.topology.name), self.control)
         try:
@@ -776,7 +787,7 @@ class Instance:
             from .metrics import start_metrics
 
             try:
-                metrics = await start_metrics(self.datapath, *self.metrics)
+                metrics = await start_metrics(self.datapath, *self.metrics, emulator=shell.emulator)
             except OSError as exc:
                 shell.detach_all()
                 await control.close()
@@ -936,7 +947,92 @@ class Instance:
             "flow_cache_max": self.topology.flow_cache,
             "flow_cache_entries": 0 if self.datapath.flows is None else len(self.datapath.flows),
             "services": self._services(),
+            "emulation": self.links() if self.shell is not None and self.shell.emulator.configured else None,
         }
+
+    # --- network emulation (core/emulation.py): impairments per port and direction, partitions -----
+    def _emulated(self, label: str) -> LivePort:
+        """A port an impairment or partition may name: a tap of ours (a namespace's port, the host port
+        or the uplink); not a trunk's VLAN or a tunnel's remote, whose frames share another fd."""
+        found = next((p for p in self.ports if p.label == label), None)
+        if found is None:
+            names = ", ".join(p.label for p in self.ports)
+            raise CommandError(f"no port {label!r} to impair (the ports: {names})")
+        return found
+
+    def _emulator(self) -> Emulator:
+        if self.shell is None:
+            raise CommandError("the switch is not forwarding yet")
+        return self.shell.emulator
+
+    def set_link(self, label: str, directions: Sequence[Direction], impairment: Impairment) -> dict[str, Any]:
+        """Impair a port in the directions given (replacing what it had; what is queued keeps its times)."""
+        live = self._emulated(label)
+        emulator = self._emulator()
+        try:
+            impairment.check()
+            selector = compile_filter(impairment.filter) if impairment.filter else None
+        except (ValueError, FilterError) as exc:
+            raise CommandError(f"link {label}: {exc}") from None
+        assert self.shell is not None
+        emulator.set(live.id, label, tuple(directions), impairment, selector, self.shell.loop.time())
+        self.shell.emulation_changed()
+        return self._link_entry(live)
+
+    def clear_link(self, label: str, directions: Sequence[Direction] = ("in", "out")) -> dict[str, Any]:
+        live = self._emulated(label)
+        emulator = self._emulator()
+        assert self.shell is not None
+        emulator.clear(live.id, tuple(directions), self.shell.loop.time())
+        self.shell.emulation_changed()
+        return self._link_entry(live)
+
+    def _link_entry(self, live: LivePort) -> dict[str, Any]:
+        entries = self.links()["links"]
+        return next((e for e in entries if e["port"] == live.label), {"port": live.label})
+
+    def links(self) -> dict[str, Any]:
+        """Every impaired link (settings, queue, counts), the partitions and the carriers taken down."""
+        if self.shell is None:
+            return {"links": [], "partitions": [], "carrier_down": []}
+        described: dict[str, Any] = self.shell.emulator.describe(
+            self.datapath.counters.names, self.shell.loop.time()
+        )
+        return described
+
+    def partition(
+        self, sources: Sequence[str], targets: Sequence[str], two_way: bool = True
+    ) -> dict[str, Any]:
+        """Frames from sources to targets (and back, two_way) are dropped until heal()."""
+        emulator = self._emulator()
+        if not sources or not targets:
+            raise CommandError("a partition needs a port on each side")
+        src = {label: self._emulated(label).id for label in sources}
+        dst = {label: self._emulated(label).id for label in targets}
+        try:
+            emulator.partition(src, dst, two_way)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        assert self.shell is not None
+        self.shell.emulation_changed()
+        return {"partitions": [part.describe() for part in emulator.partitions]}
+
+    def heal(self) -> dict[str, Any]:
+        emulator = self._emulator()
+        healed = emulator.heal()
+        assert self.shell is not None
+        self.shell.emulation_changed()
+        return {"healed": healed}
+
+    def _carrier(self, port: int, up: bool) -> None:
+        """The emulator's carrier change, on the port's tap (TUNSETCARRIER)."""
+        live = next((p for p in self.ports if p.id == port), None)
+        if live is None:
+            return
+        try:
+            set_carrier(live.tap.fd, up)
+        except TapError as exc:
+            self.log(f"{live.label}: cannot set the carrier {'up' if up else 'down'}: {exc}")
 
     def _leased(self, port: LivePort) -> dict[str, Any]:
         """A `=dhcp` port's address as its lease has it (status, and so pingall and doctor, use it)."""

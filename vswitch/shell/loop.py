@@ -20,6 +20,7 @@ from typing import Final
 
 from ..core.counters import Drop, Event
 from ..core.datapath import Datapath, PortVerdict
+from ..core.emulation import Emulator, Stage
 from ..core.vlan import Trunk
 from ..core.vxlan import Tunnel, Vtep
 from ..core.wire import VNET_HDR_LEN, ZERO_VNET_HDR, Frame, Gather
@@ -86,6 +87,13 @@ class Shell:
         self.open_sender: Callable[[Tunnel, str], int] | None = None
         # A port with no drain of its own (a trunk's VLAN port) -> the drain that reads its answers.
         self._answer_of: dict[int, Callable[[], int]] = {}
+        # Network emulation (core/emulation.py): a port's "in" stage takes its frames before the
+        # datapath; "out" stages and partitions take frames on their way to a port. While there are
+        # none, and no observers, the drains write directly (_divert False).
+        self.emulator = Emulator(datapath.counters.drops)
+        self._divert = False
+        # Applies a carrier change the emulator asks for (port, up): the tap's TUNSETCARRIER.
+        self.on_carrier: Callable[[int, bool], None] | None = None
 
     def attach(self, port: int, fd: int) -> None:
         self.fds[port] = fd
@@ -223,6 +231,7 @@ class Shell:
     def observe(self, port: int, observer: Observer) -> None:
         self._observers.setdefault(port, []).append(observer)
         self._write = self._write_observed
+        self.emulation_changed()
 
     def unobserve(self, port: int, observer: Observer) -> None:
         observers = self._observers.get(port, [])
@@ -232,6 +241,7 @@ class Shell:
             self._observers.pop(port, None)
         if not self._observers:
             self._write = self._write_plain
+        self.emulation_changed()
 
     # --- the hot path ------------------------------------------------------------------------------
     def _on_readable(self, port: int, drain: Callable[[], int]) -> None:
@@ -299,6 +309,9 @@ class Shell:
             observed = shell._observers
             observers = observed.get(port) if observed else None
             hook = shell.hook
+            divert = shell._divert  # observers, out stages or partitions: each write goes by _send
+            ins = shell.emulator.ins
+            stage_in = ins.get(port) if ins else None
             forward = forwarder(port)
             now = loop_time()
             count = nbytes = failed = 0
@@ -330,6 +343,9 @@ class Shell:
                     if hooked is None:
                         continue
                     pkt = hooked
+                if stage_in is not None:  # an impaired port: its stage decides when the frame goes on
+                    shell._impair_in(port, stage_in, pkt, now)
+                    continue
                 try:
                     verdict = forward(port, pkt, now)
                 except Exception:  # a bug must cost one frame, never the port (try is free in 3.11)
@@ -344,9 +360,9 @@ class Shell:
                 else:
                     shell._write_all(port, pkt, verdict)  # a flood, or the router's several frames
                     continue
-                if observed:
+                if divert:
                     run_out = out
-                    shell._write(out, data)
+                    shell._send(port, out, data, now)
                     continue
                 # _write_plain, inlined: one frame to one port is the per-packet path of nearly all.
                 try:
@@ -461,7 +477,10 @@ class Shell:
     def _deliver(self, port: int, pkt: bytes, verdict: PortVerdict, last_out: int) -> int:
         """Write a verdict for pkt from port; returns the port a unicast went to (else last_out)."""
         if isinstance(verdict, int):
-            self._write(verdict, pkt)
+            if self._divert:
+                self._send(port, verdict, pkt, self.loop.time())
+            else:
+                self._write(verdict, pkt)
             return verdict
         self._write_all(port, pkt, verdict)
         return last_out
@@ -503,6 +522,15 @@ class Shell:
         the frame from port, for the datapath to count."""
         if isinstance(verdict, Drop):
             self.datapath.count_drop(port, verdict)
+            return
+        if self._divert:
+            now = self.loop.time()
+            if isinstance(verdict, tuple):
+                for out in verdict:
+                    self._send(port, out, pkt, now)
+            elif verdict is not None and not isinstance(verdict, int):
+                for out, data in verdict:
+                    self._send(port, out, data, now)
             return
         write = self._write
         if isinstance(verdict, tuple):
@@ -562,8 +590,94 @@ class Shell:
         return sent
 
     def send(self, frames: Sequence[tuple[int, Frame]]) -> None:
+        """Frames the core made by itself (timers, answers from upstream): no port sent them, so no
+        partition applies, but an impaired port's out stage does."""
+        if self._divert:
+            now = self.loop.time()
+            for port, data in frames:
+                self._send(-1, port, data, now)
+            return
         for port, data in frames:
             self._write(port, data)
+
+    # --- network emulation: the stages and partitions (core/emulation.py) ---------------------------
+    def emulation_changed(self) -> None:
+        """After the emulator's stages or partitions change: whether writes go by _send, the carriers
+        it asks for, and the timer (a new stage may be due sooner)."""
+        emulator = self.emulator
+        self._divert = bool(self._observers) or emulator.active
+        if emulator.carrier_changes:
+            changes = list(emulator.carrier_changes)
+            emulator.carrier_changes.clear()
+            if self.on_carrier is not None:
+                for port, up in changes:
+                    self.on_carrier(port, up)
+        if self._timer_at is not None or emulator.ins or emulator.outs:
+            self._rearm(self.loop.time())
+
+    def _send(self, in_port: int, out: int, data: Frame, now: float) -> None:
+        """data, from in_port, to out: unless a partition stands between them, through out's stage if
+        it is impaired, else written."""
+        emulator = self.emulator
+        if emulator.blocked and (in_port, out) in emulator.blocked:
+            self.datapath.counters.drops[in_port][Drop.PARTITIONED] += 1
+            return
+        stage = emulator.outs.get(out)
+        if stage is None:
+            self._write(out, data)
+            return
+        ready: list[bytes] = []
+        stage.push(data if isinstance(data, bytes) else bytes(data), now, ready)
+        for frame in ready:
+            self._write(out, frame)
+        self._wake(stage)
+
+    def _impair_in(self, port: int, stage: Stage, pkt: bytes, now: float) -> None:
+        """A frame read from an impaired port: what its stage lets through now goes on to the datapath."""
+        ready: list[bytes] = []
+        stage.push(pkt, now, ready)
+        for frame in ready:
+            self._forward(port, frame, now)
+        self._wake(stage)
+
+    def _forward(self, port: int, pkt: bytes, now: float) -> None:
+        """One frame from port through the datapath and out, off the drains' inlined path (frames an
+        in stage held or passed)."""
+        try:
+            verdict = self.datapath.forwarder(port)(port, pkt, now)
+        except Exception:
+            self._frame_error(port, Drop.INTERNAL_ERROR, "internal error while deciding a frame")
+            return
+        if verdict is None:
+            return
+        if isinstance(verdict, list) and len(verdict) == 1:
+            out, data = verdict[0]
+            if self._divert:
+                self._send(port, out, data, now)
+            else:
+                self._write(out, data)
+            return
+        self._deliver(port, pkt, verdict, -1)
+
+    def _wake(self, stage: Stage) -> None:
+        """A stage's head may now be due before the timer: arm it for then (the drains check the core's
+        deadline only every TIMER_CHECK_INTERVAL, too coarse for a delay)."""
+        due = stage.next_due()
+        if due is not None and (self._timer_at is None or due < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._on_timer)
+
+    def _release(self, now: float) -> None:
+        """The emulator's frames due by now: held ingress frames go to the datapath, egress ones out."""
+        ingress, egress = self.emulator.release(now)
+        for port, pkt in ingress:
+            if port in self._drain_of:  # not a port removed meanwhile
+                self._forward(port, pkt, now)
+        for port, pkt in egress:
+            if port < len(self._fd_list) and self._fd_list[port] >= 0:
+                self._write(port, pkt)
 
     def inject(self, port: int, data: bytes) -> bool:
         """Deliver a crafted buffer (virtio-net header + frame) into the namespace behind port."""
@@ -573,6 +687,11 @@ class Shell:
     def _rearm(self, now: float) -> None:
         self._check_timer_at = now + TIMER_CHECK_INTERVAL
         deadline = self.datapath.next_deadline()
+        emulator = self.emulator
+        if emulator.ins or emulator.outs:
+            due = emulator.deadline(now)
+            if due is not None and (deadline is None or due < deadline):
+                deadline = due
         if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
             return
         if self._timer is not None:
@@ -585,6 +704,10 @@ class Shell:
         self._timer = None
         self._timer_at = None
         self.send(self.datapath.on_timer(now))
+        emulator = self.emulator
+        if emulator.ins or emulator.outs:
+            self._release(now)
+            self.emulation_changed()  # a cleared stage that emptied went; a flap moved a carrier
         self._rearm(now)
 
     def _recheck_timer(self) -> None:

@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..core.conntrack import KEY6
 from ..core.counters import Event
 from ..core.datapath import Datapath
+from ..core.emulation import WHAT, Emulator
 from ..core.router import Router
 
 # The text format generate_latest writes (prometheus-client's CONTENT_TYPE_PLAIN_0_0_4; older
@@ -73,8 +74,9 @@ class DatapathCollector:
     they have always been. Call `collect` on the loop's thread only (see the module docstring).
     """
 
-    def __init__(self, datapath: Datapath) -> None:
+    def __init__(self, datapath: Datapath, emulator: Emulator | None = None) -> None:
         self.datapath = datapath
+        self.emulator = emulator
 
     def collect(self) -> Iterator[Metric]:
         datapath = self.datapath
@@ -114,6 +116,8 @@ class DatapathCollector:
         yield GaugeMetricFamily("vswitch_fdb_entries", "MAC addresses learned", entries)
         if datapath.router is not None:
             yield from self._router_tables(datapath.router)
+        if self.emulator is not None and self.emulator.configured:
+            yield from _emulation(self.emulator, names)
 
     @staticmethod
     def _router_tables(router: Router) -> Iterator[Metric]:
@@ -136,22 +140,26 @@ class DatapathCollector:
             yield flows
 
 
-def make_registry(datapath: Datapath, process: bool = True) -> CollectorRegistry:
+def make_registry(
+    datapath: Datapath, process: bool = True, emulator: Emulator | None = None
+) -> CollectorRegistry:
     """A private registry with the datapath's collector and, if process, the process collector."""
     registry = CollectorRegistry()
-    registry.register(DatapathCollector(datapath))
+    registry.register(DatapathCollector(datapath, emulator))
     if process:
         ProcessCollector(registry=registry)
     return registry
 
 
-def render(datapath: Datapath, process: bool = False) -> str:
+def render(datapath: Datapath, process: bool = False, emulator: Emulator | None = None) -> str:
     """The exposition of the datapath's counters (and, if process, the process's), as served."""
-    return generate_latest(make_registry(datapath, process)).decode()
+    return generate_latest(make_registry(datapath, process, emulator)).decode()
 
 
-async def start_metrics(datapath: Datapath, host: str, port: int) -> asyncio.AbstractServer:
-    registry = make_registry(datapath)
+async def start_metrics(
+    datapath: Datapath, host: str, port: int, emulator: Emulator | None = None
+) -> asyncio.AbstractServer:
+    registry = make_registry(datapath, emulator=emulator)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -209,3 +217,23 @@ DHCP_MESSAGES: Final = (Event.DHCP_DISCOVER, Event.DHCP_REQUEST, Event.DHCP_DECL
 DNS_RESULTS: Final = (Event.DNS_QUERY, Event.DNS_LOCAL, Event.DNS_NXDOMAIN, Event.DNS_REFUSED,
                       Event.DNS_CACHE_HIT, Event.DNS_FORWARDED, Event.DNS_TRUNCATED, Event.DNS_UPSTREAM_TCP,
                       Event.DNS_UPSTREAM_TIMEOUT)  # fmt: skip
+
+
+def _emulation(emulator: Emulator, names: list[str]) -> Iterator[Metric]:
+    """What each impaired link's stages did (delayed, lost, ...), what they hold, and the partitions."""
+    packets = CounterMetricFamily(
+        "vswitch_link_packets",
+        "frames through an impaired link's stage, by what it did",
+        labels=["port", "direction", "what"],
+    )
+    queued = GaugeMetricFamily(
+        "vswitch_link_queued", "frames an impaired link holds", labels=["port", "direction"]
+    )
+    for direction, stages in (("in", emulator.ins), ("out", emulator.outs)):
+        for port, stage in sorted(stages.items()):
+            for what in WHAT:
+                packets.add_metric([names[port], direction, what], stage.stats[what])
+            queued.add_metric([names[port], direction], len(stage.queue))
+    yield packets
+    yield queued
+    yield GaugeMetricFamily("vswitch_partitions", "partitions between ports", len(emulator.partitions))

@@ -19,6 +19,7 @@ TUNSETIFF: Final = 0x400454CA
 TUNSETOFFLOAD: Final = 0x400454D0
 TUNSETVNETHDRSZ: Final = 0x400454D8
 TUNGETFEATURES: Final = 0x800454CF
+TUNSETCARRIER: Final = 0x400454E2  # _IOW('T', 226, int), Linux 5.0+: the tap's carrier, as a cable's
 
 IFF_TAP: Final = 0x0002
 IFF_MULTI_QUEUE: Final = 0x0100
@@ -112,3 +113,12 @@ def tun_features() -> int:
         return int(struct.unpack("I", out)[0])
     finally:
         os.close(fd)
+
+
+def set_carrier(fd: int, up: bool) -> None:
+    """The tap's carrier on or off: off, the interface in its namespace shows NO-CARRIER and its
+    stack stops sending (network emulation's --carrier)."""
+    try:
+        fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", int(up)))
+    except OSError as exc:
+        raise TapError(f"TUNSETCARRIER: {exc.strerror}") from None

@@ -16,7 +16,7 @@ from ...shell.commands import BASE
 from ...shell.control import ControlError, ControlTable
 from ...shell.instance import Instance
 from . import capture, common, doctor, inject, pingall, top, trace
-from .bpf import FilterError
+from ...core.bpf import FilterError
 from .pcap import PcapError
 
 Handler = Callable[[argparse.Namespace], int]

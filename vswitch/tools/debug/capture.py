@@ -243,7 +243,7 @@ classic pcap, for one port only."""
 
 
 def add_parser(sub: Any) -> None:
-    from .bpf import __doc__ as filter_doc
+    from ...core.bpf import __doc__ as filter_doc
 
     p = sub.add_parser(
         "capture",

@@ -99,7 +99,7 @@ def port_stream_setup(
     """What capture and live trace both need: the port ("port"; with many, `requested_ports`), the
     filter and the shell; or, for a bad request, an error line already written to the client and
     None."""
-    from .bpf import FilterError, compile_filter
+    from ...core.bpf import FilterError, compile_filter
 
     try:
         ports: list[LivePort | SubPort] = (

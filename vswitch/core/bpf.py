@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from typing import Final
 
-from ...core.ipv6 import MAX_EXTENSIONS
-from ...core.wire import parse_mac
+from .ipv6 import MAX_EXTENSIONS
+from .wire import parse_mac
 
 IPV4: Final = 0x0800
 ARP: Final = 0x0806
