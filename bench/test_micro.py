@@ -26,6 +26,7 @@ from scapy.packet import Raw
 
 from vswitch.core.checksum import delta, update_complete
 from vswitch.core.datapath import Datapath
+from vswitch.core.emulation import Impairment
 from vswitch.core.ipv4 import Packet
 from vswitch.core.nat import NatConfig
 from vswitch.core.router import Interface, Router
@@ -475,16 +476,22 @@ def datagram_pair() -> tuple[socket.socket, socket.socket]:
 
 
 @pytest.mark.parametrize("wakeup", list(FRAMES_PER_WAKEUP))
-@pytest.mark.parametrize("forwarder", ["floor", "shell"])
+@pytest.mark.parametrize("forwarder", ["floor", "shell", "shell-impaired-beside"])
 def test_wakeup(benchmark: Any, forwarder: str, wakeup: str) -> None:
     """One readable port's turn, per frame: python-floor's pump (read, write) or the Shell's (read,
     Datapath.forward, write, counters, timer check), over socketpairs instead of taps, with 1 or 64
-    frames waiting. The shell's figure less the floor's is what vswitch adds to the IO per frame."""
+    frames waiting. The shell's figure less the floor's is what vswitch adds to the IO per frame.
+    shell-impaired-beside: the same two ports while a third has a delay (network emulation): the
+    writes go through Shell._send, what an unimpaired port pays for an impaired one beside it."""
     frames = FRAMES_PER_WAKEUP[wakeup]
     frame = OFFLOADED + udp(HOST_A, HOST_B, "10.0.0.1", "10.0.0.2")[VNET_HDR_LEN:]
     dp, a, b = l2_datapath(2)
     loop = new_loop()
     shell = Shell(dp, loop)
+    if forwarder == "shell-impaired-beside":
+        c = dp.add_port("c", 0)
+        shell.emulator.set(c, "c", ("out",), Impairment(delay=0.01), None, 0.0)
+        shell._divert = True  # what emulation_changed sets (it would also arm the timer on the loop)
     wire_in, shell_in = datagram_pair()
     shell_out, wire_out = datagram_pair()
     shell.attach(a, shell_in.fileno())  # the loop never runs: the test calls the reader itself

@@ -24,13 +24,13 @@ import pytest
 from conftest import drain_wire, frame, mac, make_readable, socketpair_ports
 
 import vswitch.tools.debug.trace as trace_module
+from vswitch.core.bpf import MAX_NESTING, FilterError, compile_filter
 from vswitch.core.counters import Drop
 from vswitch.core.datapath import Datapath
 from vswitch.core.wire import VNET_HDR_LEN
 from vswitch.shell.control import ControlServer, ControlTable
 from vswitch.shell.loop import Shell
 from vswitch.tools.debug import SERVED
-from vswitch.core.bpf import MAX_NESTING, FilterError, compile_filter
 from vswitch.tools.debug.trace import MAX_LIVE_TRACES
 
 if TYPE_CHECKING:

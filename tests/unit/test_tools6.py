@@ -24,9 +24,9 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
+from vswitch.core.bpf import FilterError, compile_filter
 from vswitch.core.ipv6 import MAX_EXTENSIONS
 from vswitch.core.npt import Npt
-from vswitch.core.bpf import FilterError, compile_filter
 from vswitch.tools.debug.doctor import (
     IFA_F_DADFAILED,
     RTPROT_RA,

@@ -104,6 +104,10 @@ class Impairment:
             raise ValueError(f"--loss-burst must be 1 to 1000000 packets, not {self.loss_burst:g}")
         if self.loss_burst > 1 and self.loss >= 1.0:
             raise ValueError("--loss-burst needs a --loss below 100%")
+        if self.loss_burst > 1 and self.loss * (self.loss_burst + 1) > self.loss_burst:
+            # Between bursts of mean length L at least one packet passes: the loss is at most L/(L+1).
+            most = self.loss_burst / (self.loss_burst + 1) * 100
+            raise ValueError(f"--loss-burst {self.loss_burst:g} allows a --loss of at most {most:.4g}%")
         if self.rate and not (math.isfinite(self.rate) and RATE_MIN <= self.rate <= RATE_MAX):
             raise ValueError(f"--rate must be 8kbit to 100gbit, not {self.rate:g} bit/s")
         if (self.burst or self.latency) and not self.rate:
@@ -151,11 +155,35 @@ class Impairment:
 
     def settings(self) -> dict[str, Any]:
         """The fields that are set, as JSON-able values (the control socket and `vswitch link`)."""
+        default = Impairment()
         return {
             key: (list(value) if isinstance(value, tuple) else value)
             for key, value in asdict(self).items()
-            if value not in (0, 0.0, False, None, "uniform")
+            if value != getattr(default, key)  # not `in (0, None, ...)`: seed 0 is a seed
         }
+
+    def summary(self) -> str:
+        """The settings in words, as trace and `vswitch link` show them."""
+        parts = []
+        if self.delay or self.jitter:
+            spread = f" +-{self.jitter * 1e3:g} ms ({self.distribution})" if self.jitter else ""
+            parts.append(f"delay {self.delay * 1e3:g} ms{spread}")
+        if self.loss:
+            burst = f" in bursts of {self.loss_burst:g}" if self.loss_burst > 1 else ""
+            parts.append(f"loss {self.loss * 100:g}%{burst}")
+        parts += [f"{name} {getattr(self, name) * 100:g}%" for name in ("duplicate", "reorder", "corrupt")
+                  if getattr(self, name)]  # fmt: skip
+        if self.rate:
+            parts.append(f"rate {_si(self.rate)}bit/s, burst {self.effective_burst} B")
+        if self.down:
+            parts.append("down")
+        if self.flap is not None:
+            parts.append(f"flap up {self.flap[0]:g} s / down {self.flap[1]:g} s")
+        if self.carrier:
+            parts.append("with the carrier")
+        if self.filter:
+            parts.append(f"frames matching {self.filter!r}")
+        return ", ".join(parts) or "nothing"
 
     @classmethod
     def from_settings(cls, fields: dict[str, Any]) -> Impairment:
@@ -176,24 +204,38 @@ class Impairment:
                 elif key == "seed":
                     values[key] = None if value is None else _integer(value)
                 elif key == "flap":
-                    values[key] = None if value is None else (float(value[0]), float(value[1]))
+                    if value is not None and not (isinstance(value, list | tuple) and len(value) == 2):
+                        raise TypeError
+                    values[key] = None if value is None else (_number(value[0]), _number(value[1]))
                 elif key in ("distribution", "filter"):
                     if value is not None and not isinstance(value, str):
                         raise TypeError
                     values[key] = value if value is not None or key == "filter" else "uniform"
                 else:
-                    if isinstance(value, bool):
-                        raise TypeError
-                    values[key] = float(value)
+                    values[key] = _number(value)
         except (TypeError, ValueError, IndexError):
             raise ValueError(f"impairment {key!r}: {value!r} is not a valid value") from None
         return cls(**values).check()
+
+
+def _si(value: float) -> str:
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:g} {prefix}"
+    return f"{value:g} "
 
 
 def _integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError
     return value
+
+
+def _number(value: Any) -> float:
+    """A JSON number as a float: not a bool, nor a string ("0.1" is not 0.1 s on the control socket)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError
+    return float(value)
 
 
 Selector = Callable[[bytes], bool]
@@ -222,6 +264,9 @@ class Stage:
         self.bad = False  # the Gilbert chain's state
         self.cleared = False  # cleared, but frames are still queued: it passes new ones behind them
         self.rng = random.Random()
+        # Told of each frame a stage drops, duplicates, corrupts or reorders, by what it did (the
+        # shell sets it while the port has observers: capture shows these as link events).
+        self.observe: Callable[[str, bytes], None] | None = None
         self.configure(impairment, selector, now)
 
     def configure(self, impairment: Impairment, selector: Selector | None, now: float) -> None:
@@ -233,6 +278,7 @@ class Stage:
         self.since = now  # a flap's phase starts here
         if impairment.seed is not None:
             self.rng.seed(f"{impairment.seed}/{self.seed_name}", version=2)
+            self.bad = False  # the chain starts over too, or a burst under way changes what repeats
         imp = impairment
         self.loss = imp.loss
         # Gilbert: p (good -> bad) and r (bad -> good) so that the long-run loss is p/(p+r) = loss and
@@ -248,7 +294,9 @@ class Stage:
     def clear(self) -> None:
         """No impairment from now on; what is queued still leaves at its time, and new frames wait
         behind it (order is kept) until the queue is empty and the stage goes."""
+        limit = self.limit
         self.configure(Impairment(), None, self.since)
+        self.limit = max(self.limit, limit)  # what waits behind a long queue is not dropped for it
         self.cleared = True
 
     # --- the link's state --------------------------------------------------------------------------
@@ -258,20 +306,29 @@ class Stage:
             return True
         if imp.flap is None:
             return False
-        up, down = imp.flap
-        return (now - self.since) % (up + down) >= up
+        falls, _rises = self._cycle(imp.flap, now)
+        return now >= falls
 
     def next_transition(self, now: float) -> float | None:
         """When a flap next changes the link's state (after now), or None if it never does."""
         if self.impairment.flap is None:
             return None
-        up, down = self.impairment.flap
+        falls, rises = self._cycle(self.impairment.flap, now)
+        return falls if falls > now else rises
+
+    def _cycle(self, flap: tuple[float, float], now: float) -> tuple[float, float]:
+        """The flap's cycle holding now: (when its down phase starts, when the next cycle starts). Every
+        edge is computed one way, since + k * period (+ up), so that at the very time next_transition()
+        gives, down() has changed: a modulo here and a floor there disagree by a rounding at an edge,
+        and the carrier would miss a whole phase."""
+        up, down = flap
         period = up + down
-        start = self.since + math.floor((now - self.since) / period) * period
-        for edge in (start + up, start + period, start + period + up):
-            if edge > now:
-                return edge
-        return None  # pragma: no cover - one of the three is always after now
+        k = math.floor((now - self.since) / period)
+        if self.since + k * period > now:
+            k -= 1
+        elif self.since + (k + 1) * period <= now:
+            k += 1
+        return self.since + k * period + up, self.since + (k + 1) * period
 
     def next_due(self) -> float | None:
         return self.queue[0][0] if self.queue else None
@@ -284,8 +341,7 @@ class Stage:
             out.append(pkt)
             return
         if self.down(now):
-            self.stats["down-dropped"] += 1
-            self.ledger[Drop.LINK_DOWN] += 1
+            self._count("down-dropped", Drop.LINK_DOWN, pkt)
             return
         if not self.per_packet:
             self._queue(pkt, now, now, out)
@@ -294,7 +350,7 @@ class Stage:
             try:
                 pieces = segment(pkt)
             except GsoError:
-                self.ledger[Drop.BAD_VNET_HEADER] += 1
+                self._count("", Drop.BAD_VNET_HEADER, pkt)
                 return
             for piece in pieces:
                 self._packet(piece, now, out)
@@ -314,35 +370,34 @@ class Stage:
             else:
                 lost = rng.random() < self.loss
             if lost:
-                self.stats["lost"] += 1
-                self.ledger[Drop.IMPAIR_LOSS] += 1
+                self._count("lost", Drop.IMPAIR_LOSS, pkt)
                 return
         imp = self.impairment
         if imp.corrupt and rng.random() < imp.corrupt:
             pkt = self._corrupt(pkt)
-            self.stats["corrupted"] += 1
+            self._count("corrupted", None, pkt)
         copies = 1
         if imp.duplicate and rng.random() < imp.duplicate:
             copies = 2
-            self.stats["duplicated"] += 1
+            self._count("duplicated", None, pkt)
         for _ in range(copies):
             if imp.reorder and rng.random() < imp.reorder:
-                self.stats["reordered"] += 1
+                self._count("reordered", None, pkt)
                 out.append(pkt)
                 continue
             depart = now
             if imp.rate:
                 if len(self.queue) >= self.limit:
-                    self.stats["limit-dropped"] += 1
-                    self.ledger[Drop.IMPAIR_LIMIT] += 1
+                    self._count("limit-dropped", Drop.IMPAIR_LIMIT, pkt)
                     continue
-                tat = self.tat if self.tat > now else now
+                # The packet's own bytes count before it may leave, as in tbf: a bucket of B bytes
+                # lets B bytes through at once (not B and one more packet), then the rate.
+                tat = (self.tat if self.tat > now else now) + (len(pkt) - VNET_HDR_LEN) * 8 / imp.rate
                 depart = tat - self.tau if tat - self.tau > now else now
                 if depart - now > self.latency:
-                    self.stats["rate-dropped"] += 1
-                    self.ledger[Drop.IMPAIR_RATE] += 1
+                    self._count("rate-dropped", Drop.IMPAIR_RATE, pkt)
                     continue
-                self.tat = tat + (len(pkt) - VNET_HDR_LEN) * 8 / imp.rate
+                self.tat = tat
             self._queue(pkt, now, depart, out)
 
     def _queue(self, pkt: bytes, now: float, depart: float, out: list[bytes]) -> None:
@@ -361,12 +416,20 @@ class Stage:
             out.append(pkt)
             return
         if len(self.queue) >= self.limit:
-            self.stats["limit-dropped"] += 1
-            self.ledger[Drop.IMPAIR_LIMIT] += 1
+            self._count("limit-dropped", Drop.IMPAIR_LIMIT, pkt)
             return
         self.last_due = due
         self.stats["delayed"] += 1
         self.queue.append((due, pkt))
+
+    def _count(self, what: str, drop: Drop | None, pkt: bytes) -> None:
+        """A frame the stage did `what` to: its count, the ledger's for a drop, and the observer."""
+        if what:
+            self.stats[what] += 1
+        if drop is not None:
+            self.ledger[drop] += 1
+        if self.observe is not None and what:
+            self.observe(what, pkt)
 
     def _corrupt(self, pkt: bytes) -> bytes:
         """pkt with one random bit flipped in its transport payload (its transport header if it has no
@@ -376,12 +439,10 @@ class Stage:
             frame = bytearray(complete(pkt))
         except GsoError:
             frame = bytearray(pkt)
-        start = _payload_offset(frame)
-        if start >= len(frame):
-            start = VNET_HDR_LEN + ETH_HDR_LEN
-        if start >= len(frame):
+        start, end = _corruptible(frame)
+        if start >= end:
             return bytes(frame)
-        bit = self.rng.randrange((len(frame) - start) * 8)
+        bit = self.rng.randrange((end - start) * 8)
         frame[start + bit // 8] ^= 1 << (bit % 8)
         return bytes(frame)
 
@@ -390,6 +451,15 @@ class Stage:
         queue = self.queue
         while queue and queue[0][0] <= now:
             out.append(queue.popleft()[1])
+
+    def explain(self, pkt: bytes, now: float) -> str:
+        """What this stage would do with pkt, without deciding it (no random draw, no tokens): trace."""
+        if self.selector is not None and not self.selector(pkt[VNET_HDR_LEN:]):
+            return "not selected by its filter: passes unimpaired"
+        if self.down(now):
+            return "the link is down: dropped (link-down)"
+        held = f"; {len(self.queue)} frames queued ahead of it" if self.queue else ""
+        return self.impairment.summary() + held
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
@@ -401,28 +471,35 @@ class Stage:
         }
 
 
-def _payload_offset(frame: bytearray) -> int:
-    """Where an IPv4 or IPv6 (no extension headers) frame's transport payload starts, or its transport
-    header when it carries no payload; past the Ethernet header otherwise."""
+def _corruptible(frame: bytearray) -> tuple[int, int]:
+    """Where a bit may flip, (start, end): an IPv4 or IPv6 (no extension headers) packet's transport
+    payload, or its transport header when it carries no payload; past the Ethernet header otherwise.
+    The end is the IP packet's, not the frame's: a flip in Ethernet padding would corrupt nothing."""
     l3 = VNET_HDR_LEN + ETH_HDR_LEN
-    if len(frame) < l3 + 20:
-        return l3
+    size = len(frame)
+    if size < l3 + 20:
+        return l3, size
     ethertype = frame[l3 - 2] << 8 | frame[l3 - 1]
     if ethertype == 0x0800:
         l4 = l3 + (frame[l3] & 0x0F) * 4
         proto = frame[l3 + 9]
-    elif ethertype == 0x86DD and len(frame) >= l3 + 40:
+        end = l3 + (frame[l3 + 2] << 8 | frame[l3 + 3])
+    elif ethertype == 0x86DD and size >= l3 + 40:
         l4 = l3 + 40
         proto = frame[l3 + 6]
+        end = l4 + (frame[l3 + 4] << 8 | frame[l3 + 5])
     else:
-        return l3
-    if proto == 6 and len(frame) >= l4 + 13:
+        return l3, size
+    end = min(end, size)
+    if end <= l4:  # lengths that do not add up (or a jumbogram): anywhere past the Ethernet header
+        return l3, size
+    if proto == 6 and end >= l4 + 13:
         payload = l4 + (frame[l4 + 12] >> 4) * 4
     elif proto == 17:
         payload = l4 + 8
     else:
         payload = l4
-    return payload if payload < len(frame) else l4
+    return (payload, end) if payload < end else (l4, end)
 
 
 @dataclass(frozen=True)

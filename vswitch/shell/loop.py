@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import io
 import logging
 import os
@@ -309,8 +310,11 @@ class Shell:
             observed = shell._observers
             observers = observed.get(port) if observed else None
             hook = shell.hook
-            divert = shell._divert  # observers, out stages or partitions: each write goes by _send
-            ins = shell.emulator.ins
+            # Observers, out stages or partitions: a write they concern goes by _send (a port beside an
+            # impaired one still takes the inlined write below, for the cost of two lookups).
+            divert = shell._divert
+            emulator = shell.emulator
+            ins, outs, blocked = emulator.ins, emulator.outs, emulator.blocked
             stage_in = ins.get(port) if ins else None
             forward = forwarder(port)
             now = loop_time()
@@ -360,7 +364,7 @@ class Shell:
                 else:
                     shell._write_all(port, pkt, verdict)  # a flood, or the router's several frames
                     continue
-                if divert:
+                if divert and (observed or out in outs or (blocked and (port, out) in blocked)):
                     run_out = out
                     shell._send(port, out, data, now)
                     continue
@@ -606,6 +610,10 @@ class Shell:
         it asks for, and the timer (a new stage may be due sooner)."""
         emulator = self.emulator
         self._divert = bool(self._observers) or emulator.active
+        for direction, stages in (("in", emulator.ins), ("out", emulator.outs)):
+            for port, stage in stages.items():
+                observed = port in self._observers
+                stage.observe = functools.partial(self._observe_link, port, direction) if observed else None
         if emulator.carrier_changes:
             changes = list(emulator.carrier_changes)
             emulator.carrier_changes.clear()
@@ -614,6 +622,15 @@ class Shell:
                     self.on_carrier(port, up)
         if self._timer_at is not None or emulator.ins or emulator.outs:
             self._rearm(self.loop.time())
+
+    def _observe_link(self, port: int, direction: str, what: str, pkt: bytes) -> None:
+        """A stage's event (a frame lost, duplicated, ...) to the port's observers as "link:DIR:WHAT"."""
+        try:
+            for observer in self._observers.get(port, ()):
+                observer(f"link:{direction}:{what}", pkt)
+        except Exception:
+            self.datapath.counters.events[Event.OBSERVER_ERROR] += 1
+            self._log_error(f"port {self.datapath.counters.names[port]}: an observer raised on a link event")
 
     def _send(self, in_port: int, out: int, data: Frame, now: float) -> None:
         """data, from in_port, to out: unless a partition stands between them, through out's stage if

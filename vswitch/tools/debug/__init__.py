@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
+from ...core.bpf import FilterError
 from ...shell.commands import BASE
 from ...shell.control import ControlError, ControlTable
 from ...shell.instance import Instance
 from . import capture, common, doctor, inject, pingall, top, trace
-from ...core.bpf import FilterError
 from .pcap import PcapError
 
 Handler = Callable[[argparse.Namespace], int]

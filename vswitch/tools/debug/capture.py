@@ -11,7 +11,10 @@ running drop count.
 
 A line: {"port": label, "dir": "rx" | "tx", "t": seconds (float), "ns": nanoseconds since the epoch,
 "data": base64, "dropped": n}. "rx" is a frame the switch read from the port's tap (it came out of
-the namespace: inbound on that interface), "tx" one the switch wrote to it (outbound).
+the namespace: inbound on that interface), "tx" one the switch wrote to it (outbound). On an impaired
+port (network emulation), "link:in:WHAT" or "link:out:WHAT" is a frame its stage lost, dropped
+(rate-dropped, limit-dropped, down-dropped), duplicated, corrupted (the frame as corrupted) or
+reordered; a delayed frame shows as itself, "tx" at the time it really left.
 """
 
 from __future__ import annotations
@@ -135,7 +138,12 @@ def summary(record: dict[str, Any], port: str) -> str:
     seconds, nanos = divmod(stamp_ns(record), 1_000_000_000)
     stamp = time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{nanos // 1000:06d}"
     frame = unb64(record["data"])
-    arrow = "in " if record["dir"] == "rx" else "out"
+    kind = str(record["dir"])
+    if kind.startswith("link:"):  # an impaired link's event: what its stage did to the frame
+        _, way, what = [*kind.split(":", 2), "", ""][:3]
+        arrow = f"{'in ' if way == 'in' else 'out'} [link {what}]"
+    else:
+        arrow = "in " if kind == "rx" else "out"
     return f"{stamp} {port} {arrow} {Ether(frame).summary()}  ({len(frame)} bytes)"
 
 
@@ -209,10 +217,17 @@ def run_capture(args: argparse.Namespace, ports: list[str], fmt: str | None) -> 
             got += 1
             dropped = int(record.get("dropped", 0))
             port = str(record.get("port", ports[0]))
+            kind = str(record["dir"])
+            link = kind.split(":", 2) if kind.startswith("link:") else None
             if isinstance(writer, PcapNgWriter):
-                direction = INBOUND if record["dir"] == "rx" else OUTBOUND
-                writer.write(port, stamp_ns(record), unb64(record["data"]), direction)
+                inbound = kind == "rx" or (link is not None and link[1:2] == ["in"])
+                comment = f"vswitch link: {link[-1]}" if link is not None else None
+                writer.write(
+                    port, stamp_ns(record), unb64(record["data"]), INBOUND if inbound else OUTBOUND, comment
+                )
                 writer.flush()
+            elif link is not None and writer is not None:
+                pass  # a classic pcap has no comments: a lost frame would look like one sent
             elif writer is not None:
                 writer.write(float(record["t"]), unb64(record["data"]))
                 writer.flush()

@@ -64,6 +64,7 @@ SHB_USERAPPL: Final = 4
 IF_NAME: Final = 2
 IF_TSRESOL: Final = 9
 EPB_FLAGS: Final = 2
+OPT_COMMENT: Final = 1  # UTF-8, any block (pcapng section 3.5)
 INBOUND: Final = 1  # epb_flags bits 0-1
 OUTBOUND: Final = 2
 TSRESOL_NS: Final = 9  # 10^-9 s
@@ -113,9 +114,16 @@ class PcapNgWriter:
             opts = _options((IF_NAME, name.encode()), (IF_TSRESOL, bytes([TSRESOL_NS])))
             out.write(_block(BLOCK_IDB, idb + opts))
 
-    def write(self, interface: str, timestamp_ns: int, frame: bytes, direction: int | None = None) -> None:
+    def write(
+        self,
+        interface: str,
+        timestamp_ns: int,
+        frame: bytes,
+        direction: int | None = None,
+        comment: str | None = None,
+    ) -> None:
         """One frame seen on interface at timestamp_ns (ns since the epoch); direction INBOUND,
-        OUTBOUND or None (not known: no epb_flags)."""
+        OUTBOUND or None (not known: no epb_flags); a comment (Wireshark shows it) if given."""
         kept = frame[: self.snaplen]
         header = struct.pack(
             "<IIIII",
@@ -125,7 +133,10 @@ class PcapNgWriter:
             len(kept),
             len(frame),
         )
-        opts = _options() if direction is None else _options((EPB_FLAGS, struct.pack("<I", direction & 3)))
+        options = [] if direction is None else [(EPB_FLAGS, struct.pack("<I", direction & 3))]
+        if comment is not None:
+            options.append((OPT_COMMENT, comment.encode()))
+        opts = _options(*options)
         self.out.write(_block(BLOCK_EPB, header + _pad(kept) + opts))
         self.count += 1
 

@@ -23,6 +23,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Final
 
 from ...core.datapath import Datapath, Transmit, Verdict
+from ...core.emulation import Emulator
 from ...core.wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
 from ...shell.control import CommandError, ControlError
 from ...shell.loop import OUTER_ETHERNET
@@ -173,6 +174,10 @@ def trace_command(instance: Instance, req: dict[str, Any]) -> Any:
         frames.append((ingress(instance, r.get("port"), frame)[0], frame))
     now = asyncio.get_running_loop().time()
     traces = trace_many(instance.datapath, frames, now)
+    if instance.shell is not None and instance.shell.emulator.configured:
+        for (in_port, frame), traced in zip(frames, traces, strict=True):
+            names = instance.datapath.counters.names
+            _emulation_notes(instance.shell.emulator, names, in_port, frame, traced, now)
     if on_trunk is not None:
         traces[0].stages.insert(1, ("vlan", on_trunk))
     result = traces[0].to_json()
@@ -188,6 +193,27 @@ def trace_command(instance: Instance, req: dict[str, Any]) -> Any:
             shell.send(verdict)
         result["sent"] = True
     return result
+
+
+def _emulation_notes(
+    emulator: Emulator, names: list[str], in_port: int, pkt: bytes, result: Trace, now: float
+) -> None:
+    """What network emulation does around the pipeline: the ingress port's "in" stage (before it), and
+    for each output a partition that drops it or its port's "out" stage."""
+    stage = emulator.stage(in_port, "in")
+    if stage is not None:
+        result.stages.insert(1, ("link", f"{names[in_port]} in: {stage.explain(pkt, now)}"))
+    ids = {name: port for port, name in enumerate(names)}
+    for name, frame in result.outputs:
+        out = ids.get(name)
+        if out is None:
+            continue
+        if emulator.blocks(in_port, out):
+            result.stages.append(("partition", f"{names[in_port]} -> {name}: dropped (partitioned)"))
+            continue
+        stage = emulator.stage(out, "out")
+        if stage is not None:
+            result.stages.append(("link", f"{name} out: {stage.explain(frame, now)}"))
 
 
 def ingress(instance: Instance, label: Any, pkt: bytes) -> tuple[int, str | None]:
