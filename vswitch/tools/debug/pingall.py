@@ -261,6 +261,13 @@ def _outcome(result: dict[str, Any], target: str) -> tuple[bool, str]:
                 False,
                 f"the router has no NDP entry: {text}; the namespace never answered (NDP unanswered)",
             )
+    for stage, text in stages:  # network emulation (trace's notes): what the links do around the pipeline
+        if stage == "partition" and text.split(" -> ")[-1].startswith(f"{target}:"):
+            return False, f"partitioned: {text} (vswitch heal removes it)"
+        if stage == "link" and "dropped" in text:
+            return False, f"impaired link: {text} (vswitch link PORT --clear)"
+        if stage == "link" and ("loss 100%" in text):
+            return False, f"impaired link: {text}: every frame is lost (vswitch link PORT --clear)"
     if target in ports:
         flooded = any("no FDB entry" in text for _s, text in stages)
         return True, f"reaches {target}" + (" (flooded: no FDB entry for its MAC yet)" if flooded else "")
