@@ -19,6 +19,16 @@ keep it short. A returned frame keeps the original virtio-net header when its le
 checksum offload stays valid); a frame of another length gets a zero header, so a TSO super-frame must
 not be resized by a hook. A trunk's frames are hooked as the trunk carries them (tagged, on the trunk's
 label); what arrives from a VXLAN tunnel's underlay is not hooked.
+
+Network emulation (README "Network emulation") is a method away, in seconds, fractions and bits a second:
+
+    with Switch(ports=["ns1", "ns2"]) as sw:
+        with sw.impair("ns1", delay=0.05, jitter=0.005, loss=0.01):   # both directions of ns1's link
+            ...                                    # 100 ms more round trip to ns1, 1 % lost each way
+        # cleared here
+        with sw.partition("ns1", ["ns2"]):         # ns1 and ns2 cannot reach each other
+            ...
+        # healed here (every partition: see Switch.partition)
 """
 
 from __future__ import annotations
@@ -29,8 +39,9 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .config import services, topology
+from .config import links, services, topology
 from .config.topology import ConfigError
+from .core.emulation import Direction, Impairment
 from .core.wire import VNET_HDR_LEN, ZERO_VNET_HDR
 from .shell.control import CommandError
 from .shell.instance import Instance, StartError
@@ -263,5 +274,156 @@ class Switch:
         """A snapshot of the counters (per port, drops by reason); read across threads, so approximate."""
         return dict(self._running().datapath.counters.snapshot())
 
+    # --- network emulation --------------------------------------------------------------------------
+    def impair(
+        self,
+        port: str,
+        direction: str = "both",
+        *,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        distribution: str = "uniform",
+        loss: float = 0.0,
+        loss_burst: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        corrupt: float = 0.0,
+        rate: float = 0.0,
+        burst: int = 0,
+        latency: float = 0.0,
+        limit: int = 0,
+        down: bool = False,
+        flap: tuple[float, float] | None = None,
+        carrier: bool = False,
+        filter: str | None = None,
+        seed: int | None = None,
+    ) -> Impaired:
+        """Impair port's link at once, in direction "in" (what its namespace sends), "out" (what it is
+        sent) or "both", replacing what it had there; as `vswitch link PORT` with times in seconds,
+        loss, duplicate, reorder and corrupt as fractions (0.01 is 1 %), rate in bits a second, burst
+        in bytes, flap as (up, down) seconds. Returns an Impaired: as a context manager, leaving it
+        clears that port in those directions. ValueError for a bad value or port."""
+        directions = self._directions(direction)
+        try:
+            impairment = links.checked(
+                Impairment(
+                    delay=delay,
+                    jitter=jitter,
+                    distribution=distribution,
+                    loss=loss,
+                    loss_burst=loss_burst,
+                    duplicate=duplicate,
+                    reorder=reorder,
+                    corrupt=corrupt,
+                    rate=rate,
+                    burst=burst,
+                    latency=latency,
+                    limit=limit,
+                    down=down,
+                    flap=flap,
+                    carrier=carrier,
+                    filter=filter,
+                    seed=seed,
+                ),
+                toml=True,  # the words of keyword arguments: loss_burst, not --loss-burst
+            )
+            if filter is not None:
+                links.check_filter(filter, "filter")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        entry = self._on_loop(lambda instance: instance.set_link(port, directions, impairment))
+        return Impaired(self, port, directions, entry)
 
-__all__ = ["PacketHook", "Switch"]
+    def clear_link(self, port: str, direction: str = "both") -> dict[str, Any]:
+        """Remove port's impairment in those directions (what is queued still leaves at its time)."""
+        directions = self._directions(direction)
+        entry: dict[str, Any] = self._on_loop(lambda instance: instance.clear_link(port, directions))
+        return entry
+
+    def links(self) -> dict[str, Any]:
+        """The impaired links, the partitions and the carriers taken down (as `vswitch link --json`)."""
+        described: dict[str, Any] = self._on_loop(lambda instance: instance.links())
+        return described
+
+    def partition(
+        self, sources: str | Sequence[str], targets: str | Sequence[str], two_way: bool = True
+    ) -> Partitioned:
+        """Drop frames from the sources' ports to the targets' (and back, two_way), as `vswitch partition`;
+        each side a port, "ns1,ns2", or a list. Returns a Partitioned: as a context manager, leaving it
+        heals, and healing removes EVERY partition (the switch has no removal of one partition)."""
+        src, dst = _sides(sources), _sides(targets)
+        result = self._on_loop(lambda instance: instance.partition(src, dst, two_way))
+        return Partitioned(self, list(result["partitions"]))
+
+    def heal(self) -> int:
+        """Remove every partition; how many there were."""
+        result = self._on_loop(lambda instance: instance.heal())
+        return int(result["healed"])
+
+    @staticmethod
+    def _directions(direction: str) -> tuple[Direction, ...]:
+        try:
+            return links.parse_directions(direction, "direction")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _on_loop(self, call: Callable[[Instance], Any]) -> Any:
+        """Run call(instance) on the switch's loop (its thread owns the emulator and the datapath); its
+        errors raise here as ValueError with the control socket's words."""
+        instance, loop = self._running(), self._loop
+        assert loop is not None
+
+        async def run() -> Any:
+            return call(instance)
+
+        try:
+            return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=5.0)
+        except (CommandError, ConfigError) as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _sides(side: str | Sequence[str]) -> list[str]:
+    names = side.split(",") if isinstance(side, str) else list(side)
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
+        raise ValueError("a partition needs a port on each side")
+    return names
+
+
+class Impaired:
+    """An impairment Switch.impair set: `entry` is the port's link as set (settings, queue, counts);
+    clear() (or leaving the `with` block) removes it in the directions it was set in."""
+
+    def __init__(self, switch: Switch, port: str, directions: tuple[Direction, ...], entry: dict[str, Any]):
+        self.switch, self.port, self.directions, self.entry = switch, port, directions, entry
+
+    def clear(self) -> None:
+        if self.switch.instance is not None:  # a stopped switch took its impairments with it
+            self.switch.clear_link(self.port, "both" if len(self.directions) == 2 else self.directions[0])
+
+    def __enter__(self) -> Impaired:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.clear()
+
+
+class Partitioned:
+    """A partition Switch.partition made: `partitions` lists them all as `vswitch link` does; heal()
+    (or leaving the `with` block) removes every partition, this one and any other."""
+
+    def __init__(self, switch: Switch, partitions: list[str]):
+        self.switch, self.partitions = switch, partitions
+
+    def heal(self) -> None:
+        if self.switch.instance is not None:
+            self.switch.heal()
+
+    def __enter__(self) -> Partitioned:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.heal()
+
+
+__all__ = ["Impaired", "PacketHook", "Partitioned", "Switch"]

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import services, topology
+from .config import links, services, topology
 from .config.topology import ConfigError, Topology, check_instance
+from .core.emulation import Impairment
 from .shell.control import ControlError, request
 from .shell.instance import Instance, StartError, down
 from .shell.kernel import STOP_SIGNALS
@@ -236,9 +237,112 @@ def build_parser() -> Parser:
     for p in (add, remove, move):
         p.add_argument("--name", default="default")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_emulation_parsers(sub)
     for module in EXTENSIONS:
         EXTENSION_COMMANDS.update(importlib.import_module(module).register(sub))
     return parser
+
+
+# `vswitch link` options: (field, metavar, help); the values stay text until config.links parses them,
+# so a bad one is one line and exit status 2, as a bad `vswitch up` option is.
+LINK_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("delay", "TIME", "hold each packet this long: 40ms, 1.5s"),
+    ("jitter", "TIME", "vary the delay by up to this (never reordering)"),
+    ("distribution", "uniform|normal", "of the jitter: uniform in +-jitter, or normal with sigma = jitter"),
+    ("loss", "P%", "lose this share of packets: 1%, 0.5%"),
+    ("loss_burst", "N", "lose them in bursts of N packets on average (Gilbert), at the same rate"),
+    ("duplicate", "P%", "send this share twice"),
+    ("reorder", "P%", "send this share at once, ahead of the delayed ones"),
+    ("corrupt", "P%", "flip one bit in this share (after the checksum is completed)"),
+    ("rate", "RATE", "shape to this rate: 10mbit, 1gbit (bps, kbps, mbps: BYTES a second, as tc's)"),
+    ("burst", "SIZE", "the shaper's bucket: 32kb (default: 5 ms at the rate, at least two full frames)"),
+    ("latency", "TIME", "drop a packet that would wait longer than this for the shaper (default 50ms)"),
+    ("limit", "N", "packets the queue holds (default: the rate-delay product, at least 1000)"),
+    ("flap", "UP/DOWN", "take the link down and up again, repeating: 2s/500ms"),
+    ("filter", "EXPR", "impair only the frames this capture filter matches ('tcp port 80')"),
+    ("seed", "N", "seed the random choices: the same seed and frames give the same result"),
+)
+LINK_FLAGS: tuple[tuple[str, str], ...] = (
+    ("down", "take the link down: every packet is dropped (link-down)"),
+    ("carrier", "with --down or --flap, take the carrier down in the namespace too"),
+)
+
+
+def add_emulation_parsers(sub: Any) -> None:
+    """`vswitch link`, `vswitch partition`, `vswitch heal` (README "Network emulation")."""
+    link = sub.add_parser(
+        "link",
+        help="impair a port's link (delay, loss, rate, down, ...), clear it, or list the impaired links",
+        description="With no PORT: the impaired links and the partitions. With PORT and options: replace "
+        "its impairment in those directions (in: what the namespace sends, out: what it is sent).",
+    )
+    link.add_argument("port", nargs="?", metavar="PORT", help="a port's name (as `vswitch status` shows it)")
+    link.add_argument(
+        "--direction", default="both", metavar="in|out|both", help="which way to impair (default both)"
+    )
+    for field, metavar, text in LINK_OPTIONS:
+        flags = ["-f", "--filter"] if field == "filter" else [links.option(field)]
+        link.add_argument(*flags, dest=field, metavar=metavar, help=text)
+    for field, text in LINK_FLAGS:
+        link.add_argument(links.option(field), dest=field, action="store_true", help=text)
+    link.add_argument("--clear", action="store_true", help="remove the port's impairment (those directions)")
+    part = sub.add_parser(
+        "partition",
+        help="drop frames between ports: A,B / C (both ways) or A,B --to C (one way)",
+        description="Ports on one side are separated by commas; '/' stands alone between the sides. "
+        "Partitions add up until `vswitch heal`.",
+    )
+    part.add_argument("sides", nargs="+", metavar="PORTS", help="A,B / C, or A,B with --to")
+    part.add_argument("--to", metavar="PORTS", help="one way: frames from PORTS to these are dropped")
+    heal = sub.add_parser("heal", help="remove every partition")
+    for p in (link, part, heal):
+        p.add_argument("--name", default="default")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def link_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The control request `vswitch link` sends, or ConfigError for what the user must fix."""
+    values = {field: getattr(args, field) for field, _, _ in LINK_OPTIONS}
+    values.update((field, getattr(args, field)) for field, _ in LINK_FLAGS)
+    given = [links.option(field) for field, value in values.items() if value not in (None, False)]
+    if args.clear:
+        given.append("--clear")
+    if args.port is None:
+        if given:
+            raise ConfigError(f"{given[0]} needs a PORT: vswitch link PORT {given[0]} ...")
+        return {"op": "list"}
+    directions = links.parse_directions(args.direction)
+    direction = "both" if len(directions) == 2 else directions[0]
+    if args.clear:
+        if len(given) > 1:
+            raise ConfigError(f"--clear takes no impairment, not {given[0]}")
+        return {"op": "clear", "port": args.port, "direction": direction}
+    impairment = links.impairment_from_options(values)
+    if impairment is None:
+        raise ConfigError(
+            f"link {args.port}: give an impairment (--delay, --loss, --rate, --down ...) or --clear"
+        )
+    return {"op": "set", "port": args.port, "direction": direction, "impairment": impairment.settings()}
+
+
+def partition_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The control request `vswitch partition` sends: A,B / C both ways, A,B --to C one way."""
+    text = " ".join(args.sides)
+    if args.to is not None:
+        if "/" in text:
+            raise ConfigError("partition: give A,B / C (both ways) or A,B --to C (one way), not both")
+        return {"sources": _port_list(text), "targets": _port_list(args.to), "two_way": False}
+    sources, sep, targets = text.partition("/")
+    if not sep or "/" in targets:
+        raise ConfigError(f"partition {text!r}: give the two sides as A,B / C (or A,B --to C for one way)")
+    return {"sources": _port_list(sources), "targets": _port_list(targets), "two_way": True}
+
+
+def _port_list(text: str) -> list[str]:
+    names = text.replace(",", " ").split()
+    if not names:
+        raise ConfigError("partition: each side needs at least one port")
+    return names
 
 
 def topology_from_args(args: argparse.Namespace) -> Topology:
@@ -509,6 +613,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if services["dns"]:
             dns = f"DNS for .{services['domain']}, upstream {services['dns_upstream'] or 'none (REFUSED)'}"
         print(f"services: {dhcp}; {dns}")
+    emulation = result.get("emulation")
+    if emulation:
+        print("emulation: " + emulation_summary(emulation) + " (vswitch link)")
     for t in result.get("tunnels") or []:
         print(
             f"vxlan {t['port']}: segment {t['segment']}, VNI {t['vni']}, local {t['local']}:{t['dstport']} "
@@ -613,6 +720,98 @@ def cmd_port(args: argparse.Namespace) -> int:
     return 0
 
 
+def control(args: argparse.Namespace, cmd: str, **fields: Any) -> Any:
+    """One request to the instance args.name; its error is one line and exit status 1."""
+    check_or_fail(args.name)
+    try:
+        return request(socket_path(args.name), cmd, **fields)
+    except ControlError as exc:
+        fail(f"instance {args.name}: {exc}")
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    try:
+        fields = link_request(args)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    result = control(args, "link", **fields)
+    if print_json(args, result):
+        return 0
+    if fields["op"] == "list":
+        print_links(result)
+    else:
+        print_link_entries([result], f"link {result.get('port', args.port)}")
+    return 0
+
+
+def _impairment_words(settings: dict[str, Any]) -> str:
+    """A stage's settings as trace says them; a cleared stage has none until its queue drains."""
+    if not settings:
+        return "(cleared: its queue drains)"
+    try:
+        return Impairment.from_settings(settings).summary()
+    except ValueError:  # an instance of another version: its own words
+        return json.dumps(settings)
+
+
+def print_link_entries(entries: list[dict[str, Any]], title: str) -> None:
+    rows = []
+    for entry in entries:
+        for direction in ("in", "out"):
+            stage = entry.get(direction)
+            if stage is None:
+                continue
+            stats = " ".join(f"{what}={count}" for what, count in stage.get("stats", {}).items())
+            queue = f"{stage['queued']}/{stage['limit']}"
+            link = "down" if stage["down"] else "up"
+            rows.append(
+                [entry["port"], direction, link, queue, stats or "-", _impairment_words(stage["settings"])]
+            )
+    if not rows:
+        print(f"{title}: not impaired" if len(entries) == 1 else f"{title}: none impaired")
+        return
+    table(title, ["port", "dir", "link", "queued/limit", "counts", "impairment"], rows)
+
+
+def emulation_summary(result: dict[str, Any]) -> str:
+    """One line: which ports are impaired (and how) and the partitions."""
+    impaired = [
+        f"{entry['port']} ({', '.join(d for d in ('in', 'out') if d in entry)})" for entry in result["links"]
+    ]
+    partitions = result.get("partitions") or []
+    return (
+        f"impaired {', '.join(impaired) or 'none'}; "
+        f"partitions {'; '.join(partitions) if partitions else 'none'}"
+    )
+
+
+def print_links(result: dict[str, Any]) -> None:
+    print_link_entries(result["links"], "links")
+    partitions = result.get("partitions") or []
+    print("partitions: " + ("; ".join(partitions) if partitions else "none"))
+    if result.get("carrier_down"):
+        print("carrier down: " + ", ".join(result["carrier_down"]))
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    try:
+        fields = partition_request(args)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    result = control(args, "partition", **fields)
+    if not print_json(args, result):
+        print("partitions: " + "; ".join(result["partitions"]))
+    return 0
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    result = control(args, "heal")
+    if not print_json(args, result):
+        healed = result["healed"]
+        print(f"healed {healed} partition{'' if healed == 1 else 's'}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "routes": cmd_table("routes", "routes"),
     "arp": cmd_table("arp", "neighbours (ARP, NDP)"),
@@ -624,6 +823,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "fdb": cmd_fdb,
     "stats": cmd_stats,
     "port": cmd_port,
+    "link": cmd_link,
+    "partition": cmd_partition,
+    "heal": cmd_heal,
 }
 
 

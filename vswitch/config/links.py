@@ -1,9 +1,10 @@
 """Network emulation settings: `vswitch link`, `vswitch partition` and TOML's [link.PORT] tables.
 
 The values are written as tc and netem write them, with a unit each:
-- times: 40ms, 1.5s, 2m (a bare number is refused on the command line: netem's is microseconds, ours
-  would be seconds; in TOML a number is seconds, as lease_time's);
-- percentages: 1%, 0.5%, 100% (a bare number is refused: tc reads 1 as 1 %, the Python API as 100 %);
+- times: 40ms, 1.5s, 2m (a bare number is refused on the command line: is 40 seconds or milliseconds?
+  In TOML a number is seconds, as lease_time's);
+- percentages: 1%, 0.5%, 100% (a bare number is refused, in TOML too: 1 could be 1 %, or 100 % as a
+  fraction of the Python API);
 - rates, tc's units: bit (or a bare number), kbit, mbit, gbit, tbit are bits a second (1000-based), and
   bps, kbps, mbps, gbps, tbps are BYTES a second (10mbps is 80mbit), as tc(8) has them;
 - sizes (--burst): bytes, or with k/kb, m/mb, g/gb (1024-based, as tc's).
@@ -52,7 +53,12 @@ _RATE_UNITS: Final = {
 }
 _PERCENT: Final = re.compile(_NUMBER + r"\s*%")
 _SIZE: Final = re.compile(_NUMBER + r"([a-z]*)")
-_SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
+_SIZE_UNITS: Final = {
+    **dict.fromkeys(("", "b"), 1),
+    **dict.fromkeys(("k", "kb"), 1 << 10),
+    **dict.fromkeys(("m", "mb"), 1 << 20),
+    **dict.fromkeys(("g", "gb"), 1 << 30),
+}
 _INTEGER: Final = re.compile(r"\d+")
 BOTH: Final = "both"
 
@@ -174,8 +180,8 @@ def check_filter(text: str, what: str = "--filter") -> str:
     """A capture filter (the subset `vswitch capture` takes), compiled once to find its errors."""
     try:
         compile_filter(text)
-    except FilterError as exc:
-        raise ConfigError(f"{what} {text!r}: {exc}") from None
+    except FilterError as exc:  # "filter 'EXPR': why"
+        raise ConfigError(f"{what} {str(exc).removeprefix('filter ')}") from None
     return text
 
 
@@ -203,8 +209,8 @@ def parse_value(field: str, text: str, what: str) -> Any:
 
 
 def checked(impairment: Impairment, toml: bool = False) -> Impairment:
-    """impairment.check(), its ValueError as a ConfigError; in TOML's words (loss_burst, not
-    --loss-burst) for a config file."""
+    """impairment.check(), its ValueError as a ConfigError; with toml, in the words of a config file's
+    keys and the Python API's arguments (loss_burst, not --loss-burst)."""
     try:
         return impairment.check()
     except ValueError as exc:
@@ -306,18 +312,20 @@ def _finite(value: object) -> bool:
 
 
 def check_ports(settings: list[LinkSetting], ports: Mapping[str, str]) -> None:
-    """Each [link.PORT] names a port ({label: its kind: "port", "trunk", "tunnel"}), once; a trunk or a
-    tunnel is impaired only "out" (what the switch sends it)."""
+    """Each [link.PORT] names a port that can be impaired ({label: kind}: "port" for a tap of ours, a
+    namespace's port, the host port or the uplink; "trunk" or "tunnel" for those, which cannot be: their
+    VLANs and remotes share one fd), once."""
     seen: set[str] = set()
     for setting in settings:
         where = f"[link.{setting.port}]"
         kind = ports.get(setting.port)
         if kind is None:
-            raise ConfigError(f"{where}: there is no port {setting.port!r}")
+            names = ", ".join(label for label, kind in ports.items() if kind == "port")
+            raise ConfigError(f"{where}: there is no port {setting.port!r} (the ports: {names})")
+        if kind != "port":
+            raise ConfigError(
+                f"{where}: a {kind} cannot be impaired, only a namespace's port, the host port or the uplink"
+            )
         if setting.port in seen:
             raise ConfigError(f"{where}: the port is given twice")
         seen.add(setting.port)
-        if kind != "port" and "in" in setting.directions:
-            raise ConfigError(
-                f'{where}: a {kind} port is impaired only as it is sent to: give direction = "out"'
-            )

@@ -42,7 +42,7 @@ from ..core.vxlan import VNI_MAX
 from ..core.wire import parse_mac
 from . import services
 from .errors import ConfigError as ConfigError  # re-exported: every caller knows it as topology's
-from .links import LinkSetting
+from .links import LinkSetting, check_ports, link_settings_from_toml
 from .services import ServicesSpec
 
 IFNAMSIZ: Final = 16  # the kernel's limit on a link name, with its NUL
@@ -697,6 +697,7 @@ class Request:
     vxlan_fdb: list[tuple[str, bytes, IPv4Address]] = field(default_factory=list)
     trunks: list[TrunkSpec] = field(default_factory=list)
     services: ServicesSpec = field(default_factory=ServicesSpec)
+    links: list[LinkSetting] = field(default_factory=list)  # [link.PORT] tables
 
     def add_segment(
         self, name: str, ports: list[PortSpec], subnet: IPv4Network | None, subnet6: IPv6Network | None = None
@@ -796,6 +797,7 @@ def build(request: Request) -> Topology:
         uplink_mtu=request.segment_mtu.get(UPLINK_SEGMENT, default_mtu),
         trunks=list(request.trunks),
         services=request.services,
+        links=list(request.links),
     )
     topology = validate(topology)
     services.check(request.services, topology)
@@ -1050,7 +1052,19 @@ def validate(topology: Topology) -> Topology:
         raise ConfigError("txqueuelen must be between 1 and 1000000")
     if not 0 <= topology.flow_cache <= FLOW_CACHE_MAX:
         raise ConfigError(f"flow-cache must be between 0 (off) and {FLOW_CACHE_MAX}")
+    check_ports(topology.links, _link_ports(topology))
     return topology
+
+
+def _link_ports(topology: Topology) -> dict[str, str]:
+    """What a [link.PORT] may name, by kind: a tap of ours (a namespace's port, the host port, the
+    uplink) is a "port"; trunks and tunnels are named to be refused with a reason."""
+    kinds = {f"vx{s.vxlan.vni}": "tunnel" for s in topology.segments if s.vxlan is not None}
+    kinds.update((t.label, "trunk") for t in topology.trunks)
+    kinds.update((p.label, "port") for p in topology.ports)
+    if topology.uplink is not None:
+        kinds[topology.uplink.namespace] = "port"
+    return kinds
 
 
 def single_segment(
@@ -1088,6 +1102,7 @@ TOML_KEYS = services.TOML_KEYS | {
     "flow_cache",
     "mtu",
     "trunk",
+    "link",
 }
 
 
@@ -1174,6 +1189,8 @@ def request_from_toml(text: str) -> Request:
     if "mtu" in data:
         req.mtu = check_mtu(data["mtu"], "mtu")
     req.services = services.from_toml(data)
+    if "link" in data:
+        req.links = link_settings_from_toml(data["link"])
     return req
 
 

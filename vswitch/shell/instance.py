@@ -957,7 +957,7 @@ class Instance:
         found = next((p for p in self.ports if p.label == label), None)
         if found is None:
             names = ", ".join(p.label for p in self.ports)
-            raise CommandError(f"no port {label!r} to impair (the ports: {names})")
+            raise CommandError(f"no port {label!r} (the ports: {names})")
         return found
 
     def _emulator(self) -> Emulator:
