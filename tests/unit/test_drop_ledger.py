@@ -5,13 +5,16 @@ reason no frame through the core can cause it, and a test keeps the two tables c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import drain_wire, make_readable, socketpair_ports
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
@@ -34,6 +37,7 @@ from scapy.packet import Packet, Raw
 import vswitch
 from vswitch.core.counters import Drop
 from vswitch.core.datapath import Datapath
+from vswitch.core.emulation import DIRECTIONS, Direction, Emulator, Impairment, Stage
 from vswitch.core.nat import FRAGMENT_TIMEOUT, HELD_DATAGRAMS_MAX, NatConfig, PortForward
 from vswitch.core.npt import Npt
 from vswitch.core.routed import Interface
@@ -44,6 +48,7 @@ from vswitch.core.vxlan import Tunnel, Vtep
 from vswitch.core.wire import GSO_TCPV4, VNET_F_NEEDS_CSUM, VNET_HDR, ZERO_VNET_HDR
 from vswitch.services.dhcp import DhcpServer, Scope
 from vswitch.services.dns import DnsServer
+from vswitch.shell.loop import Shell
 from vswitch.tools.debug.trace import render, trace
 
 R_LAN, R_DMZ, R_WAN = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03"
@@ -911,6 +916,110 @@ def test_an_underlay_datagram_dropped_is_counted_once_on_the_tunnels_port(reason
     assert dp.counters.rx_packets[ports["remote"]] == 0  # nothing entered the segment
 
 
+# Network emulation (core/emulation.py): a frame an impaired link's stage takes and drops, in either
+# direction. The Emulator holds the datapath's own ledgers (as the shell builds it) and charges the
+# drop to the impaired port: for "out", the port the frame was going to. What comes before the frame
+# (one that empties the bucket, one that fills the queue) is the setup.
+@dataclass(kw_only=True)
+class Impaired(Scenario):
+    stage: Stage
+
+
+def impaired(direction: Direction, impairment: Impairment, *before: bytes) -> Impaired:
+    dp, ports = switched("a", "b")
+    emulator = Emulator(dp.counters.drops)
+    emulator.set(ports["a"], "a", (direction,), impairment.check(), None, NOW)
+    stage = emulator.stage(ports["a"], direction)
+    assert stage is not None
+    for pkt in before:
+        out: list[bytes] = []
+        stage.push(pkt, NOW, out)
+        assert len(out) + len(stage.queue) == 1  # the setup's frame went through, or waits
+    frame = buf(Ether(src=B, dst=A) / IP(src="10.1.0.3", dst="10.1.0.2") / UDP() / bytes(100))
+    return Impaired(dp=dp, port=ports["a"], frame=frame, by_router=False, stage=stage)
+
+
+def full_frame() -> bytes:
+    """1514 bytes of Ethernet: as much as --burst must hold."""
+    return buf(Ether(src=B, dst=A) / IP(src="10.1.0.3", dst="10.1.0.2") / UDP() / bytes(1514 - 42))
+
+
+EMULATION_TRIGGERS: dict[Drop, Callable[[Direction], Impaired]] = {
+    # --down: nothing passes.
+    Drop.LINK_DOWN: lambda direction: impaired(direction, Impairment(down=True)),
+    # --loss 100%.
+    Drop.IMPAIR_LOSS: lambda direction: impaired(direction, Impairment(loss=1.0)),
+    # 8 kbit/s with a bucket of one full frame, which a full frame empties: the next would wait 0.1 s
+    # for its tokens, longer than the 10 ms latency.
+    Drop.IMPAIR_RATE: lambda direction: impaired(
+        direction, Impairment(rate=8000.0, burst=1514, latency=0.01), full_frame()
+    ),
+    # A queue of one, held by the frame before for a second.
+    Drop.IMPAIR_LIMIT: lambda direction: impaired(direction, Impairment(delay=1.0, limit=1), full_frame()),
+}
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("reason", list(EMULATION_TRIGGERS), ids=str)
+def test_a_frame_an_impaired_link_drops_is_counted_once_on_the_impaired_port(
+    reason: Drop, direction: Direction
+) -> None:
+    scenario = EMULATION_TRIGGERS[reason](direction)
+    ledger = Ledger(scenario.dp)
+    out: list[bytes] = []
+    scenario.stage.push(scenario.frame, scenario.now, out)
+    assert out == []
+    ledger.assert_one_drop(reason, scenario)
+
+
+# Counted by the shell for the core's emulator: a real Shell over AF_UNIX datagram socketpairs (the tap's
+# stand-in, as in test_shell.py), three ports p0, p1 and p2 on one segment; the frame arrives on p0.
+@dataclass
+class ShellBench:
+    dp: Datapath
+    shell: Shell
+    wires: list[socket.socket]
+
+
+@pytest.fixture
+def shell_bench() -> Iterator[ShellBench]:
+    loop = asyncio.new_event_loop()
+    dp = Datapath()
+    shell = Shell(dp, loop)
+    wires, inner = socketpair_ports(dp, shell, 3)
+    try:
+        yield ShellBench(dp, shell, wires)
+    finally:
+        shell.detach_all()
+        loop.close()
+        for end in wires + inner:
+            end.close()
+
+
+def partitioned(bench: ShellBench) -> None:
+    """p0 is cut off from p1, one way: p0's broadcast reaches p2 and not p1."""
+    bench.shell.emulator.partition({"p0": 0}, {"p1": 1}, two_way=False)
+    bench.shell.emulation_changed()
+
+
+SHELL_TRIGGERS: dict[Drop, Callable[[ShellBench], None]] = {
+    Drop.PARTITIONED: partitioned,
+}
+
+
+@pytest.mark.parametrize("reason", list(SHELL_TRIGGERS), ids=str)
+def test_a_frame_the_shell_drops_for_the_emulator_is_counted_once_on_its_ingress_port(
+    reason: Drop, shell_bench: ShellBench
+) -> None:
+    SHELL_TRIGGERS[reason](shell_bench)
+    ledger = Ledger(shell_bench.dp)
+    shell_bench.wires[0].send(buf(Ether(src=A, dst=BROADCAST) / IP(src="10.1.0.2", dst="10.1.0.255") / UDP()))
+    make_readable(shell_bench.shell, 0)
+    ledger.assert_one_drop(reason, Scenario(dp=shell_bench.dp, port=0, frame=b"", by_router=False))
+    assert drain_wire(shell_bench.wires[1]) == []
+    assert len(drain_wire(shell_bench.wires[2])) == 1
+
+
 _SHELL = "counted by the IO shell (vswitch/shell/loop.py) around the port's forwarder, never by the core"
 EXEMPT: dict[Drop, str] = {
     Drop.TX_QUEUE_FULL: f"a write to the tap would block: {_SHELL}",
@@ -1047,8 +1156,11 @@ def test_the_trace_of_a_frame_dropped_on_a_timer_says_why_it_waits(reason: Drop)
 def test_every_member_is_triggered_or_exempt_and_none_is_both() -> None:
     """A new member needs a frame that triggers it, or a reason no frame can."""
     assert set(TRIGGERS) & set(EXEMPT) == set()
-    assert set(Drop) - set(TRIGGERS) - set(EXEMPT) - set(UNDERLAY_TRIGGERS) - set(TRUNK_TRIGGERS) == set()
+    tables = (TRIGGERS, EXEMPT, UNDERLAY_TRIGGERS, TRUNK_TRIGGERS, EMULATION_TRIGGERS, SHELL_TRIGGERS)
+    assert set(Drop) - set().union(*tables) == set()
     assert set(UNDERLAY_TRIGGERS) & (set(TRIGGERS) | set(EXEMPT)) == set()
+    emulated = set(EMULATION_TRIGGERS) | set(SHELL_TRIGGERS)
+    assert emulated & set().union(*tables[:4]) == set() and not set(EMULATION_TRIGGERS) & set(SHELL_TRIGGERS)
     assert set(TIMER_TRIGGERS) <= set(TRIGGERS)
     assert all(why.strip() for why in EXEMPT.values())
 

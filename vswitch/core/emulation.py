@@ -509,6 +509,7 @@ class Partition:
     sources: tuple[str, ...]
     targets: tuple[str, ...]
     two_way: bool
+    ports: frozenset[int] = frozenset()  # both sides' port ids: a removed port's partitions go
 
     def describe(self) -> str:
         arrow = "/" if self.two_way else "->"
@@ -576,6 +577,8 @@ class Emulator:
         self.outs.pop(port, None)
         self.carrier_down.discard(port)
         self.blocked = {pair for pair in self.blocked if port not in pair}
+        self.partitions = [part for part in self.partitions if port not in part.ports]
+        self.carrier_changes = [change for change in self.carrier_changes if change[0] != port]
 
     def stage(self, port: int, direction: Direction) -> Stage | None:
         stage = (self.ins if direction == "in" else self.outs).get(port)
@@ -591,7 +594,8 @@ class Emulator:
                 self.blocked.add((src, dst))
                 if two_way:
                     self.blocked.add((dst, src))
-        part = Partition(tuple(sources), tuple(targets), two_way)
+        ports = frozenset((*sources.values(), *targets.values()))
+        part = Partition(tuple(sources), tuple(targets), two_way, ports)
         self.partitions.append(part)
         return part
 
