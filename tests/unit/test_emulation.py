@@ -1098,3 +1098,21 @@ def test_describe_shows_the_settings_the_queue_and_the_counts_that_are_not_zero(
         "partitions": [],
         "carrier_down": [],
     }
+
+
+# --- doctor: an impaired link or a partition is a note with the command that removes it ----------------
+def test_doctor_notes_each_impaired_direction_and_partition_with_its_fix() -> None:
+    from vswitch.tools.debug.doctor import emulation_findings
+
+    em = Emulator([Counter() for _ in range(2)])
+    em.set(0, "a", ("in",), Impairment(delay=0.02, loss=0.1), None, NOW)
+    em.set(1, "b", ("out",), Impairment(down=True), None, NOW)
+    em.partition({"a": 0}, {"b": 1}, two_way=True)
+    info = {"instance": "lab", "emulation": em.describe(["a", "b"], NOW)}
+    found = [(f.where, f.text, f.fix, f.problem) for f in emulation_findings(info)]
+    assert found == [
+        ("a", "impaired (in): delay 20 ms, loss 10%", "vswitch link --name lab a --clear", False),
+        ("b", "impaired (out): down (down now)", "vswitch link --name lab b --clear", False),
+        ("partition", "a / b: no frame crosses it", "vswitch heal --name lab", False),
+    ]
+    assert emulation_findings({"instance": "default", "emulation": None}) == []

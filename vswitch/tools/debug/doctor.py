@@ -24,6 +24,7 @@ from ipaddress import (
 from typing import Any, Final
 
 from ...config.topology import UPLINK_SEGMENT
+from ...core.emulation import Impairment
 from ...core.icmp6 import link_local_of
 from ...core.vxlan import OVERHEAD as VXLAN_OVERHEAD
 from ...shell.kernel import (
@@ -463,11 +464,34 @@ def findings(info: dict[str, Any], stats: dict[str, Any], arp: list[dict[str, An
             # NDP rows sit in the same table, their ip an IPv6 address
             answer = "no neighbour advertisement" if ":" in str(row["ip"]) else "no ARP reply"
             found.append(Finding("arp", f"router: {row['ip']} is {row['state']} ({answer})", None, False))
+    found.extend(emulation_findings(info))
     for name, port in stats["ports"].items():
         for reason, count in port["drops"].items():
             found.append(Finding(name, f"{count} dropped: {reason}", None, problem=False))
     for reason, count in stats.get("router", {}).get("drops", {}).items():
         found.append(Finding("router", f"{count} dropped: {reason}", None, problem=False))
+    return found
+
+
+def emulation_findings(info: dict[str, Any]) -> list[Finding]:
+    """Impaired links and partitions are there on purpose, but one forgotten explains a lot: each is a
+    note with the command that removes it."""
+    emulation = info.get("emulation") or {}
+    name = "" if info["instance"] == "default" else f" --name {info['instance']}"
+    found = []
+    for link in emulation.get("links", []):
+        for direction in ("in", "out"):
+            stage = link.get(direction)
+            if stage is not None:
+                what = Impairment.from_settings(stage["settings"]).summary()
+                text = f"impaired ({direction}): {what}" + (" (down now)" if stage.get("down") else "")
+                found.append(
+                    Finding(link["port"], text, f"vswitch link{name} {link['port']} --clear", problem=False)
+                )
+    for part in emulation.get("partitions", []):
+        found.append(
+            Finding("partition", f"{part}: no frame crosses it", f"vswitch heal{name}", problem=False)
+        )
     return found
 
 
