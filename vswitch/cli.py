@@ -249,7 +249,7 @@ LINK_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("delay", "TIME", "hold each packet this long: 40ms, 1.5s"),
     ("jitter", "TIME", "vary the delay by up to this (never reordering)"),
     ("distribution", "uniform|normal", "of the jitter: uniform in +-jitter, or normal with sigma = jitter"),
-    ("loss", "P%", "lose this share of packets: 1%, 0.5%"),
+    ("loss", "P%", "lose this share of packets: 1%%, 0.5%%"),
     ("loss_burst", "N", "lose them in bursts of N packets on average (Gilbert), at the same rate"),
     ("duplicate", "P%", "send this share twice"),
     ("reorder", "P%", "send this share at once, ahead of the delayed ones"),

@@ -39,7 +39,7 @@ from ..core.vxlan import Tunnel, Vtep
 from . import kernel, services
 from .control import CommandError, ControlServer, ControlTable
 from .kernel import STOP_SIGNALS, KernelError
-from .loop import Shell
+from .loop import EMULATION_CLOCK, Shell
 from .state import Ledger, lease_path, socket_path, state_path
 from .tap import Tap, TapError, open_tap, set_carrier
 from .underlay import UnderlaySockets, open_sender, open_underlay
@@ -975,7 +975,7 @@ class Instance:
         except (ValueError, FilterError) as exc:
             raise CommandError(f"link {label}: {exc}") from None
         assert self.shell is not None
-        emulator.set(live.id, label, tuple(directions), impairment, selector, self.shell.loop.time())
+        emulator.set(live.id, label, tuple(directions), impairment, selector, EMULATION_CLOCK())
         self.shell.emulation_changed()
         return self._link_entry(live)
 
@@ -983,7 +983,7 @@ class Instance:
         live = self._emulated(label)
         emulator = self._emulator()
         assert self.shell is not None
-        emulator.clear(live.id, tuple(directions), self.shell.loop.time())
+        emulator.clear(live.id, tuple(directions), EMULATION_CLOCK())
         self.shell.emulation_changed()
         return self._link_entry(live)
 
@@ -996,7 +996,7 @@ class Instance:
         if self.shell is None:
             return {"links": [], "partitions": [], "carrier_down": []}
         described: dict[str, Any] = self.shell.emulator.describe(
-            self.datapath.counters.names, self.shell.loop.time()
+            self.datapath.counters.names, EMULATION_CLOCK()
         )
         return described
 

@@ -41,6 +41,10 @@ SPIN_SLICE: Final = 0.002  # a busy poll hands the event loop its turn this ofte
 # comes sooner leaves one re-check for then, so a deadline it brought forward fires at most this late.
 TIMER_CHECK_INTERVAL: Final = 0.01
 log = logging.getLogger("vswitch")
+# The emulator's clock. uvloop's loop.time() counts whole milliseconds, rounded down: a frame stamped
+# with it could leave up to 1 ms before its delay had passed. CLOCK_MONOTONIC itself (the clock the
+# loop's timers count from) stamps and releases exactly; the loop's timer only wakes the release.
+EMULATION_CLOCK: Final = time.monotonic
 # What observers of a tunnel's remote port see: the outer packet as an Ethernet frame (zero MACs,
 # IPv4), behind a zero virtio-net header, so capture can show it (--outer) or cut it to the inner frame.
 OUTER_ETHERNET: Final = ZERO_VNET_HDR + bytes(12) + b"\x08\x00"
@@ -644,7 +648,7 @@ class Shell:
             self._write(out, data)
             return
         ready: list[bytes] = []
-        stage.push(data if isinstance(data, bytes) else bytes(data), now, ready)
+        stage.push(data if isinstance(data, bytes) else bytes(data), EMULATION_CLOCK(), ready)
         for frame in ready:
             self._write(out, frame)
         self._wake(stage)
@@ -652,7 +656,7 @@ class Shell:
     def _impair_in(self, port: int, stage: Stage, pkt: bytes, now: float) -> None:
         """A frame read from an impaired port: what its stage lets through now goes on to the datapath."""
         ready: list[bytes] = []
-        stage.push(pkt, now, ready)
+        stage.push(pkt, EMULATION_CLOCK(), ready)
         for frame in ready:
             self._forward(port, frame, now)
         self._wake(stage)
@@ -688,7 +692,7 @@ class Shell:
 
     def _release(self, now: float) -> None:
         """The emulator's frames due by now: held ingress frames go to the datapath, egress ones out."""
-        ingress, egress = self.emulator.release(now)
+        ingress, egress = self.emulator.release(EMULATION_CLOCK())
         for port, pkt in ingress:
             if port in self._drain_of:  # not a port removed meanwhile
                 self._forward(port, pkt, now)
