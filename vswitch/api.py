@@ -60,6 +60,7 @@ class Switch:
         *,
         segments: dict[str, Sequence[str]] | None = None,
         uplink: str | None = None,
+        forwards: Sequence[str] = (),
         subnet: str | None = None,
         subnet6: str | None = None,
         vxlan: dict[str, str] | None = None,
@@ -72,7 +73,9 @@ class Switch:
         lease_time: float | str | None = None,
         dhcp_hosts: Sequence[str] = (),
     ) -> None:
-        """vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan takes it after the '=';
+        """forwards: ["tcp:8080=ns3:80", ...], as --forward takes them (DNAT from the uplink's address to
+        a port; needs uplink); vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan
+        takes it after the '=';
         trunks: ["NS=SEGMENT:VID,...[,native=SEGMENT]", ...], as --trunk takes them; subnet6: as
         --subnet6 (routed: a /48-/60, a /64 per segment, the hosts by SLAAC); dhcp, dns, dns_upstream,
         lease_time (seconds, or "1h"), dhcp_hosts (["MAC=ADDR[,NAME]", ...]): the router's services,
@@ -89,6 +92,7 @@ class Switch:
             req.segments.append(topology.parse_segment(f"{seg_name}={','.join(members)}"))
         if uplink is not None:
             req.uplink = topology.parse_uplink(uplink)
+        req.forwards = [topology.parse_forward(text) for text in forwards]
         req.trunks = [topology.parse_trunk(text) for text in trunks]
         for seg_name, spec in (vxlan or {}).items():
             req.vxlan[seg_name] = topology.parse_vxlan(f"{seg_name}={spec}")[1]

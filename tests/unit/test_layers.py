@@ -1,7 +1,8 @@
 """The package's folders are its architecture: each layer imports only the layers below it.
 
 core (pure: bytes in, decisions out) < config, services (the router's DHCP and DNS servers: sans-IO
-too, but on wire-format libraries that load socket) < shell (IO) < tools (debug, bench) < cli and api.
+too, but on wire-format libraries that load socket) < shell (IO) < tools (debug, bench) < cli and api
+< testing (the pytest plugin: networks of namespaces as fixtures, on api's Switch and tools' pingall).
 Every import counts: plain, from, relative, inside functions and under TYPE_CHECKING.
 """
 
@@ -15,7 +16,17 @@ from pathlib import Path
 import vswitch
 
 PACKAGE = Path(vswitch.__file__).parent
-LAYERS = {"core": 0, "config": 1, "services": 1, "shell": 2, "tools": 3, "cli": 4, "api": 4, "__main__": 5}
+LAYERS = {
+    "core": 0,
+    "config": 1,
+    "services": 1,
+    "shell": 2,
+    "tools": 3,
+    "cli": 4,
+    "api": 4,
+    "testing": 5,
+    "__main__": 5,
+}
 IO_MODULES = ("asyncio", "socket", "fcntl", "pyroute2", "uvloop", "selectors", "subprocess")
 
 
