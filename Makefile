@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iputils-ping iputils-tracepath traceroute curl iperf3 i
 POLICY_RC_D := /usr/sbin/policy-rc.d
 PORTS ?= ns1,ns2,ns3
 
-.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro clean system venv
+.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation clean system venv
 
 help:
 	@echo "make up      - install, then run a 3-namespace switch (PORTS=$(PORTS)) until Ctrl-C"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint    - ruff and mypy"
 	@echo "make bench   - userspace vs kernel forwarding, side by side (make bench-quick: 1 minute)"
 	@echo "make bench-micro - per-packet cost of the core (pytest-benchmark)"
+	@echo "make bench-emulation - network emulation against its settings and the kernel's tbf (~6 min)"
 	@echo "make fuzz    - long hypothesis run over the datapath with malformed frames"
 
 # Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have),
@@ -74,6 +75,10 @@ bench-quick: venv
 
 bench-micro: venv
 	$(BIN)/pytest bench --benchmark-only -p no:cacheprovider -o addopts=""
+
+# Not part of `make test`: root, real namespaces, ping and iperf3, about 6 minutes (bench/README.md).
+bench-emulation: venv
+	$(BIN)/python bench/emulation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks
