@@ -59,17 +59,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 
 from vswitch.core.emulation import Impairment
 from vswitch.shell.control import ControlError, request
-from vswitch.shell.kernel import remove_netns_named, stop_signals_held
+from vswitch.shell.kernel import remove_netns_named
 from vswitch.shell.state import RUN_DIR_ENV, socket_path, state_path
 from vswitch.tools.bench.measure import cpu_seconds
 from vswitch.tools.bench.process import terminate
 from vswitch.tools.bench.report import markdown, ratio_text
 from vswitch.tools.bench.run import Signals, machine_info
-from vswitch.tools.bench.topologies import namespaces_with
+from vswitch.tools.bench.topologies import namespaces_with, new_namespace
 
 PREFIX_STEM: Final = "vse"
 START_TIMEOUT: Final = 20.0
@@ -192,13 +192,7 @@ class Bench:
             raise EmulationBenchError(f"vswitch gave b {found.get(self.ns('b'))}, not {SERVER}/24")
 
     def new_ns(self, tag: str) -> str:
-        name = self.ns(tag)
-        with stop_signals_held():  # recorded before a Ctrl-C can land, so teardown removes it
-            netns.create(name)
-            self.namespaces.append(name)
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        return name
+        return new_namespace(self.ns(tag), self.namespaces)
 
     def build_kernel(self) -> None:
         """ka and kb with veths to a bridge in kbr; tbf goes on pb, the bridge's port towards kb."""

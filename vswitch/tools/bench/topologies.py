@@ -234,13 +234,7 @@ class Contender:
             raise BenchError(f"{self.name}: {exc}") from None
 
     def _new_ns(self, tag: str) -> str:
-        name = self.ns(tag)
-        with stop_signals_held():  # recorded before a Ctrl-C can land, so teardown removes it
-            netns.create(name)
-            self.namespaces.append(name)
-        with IPRoute(netns=name) as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        return name
+        return new_namespace(self.ns(tag), self.namespaces)
 
     def _kernel_bridge(self) -> None:
         """Two hosts with veths to a bridge that lives in a namespace of its own."""
@@ -607,6 +601,16 @@ class Contender:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+def new_namespace(name: str, made: list[str]) -> str:
+    """Make namespace name with lo up; appended to made (what teardown removes) before a Ctrl-C can land."""
+    with stop_signals_held():
+        netns.create(name)
+        made.append(name)
+    with IPRoute(netns=name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    return name
+
+
 def _address(namespace: str, ifname: str, address: str, prefixlen: int) -> None:
     with IPRoute(netns=namespace) as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
