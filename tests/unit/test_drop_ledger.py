@@ -1025,6 +1025,7 @@ EXEMPT: dict[Drop, str] = {
     Drop.TX_QUEUE_FULL: f"a write to the tap would block: {_SHELL}",
     Drop.TX_ERROR: f"the kernel refused a write: {_SHELL}",
     Drop.TRUNCATED: f"a read filled the whole buffer: {_SHELL}",
+    Drop.OVER_MTU: f"a frame read over the port's MTU (test_runtime_faults.py): {_SHELL}",
     Drop.HOOK: f"the packet hook returned None or raised: {_SHELL}",
     Drop.RX_ERROR: f"a read failed: {_SHELL}",
     Drop.INTERNAL_ERROR: f"receive (or an observer) raised: {_SHELL}",

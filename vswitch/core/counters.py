@@ -28,6 +28,7 @@ class Drop(StrEnum):
     TX_QUEUE_FULL = "tx-queue-full"  # the destination tap would block (EAGAIN); the kernel drops too
     TX_ERROR = "tx-error"  # the kernel refused the write (EINVAL, EIO, ...)
     TRUNCATED = "truncated"  # a read filled the whole buffer: the frame may have been cut
+    OVER_MTU = "over-mtu"  # from a port, larger than its segment's MTU + 18 and not a GSO frame
     HOOK = "hook"  # a packet hook (Python API) returned None, or raised
     RX_ERROR = "rx-error"  # the kernel failed one read (the frame is lost; the port keeps going)
     INTERNAL_ERROR = "internal-error"  # a bug in vswitch raised on this frame; logged, port keeps going
@@ -190,7 +191,13 @@ class Event(StrEnum):
     FLOW_CACHE_FLUSHED = "flow-cache-flushed"
     FLOW_CACHE_FULL_SKIP = "flow-cache-full-skip"
     FLOW_CACHE_EVICTED = "flow-cache-evicted"
-    PORT_GONE = "port-gone"
+    # Runtime faults (issue 22): each also writes one log line
+    PORT_GONE = "port-gone"  # the port's tap went away (`ip link del`, its namespace deleted)
+    PORT_LINK_DOWN = "port-link-down"  # set down in its namespace: writes to it fail (EIO) until up
+    PORT_LINK_UP = "port-link-up"  # frames pass to or from a port that was down again
+    CONTROL_SOCKET_RESTORED = "control-socket-restored"  # its file was removed: listening again
+    CONTROL_CLIENT_STALLED = "control-client-stalled"  # stopped reading its replies: disconnected
+    STATE_WRITE_FAILED = "state-write-failed"  # the state file (ledger) could not be rewritten
     OBSERVER_ERROR = "observer-error"
     # DHCPv4: messages received by type, and what the server sent or decided
     DHCP_DISCOVER = "dhcp-discover"

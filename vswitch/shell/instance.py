@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -31,6 +32,7 @@ from ..config.topology import (
     underlay_mtu_check,
 )
 from ..core.bpf import FilterError, compile_filter
+from ..core.counters import Event
 from ..core.datapath import Datapath
 from ..core.emulation import Direction, Emulator, Impairment
 from ..core.nat import PortForward
@@ -56,6 +58,9 @@ HOST_CONF: Final = {"accept_ra": 0, "addr_gen_mode": 1}
 OUTSIDE_CONF: Final = {"accept_ra": 0, "dad_transmits": 0}
 SLAAC_WAIT: Final = 5.0
 SLAAC_POLL: Final = 0.05
+# A state folder that cannot be written is logged at most this often (each failure is counted).
+STATE_ERROR_LOG_INTERVAL: Final = 10.0
+logger = logging.getLogger("vswitch")
 
 
 T = TypeVar("T")
@@ -157,6 +162,8 @@ class Instance:
         self.netns_of: dict[int, str | None] = {}  # id(vtep) -> the underlay's namespace
         self.trunks: list[LiveTrunk] = []
         self.made_namespaces: set[str] = set()
+        self._state_log_at = 0.0  # monotonic time before which a state write failure is not logged
+        self._state_unlogged = 0
 
     # --- start-up ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -597,6 +604,7 @@ class Instance:
         seg.ports.append(spec)
         if self.shell is not None:
             self.shell.attach(port_id, tap.fd)
+            self.shell.set_port_mtu(port_id, seg.mtu)
         if seg.gateway is not None and live.address is not None:  # =dhcp: its client adds the route
             await loop.run_in_executor(None, _signals_held, self._default_route, live, seg)
         await self._await_slaac_of(live, seg)
@@ -652,11 +660,19 @@ class Instance:
         old.ports.remove(spec)
         seg.ports.append(replace(spec, address=new, address6=None))
         live.segment, live.address, live.address6 = seg.name, new, None
+        if self.shell is not None:
+            self.shell.set_port_mtu(live.id, seg.mtu)
         if seg.gateway is not None:
             await loop.run_in_executor(None, _signals_held, self._default_route, live, seg)
         await self._await_slaac_of(live, seg)
         self._refresh_names()
         return live.describe()
+
+    def _mtu_of(self, live: LivePort) -> int:
+        """The MTU vswitch gave a port's interface: its segment's (the uplink's for the uplink)."""
+        if live.segment == UPLINK_SEGMENT:
+            return self.topology.uplink_mtu
+        return next(s.mtu for s in self.topology.segments if s.name == live.segment)
 
     def _forget(self, live: LivePort) -> None:
         """What the router knows of a port that left its segment: its tracked flows, and its neighbour
@@ -751,10 +767,13 @@ class Instance:
         """
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # From here on a state file that cannot be rewritten costs a log line, not the switch.
+        self.ledger.on_write_error = self._state_write_failed
         shell = self.shell = Shell(self.datapath, loop)
         shell.busy_poll = self.busy_poll
         for port in self.ports:
             shell.attach(port.id, port.tap.fd)
+            shell.set_port_mtu(port.id, self._mtu_of(port))
         for vtep, sockets in self.underlays:
             for tunnel in vtep.tunnels.values():
                 for address, port_id in tunnel.remotes.items():
@@ -765,6 +784,8 @@ class Instance:
         shell.open_sender = self._open_learned_remote
         for live in self.trunks:
             shell.attach_trunk(live.trunk, live.tap.fd)
+            mtus = [s.mtu for s in self.topology.segments if s.name in live.spec.segments]
+            shell.set_port_mtu(live.trunk.port, max(mtus))  # the tap's own MTU (_add_trunks)
         shell.on_carrier = self._carrier
         for link in self.topology.links:  # [link.PORT] tables, checked against the ports at load
             try:
@@ -773,7 +794,9 @@ class Instance:
                 shell.detach_all()
                 raise StartError(str(exc)) from None
         shell.start_timer()
-        control = ControlServer(self, socket_path(self.topology.name), self.control)
+        control = ControlServer(
+            self, socket_path(self.topology.name), self.control, events=self.datapath.counters.events
+        )
         try:
             await control.start()
         except OSError as exc:
@@ -847,7 +870,9 @@ class Instance:
         path = lease_path(topo.name)
         self.ledger.record("file", path=str(path))
         names = self.datapath.counters.names
-        lease_file = services.LeaseFile(path, router.dhcp, lambda: dict(enumerate(names)))
+        lease_file = services.LeaseFile(
+            path, router.dhcp, lambda: dict(enumerate(names)), on_error=self._state_write_failed
+        )
         lease_file.start(loop)
         return upstream, lease_file
 
@@ -892,7 +917,9 @@ class Instance:
 
     # --- teardown ----------------------------------------------------------------------------------
     def teardown(self) -> None:
-        """Close every tap (the kernel deletes them), then undo the ledger newest-first."""
+        """Close every tap (the kernel deletes them), then undo the ledger newest-first. A state file
+        that can no longer be rewritten does not stop it: everything in the ledger is still undone."""
+        self.ledger.on_write_error = self._state_write_failed
         for tap in self._taps:
             tap.close()
         self._taps.clear()
@@ -900,6 +927,25 @@ class Instance:
             sockets.close()
         self.underlays.clear()
         undo(self.ledger)
+
+    def _state_write_failed(self, exc: OSError) -> None:
+        """The ledger (or the lease file) could not be written: counted, and logged at most once per
+        STATE_ERROR_LOG_INTERVAL. The ledger in memory is still exact; only the file is behind."""
+        self.datapath.counters.events[Event.STATE_WRITE_FAILED] += 1
+        now = time.monotonic()
+        if now < self._state_log_at:
+            self._state_unlogged += 1
+            return
+        self._state_log_at = now + STATE_ERROR_LOG_INTERVAL
+        unlogged, self._state_unlogged = self._state_unlogged, 0
+        more = f" ({unlogged} more failures since the last report)" if unlogged else ""
+        logger.warning(
+            "state: cannot write in %s (%s): forwarding goes on, and teardown still removes what this "
+            "instance made; the state file may be behind until then%s",
+            self.ledger.path.parent,
+            exc.strerror or exc,
+            more,
+        )
 
     # --- views for the control socket --------------------------------------------------------------
     def status(self) -> dict[str, Any]:

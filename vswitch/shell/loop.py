@@ -32,6 +32,16 @@ READ_SIZE: Final = 65536 + VNET_HDR_LEN
 
 # Read errors that mean the tap itself is gone; any other one costs a single frame.
 LINK_GONE: Final = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.EIO})
+# A write to a tap whose link is set down in its namespace fails with EIO (drivers/net/tun.c,
+# tun_get_user). Such a run of failures is one episode: logged and counted once, and a timer looks this
+# often for a frame to or from the port that shows it is up again.
+LINK_DOWN_ERRNO: Final = errno.EIO
+LINK_UP_CHECK_INTERVAL: Final = 1.0
+# What a port may send above its segment's MTU: the Ethernet header and one 802.1Q tag (the kernel
+# bridge and Open vSwitch drop frames over the port's MTU too). A GSO super-frame is exempt: its size
+# on the wire is that of its segments.
+MTU_OVERHEAD: Final = 14 + 4
+OVER_MTU_LOG_INTERVAL: Final = 10.0  # an over-MTU port is logged at most this often
 # A bug that raises on every frame must not write a traceback per frame: at most one every this often,
 # with the count of those left out since the last.
 ERROR_LOG_INTERVAL: Final = 10.0
@@ -90,6 +100,14 @@ class Shell:
         self._spin_until = 0.0  # perf_counter time at which the spin stops, pushed on by traffic
         self._error_log_at = 0.0  # monotonic time before which a frame error is counted, not logged
         self._errors_unlogged = 0
+        # port id -> the largest buffer read off it that is not dropped as over-mtu (vnet header
+        # included); READ_SIZE - 1 (only a full buffer is refused) until set_port_mtu.
+        self._max_frame: list[int] = []
+        self._over_mtu_log: dict[int, tuple[float, int]] = {}  # port -> (next log time, frames unlogged)
+        # Ports whose link is down in their namespace (writes fail with EIO): port -> its rx and tx
+        # packet counts when the episode began; the timer ends the episode once either moves.
+        self._links_down: dict[int, tuple[int, int]] = {}
+        self._link_timer: asyncio.TimerHandle | None = None
         self.hook: Hook | None = None
         self._write = self._write_plain
         self._vtep_fds: list[int] = []
@@ -107,11 +125,8 @@ class Shell:
 
     def attach(self, port: int, fd: int) -> None:
         self.fds[port] = fd
-        while len(self._fd_list) <= port:
-            self._fd_list.append(-1)
+        self._grow(port)
         self._fd_list[port] = fd
-        while len(self._peer_skip) < len(self._fd_list):
-            self._peer_skip.append(0)
         # FileIO.read answers EAGAIN with None instead of raising: each batch ends without building an
         # exception, and a read costs ~0.6 us less than os.read here (measured on this machine).
         reader = io.FileIO(fd, "rb", closefd=False)
@@ -120,6 +135,21 @@ class Shell:
         self._drain_of[port] = drain
         self._drains = list(self._drain_of.values())
         self.loop.add_reader(fd, self._on_readable, port, drain)
+
+    def _grow(self, port: int) -> None:
+        """Room for port in the lists indexed by port id."""
+        while len(self._fd_list) <= port:
+            self._fd_list.append(-1)
+        while len(self._peer_skip) < len(self._fd_list):
+            self._peer_skip.append(0)
+        while len(self._max_frame) < len(self._fd_list):
+            self._max_frame.append(READ_SIZE - 1)
+
+    def set_port_mtu(self, port: int, mtu: int) -> None:
+        """Frames read off port longer than mtu + MTU_OVERHEAD (and not GSO) are dropped as over-mtu:
+        its interface's MTU was raised inside the namespace, past what the segment carries."""
+        self._grow(port)
+        self._max_frame[port] = min(READ_SIZE - 1, VNET_HDR_LEN + mtu + MTU_OVERHEAD)
 
     def reading(self, port: int) -> bool:
         """Whether the port is still read: False once its link went away (its namespace's process
@@ -136,14 +166,13 @@ class Shell:
             self._drains = list(self._drain_of.values())  # a new list: _spin may be iterating the old one
         if port < len(self._fd_list):
             self._fd_list[port] = -1
+        self._links_down.pop(port, None)
+        self._over_mtu_log.pop(port, None)
 
     def attach_sender(self, port: int, fd: int) -> None:
         """A port that is only written (a remote VTEP's raw socket): no reader of its own."""
-        while len(self._fd_list) <= port:
-            self._fd_list.append(-1)
+        self._grow(port)
         self._fd_list[port] = fd
-        while len(self._peer_skip) < len(self._fd_list):
-            self._peer_skip.append(0)
 
     def attach_vtep(self, vtep: Vtep, sock: socket.socket) -> None:
         """The underlay socket of a VTEP: its frames arrive on the port of the remote that sent them."""
@@ -175,10 +204,13 @@ class Shell:
         shell = self
         read = reader.read
         receive = self.datapath.receive_trunk
+        self._grow(trunk.port)
+        max_frame = self._max_frame
 
         def drain() -> int:
             now = shell.loop.time()
             hook = shell.hook
+            limit = max_frame[trunk.port]
             count = 0
             last_out = -1
             for count in range(1, BATCH + 1):
@@ -192,8 +224,9 @@ class Shell:
                 if pkt is None:
                     count -= 1
                     break
-                if len(pkt) >= READ_SIZE:
-                    shell.datapath.counters.drop(trunk.port, Drop.TRUNCATED)
+                size = len(pkt)
+                if size > limit and (size >= READ_SIZE or not pkt[1]):  # as in _drainer
+                    shell._oversized(trunk.port, size)
                     continue
                 if hook is not None:  # as on a tap port: the frame as the trunk carries it, tag and all
                     hooked = shell._hook_frame(trunk.port, pkt, now, hook)
@@ -236,6 +269,10 @@ class Shell:
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
+        if self._link_timer is not None:
+            self._link_timer.cancel()
+            self._link_timer = None
+        self._links_down.clear()
 
     # --- observers: capture and live trace wrap a port, at no cost while there are none -----------
     def observe(self, port: int, observer: Observer) -> None:
@@ -314,6 +351,8 @@ class Shell:
         fds = self._fd_list
         loop_time = self.loop.time
         os_write = os.write
+        self._grow(port)
+        max_frame = self._max_frame
 
         def drain() -> int:
             observed = shell._observers
@@ -326,6 +365,7 @@ class Shell:
             ins, outs, blocked = emulator.ins, emulator.outs, emulator.blocked
             stage_in = ins.get(port) if ins else None
             forward = forwarder(port)
+            limit = max_frame[port]  # the longest buffer the port's MTU lets through (set_port_mtu)
             now = loop_time()
             count = nbytes = failed = 0
             # The tx counters of a run of frames to one port, added up when the port changes.
@@ -345,8 +385,11 @@ class Shell:
                     break
                 size = len(pkt)
                 nbytes += size
-                if size >= READ_SIZE:
-                    counters.drop(port, Drop.TRUNCATED)
+                # One comparison for every frame, as the full-buffer check alone was; only a frame over
+                # the limit looks further: a GSO super-frame (pkt[1], its gso_type) from a TSO stack
+                # passes on, its segments are within the MTU (design.md).
+                if size > limit and (size >= READ_SIZE or not pkt[1]):
+                    shell._oversized(port, size)
                     continue
                 # Observers and the hook are guarded like forward: what they raise costs this frame.
                 if observers is not None and not shell._observe_rx(port, observers, pkt):
@@ -386,8 +429,8 @@ class Shell:
                 except BlockingIOError:
                     drops[out][Drop.TX_QUEUE_FULL] += 1
                     continue
-                except OSError:
-                    drops[out][Drop.TX_ERROR] += 1
+                except OSError as exc:
+                    shell._tx_failed(out, exc)
                     continue
                 if out != run_out:
                     if run_frames:
@@ -520,15 +563,79 @@ class Shell:
         if exc.errno not in LINK_GONE:
             self.datapath.counters.drop(port, Drop.RX_ERROR)
             return False
-        # The link went away under us (its namespace was removed): stop reading it.
+        # The link went away under us (`ip link del` in its namespace, or the namespace was removed):
+        # the fd stays ours (closed at teardown), but nothing will come from it again. Stop reading it,
+        # and stop looking at it: an fd whose device is gone is readable (EPOLLERR) for ever.
         reader = self._reader_of.pop(port, None)
         if reader is not None:
             self.loop.remove_reader(reader.fileno())
         self._drain_of.pop(port, None)
         self._drains = list(self._drain_of.values())  # a new list: _spin may be iterating the old one
+        self._links_down.pop(port, None)
         self.datapath.counters.events[Event.PORT_GONE] += 1
-        log.warning("port %s: link gone (%s); no longer reading it", port, exc.strerror)
+        log.warning(
+            "port %s: its tap is gone (%s: deleted in its namespace, or the namespace was removed); "
+            "no longer reading it, frames to it are dropped",
+            self._name(port),
+            exc.strerror,
+        )
         return True
+
+    def _name(self, port: int) -> str:
+        names = self.datapath.counters.names
+        return names[port] if 0 <= port < len(names) else str(port)
+
+    def _oversized(self, port: int, size: int) -> None:
+        """Drop a buffer of size read off port, over its limit and not a GSO super-frame: one that
+        filled the buffer is truncated; else the frame is over the segment's MTU (logged, at most once
+        per OVER_MTU_LOG_INTERVAL for each port)."""
+        if size >= READ_SIZE:
+            self.datapath.counters.drop(port, Drop.TRUNCATED)
+            return
+        self.datapath.counters.drop(port, Drop.OVER_MTU)
+        now = time.monotonic()
+        next_at, unlogged = self._over_mtu_log.get(port, (0.0, 0))
+        if now < next_at:
+            self._over_mtu_log[port] = (next_at, unlogged + 1)
+            return
+        self._over_mtu_log[port] = (now + OVER_MTU_LOG_INTERVAL, 0)
+        mtu = self._max_frame[port] - VNET_HDR_LEN - MTU_OVERHEAD
+        more = f" ({unlogged} more since the last report)" if unlogged else ""
+        log.warning(
+            "port %s: dropped a %d-byte frame, over the segment's MTU %d (+%d for the Ethernet header "
+            "and a VLAN tag): was the interface's MTU raised inside the namespace?%s",
+            self._name(port),
+            size - VNET_HDR_LEN,
+            mtu,
+            MTU_OVERHEAD,
+            more,
+        )
+
+    def _tx_failed(self, port: int, exc: OSError) -> None:
+        """The kernel refused a write to port: a tx-error drop. EIO means its link is set down in its
+        namespace: the start of such an episode is logged and counted once (_check_links_up ends it)."""
+        self.datapath.counters.drops[port][Drop.TX_ERROR] += 1
+        if exc.errno != LINK_DOWN_ERRNO or port in self._links_down:
+            return
+        counters = self.datapath.counters
+        self._links_down[port] = (counters.rx_packets[port], counters.tx_packets[port])
+        counters.events[Event.PORT_LINK_DOWN] += 1
+        log.warning("port %s: link is down in its namespace; frames to it are dropped", self._name(port))
+        if self._link_timer is None:
+            self._link_timer = self.loop.call_later(LINK_UP_CHECK_INTERVAL, self._check_links_up)
+
+    def _check_links_up(self) -> None:
+        """Each port down since the last look: up again once a frame was read from it (a link that is
+        down sends nothing) or written to it (a down link refuses every write)."""
+        self._link_timer = None
+        counters = self.datapath.counters
+        for port, (rx, tx) in list(self._links_down.items()):
+            if counters.rx_packets[port] != rx or counters.tx_packets[port] != tx:
+                del self._links_down[port]
+                counters.events[Event.PORT_LINK_UP] += 1
+                log.warning("port %s: link is up again; forwarding to it", self._name(port))
+        if self._links_down:
+            self._link_timer = self.loop.call_later(LINK_UP_CHECK_INTERVAL, self._check_links_up)
 
     def _write_all(self, port: int, pkt: bytes, verdict: PortVerdict) -> None:
         """A flood (a tuple of ports: pkt to each) or a list of (port, frame) to write; or a Drop of
@@ -581,8 +688,8 @@ class Shell:
         except BlockingIOError:
             counters.drops[port][Drop.TX_QUEUE_FULL] += 1
             return False
-        except OSError:
-            counters.drops[port][Drop.TX_ERROR] += 1
+        except OSError as exc:
+            self._tx_failed(port, exc)
             return False
         counters.tx_packets[port] += 1
         counters.tx_bytes[port] += len(data) - VNET_HDR_LEN

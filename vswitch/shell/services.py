@@ -214,8 +214,16 @@ class Upstream:
 class LeaseFile:
     """NAME.leases.json beside the state file: the bound leases, rewritten when they change."""
 
-    def __init__(self, path: Path, dhcp: DhcpServer, names: Callable[[], dict[int, str]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        dhcp: DhcpServer,
+        names: Callable[[], dict[int, str]],
+        on_error: Callable[[OSError], None] | None = None,
+    ) -> None:
+        """on_error: told of a write that failed (the instance counts and logs it); else it is logged."""
         self.path, self.dhcp, self.names = path, dhcp, names
+        self.on_error = on_error
         self.written = -1
         self._timer: asyncio.TimerHandle | None = None
         self._clock: Callable[[], float] = time.monotonic  # the loop's, once started (the leases')
@@ -245,7 +253,10 @@ class LeaseFile:
             tmp.write_text(json.dumps({"leases": rows, "written": time.time()}, indent=1) + "\n")
             os.replace(tmp, self.path)
         except OSError as exc:  # a read-only state folder: the leases still work, the file is stale
-            log.warning("cannot write %s: %s", self.path, exc.strerror)
+            if self.on_error is not None:
+                self.on_error(exc)
+            else:
+                log.warning("cannot write %s: %s", self.path, exc.strerror)
 
 
 def resolv_conf_text(nameservers: list[str], domain: str | None) -> str:

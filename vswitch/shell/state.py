@@ -3,6 +3,10 @@
 Teardown, start-up rollback and `vswitch down` after a SIGKILL all undo exactly the ledger, newest
 first, and nothing else. The file is rewritten atomically (write, fsync, rename) on every change, so a
 kill at any instant leaves a ledger that names everything that outlives the process.
+
+A running instance whose state folder turns unwritable (remounted read-only, full) keeps its ledger in
+memory: with `on_write_error` set, a failed rewrite goes to it instead of raising, so forwarding and
+teardown go on (teardown still removes everything the list in memory names).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,9 @@ class Ledger:
         self.started = process_start(self.pid) if pid is None else started
         self.records: list[dict[str, Any]] = list(records or [])
         self.path = state_path(instance)
+        # Told of a rewrite (or removal) of the state file that failed, instead of a raise: set once
+        # the instance runs; until then (start-up) a failure stops it.
+        self.on_write_error: Callable[[OSError], None] | None = None
 
     @classmethod
     def load(cls, instance: str) -> Ledger | None:
@@ -121,11 +128,26 @@ class Ledger:
 
     def release(self) -> None:
         """Remove the state file once everything it names is gone."""
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._failed(exc)
 
     def _save(self) -> None:
-        os.replace(self._write_tmp(".tmp"), self.path)
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            os.replace(self._write_tmp(".tmp"), self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # written, but not renamed into place
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if self.on_write_error is None:
+            raise exc
+        self.on_write_error(exc)
 
     def _write_tmp(self, suffix: str) -> Path:
         """The ledger as JSON in a file beside the state file, synced, mode 0600."""

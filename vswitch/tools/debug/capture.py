@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from ...core.vxlan import OUTER_LEN
 from ...core.wire import VNET_HDR_LEN
-from ...shell.control import ControlError
+from ...shell.control import ControlError, LineWriter
 from ...shell.loop import OUTER_ETHERNET
 from .common import SubPort, b64, client_gone, instance_socket, port_stream_setup, unb64
 
@@ -43,7 +43,7 @@ QUEUE_BYTES: Final = 32 << 20
 
 
 async def capture_stream(
-    instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: LineWriter
 ) -> None:
     setup = port_stream_setup(instance, req, writer, many=True)
     if setup is None:
@@ -102,11 +102,12 @@ async def capture_stream(
                     "dropped": state["dropped"],
                 }
                 writer.write(json.dumps(record).encode() + b"\n")
+                # After each line: a client that reads slower than frames come leaves them in the
+                # bounded queue above (dropped, and counted, when it is full), not in the writer.
+                await writer.drain()
                 sent += 1
                 if count and sent >= count:
-                    await writer.drain()
                     return
-            await writer.drain()
     finally:
         for port_id, observer in observers:
             shell.unobserve(port_id, observer)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ...config.topology import ConfigError, check_instance
-from ...shell.control import CommandError, ControlError, request
+from ...shell.control import CommandError, ControlError, LineWriter, no_socket, request
 from ...shell.state import socket_path
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def requested_ports(instance: Instance, req: dict[str, Any]) -> list[LivePort | 
 
 
 def port_stream_setup(
-    instance: Instance, req: dict[str, Any], writer: asyncio.StreamWriter, many: bool = False
+    instance: Instance, req: dict[str, Any], writer: LineWriter, many: bool = False
 ) -> tuple[list[LivePort | SubPort], Callable[[bytes], bool], Shell] | None:
     """What capture and live trace both need: the port ("port"; with many, `requested_ports`), the
     filter and the shell; or, for a bad request, an error line already written to the client and
@@ -144,7 +144,9 @@ def stream(path: Path, cmd: str, **fields: Any) -> Generator[dict[str, Any], Non
     try:
         try:
             sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
+        except FileNotFoundError:
+            raise no_socket(path) from None
+        except ConnectionRefusedError:
             raise ControlError(f"no running instance at {path}") from None
         sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
         lines = sock.makefile("rb")

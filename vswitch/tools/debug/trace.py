@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ...core.datapath import Datapath, Transmit, Verdict
 from ...core.emulation import Emulator
 from ...core.wire import ETHERTYPE_ARP, ETHERTYPE_IPV4, VNET_HDR_LEN, ZERO_VNET_HDR, mac_str
-from ...shell.control import CommandError, ControlError
+from ...shell.control import CommandError, ControlError, LineWriter
 from ...shell.loop import OUTER_ETHERNET
 from .common import (
     b64,
@@ -231,7 +231,7 @@ def ingress(instance: Instance, label: Any, pkt: bytes) -> tuple[int, str | None
 
 
 async def trace_live(
-    instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    instance: Instance, req: dict[str, Any], reader: asyncio.StreamReader, writer: LineWriter
 ) -> None:
     """Trace the next frames the port receives that match the filter, each just before the real
     datapath sees it (the trace takes back what it did, so the frame then passes as it would have)."""
