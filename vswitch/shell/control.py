@@ -64,9 +64,9 @@ class ClientWriter:
     Its transport pauses writers over CLIENT_BUFFER bytes: a handler that drains after each write
     keeps at most that much (plus one line) waiting in memory for a client that does not read."""
 
-    def __init__(self, writer: asyncio.StreamWriter, limit: float = DRAIN_LIMIT) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, limit: float | None = None) -> None:
         self.writer = writer
-        self.limit = limit
+        self.limit = DRAIN_LIMIT if limit is None else limit
         writer.transport.set_write_buffer_limits(high=CLIENT_BUFFER)
 
     def write(self, data: bytes) -> None:
