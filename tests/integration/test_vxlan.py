@@ -433,7 +433,8 @@ def test_tcp_routed_into_the_tunnel_from_an_offloading_segment_arrives_intact(xe
 def test_bad_underlay_input_is_dropped_by_name_and_forwarding_goes_on(xenv: Env) -> None:
     """From the far host's own UDP sockets: runts, bad flags, an unknown VNI, a sender that is no
     configured remote, an inner frame claiming the router's MAC; then a frame too big for the tunnel
-    from vswitch's side (over its port's MTU, which is the tunnel's). Each is counted under its name, none is learned, and traffic still flows."""
+    from vswitch's side (over its port's MTU, which is the tunnel's). Each is counted under its name,
+    none is learned, and traffic still flows."""
     r = routed_tunnel(xenv)
     wait_for(lambda: pings(r.far.end, "10.2.0.2"), FIRST_PING, "the kernel side to ping other via the router")
     router_mac = neighbour(r.far.end, "10.1.0.1")
