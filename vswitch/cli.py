@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import links, services, topology
+from .config import links, protect, services, topology
 from .config.topology import ConfigError, Topology, check_instance
 from .core.emulation import Impairment
 from .shell.control import ControlError, request
@@ -157,6 +157,39 @@ def build_parser() -> Parser:
         "(default: none, and such questions are REFUSED)",
     )
     up.add_argument("--fdb-max", type=positive_int, help="FDB size limit (default 8192)")
+    up.add_argument(
+        "--port-mac-max",
+        type=positive_int,
+        metavar="N",
+        help="MACs one namespace's port may learn; more are dropped (default 1024; trunks, tunnels, "
+        "the uplink and the host port: --fdb-max)",
+    )
+    up.add_argument(
+        "--storm-limit",
+        metavar="RATE",
+        help="storm control: broadcasts, multicasts and unknown-unicast floods a second per port, each "
+        "(like 1000pps; 0 or off: none; default 10000pps)",
+    )
+    up.add_argument(
+        "--loop-guard",
+        type=int,
+        metavar="MOVES",
+        help="a MAC moving between ports more than MOVES times a second is a loop: block the port it "
+        "moved to (0: off; default 10). vswitch runs no STP",
+    )
+    up.add_argument(
+        "--loop-guard-hold",
+        metavar="SECONDS",
+        help="how long the loop guard blocks a port before trying it again (default 30)",
+    )
+    up.add_argument(
+        "--port-security",
+        action="append",
+        default=[],
+        metavar="PORT[,PORT...]",
+        help="the port may send only from its own MAC and addresses (static, DHCP-leased, EUI-64 "
+        "SLAAC); spoofed frames are dropped",
+    )
     up.add_argument("--txqueuelen", type=positive_int, help="each tap's queue length (default 10000)")
     up.add_argument(
         "--mtu",
@@ -384,6 +417,16 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.nat6 = topology.parse_nat6(args.nat6)
     if args.fdb_max is not None:
         req.fdb_max = args.fdb_max
+    if args.port_mac_max is not None:
+        req.protect.port_mac_max = args.port_mac_max
+    if args.storm_limit is not None:
+        req.protect.storm_limit = protect.parse_storm_limit(args.storm_limit)
+    if args.loop_guard is not None:
+        req.protect.loop_guard = args.loop_guard
+    if args.loop_guard_hold is not None:
+        req.protect.loop_guard_hold = protect.parse_hold(args.loop_guard_hold)
+    for text in args.port_security:
+        req.protect.port_security.extend(protect.parse_port_list(text))
     if args.txqueuelen is not None:
         req.txqueuelen = args.txqueuelen
     if args.flow_cache is not None:
@@ -572,6 +615,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"fdb {result['fdb_entries']}/{result['fdb_max']} (ageing {result['ageing']:g}s)"
         + (flow_cache_summary(result) if result["routed"] else "")
     )
+    for port, left in result.get("protect", {}).get("blocked", {}).items():
+        print(f"loop guard: port {port} is blocked ({left:g}s left): a loop outside the switch?")
     mtu = {segment["name"]: segment.get("mtu") for segment in result["segments"]}
     if result["uplink"] is not None:
         mtu[topology.UPLINK_SEGMENT] = result["uplink"].get("mtu")

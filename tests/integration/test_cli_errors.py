@@ -30,6 +30,13 @@ CASES: dict[str, Case] = {
     "ageing-not-a-number": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--ageing", "soon"],
     "fdb-max-zero": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--fdb-max", "0"],
     "bad-instance-name": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--name", "Has Space"],
+    "port-mac-max-zero": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--port-mac-max", "0"],
+    "storm-limit-words": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--storm-limit", "fast"],
+    "storm-limit-per-minute": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--storm-limit", "10ppm"],
+    "loop-guard-negative": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--loop-guard", "-1"],
+    "loop-guard-hold-zero": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--loop-guard-hold", "0"],
+    "port-security-unknown": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--port-security", ns("c")],
+    "port-security-empty": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--port-security", f"{ns('a')},"],
 }
 
 

@@ -40,6 +40,7 @@ from vswitch.core.datapath import Datapath
 from vswitch.core.emulation import DIRECTIONS, Direction, Emulator, Impairment, Stage
 from vswitch.core.nat import FRAGMENT_TIMEOUT, HELD_DATAGRAMS_MAX, NatConfig, PortForward
 from vswitch.core.npt import Npt
+from vswitch.core.protect import PortSecurity
 from vswitch.core.routed import Interface
 from vswitch.core.router import Router
 from vswitch.core.routes import Route
@@ -1111,6 +1112,86 @@ class Ledger:
     def assert_unchanged(self) -> None:
         assert ledgers(self.dp) == self.ports
         assert rollup(self.dp) == self.rollup
+
+
+# Protections (l2.py, fdb.py, protect.py): each set up on a switched lan, then the frame that crosses it.
+def port_mac_limit() -> Scenario:
+    """Port a may learn one MAC and has: a second source from it is refused, not learned."""
+    dp, ports = switched("a", "b")
+    dp.set_port_mac_max(ports["a"], 1)
+    dp.receive(ports["a"], buf(Ether(src=A, dst=BROADCAST) / IP() / UDP()), 0.0)
+    return Scenario(
+        dp=dp, port=ports["a"], frame=buf(Ether(src=B, dst=BROADCAST) / IP() / UDP()), by_router=False
+    )
+
+
+def _storm(first: Packet, second: Packet) -> Scenario:
+    """A storm limit of one flood a second per kind: the first passes, the second of its kind dies."""
+    dp, ports = switched("a", "b")
+    dp.protect(storm_limit=1, loop_moves=0)
+    dp.receive(ports["a"], buf(first), NOW)
+    return Scenario(dp=dp, port=ports["a"], frame=buf(second), by_router=False)
+
+
+def storm_broadcast() -> Scenario:
+    return _storm(
+        Ether(src=A, dst=BROADCAST) / IP() / UDP(), Ether(src=A, dst=BROADCAST) / IP() / UDP(dport=9)
+    )
+
+
+def storm_multicast() -> Scenario:
+    group = "01:00:5e:00:00:fb"
+    return _storm(Ether(src=A, dst=group) / IP() / UDP(), Ether(src=A, dst=group) / IP() / UDP(dport=9))
+
+
+def storm_unknown_unicast() -> Scenario:
+    return _storm(Ether(src=A, dst=C) / IP() / UDP(), Ether(src=A, dst=C) / IP() / UDP(dport=9))
+
+
+def loop_blocked() -> Scenario:
+    """A moves a -> b (one move: a host changing ports), then straight back: with a threshold of one
+    move a second, the second is a flap, and a (where it flapped to) is blocked."""
+    dp, ports = switched("a", "b", "c")
+    dp.protect(storm_limit=0, loop_moves=1)
+    dp.receive(ports["a"], buf(Ether(src=A, dst=BROADCAST) / IP() / UDP()), NOW)
+    dp.receive(ports["b"], buf(Ether(src=A, dst=BROADCAST) / IP() / UDP()), NOW)
+    return Scenario(
+        dp=dp, port=ports["a"], frame=buf(Ether(src=A, dst=BROADCAST) / IP() / UDP()), by_router=False
+    )
+
+
+def _secured(pkt: Packet) -> Scenario:
+    """Port a under port security: MAC A, 10.1.0.2 and 2001:db8:1::2 (and its EUI-64 link-local)."""
+    dp, ports = switched("a", "b")
+    dp.secure(ports["a"], PortSecurity.of(mac(A), [IPv4Address("10.1.0.2")], [IPv6Address("2001:db8:1::2")]))
+    return Scenario(dp=dp, port=ports["a"], frame=buf(pkt), by_router=False)
+
+
+def spoofed_mac() -> Scenario:
+    return _secured(Ether(src=B, dst=BROADCAST) / IP(src="10.1.0.2") / UDP())
+
+
+def spoofed_ipv4() -> Scenario:
+    return _secured(Ether(src=A, dst=BROADCAST) / IP(src="10.1.0.3") / UDP())
+
+
+def spoofed_arp() -> Scenario:
+    return _secured(Ether(src=A, dst=BROADCAST) / ARP(hwsrc=A, psrc="10.1.0.3", pdst="10.1.0.9"))
+
+
+def spoofed_ipv6() -> Scenario:
+    return _secured(Ether(src=A, dst="33:33:00:00:00:01") / IPv6(src="2001:db8:1::3", dst="ff02::1") / UDP())
+
+
+TRIGGERS[Drop.PORT_MAC_LIMIT] = port_mac_limit
+TRIGGERS[Drop.STORM_BROADCAST] = storm_broadcast
+TRIGGERS[Drop.STORM_MULTICAST] = storm_multicast
+TRIGGERS[Drop.STORM_UNKNOWN_UNICAST] = storm_unknown_unicast
+TRIGGERS[Drop.LOOP_BLOCKED] = loop_blocked
+TRIGGERS[Drop.SPOOFED_MAC] = spoofed_mac
+TRIGGERS[Drop.SPOOFED_IPV4] = spoofed_ipv4
+TRIGGERS[Drop.SPOOFED_ARP] = spoofed_arp
+TRIGGERS[Drop.SPOOFED_IPV6] = spoofed_ipv6
 
 
 @pytest.mark.parametrize("reason", list(TRIGGERS), ids=str)

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from conftest import mac
 
+from vswitch.core.counters import Drop
 from vswitch.core.fdb import MIN_AGEING_INTERVAL, Fdb
 
 A, B, C, D = mac(1), mac(2), mac(3), mac(4)
@@ -16,7 +17,7 @@ ROUTER = mac(0xFE)
 def test_learn_records_port_and_schedules_one_pass() -> None:
     fdb = Fdb(ageing=10.0)
     assert fdb.next_deadline() is None
-    assert fdb.learn(A, 1, now=5.0) is True
+    assert fdb.learn(A, 1, now=5.0) is None
     assert fdb.lookup(A) == 1
     assert fdb.lookup(B) is None
     assert len(fdb) == 1
@@ -107,10 +108,10 @@ def test_static_entry_never_ages_and_schedules_nothing() -> None:
 def test_static_entry_never_moves() -> None:
     fdb = Fdb()
     fdb.add_static(ROUTER, 7)
-    assert fdb.learn(ROUTER, 1, now=0.0) is False
+    assert fdb.learn(ROUTER, 1, now=0.0) is Drop.SRC_IS_SWITCH
     assert fdb.lookup(ROUTER) == 7
     assert fdb.events["fdb-moves"] == 0
-    assert fdb.learn(ROUTER, 7, now=0.0) is True  # the owner itself may send from it
+    assert fdb.learn(ROUTER, 7, now=0.0) is None  # the owner itself may send from it
     assert fdb.lookup(ROUTER) == 7
 
 
@@ -129,7 +130,7 @@ def test_full_table_refuses_new_macs_but_keeps_known_ones() -> None:
     fdb = Fdb(ageing=10.0, max_entries=2)
     fdb.learn(A, 1, now=0.0)
     fdb.learn(B, 2, now=0.0)
-    assert fdb.learn(C, 3, now=1.0) is True  # not the switch's own MAC: forwarded, just not learned
+    assert fdb.learn(C, 3, now=1.0) is None  # not the switch's own MAC: forwarded, just not learned
     assert fdb.lookup(C) is None
     assert fdb.events["fdb-full"] == 1
     assert len(fdb) == 2

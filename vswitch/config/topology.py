@@ -40,9 +40,10 @@ from ..core.vxlan import DEFAULT_TTL as VXLAN_TTL
 from ..core.vxlan import OVERHEAD as VXLAN_OVERHEAD
 from ..core.vxlan import VNI_MAX
 from ..core.wire import parse_mac
-from . import services
+from . import protect, services
 from .errors import ConfigError as ConfigError  # re-exported: every caller knows it as topology's
 from .links import LinkSetting, check_ports, link_settings_from_toml
+from .protect import ProtectSpec
 from .services import ServicesSpec
 
 IFNAMSIZ: Final = 16  # the kernel's limit on a link name, with its NUL
@@ -234,6 +235,7 @@ class Topology:
     trunks: list[TrunkSpec] = field(default_factory=list)
     services: ServicesSpec = field(default_factory=ServicesSpec)  # DHCP and DNS on the routed segments
     links: list[LinkSetting] = field(default_factory=list)  # impairments set at start ([link.PORT])
+    protect: ProtectSpec = field(default_factory=ProtectSpec)  # MAC limits, storm control, loop guard
 
     @property
     def ports(self) -> list[PortSpec]:
@@ -698,6 +700,7 @@ class Request:
     trunks: list[TrunkSpec] = field(default_factory=list)
     services: ServicesSpec = field(default_factory=ServicesSpec)
     links: list[LinkSetting] = field(default_factory=list)  # [link.PORT] tables
+    protect: ProtectSpec = field(default_factory=ProtectSpec)
 
     def add_segment(
         self, name: str, ports: list[PortSpec], subnet: IPv4Network | None, subnet6: IPv6Network | None = None
@@ -798,6 +801,7 @@ def build(request: Request) -> Topology:
         trunks=list(request.trunks),
         services=request.services,
         links=list(request.links),
+        protect=request.protect,
     )
     topology = validate(topology)
     services.check(request.services, topology)
@@ -1053,6 +1057,7 @@ def validate(topology: Topology) -> Topology:
     if not 0 <= topology.flow_cache <= FLOW_CACHE_MAX:
         raise ConfigError(f"flow-cache must be between 0 (off) and {FLOW_CACHE_MAX}")
     check_ports(topology.links, _link_ports(topology))
+    protect.check(topology.protect, {p.label for p in topology.ports if p.namespace is not None})
     return topology
 
 
@@ -1083,27 +1088,31 @@ def single_segment(
 
 
 # --- TOML ------------------------------------------------------------------------------------------
-TOML_KEYS = services.TOML_KEYS | {
-    "name",
-    "ports",
-    "subnet",
-    "subnet6",
-    "segment",
-    "uplink",
-    "forward",
-    "route",
-    "host",
-    "host_routes",
-    "ageing",
-    "ra_interval",
-    "nat6",
-    "fdb_max",
-    "txqueuelen",
-    "flow_cache",
-    "mtu",
-    "trunk",
-    "link",
-}
+TOML_KEYS = (
+    services.TOML_KEYS
+    | protect.TOML_KEYS
+    | {
+        "name",
+        "ports",
+        "subnet",
+        "subnet6",
+        "segment",
+        "uplink",
+        "forward",
+        "route",
+        "host",
+        "host_routes",
+        "ageing",
+        "ra_interval",
+        "nat6",
+        "fdb_max",
+        "txqueuelen",
+        "flow_cache",
+        "mtu",
+        "trunk",
+        "link",
+    }
+)
 
 
 SEGMENT_KEYS = {"name", "ports", "subnet", "subnet6", "mtu", "vxlan"}
@@ -1191,6 +1200,7 @@ def request_from_toml(text: str) -> Request:
     req.services = services.from_toml(data)
     if "link" in data:
         req.links = link_settings_from_toml(data["link"])
+    req.protect = protect.from_toml(data)
     return req
 
 

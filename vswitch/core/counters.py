@@ -115,6 +115,16 @@ class Drop(StrEnum):
     IMPAIR_RATE = "impair-rate"  # would wait longer than the shaper's latency for tokens (--rate)
     IMPAIR_LIMIT = "impair-limit"  # the impaired link's queue is full (--limit)
     PARTITIONED = "partitioned"  # from a port on one side of a partition to one on the other
+    # Protections (protect.py): what a port may send, and how much of the flooded kinds
+    PORT_MAC_LIMIT = "port-mac-limit"  # a new source MAC beyond the port's --port-mac-max
+    STORM_BROADCAST = "storm-broadcast"  # over the port's --storm-limit of broadcasts this second
+    STORM_MULTICAST = "storm-multicast"  # over the port's --storm-limit of multicasts this second
+    STORM_UNKNOWN_UNICAST = "storm-unknown-unicast"  # over the limit of floods to an unknown MAC
+    LOOP_BLOCKED = "loop-blocked"  # from a port the loop guard has blocked (a MAC flapping onto it)
+    SPOOFED_MAC = "spoofed-mac"  # --port-security: a source MAC that is not the port's own
+    SPOOFED_IPV4 = "spoofed-ipv4"  # --port-security: an IPv4 source that is not one of the port's
+    SPOOFED_ARP = "spoofed-arp"  # --port-security: an ARP sender (MAC or address) not the port's
+    SPOOFED_IPV6 = "spoofed-ipv6"  # --port-security: an IPv6 source or ND target not the port's
 
 
 class Event(StrEnum):
@@ -124,6 +134,8 @@ class Event(StrEnum):
     FDB_MOVES = "fdb-moves"
     FDB_FULL = "fdb-full"
     FDB_AGED = "fdb-aged"
+    LOOP_DETECTED = "loop-detected"  # a MAC flapped between ports: the later port is blocked
+    LOOP_RECOVERED = "loop-recovered"  # a blocked port's hold time ran out: it forwards again
     VXLAN_REMOTE_LEARNED = "vxlan-remote-learned"  # a VTEP heard from on a tunnel with a group
     ARP_PROBE = "arp-probe"
     ARP_EVICTED = "arp-evicted"

@@ -40,7 +40,8 @@ from .flowcache import DEFAULT_MAX_ENTRIES as FLOW_CACHE_MAX_ENTRIES
 from .flowcache import FlowCache
 from .ipv6 import is_router_advert
 from .journal import Journal
-from .l2 import Decision, Switch
+from .l2 import DEFAULT_LOOP_HOLD, Decision, Switch
+from .protect import PortSecurity
 from .routed import Forwarded, Transmit
 from .router import Router
 from .trace import Tracer
@@ -96,11 +97,20 @@ class Datapath:
         self.untagged_only: set[int] = set()  # ports of segments on a trunk: tagged in is a drop
         # Segments on a trunk: a frame there may be tagged, and is popped for the router and a tunnel.
         self.trunked_segments: set[int] = set()
+        # Protections (l2.py, fdb.py, protect.py): set for every segment, now and later ones.
+        self.storm_limit = 0
+        self.loop_moves = 0
+        self.loop_hold = DEFAULT_LOOP_HOLD
+        self.security: dict[int, PortSecurity] = {}  # ports under --port-security
+        self.notices: list[str] = []  # what the shell should log (loop guard's blocks and recoveries)
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
         fdb = Fdb(self.ageing, self.fdb_max, events=self.counters.events)
-        self.segments.append(Segment(name, Switch(fdb)))
+        fdb.loop_moves = self.loop_moves
+        switch = Switch(fdb)
+        switch.storm_limit, switch.loop_hold = self.storm_limit, self.loop_hold
+        self.segments.append(Segment(name, switch))
         if self.flows is not None:
             self.flows.add_segment(self.segments[-1].switch)
         return len(self.segments) - 1
@@ -114,6 +124,53 @@ class Datapath:
         self.port_switch.append(seg.switch)
         self.port_segment.append(segment)
         return port
+
+    def protect(self, storm_limit: int, loop_moves: int, loop_hold: float = DEFAULT_LOOP_HOLD) -> None:
+        """Storm control (floods a second per port and kind) and the loop guard (moves of one MAC a
+        second that mean a loop; how long its port stays blocked), for every segment; 0 turns off."""
+        self.storm_limit, self.loop_moves, self.loop_hold = storm_limit, loop_moves, loop_hold
+        for seg in self.segments:
+            seg.switch.storm_limit, seg.switch.loop_hold = storm_limit, loop_hold
+            seg.switch.fdb.loop_moves = loop_moves
+
+    def set_port_mac_max(self, port: int, limit: int | None) -> None:
+        """At most limit MACs learned on port (None: only the segment's --fdb-max bounds it)."""
+        limits = self.port_switch[port].fdb.port_limits
+        if limit is None:
+            limits.pop(port, None)
+        else:
+            limits[port] = limit
+
+    def secure(self, port: int, rules: PortSecurity | None) -> None:
+        """Port security for port (None: off). Its forwarder checks every frame first."""
+        if rules is None:
+            self.security.pop(port, None)
+        else:
+            self.security[port] = rules
+
+    def blocked_ports(self, now: float) -> dict[str, float]:
+        """Ports the loop guard holds, by name -> seconds until they come back."""
+        names = self.counters.names
+        return {
+            names[port]: max(0.0, until - now)
+            for seg in self.segments
+            for port, until in seg.switch.blocked.items()
+        }
+
+    def take_notices(self) -> list[str]:
+        """Lines for the log since the last call: the loop guard's blocks (from any frame's decision)
+        and recoveries (from on_timer). Asked by the shell at its deadline checks, not per frame."""
+        names = self.counters.names
+        for seg in self.segments:
+            switch = seg.switch
+            for port, mac in switch.new_blocks:
+                self.notices.append(
+                    f"loop guard: {mac_str(mac)} is flapping between ports of segment {seg.name}: a loop "
+                    f"outside the switch? port {names[port]} is blocked for {switch.loop_hold:g}s"
+                )
+            switch.new_blocks.clear()
+        notices, self.notices = self.notices, []
+        return notices
 
     def remove_port(self, port: int) -> set[bytes]:
         """A port leaves (`vswitch port del`): no frame goes to it again, and what was learned through
@@ -222,9 +279,23 @@ class Datapath:
         counters.rx_packets[in_port] += 1
         if len(pkt) > VNET_HDR_LEN:  # a runt shorter than the vnet header must not count negative bytes
             counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
+        if self.security and in_port in self.security:
+            refused = self.security[in_port].check(pkt)
+            if refused is not None:
+                self._count_l2(in_port, refused)
+                return None
         if self.egress:
             return self.forward_egress(in_port, pkt, now)
         return self.forward(in_port, pkt, now)
+
+    def forward_secured(self, in_port: int, pkt: bytes, now: float) -> PortVerdict:
+        """A port under port security: its frame is checked against what the port may claim (protect.py)
+        before anything learns from it, then forwarded as any other."""
+        refused = self.security[in_port].check(pkt)
+        if refused is not None:
+            self._count_l2(in_port, refused)
+            return None
+        return self._unsecured_forwarder(in_port)(in_port, pkt, now)
 
     def receive_underlay(
         self, vtep: Vtep, payload: bytes, source: str, now: float
@@ -326,7 +397,13 @@ class Datapath:
         """What the IO shell calls for each frame from in_port, asked once per batch: `forward`, or,
         on a segment without the router while nothing traces, the switch's decision itself: its
         verdict is final there, and one Python call less per frame is ~20% of the decision's cost. Its
-        drops come back as a Drop, for the caller to count (`count_drop`)."""
+        drops come back as a Drop, for the caller to count (`count_drop`). A port under port security
+        takes `forward_secured` first."""
+        if in_port in self.security:
+            return self.forward_secured
+        return self._unsecured_forwarder(in_port)
+
+    def _unsecured_forwarder(self, in_port: int) -> Forwarder:
         switch = self.port_switch[in_port]
         if self.egress and (
             switch.router_port is not None or self.port_segment[in_port] in self.egress_segments
@@ -544,6 +621,10 @@ class Datapath:
             deadline = seg.switch.fdb.next_deadline()
             if deadline is not None and (best is None or deadline < best):
                 best = deadline
+            if seg.switch.blocked:
+                deadline = seg.switch.next_unblock()
+                if deadline is not None and (best is None or deadline < best):
+                    best = deadline
         return best
 
     def dns_upstream_reply(self, wire: bytes, now: float, over_tcp: bool = False) -> list[tuple[int, Frame]]:
@@ -558,6 +639,9 @@ class Datapath:
     def on_timer(self, now: float) -> list[tuple[int, Frame]]:
         for seg in self.segments:
             seg.switch.fdb.age(now)
+            if seg.switch.blocked:
+                for port in seg.switch.unblock_due(now):
+                    self.notices.append(f"loop guard: port {self.counters.names[port]} forwards again")
         if self.router is None:
             return []
         frames: list[tuple[int, Frame]] = list(self.from_router(self.router.on_timer(now), now))

@@ -5,6 +5,13 @@ reschedules itself rather than a timer per entry, a full table refuses new learn
 kernel's fdb_max_learned does) so a MAC flood cannot evict the hosts already known, and static entries
 (the switch's own MACs) never age or move.
 
+Two protections live here, where learning happens. A port may learn at most its limit of MACs
+(``port_limits``: Cisco's port-security maximum, the kernel's per-port ``max_learned``), so one port
+cannot fill the segment's table and stop everyone else's learning. And a MAC that moves between ports
+more than ``loop_moves`` times in a second is flapping, which is what a forwarding loop outside the
+switch looks like (two ports of one segment joined: every broadcast comes back on the other port); the
+caller (l2.Switch) blocks the port it moved to.
+
 ``on_change`` is called whenever an existing entry moves or goes (a flow cache that remembered where a
 MAC was must forget it); learning a new MAC changes no decision already made, so it is not reported.
 """
@@ -16,13 +23,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .counters import Event
+from .counters import Drop, Event
 from .journal import Journal, keep
 
 DEFAULT_AGEING = 300.0
 DEFAULT_MAX_ENTRIES = 8192
 # An ageing pass runs at most this often, so staggered entries cost one pass a second, not one each.
 MIN_AGEING_INTERVAL = 1.0
+# A MAC moving more often than this in one second is a loop, not a host changing ports (a container
+# moved, a VM migrated, `vswitch port move`: one move each, seconds apart).
+DEFAULT_LOOP_MOVES = 10
+# MACs of one port of a single namespace (a host, its containers): learning beyond is a flood.
+DEFAULT_PORT_MAC_MAX = 1024
 
 
 @dataclass(slots=True)
@@ -50,6 +62,11 @@ class Fdb:
         self.events: Counter[str] = events if events is not None else Counter()
         self._learned = 0  # entries that count against max_entries (static ones do not)
         self._next_pass: float | None = None
+        self.port_limits: dict[int, int] = {}  # port -> most MACs it may learn (absent: no limit)
+        self.port_counts: Counter[int] = Counter()  # port -> learned entries on it now
+        self.loop_moves = DEFAULT_LOOP_MOVES  # moves of one MAC within a second that mean a loop; 0: off
+        self._moves: dict[bytes, int] = {}  # moves per MAC in the current second (cleared each second)
+        self._moves_since = 0.0
         self.on_change: Callable[[], None] | None = None
         self.journal: Journal | None = None  # while a frame is traced (journal.py)
 
@@ -71,33 +88,57 @@ class Fdb:
         keep(self.journal, self)
         if old is not None and not old.static:
             self._learned -= 1
+            self.port_counts[old.port] -= 1
         self.entries[mac] = FdbEntry(port, 0.0, static=True, owned=owned)
         if old is not None:
             self._changed()
 
-    def learn(self, mac: bytes, port: int, now: float) -> bool:
-        """Record that mac was seen on port. False when the source belongs to the switch itself."""
+    def learn(self, mac: bytes, port: int, now: float) -> Drop | None:
+        """Record that mac was seen on port. A Drop when the frame must not pass: the source belongs to
+        the switch itself, the port is at its MAC limit, or the MAC is flapping (LOOP_BLOCKED: the
+        caller blocks the port). A full table is not a drop: the frame is forwarded, unlearned."""
         entry = self.entries.get(mac)
         if self.journal is not None:
             keep(self.journal, self, entry)
         if entry is not None:
             if entry.static:
-                return entry.port == port or not entry.owned
+                return None if entry.port == port or not entry.owned else Drop.SRC_IS_SWITCH
             if entry.port != port:
+                limit = self.port_limits.get(port)
+                if limit is not None and self.port_counts[port] >= limit:
+                    return Drop.PORT_MAC_LIMIT
+                if self.loop_moves and self._flapping(mac, now):
+                    return Drop.LOOP_BLOCKED
+                self.port_counts[entry.port] -= 1
+                self.port_counts[port] += 1
                 entry.port = port
                 self.events[Event.FDB_MOVES] += 1
                 self._changed()
             entry.seen = now
-            return True
+            return None
+        limit = self.port_limits.get(port)
+        if limit is not None and self.port_counts[port] >= limit:
+            return Drop.PORT_MAC_LIMIT
         if self._learned >= self.max_entries:
             self.events[Event.FDB_FULL] += 1
-            return True
+            return None
         self.entries[mac] = FdbEntry(port, now)
         self._learned += 1
+        self.port_counts[port] += 1
         self.events[Event.FDB_LEARNED] += 1
         if self._next_pass is None:
             self._next_pass = now + self.ageing
-        return True
+        return None
+
+    def _flapping(self, mac: bytes, now: float) -> bool:
+        """Count one move of mac; True once it has moved more than loop_moves times this second. The
+        count is per one-second window (bounded: at most the MACs that moved in it)."""
+        if now - self._moves_since >= 1.0 or now < self._moves_since:
+            self._moves.clear()
+            self._moves_since = now
+        moves = self._moves.get(mac, 0) + 1
+        self._moves[mac] = moves
+        return moves > self.loop_moves
 
     def forget_port(self, port: int) -> None:
         """Flush what was learned on a port that went away (as the kernel does on port removal)."""
@@ -106,6 +147,7 @@ class Fdb:
         for mac in gone:
             del self.entries[mac]
             self._learned -= 1
+        self.port_counts.pop(port, None)
         if gone:
             self._changed()
 
@@ -120,8 +162,9 @@ class Fdb:
         keep(self.journal, self)
         ageing = self.ageing
         stale = [m for m, e in self.entries.items() if not e.static and e.seen + ageing <= now]
+        counts = self.port_counts
         for mac in stale:
-            del self.entries[mac]
+            counts[self.entries.pop(mac).port] -= 1
         self._learned -= len(stale)
         self.events[Event.FDB_AGED] += len(stale)
         if stale:

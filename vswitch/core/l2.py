@@ -3,6 +3,13 @@
 Pure: no fd, no clock. Order follows the kernel bridge (br_handle_frame, br_handle_frame_finish):
 validate and classify first, learn only a valid source, then decide. The result is a value: one
 egress port id, the segment's flood tuple (every other port), or a Drop reason.
+
+Two protections decide here too. Storm control (as Cisco's storm-control and OVS's meters): per port and
+per kind (broadcast, multicast, unicast to an unknown MAC), at most ``storm_limit`` floods a second; the
+rest are named drops. Loop guard: when the FDB sees a MAC flapping (fdb.py), the port it flapped onto is
+blocked for ``loop_hold`` seconds: nothing is read from it or flooded to it, what it taught the FDB is
+forgotten, and it comes back by itself (blocked again at once if the loop is still there). vswitch runs
+no STP: BPDUs are reserved-group frames, never forwarded.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from .counters import Drop
+from .counters import Drop, Event
 from .fdb import Fdb
 from .ipv6 import is_router_advert
 from .wire import ETH_MIN, VNET_F_NEEDS_CSUM, VNET_HDR_LEN, ZERO_MAC
@@ -27,6 +34,10 @@ _CSUM_FIELDS: Final = struct.Struct("<HH").unpack_from
 # The checksum field (2 bytes) at csum_start + csum_offset must lie inside the frame (tun.c refuses
 # the write otherwise): the two fields' sum plus this may not pass the buffer's length.
 _CSUM_END: Final = VNET_HDR_LEN + 2
+# A normal LAN's floods are a few a second per host (ARP, ND, mDNS); a storm is thousands.
+DEFAULT_STORM_LIMIT = 10_000
+DEFAULT_LOOP_HOLD = 30.0  # seconds a port blocked by the loop guard stays blocked
+BROADCAST: Final = b"\xff\xff\xff\xff\xff\xff"
 
 
 class Switch:
@@ -45,6 +56,14 @@ class Switch:
         # port is a rogue router's, and dropped before any host sees it.
         self.ra_guard = False
         self.no_ra: set[int] = set()  # ports the router's own advertisements never reach (the host's)
+        # Storm control: floods a second per port and kind, 0 = off; the counts of the current second.
+        self.storm_limit = 0
+        self._storm_since = 0.0
+        self._storm_counts: dict[int, list[int]] = {}  # port -> [broadcast, multicast, unknown unicast]
+        # Loop guard: blocked ports -> when they unblock; blocks made but not yet told (Datapath logs).
+        self.loop_hold = DEFAULT_LOOP_HOLD
+        self.blocked: dict[int, float] = {}
+        self.new_blocks: list[tuple[int, bytes]] = []  # (port, the MAC that flapped onto it)
         for port in ports:
             self.add_port(port)
 
@@ -72,13 +91,15 @@ class Switch:
         self.ports.remove(port)
         self.groups.pop(port, None)
         self.unflooded.discard(port)
+        self.blocked.pop(port, None)
+        self._storm_counts.pop(port, None)
         self.fdb.forget_port(port)
         self._rebuild_flood_sets()
 
     def _rebuild_flood_sets(self) -> None:
         """Flood sets hold real ports only; the datapath hands the router its copy itself."""
-        groups, unflooded = self.groups, self.unflooded
-        flooded = [q for q in self.ports if q not in unflooded]
+        groups, unflooded, blocked = self.groups, self.unflooded, self.blocked
+        flooded = [q for q in self.ports if q not in unflooded and q not in blocked]
         self.flood_sets = {
             p: tuple(q for q in flooded if q != p and (p not in groups or groups.get(q) != groups[p]))
             for p in self.ports
@@ -113,6 +134,8 @@ class Switch:
             return Drop.RA_GUARD
         entry = entries.get(pkt[10:16])
         if entry is None:
+            if self.storm_limit and in_port != self.router_port and self._storming(in_port, 2, now):
+                return Drop.STORM_UNKNOWN_UNICAST
             return self._flood(in_port)
         if entry.port == in_port:
             return Drop.SAME_PORT
@@ -124,9 +147,48 @@ class Switch:
             return Drop.SRC_MULTICAST
         if src == ZERO_MAC:
             return Drop.SRC_ZERO
-        if not self.fdb.learn(src, in_port, now):
-            return Drop.SRC_IS_SWITCH
-        return None
+        if self.blocked and in_port in self.blocked:
+            return Drop.LOOP_BLOCKED
+        refused = self.fdb.learn(src, in_port, now)
+        if refused is Drop.LOOP_BLOCKED:
+            self.block(in_port, now, src)
+        return refused
+
+    def block(self, port: int, now: float, mac: bytes = ZERO_MAC) -> None:
+        """Loop guard: take port out of the segment until now + loop_hold (what it taught the FDB goes,
+        so replies find its hosts again elsewhere, or by a flood once it is back)."""
+        if port == self.router_port:
+            return
+        self.blocked[port] = now + self.loop_hold
+        self.new_blocks.append((port, mac))
+        self.fdb.events[Event.LOOP_DETECTED] += 1
+        self.fdb.forget_port(port)
+        self._rebuild_flood_sets()
+
+    def unblock_due(self, now: float) -> list[int]:
+        """Ports whose hold has run out, back in the segment; returned for the log."""
+        due = [port for port, until in self.blocked.items() if until <= now]
+        for port in due:
+            del self.blocked[port]
+            self.fdb.events[Event.LOOP_RECOVERED] += 1
+        if due:
+            self._rebuild_flood_sets()
+        return due
+
+    def next_unblock(self) -> float | None:
+        return min(self.blocked.values(), default=None)
+
+    def _storming(self, port: int, kind: int, now: float) -> bool:
+        """Count one flood of kind (0 broadcast, 1 multicast, 2 unknown unicast) from port; True when
+        it is over storm_limit for this second (one-second windows, as Cisco's storm-control)."""
+        if now - self._storm_since >= 1.0 or now < self._storm_since:
+            self._storm_counts.clear()
+            self._storm_since = now
+        counts = self._storm_counts.get(port)
+        if counts is None:
+            counts = self._storm_counts[port] = [0, 0, 0]
+        counts[kind] += 1
+        return counts[kind] > self.storm_limit
 
     def _group(self, in_port: int, pkt: bytes, now: float) -> Decision:
         """Broadcast and multicast: never link-local groups; otherwise learn and flood."""
@@ -143,6 +205,12 @@ class Switch:
             return refused
         if self.ra_guard and in_port != self.router_port and is_router_advert(pkt):
             return Drop.RA_GUARD
+        if self.storm_limit and in_port != self.router_port:
+            if dst == BROADCAST:
+                if self._storming(in_port, 0, now):
+                    return Drop.STORM_BROADCAST
+            elif self._storming(in_port, 1, now):
+                return Drop.STORM_MULTICAST
         return self._flood(in_port)
 
     def _flood(self, in_port: int) -> tuple[int, ...] | Drop:

@@ -147,6 +147,8 @@ class Instance:
         self.topology = topology
         self.ledger = Ledger(topology.name)
         self.datapath = Datapath(topology.ageing, topology.fdb_max, topology.flow_cache)
+        guard = topology.protect
+        self.datapath.protect(guard.storm_limit, guard.loop_guard, guard.loop_guard_hold)
         self.ports: list[LivePort] = []
         self.started_at = time.time()
         self.log = log or (lambda _msg: None)
@@ -196,6 +198,7 @@ class Instance:
                 self._add_router()
                 self._add_namespace_routes()
                 self._add_outside_routes6()
+            self._secure_ports()
         except NetlinkError as exc:
             self.teardown()
             raise StartError(f"the kernel refused a step: {os.strerror(exc.code)}") from None
@@ -238,6 +241,7 @@ class Instance:
     ) -> None:
         tap, mac, ifname = self._make_tap(spec, mtu, offloads, ipv6_conf, [seg_name])
         port_id = self.datapath.add_port(spec.label, seg_index)
+        self._limit_macs(port_id, spec, seg_name)
         self.ports.append(
             LivePort(
                 port_id,
@@ -571,6 +575,39 @@ class Instance:
     # namespace) in the default executor, so forwarding goes on meanwhile. The tap is in the ledger
     # before the port forwards (_make_tap records it first): a SIGKILL at any moment leaves `down`
     # an exact list.
+    def _limit_macs(self, port_id: int, spec: PortSpec, seg_name: str) -> None:
+        """A namespace's port learns at most --port-mac-max MACs; the host port and the uplink carry a
+        whole network's and, like trunks and tunnels, are bounded by the segment's --fdb-max only."""
+        if spec.namespace is not None and seg_name != UPLINK_SEGMENT:
+            self.datapath.set_port_mac_max(port_id, self.topology.protect.namespace_port_mac_max)
+
+    def _secure_ports(self) -> None:
+        """--port-security: each named port may send from its MAC and its addresses only: the static
+        ones, the EUI-64 ones SLAAC forms from the segment's /64 (and the link-local one), and
+        whatever the router's DHCP server has leased to that MAC while the lease lasts."""
+        from ..core.protect import PortSecurity
+        from ..core.wire import parse_mac
+
+        dhcp = self.router.dhcp if self.router is not None else None
+
+        def leased(mac: bytes) -> IPv4Address | None:
+            lease = dhcp.leases.get(mac) if dhcp is not None else None
+            return lease.address if lease is not None and lease.bound else None
+
+        segments = {s.name: s for s in self.topology.segments}
+        for label in self.topology.protect.port_security:
+            live = self._live(label)
+            seg = segments.get(live.segment)
+            prefixes = [seg.subnet6.network_address] if seg is not None and seg.subnet6 is not None else []
+            rules = PortSecurity.of(
+                parse_mac(live.mac),
+                [] if live.address is None else [live.address.ip],
+                [] if live.address6 is None else [live.address6.ip],
+                prefixes,
+                leased if dhcp is not None else None,
+            )
+            self.datapath.secure(live.id, rules)
+
     async def add_port_live(self, text: str, segment: str | None = None, address: str | None = None) -> Any:
         from ..config.topology import parse_interface, parse_port
 
@@ -597,6 +634,7 @@ class Instance:
         except (KernelError, TapError, OSError) as exc:
             raise CommandError(f"port {spec.label}: {exc}") from None
         port_id = self.datapath.add_port(spec.label, index)
+        self._limit_macs(port_id, spec, seg.name)
         self.datapath.access(port_id)
         live = LivePort(port_id, spec.label, spec.namespace, ifname, spec.address, mac, seg.name, tap,
                         spec.address6, spec.attached)  # fmt: skip
@@ -948,7 +986,13 @@ class Instance:
         )
 
     # --- views for the control socket --------------------------------------------------------------
+    def _now(self) -> float:
+        """The core's clock: the event loop's while serving (the shell passes it to every decision)."""
+        return self.shell.loop.time() if self.shell is not None else time.monotonic()
+
     def status(self) -> dict[str, Any]:
+        guard = self.topology.protect
+        blocked = self.datapath.blocked_ports(self._now())
         return {
             "instance": self.topology.name,
             "pid": os.getpid(),
@@ -958,6 +1002,7 @@ class Instance:
                     **p.describe(),
                     **self._leased(p),
                     "gone": self.shell is not None and not self.shell.reading(p.id),
+                    "blocked": p.label in blocked,
                 }
                 for p in self.ports
             ],
@@ -994,6 +1039,14 @@ class Instance:
             "flow_cache_entries": 0 if self.datapath.flows is None else len(self.datapath.flows),
             "services": self._services(),
             "emulation": self.links() if self.shell is not None and self.shell.emulator.configured else None,
+            "protect": {
+                "port_mac_max": guard.namespace_port_mac_max,
+                "storm_limit": guard.storm_limit,
+                "loop_guard": guard.loop_guard,
+                "loop_guard_hold": guard.loop_guard_hold,
+                "port_security": list(guard.port_security),
+                "blocked": {name: round(left, 1) for name, left in blocked.items()},
+            },
         }
 
     # --- network emulation (core/emulation.py): impairments per port and direction, partitions -----

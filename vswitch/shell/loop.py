@@ -822,6 +822,8 @@ class Shell:
     # --- the one timer -----------------------------------------------------------------------------
     def _rearm(self, now: float) -> None:
         self._check_timer_at = now + TIMER_CHECK_INTERVAL
+        for notice in self.datapath.take_notices():  # the loop guard's blocks and recoveries
+            log.warning("%s", notice)
         deadline = self.datapath.next_deadline()
         emulator = self.emulator
         if emulator.ins or emulator.outs:
