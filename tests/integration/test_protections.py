@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
 from typing import Any
 
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
+from .clients import run_dhclient
 from .conftest import Env, Switch, netns_exec, wait_for
 
 # Frames (hex, one a line, on stdin) written to an interface from a raw socket, as fast as it goes:
@@ -300,3 +301,34 @@ def test_port_security_names_each_spoofed_source(env: Env) -> None:
     wait_for(lambda: all(drops(sw, a).get(reason, 0) >= 5 for reason in spoofed), 5, "each spoofing counted")
     assert {reason: drops(sw, a)[reason] for reason in spoofed} == dict.fromkeys(spoofed, 5)
     assert ping(a, address(sw, b))  # what a may send still passes
+
+
+def test_port_security_lets_real_clients_configure_themselves(env: Env) -> None:
+    """A secured port's host takes its IPv4 address from ISC dhclient (DISCOVER from 0.0.0.0, the
+    lease then its own) and its IPv6 address by SLAAC (DAD, MLD, ND from the EUI-64 addresses): all
+    of it passes, both families reach the other host, and not one frame counts as spoofed."""
+    a, b = env.ns("a"), env.ns("b")
+    sw = env.router("--segment", f"lan={a}=dhcp,{b}", "--subnet6", "fd00:78::/48", "--port-security", a)
+    lease = run_dhclient(a, "eth0")
+    assert lease.address is not None and lease.address.ip in IPv4Interface("10.1.0.0/24").network
+    target = address(sw, b)
+    assert ping(a, target)
+    target6 = str(IPv6Interface(port(sw, b)["address6"]).ip)
+    wait_for(lambda: ping6_ok(a, target6), 10, "a's SLAAC address to reach b")
+    assert not {reason: n for reason, n in drops(sw, a).items() if reason.startswith("spoofed-")}
+    # The lease is what made a's address its own: another in the subnet is refused.
+    spoof = (
+        Ether(src=mac_of(sw, a), dst=mac_of(sw, b))
+        / IP(src=_other_than(lease.address.ip), dst=target)
+        / ICMP()
+    )
+    raw_send(a, [bytes(spoof)])
+    wait_for(lambda: drops(sw, a).get("spoofed-ipv4", 0) == 1, 5, "a foreign source from a to be refused")
+
+
+def _other_than(mine: IPv4Address) -> str:
+    return str(mine + 1 if int(mine) & 0xFF < 250 else mine - 1)
+
+
+def ping6_ok(ns: str, target: str) -> bool:
+    return netns_exec(ns, ["ping", "-6", "-c", "1", "-W", "1", target], check=False).returncode == 0
