@@ -250,6 +250,9 @@ def run_flood(lab: Lab, flood: Flood, plan: Plan, say: Say) -> dict[str, Any]:
         "victim_ping": {"before": before_pings.summary(), "during": during_pings.summary()},
         "drops": counter_delta(stats1.get("drops", {}), stats0.get("drops", {})),
         "events": counter_delta(stats1.get("events", {}), stats0.get("events", {})),
+        "router_events": counter_delta(
+            stats1.get("router", {}).get("events", {}), stats0.get("router", {}).get("events", {})
+        ),
         "tables": tables(stats1) if stats1 else {},
     }
     return row
@@ -273,7 +276,8 @@ def flood_grid(doc: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     title = (f"Floods at {plan['pps']:,} pps for {plan['flood']:g} s (victims: TCP through NAT, ping every "
              f"{plan['ping_interval']:g} s; baseline {plan['baseline']:g} s)")  # fmt: skip
     header = ["flood", "sent", "vswitch read", "alive, ctl max", "victim TCP Gbit/s before > during",
-              "ping median ms", "ping p99 ms", "ping loss", "top drops", "tables at the end", "RSS MiB (peak)"]  # fmt: skip
+              "ping median ms", "ping p99 ms", "ping loss", "top drops", "tables at the end",
+              "RSS MiB (peak)"]  # fmt: skip
     rows = []
     for row in doc["floods"]:
         if "error" in row:
@@ -295,7 +299,7 @@ def flood_grid(doc: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
             f"{_kpps(row['sender']['pps'])}pps",
             f"{_kpps(row['vswitch_read_pps'])}pps",
             f"{alive}, {ctl_text}",
-            f"{tcp['before_gbps']:.2f} > {tcp['during_gbps']:.2f} ({tcp['ratio']}×)",
+            f"{tcp['before_gbps']:.2f} > {tcp['during_gbps']:.2f} (x{tcp['ratio']})",
             f"{_ms(ping['before']['median_ms'])} > {_ms(ping['during']['median_ms'])}",
             f"{_ms(ping['before']['p99_ms'])} > {_ms(ping['during']['p99_ms'])}",
             f"{ping['during']['loss_pct']}%",

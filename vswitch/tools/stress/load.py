@@ -52,6 +52,7 @@ SOL_PACKET: Final = 263  # include/linux/socket.h (Python does not export it)
 PACKET_QDISC_BYPASS: Final = 20  # include/uapi/linux/if_packet.h
 MIN_FRAME: Final = 60  # Ethernet's minimum without the FCS: shorter is a runt
 DEFAULT_FRAMES: Final = 65536  # distinct frames per flood (cycled)
+SWEEP: Final = IPv4Network("10.1.0.0/16")
 BURST_SECONDS: Final = 0.0005  # a paced sender sends this much of its rate at a time
 UNPACED_BURST: Final = 256
 
@@ -69,7 +70,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071): the complement of the one's-complement sum of 16-bit words."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -146,7 +147,7 @@ class Endpoints:
     dst_mac: bytes
     src_ip: IPv4Address
     dst_ip: IPv4Address
-    sweep: IPv4Network = IPv4Network("10.1.0.0/16")  # arp-sweep's targets
+    sweep: IPv4Network = SWEEP  # arp-sweep's targets
 
 
 def random_macs(rng: random.Random, count: int) -> list[bytes]:
@@ -221,15 +222,15 @@ def build_arp_sweep(ep: Endpoints, count: int, rng: random.Random) -> list[bytes
     ]
 
 
-FRAGMENT_DATAGRAM: Final = 3000  # UDP payload of each datagram whose fragments are sent (never all)
+FRAGMENT_DATAGRAM: Final = 2000  # UDP payload of each datagram whose fragments are sent (never all)
 FRAGMENT_DATA: Final = 1480  # the first fragment's IP payload: UDP header + 1472 bytes (offset 185)
 
 
 def build_fragments(ep: Endpoints, count: int, rng: random.Random) -> list[bytes]:
-    """Fragments of UDP datagrams that never complete: even frames a first fragment (offset 0, MF set)
-    alone, odd frames a later fragment (offset 1480, MF clear) of another datagram whose first never
-    comes. Each datagram its own IP identifier (RFC 791); reassembly (or NAT's memory of the first)
-    waits for the rest until it times out."""
+    """Fragments of UDP datagrams that never complete: even frames a first fragment (offset 0, MF set,
+    1514 bytes) alone, odd frames a later fragment (offset 1480, MF clear, 562 bytes) of another
+    datagram whose first never comes. Each datagram its own IP identifier (RFC 791); reassembly (or
+    NAT's memory of the first) waits for the rest until it times out."""
     payload = bytes(range(256)) * (FRAGMENT_DATAGRAM // 256) + bytes(FRAGMENT_DATAGRAM % 256)
     sport = rng.randrange(1024, 65536)
     frames = []
@@ -464,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         frames = build(args.kind, ep, args.frames, args.seed)
         built = time.monotonic() - started
         result = send(sock.send, frames, args.pps, args.count, args.seconds)
-    report = {**asdict(result), "pps": round(result.pps, 1), "kind": args.kind, "distinct_frames": len(frames),
+    report = {**asdict(result), "pps": round(result.pps, 1), "kind": args.kind,
+              "distinct_frames": len(frames),
               "build_seconds": round(built, 3), "target_pps": args.pps}  # fmt: skip
     print(json.dumps(report), flush=True)
     return 0
