@@ -38,6 +38,7 @@ memory, flow cache) and VmRSS/VmHWM at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...shell.control import ControlError
+from ...shell.kernel import remove_netns_named
 from ..bench.measure import cpu_seconds
 from ..bench.report import markdown
 from ..bench.run import Signals, machine_info
@@ -258,6 +260,41 @@ def run_flood(lab: Lab, flood: Flood, plan: Plan, say: Say) -> dict[str, Any]:
     return row
 
 
+GENERATOR_SECONDS: Final = 2.0
+
+
+def generator_rate(run: Run, kind: str = "udp64") -> dict[str, Any]:
+    """The load generator unpaced for GENERATOR_SECONDS into one end of a veth pair in a namespace of
+    its own (no vswitch): what one sender process reaches on this machine, and its CPU."""
+    from pyroute2 import IPRoute
+
+    from ..bench.topologies import new_namespace
+
+    made: list[str] = []
+    lab = run.new_lab()
+    try:
+        namespace = new_namespace(lab.ns("gen"), made)
+        with IPRoute(netns=namespace) as ipr:
+            ipr.link("add", ifname="gen0", kind="veth", peer={"ifname": "gen1"})
+            for ifname in ("gen0", "gen1"):
+                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+        sender = lab.sender(namespace, kind, 0, 50_000_000, GENERATOR_SECONDS, ifname="gen0",
+                            dst_mac="02:00:00:00:00:01")  # fmt: skip
+        result = lab.sender_result(sender, GENERATOR_SECONDS)
+    finally:
+        for name in made:
+            with contextlib.suppress(OSError):
+                remove_netns_named(name)
+        run.doc["errors"].extend(f"generator: clean-up: {p}" for p in lab.close())
+    return {
+        "kind": kind,
+        "pps": round(result["pps"]),
+        "cpu_pct": round(100 * result["cpu_seconds"] / result["seconds"], 1),
+        "errors": result["errors"],
+        "seconds": round(result["seconds"], 2),
+    }
+
+
 # --- the report ------------------------------------------------------------------------------------
 def _kpps(value: float | None) -> str:
     return "n/a" if value is None else f"{value / 1000:.0f}k"
@@ -307,6 +344,10 @@ def flood_grid(doc: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
             tables_text,
             f"{rss.get('VmRSS', 0) / 1024:.0f} ({rss.get('VmHWM', 0) / 1024:.0f})",
         ])  # fmt: skip
+    gen = doc.get("generator")
+    if gen:
+        title += (f"; the sender alone, unpaced: {gen['pps']:,} pps of 64-byte frames into a veth at "
+                  f"{gen['cpu_pct']}% of a core")  # fmt: skip
     return title, header, rows
 
 
@@ -528,6 +569,11 @@ def main(argv: list[str] | None = None, checkout: Path | None = None) -> int:
     signals = Signals()
     signals.install()
     try:
+        run.say(f"the load generator alone: unpaced 64-byte frames into a veth for {GENERATOR_SECONDS:g} s")
+        try:
+            run.doc["generator"] = generator_rate(run)
+        except (StressError, subprocess.TimeoutExpired, OSError) as exc:
+            run.doc["errors"].append(f"generator: {exc}")
         for kind in plan.kinds:
             flood = FLOODS[kind]
             run.say(f"{kind}: {flood.what}; building vswitch ({run.prefix}-att, -va, -vb, -out)")
