@@ -26,7 +26,7 @@ help:
 	@echo "make bench-micro - per-packet cost of the core (pytest-benchmark)"
 	@echo "make bench-emulation - network emulation against its settings and the kernel's tbf (~6 min)"
 	@echo "make fuzz    - long hypothesis run over the datapath with malformed frames"
-	@echo "make stress-floods - 8 floods against vswitch, victims' TCP and ping before/during (~3 min)"
+	@echo "make stress-floods - 8 floods against vswitch, victims' TCP and ping before/during (~2 min)"
 	@echo "make stress-noisy  - one port overloading, the others' TCP unloaded vs loaded (~1 min)"
 
 # Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have),

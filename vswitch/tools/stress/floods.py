@@ -282,10 +282,14 @@ def generator_rate(run: Run, kind: str = "udp64") -> dict[str, Any]:
                             dst_mac="02:00:00:00:00:01")  # fmt: skip
         result = lab.sender_result(sender, GENERATOR_SECONDS)
     finally:
-        for name in made:
-            with contextlib.suppress(OSError):
-                remove_netns_named(name)
-        run.doc["errors"].extend(f"generator: clean-up: {p}" for p in lab.close())
+        run.signals.tearing_down = True
+        try:
+            for name in made:
+                with contextlib.suppress(OSError):
+                    remove_netns_named(name)
+            run.doc["errors"].extend(f"generator: clean-up: {p}" for p in lab.close())
+        finally:
+            run.signals.tearing_down = False
     return {
         "kind": kind,
         "pps": round(result["pps"]),
@@ -463,6 +467,7 @@ class Run:
     work: Path = field(init=False)
     doc: dict[str, Any] = field(init=False)
     labs: int = 0
+    signals: Signals = field(default_factory=Signals)  # Ctrl-C unwinds a step; none lands in a clean-up
 
     def __post_init__(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
@@ -520,7 +525,11 @@ def guarded(run: Run, what: str, step: Callable[[Lab], dict[str, Any]]) -> dict[
         if not isinstance(exc, StressError | ControlError):
             traceback.print_exc()
     finally:
-        problems = lab.close()
+        run.signals.tearing_down = True
+        try:
+            problems = lab.close()
+        finally:
+            run.signals.tearing_down = False
         run.doc["errors"].extend(f"{what}: clean-up: {p}" for p in problems)
     row["elapsed_s"] = round(time.monotonic() - started, 1)
     return row
@@ -566,8 +575,7 @@ def main(argv: list[str] | None = None, checkout: Path | None = None) -> int:
     run = Run("floods", sys.argv[1:] if argv is None else argv, out_dir, checkout)
     run.doc["plan"] = asdict(plan)
     run.doc["floods"] = []
-    signals = Signals()
-    signals.install()
+    run.signals.install()
     try:
         run.say(f"the load generator alone: unpaced 64-byte frames into a veth for {GENERATOR_SECONDS:g} s")
         try:
@@ -584,6 +592,6 @@ def main(argv: list[str] | None = None, checkout: Path | None = None) -> int:
         shutil.rmtree(run.work, ignore_errors=True)
         return 130
     finally:
-        signals.restore()
+        run.signals.restore()
     run.finish([flood_grid(run.doc)], write_chart)
     return 1 if run.doc["errors"] else 0

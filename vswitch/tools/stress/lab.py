@@ -307,7 +307,7 @@ class Lab:
         then sweep namespaces with the prefix; return what went wrong."""
         problems: list[str] = []
         for proc in reversed(self.programs):
-            problems.extend(terminate(proc, str(proc.args[3] if len(proc.args) > 3 else proc.args), 5))
+            problems.extend(terminate(proc, " ".join(map(str, proc.args[:6])), 5))
         self.programs.clear()
         if self.proc is not None:
             if self.proc.poll() is None:

@@ -211,8 +211,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, checkout: Path | None = None) -> int:
-    from ..bench.run import Signals
-
     args = parse_args(argv)
     try:
         preflight()
@@ -225,8 +223,7 @@ def main(argv: list[str] | None = None, checkout: Path | None = None) -> int:
     out_dir = Path(args.out) if args.out else checkout / "bench" / "results"
     run = Run("noisy", sys.argv[1:] if argv is None else argv, out_dir, checkout)
     run.doc["plan"] = asdict(plan)
-    signals = Signals()
-    signals.install()
+    run.signals.install()
     try:
         run.say(f"building vswitch up --ports {run.prefix}-noisy,-sink,-va,-vb")
         run.doc["noisy"] = guarded(run, "noisy", lambda lab: run_noisy(lab, plan, run.say))
@@ -234,7 +231,7 @@ def main(argv: list[str] | None = None, checkout: Path | None = None) -> int:
         print("stress noisy: interrupted; removed everything it built", file=sys.stderr)
         return 130
     finally:
-        signals.restore()
+        run.signals.restore()
     run.finish([grid(run.doc)], write_chart)
     if run.doc["errors"]:
         return 1
