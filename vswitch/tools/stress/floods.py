@@ -312,12 +312,21 @@ def _top(counts: dict[str, int], n: int = 3) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in list(counts.items())[:n]) or "none"
 
 
+ROUTINE_EVENTS: Final = frozenset({"flow-cache-hits", "flow-cache-misses"})
+
+
+def notable_events(row: dict[str, Any]) -> dict[str, int]:
+    """The flood's events, datapath's and router's, but the flow cache's hits and misses, largest first."""
+    merged = Counter(row.get("events", {})) + Counter(row.get("router_events", {}))
+    return {k: v for k, v in merged.most_common() if k not in ROUTINE_EVENTS}
+
+
 def flood_grid(doc: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
     plan = doc["plan"]
     title = (f"Floods at {plan['pps']:,} pps for {plan['flood']:g} s (victims: TCP through NAT, ping every "
              f"{plan['ping_interval']:g} s; baseline {plan['baseline']:g} s)")  # fmt: skip
     header = ["flood", "sent", "vswitch read", "alive, ctl max", "victim TCP Gbit/s before > during",
-              "ping median ms", "ping p99 ms", "ping loss", "top drops", "tables at the end",
+              "ping median ms", "ping p99 ms", "ping loss", "top drops", "top events", "tables at the end",
               "RSS MiB (peak)"]  # fmt: skip
     rows = []
     for row in doc["floods"]:
@@ -345,6 +354,7 @@ def flood_grid(doc: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
             f"{_ms(ping['before']['p99_ms'])} > {_ms(ping['during']['p99_ms'])}",
             f"{ping['during']['loss_pct']}%",
             _top(row["drops"]),
+            _top(notable_events(row)),
             tables_text,
             f"{rss.get('VmRSS', 0) / 1024:.0f} ({rss.get('VmHWM', 0) / 1024:.0f})",
         ])  # fmt: skip
