@@ -38,7 +38,6 @@ memory, flow cache) and VmRSS/VmHWM at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -57,11 +56,20 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...shell.control import ControlError
-from ...shell.kernel import remove_netns_named
 from ..bench.measure import cpu_seconds
 from ..bench.report import markdown
 from ..bench.run import Signals, machine_info
-from .lab import Lab, StressError, busy_pct, environ_run_dir, link_bytes, machine_busy, rss_kib, set_mtu
+from .lab import (
+    SINK_IF,
+    Lab,
+    StressError,
+    busy_pct,
+    environ_run_dir,
+    link_bytes,
+    machine_busy,
+    rss_kib,
+    set_mtu,
+)
 
 PREFIX_STEM: Final = "vfl"
 OUTSIDE: Final = "198.18.0.1"
@@ -266,27 +274,15 @@ GENERATOR_SECONDS: Final = 2.0
 def generator_rate(run: Run, kind: str = "udp64") -> dict[str, Any]:
     """The load generator unpaced for GENERATOR_SECONDS into one end of a veth pair in a namespace of
     its own (no vswitch): what one sender process reaches on this machine, and its CPU."""
-    from pyroute2 import IPRoute
-
-    from ..bench.topologies import new_namespace
-
-    made: list[str] = []
     lab = run.new_lab()
     try:
-        namespace = new_namespace(lab.ns("gen"), made)
-        with IPRoute(netns=namespace) as ipr:
-            ipr.link("add", ifname="gen0", kind="veth", peer={"ifname": "gen1"})
-            for ifname in ("gen0", "gen1"):
-                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
-        sender = lab.sender(namespace, kind, 0, 50_000_000, GENERATOR_SECONDS, ifname="gen0",
+        namespace = lab.veth_sink("gen")
+        sender = lab.sender(namespace, kind, 0, 50_000_000, GENERATOR_SECONDS, ifname=SINK_IF,
                             dst_mac="02:00:00:00:00:01")  # fmt: skip
         result = lab.sender_result(sender, GENERATOR_SECONDS)
     finally:
         run.signals.tearing_down = True
         try:
-            for name in made:
-                with contextlib.suppress(OSError):
-                    remove_netns_named(name)
             run.doc["errors"].extend(f"generator: clean-up: {p}" for p in lab.close())
         finally:
             run.signals.tearing_down = False

@@ -29,12 +29,13 @@ from ...shell.kernel import remove_netns_named
 from ...shell.state import socket_path, state_path
 from ..bench.measure import percentile
 from ..bench.process import terminate
-from ..bench.topologies import namespaces_with
+from ..bench.topologies import namespaces_with, new_namespace
 
 START_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 15.0
 COMMAND_TIMEOUT: Final = 15.0
 SLACK: Final = 15.0  # a bounded program gets its planned length plus this before it is killed
+SINK_IF: Final = "sink0"  # veth_sink's interface
 CONTROL_TIMEOUT: Final = 2.0  # "the control socket answers": within this
 LOAD_MODULE: Final = "vswitch.tools.stress.load"
 RTT_RE: Final = re.compile(r"time=([0-9.]+) ms")
@@ -121,6 +122,7 @@ class Lab:
     proc: subprocess.Popen[bytes] | None = None
     table: dict[str, Any] = field(default_factory=dict)  # `vswitch up --json`'s port table
     programs: list[subprocess.Popen[Any]] = field(default_factory=list)  # loads and servers running
+    namespaces: list[str] = field(default_factory=list)  # made here (not by vswitch)
 
     def ns(self, tag: str) -> str:
         return f"{self.prefix}-{tag}"
@@ -197,6 +199,16 @@ class Lab:
         except ValueError:
             return False, took, "status printed no JSON"
         return True, took, ""
+
+    def veth_sink(self, tag: str) -> str:
+        """A namespace of the lab's own with a veth pair SINK_IF - its peer, both up: somewhere a sender
+        can send to that is not vswitch (what its frames cost the machine without vswitch taking them)."""
+        namespace = new_namespace(self.ns(tag), self.namespaces)
+        with IPRoute(netns=namespace) as ipr:
+            ipr.link("add", ifname=SINK_IF, kind="veth", peer={"ifname": f"{SINK_IF}p"})
+            for ifname in (SINK_IF, f"{SINK_IF}p"):
+                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+        return namespace
 
     # --- the victims' and attackers' programs ----------------------------------------------------------
     def spawn(self, namespace: str, argv: list[str], log: Path | None = None) -> subprocess.Popen[str]:
@@ -328,6 +340,12 @@ class Lab:
                 if down.returncode != 0:
                     problems.append(f"vswitch down --name {self.instance}: {down.stderr.strip()}")
             self.proc = None
+        for name in reversed(self.namespaces):
+            try:
+                remove_netns_named(name)
+            except OSError as exc:
+                problems.append(f"namespace {name}: {exc}")
+        self.namespaces.clear()
         for name in namespaces_with(f"{self.prefix}-"):
             problems.append(f"namespace {name} was left behind; removed")
             with contextlib.suppress(OSError):
