@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iputils-ping iputils-tracepath traceroute curl iperf3 i
 POLICY_RC_D := /usr/sbin/policy-rc.d
 PORTS ?= ns1,ns2,ns3
 
-.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation clean system venv
+.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation stress-floods stress-noisy clean system venv
 
 help:
 	@echo "make up      - install, then run a 3-namespace switch (PORTS=$(PORTS)) until Ctrl-C"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench-micro - per-packet cost of the core (pytest-benchmark)"
 	@echo "make bench-emulation - network emulation against its settings and the kernel's tbf (~6 min)"
 	@echo "make fuzz    - long hypothesis run over the datapath with malformed frames"
+	@echo "make stress-floods - 8 floods against vswitch, victims' TCP and ping before/during (~2 min)"
+	@echo "make stress-noisy  - one port overloading, the others' TCP unloaded vs loaded (~1 min)"
 
 # Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have),
 # checked again when the Makefile (and so perhaps the list) changes; dpkg -s makes that cheap.
@@ -79,6 +81,14 @@ bench-micro: venv
 # Not part of `make test`: root, real namespaces, ping and iperf3, about 6 minutes (bench/README.md).
 bench-emulation: venv
 	$(BIN)/python bench/emulation.py
+
+# Not part of `make test` either: root, real namespaces, raw-socket floods, iperf3 and ping; each
+# prints a table and writes bench/results/stress-{floods,noisy}-STAMP.json and .png.
+stress-floods: venv
+	$(BIN)/python bench/stress/floods.py
+
+stress-noisy: venv
+	$(BIN)/python bench/stress/noisy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks
