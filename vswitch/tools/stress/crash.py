@@ -61,9 +61,10 @@ REQUEST_TIMEOUT: Final = 30.0  # one live port change
 SETTLE_TIMEOUT: Final = 10.0  # the user's namespaces steady before the first snapshot
 STARTUP_WINDOW: Final = 1.5  # startup/any: the kill comes 0 .. this many seconds after the spawn
 BUILD_WINDOW: Final = 0.25  # startup/build: after the first sign of building
-CHANGE_WINDOW: Final = 0.35  # running/during-change: after the request went
+CHANGE_WINDOW: Final = 0.15  # running/during-change: after the request went (a change takes 0.02-0.2 s)
 RUNNING_WINDOW: Final = 0.2  # running/after-changes: after the last change answered
-TEARDOWN_WINDOW: Final = 0.6  # teardown/*: after SIGTERM
+TEARDOWN_WINDOW: Final = 0.25  # teardown/*: after SIGTERM (a teardown takes about 0.2 s)
+UNDO_WINDOW: Final = 0.04  # teardown/*: after the ledger's first record was undone
 POLL: Final = 0.002  # how often a build step is looked for: the kill must land during the build
 
 IFF_UP: Final = 0x1
@@ -135,8 +136,9 @@ def differences(before: dict[str, list[str]], after: dict[str, list[str]], where
     found = []
     for key in before:
         was, now = set(before[key]), set(after[key])
-        found += [f"{where}: {key[:-1]} gone: {line}" for line in sorted(was - now)]
-        found += [f"{where}: {key[:-1]} new: {line}" for line in sorted(now - was)]
+        what = {"links": "link", "addresses": "address", "routes": "route"}[key]
+        found += [f"{where}: {what} gone: {line}" for line in sorted(was - now)]
+        found += [f"{where}: {what} new: {line}" for line in sorted(now - was)]
     return found
 
 
@@ -248,11 +250,19 @@ def steady_snapshot(where: str, ends: tuple[str, str]) -> dict[str, list[str]]:
     row alike. Raises RuntimeError at SETTLE_TIMEOUT."""
     last: list[dict[str, list[str]]] = []
 
+    def link_local_routed(view: dict[str, list[str]], end: str) -> bool:
+        """end has its link-local address, and the local table its route (added a moment later)."""
+        found = [line.split()[-3] for line in view["addresses"] if line.startswith(f"{end} ")]
+        local = [a.split("/")[0] for a in found if a.startswith("fe80:")]
+        return bool(local) and all(
+            any(r.startswith(f"table=255 {address}/128 ") for r in view["routes"]) for address in local
+        )
+
     def settled() -> dict[str, list[str]] | None:
         view = snapshot(where)
         ready = all(
             any(f" {end} " in line and "oper=UP" in line for line in view["links"])
-            and any(line.startswith(f"{end} ") and " fe80:" in f" {line}" for line in view["addresses"])
+            and link_local_routed(view, end)
             for end in ends
         )
         same = bool(last) and last[-1] == view
@@ -265,30 +275,113 @@ def steady_snapshot(where: str, ends: tuple[str, str]) -> dict[str, list[str]]:
     return view
 
 
+def plain_environ() -> dict[str, str]:
+    """The environment of the user's own processes: no VSWITCH_RUN_DIR (vswitch's are found by it)."""
+    return {k: v for k, v in os.environ.items() if k != "VSWITCH_RUN_DIR"}
+
+
+@dataclass
+class User:
+    """The user's world: a namespace of theirs and a process in a namespace of its own, furnished,
+    with their snapshots. Made once and kept across iterations while none touches it (a kill that
+    did is a failure, and the runner makes a new one); dispose() removes it."""
+
+    tag: str
+    lifetime: float  # the process sleeps this long at most (seconds)
+    sleeper: subprocess.Popen[bytes] | None = None
+    before: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # where -> snapshot
+    cookies: dict[str, int | None] = field(default_factory=dict)
+
+    @classmethod
+    @contextlib.contextmanager
+    def made(cls, prefix: str, lifetime: float = 600.0) -> Iterator[User]:
+        user = cls(f"{prefix}{secrets.token_hex(2)}", lifetime)
+        try:
+            user.build()
+            yield user
+        finally:
+            user.dispose()
+
+    @property
+    def namespace(self) -> str:
+        return f"{self.tag}u"
+
+    @property
+    def pid(self) -> int:
+        """The attached process's."""
+        assert self.sleeper is not None
+        return self.sleeper.pid
+
+    @property
+    def attached(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+    def build(self) -> None:
+        netns.create(self.namespace)
+        furnish(self.namespace, ("u0", "u1"))
+        self.sleeper = subprocess.Popen(
+            ["unshare", "--net", "sleep", str(int(self.lifetime))], env=plain_environ(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        ours = os.stat("/proc/self/ns/net").st_ino
+        sleeper = self.sleeper
+
+        def unshared() -> bool:
+            if sleeper.poll() is not None:
+                raise RuntimeError(f"unshare --net sleep exited {sleeper.returncode}")
+            with contextlib.suppress(FileNotFoundError):
+                return os.stat(self.attached).st_ino != ours
+            return False
+
+        if not poll(unshared, SETTLE_TIMEOUT):
+            raise RuntimeError("unshare --net did not enter a namespace of its own")
+        furnish(self.attached, ("p0", "p1"))
+        self.before = {self.namespace: steady_snapshot(self.namespace, ("u0", "u1")),
+                       self.attached: steady_snapshot(self.attached, ("p0", "p1"))}  # fmt: skip
+        self.cookies = {where: kernel.netns_cookie(where) for where in self.before}
+
+    def touched(self) -> list[str]:
+        """What of theirs changed: the process gone, another namespace, a link, address or route."""
+        if self.sleeper is None or self.sleeper.poll() is not None:
+            return ["the attached process exited"]
+        found = []
+        for where, before in self.before.items():
+            cookie = kernel.netns_cookie(where)
+            if cookie != self.cookies[where]:
+                found.append(f"{where}: not the same namespace (cookie {self.cookies[where]} -> {cookie})")
+                continue
+            found += differences(before, snapshot(where), where)
+        return found
+
+    def dispose(self) -> None:
+        for name in named_namespaces(self.tag) | netns_mounts(self.tag):
+            with contextlib.suppress(OSError):
+                kernel.remove_netns_named(name)
+
+
 @dataclass
 class World:
-    """One iteration's names, folders and the user's things; dispose() removes all of it, pass or fail."""
+    """One iteration: its names (vswitch's namespaces start with tag), its run folder, its vswitch, the
+    user's world it runs beside; dispose() removes all of this iteration's, pass or fail."""
 
-    tag: str  # every namespace of the iteration starts with it
+    tag: str
     instance: str
     workdir: Path
-    user_ns: str = ""
-    sleeper: subprocess.Popen[bytes] | None = None
+    user: User
     up: subprocess.Popen[bytes] | None = None
-    user_before: dict[str, list[str]] = field(default_factory=dict)
-    attached_before: dict[str, list[str]] = field(default_factory=dict)
     root_before: dict[str, list[str]] = field(default_factory=dict)
-    cookies: dict[str, int | None] = field(default_factory=dict)
     taps_seen: set[str] = field(default_factory=set)
 
     @classmethod
     @contextlib.contextmanager
-    def made(cls, prefix: str) -> Iterator[World]:
-        tag = f"{prefix}{secrets.token_hex(2)}"
-        world = cls(tag, f"cr{secrets.token_hex(4)}", Path(tempfile.mkdtemp(prefix=f"{tag}-")))
+    def made(cls, prefix: str, user: User) -> Iterator[World]:
+        tag = user.tag
+        while tag == user.tag:
+            tag = f"{prefix}{secrets.token_hex(2)}"
+        world = cls(tag, f"cr{secrets.token_hex(4)}", Path(tempfile.mkdtemp(prefix=f"{tag}-")), user)
         try:
             world.run_dir.mkdir(mode=0o700)
-            world.build_user_world()
+            world.root_before = snapshot(None)
             yield world
         finally:
             world.dispose()
@@ -309,55 +402,13 @@ class World:
         return f"{self.tag}{role}"
 
     @property
-    def attached(self) -> str:
-        return f"/proc/{self.pid}/ns/net"
-
-    @property
-    def pid(self) -> int:
-        """The attached process's."""
-        assert self.sleeper is not None
-        return self.sleeper.pid
-
-    @property
     def attached_label(self) -> str:
-        return f"pid{self.pid}"
+        return f"pid{self.user.pid}"
 
     @property
     def environ(self) -> dict[str, str]:
         """vswitch's environment: this iteration's run folder (and so its processes are findable)."""
-        return {**self.plain_environ, "VSWITCH_RUN_DIR": str(self.run_dir)}
-
-    @property
-    def plain_environ(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if k != "VSWITCH_RUN_DIR"}
-
-    def build_user_world(self) -> None:
-        """The user's namespace and process, furnished, and the snapshots of them and of the root."""
-        self.user_ns = self.ns("u")
-        netns.create(self.user_ns)
-        furnish(self.user_ns, ("u0", "u1"))
-        self.sleeper = subprocess.Popen(
-            ["unshare", "--net", "sleep", "600"], env=self.plain_environ, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        ours = os.stat("/proc/self/ns/net").st_ino
-        sleeper = self.sleeper
-
-        def unshared() -> bool:
-            if sleeper.poll() is not None:
-                raise RuntimeError(f"unshare --net sleep exited {sleeper.returncode}")
-            with contextlib.suppress(FileNotFoundError):
-                return os.stat(self.attached).st_ino != ours
-            return False
-
-        if not poll(unshared, SETTLE_TIMEOUT):
-            raise RuntimeError("unshare --net did not enter a namespace of its own")
-        furnish(self.attached, ("p0", "p1"))
-        self.user_before = steady_snapshot(self.user_ns, ("u0", "u1"))
-        self.attached_before = steady_snapshot(self.attached, ("p0", "p1"))
-        self.cookies = {self.user_ns: kernel.netns_cookie(self.user_ns),
-                        self.attached: kernel.netns_cookie(self.attached)}  # fmt: skip
-        self.root_before = snapshot(None)
+        return {**plain_environ(), "VSWITCH_RUN_DIR": str(self.run_dir)}
 
     # --- vswitch ------------------------------------------------------------------------------------------
     def spawn(self) -> subprocess.Popen[bytes]:
@@ -365,8 +416,8 @@ class World:
         process by pid; an uplink namespace it makes; routed, so with DHCP (a lease file) and DNS
         (each made namespace's resolv.conf)."""
         argv = [
-            *VSWITCH, "up", "--segment", f"lan={self.ns('a')},{self.user_ns}",
-            "--segment", f"dmz={self.ns('b')},pid:{self.pid}", "--uplink", self.ns("w"),
+            *VSWITCH, "up", "--segment", f"lan={self.ns('a')},{self.user.namespace}",
+            "--segment", f"dmz={self.ns('b')},pid:{self.user.pid}", "--uplink", self.ns("w"),
             "--name", self.instance, "--json",
         ]  # fmt: skip
         with open(self.workdir / "up.stdout", "wb") as out, open(self.workdir / "up.stderr", "wb") as err:
@@ -396,6 +447,13 @@ class World:
         if not poll(self.ready, START_TIMEOUT):
             raise RuntimeError(f"vswitch up not ready within {START_TIMEOUT:g}s: {self.log_tail()}")
 
+    def records(self) -> list[dict[str, Any]]:
+        """The state file's records now ([] when there is none)."""
+        with contextlib.suppress(OSError, ValueError):
+            found: list[dict[str, Any]] = json.loads(self.state_path.read_text())["records"]
+            return found
+        return []
+
     def note_taps(self) -> None:
         """The tap names the state file gives now (to check later that none is left anywhere)."""
         with contextlib.suppress(OSError, ValueError):
@@ -419,7 +477,7 @@ class World:
             ("add", {"spec": c, "segment": "lan"}),
             ("move", {"port": self.attached_label, "segment": "lan"}),
             ("move", {"port": c, "segment": "dmz"}),
-            ("move", {"port": self.user_ns, "segment": "dmz"}),
+            ("move", {"port": self.user.namespace, "segment": "dmz"}),
             ("del", {"port": c}),
             ("add", {"spec": c, "segment": "dmz"}),
         ]
@@ -458,9 +516,9 @@ class World:
     def leftovers(self) -> list[str]:
         """What of vswitch's is still there."""
         found = []
-        ours = named_namespaces(self.tag) - {self.user_ns}
+        ours = named_namespaces(self.tag)
         found += [f"namespace left: {name}" for name in sorted(ours)]
-        mounts = netns_mounts(self.tag) - {self.user_ns}
+        mounts = netns_mounts(self.tag)
         found += [f"namespace still mounted: {kernel.NETNS_DIR}/{name}" for name in sorted(mounts)]
         with contextlib.suppress(FileNotFoundError):
             etc = [p for p in os.listdir(NETNS_ETC) if p.startswith(self.tag)]
@@ -476,31 +534,17 @@ class World:
 
     def touched(self) -> list[str]:
         """What of the user's changed: their namespace, their process and its namespace, the root."""
-        found = []
-        assert self.sleeper is not None
-        if self.sleeper.poll() is not None:
-            return [f"the attached process exited ({self.sleeper.returncode})"]
-        for where, before in ((self.user_ns, self.user_before), (self.attached, self.attached_before)):
-            cookie = kernel.netns_cookie(where)
-            if cookie != self.cookies[where]:
-                found.append(f"{where}: not the same namespace (cookie {self.cookies[where]} -> {cookie})")
-                continue
-            found += differences(before, snapshot(where), where)
-        found += root_differences(self.root_before, snapshot(None))
-        return found
+        return self.user.touched() + root_differences(self.root_before, snapshot(None))
 
     def dispose(self) -> None:
         """Everything of this iteration goes, whatever happened: vswitch, a `down` if its state is
-        left, the process, every namespace and /etc/netns folder with the tag, the folder."""
+        left, every namespace and /etc/netns folder with the tag, the folder."""
         if self.up is not None and self.up.poll() is None:
             self.up.kill()
             self.up.wait(EXIT_TIMEOUT)
         if self.state_path.exists():
             subprocess.run([*VSWITCH, "down", "--name", self.instance], capture_output=True,
                            env=self.environ, timeout=CLI_TIMEOUT)  # fmt: skip
-        if self.sleeper is not None and self.sleeper.poll() is None:
-            self.sleeper.kill()
-            self.sleeper.wait(EXIT_TIMEOUT)
         for name in named_namespaces(self.tag) | netns_mounts(self.tag):
             with contextlib.suppress(OSError):
                 kernel.remove_netns_named(name)
@@ -532,7 +576,7 @@ def _startup_build(world: World, rng: random.Random) -> str:
             raise RuntimeError(f"vswitch up exited {up.returncode} during the build: {world.log_tail()}")
         if sign == "state file":
             return world.state_path.exists()
-        return bool(named_namespaces(world.tag) - {world.user_ns})
+        return bool(named_namespaces(world.tag))
 
     if not poll(building, START_TIMEOUT, POLL):
         raise RuntimeError(f"no {sign} within {START_TIMEOUT:g}s of the spawn")
@@ -595,19 +639,28 @@ def _running_during_change(world: World, rng: random.Random) -> str:
 
 
 def _teardown(world: World, rng: random.Random, changes: bool) -> str:
+    """SIGTERM, then SIGKILL: a random moment after the SIGTERM (teardown takes about 0.2 s here:
+    taps closed, sockets, then the ledger undone newest-first), or, half the time, a moment after
+    the ledger began to shrink (in the middle of the undo)."""
     count = rng.randint(1, len(world.changes())) if changes else 0
-    delay = rng.uniform(0, TEARDOWN_WINDOW)
-    world.spawn()
+    sign = rng.choice(("SIGTERM", "the undo's first step"))
+    delay = rng.uniform(0, TEARDOWN_WINDOW if sign == "SIGTERM" else UNDO_WINDOW)
+    up = world.spawn()
     world.wait_ready()
     done = _apply_changes(world, count)
     world.note_taps()
+    records = len(world.records())
     world.kill(signal.SIGTERM)
+    if sign != "SIGTERM":
+        poll(lambda: up.poll() is not None or len(world.records()) < records, EXIT_TIMEOUT, POLL)
     time.sleep(delay)
     after = f" after {', '.join(done)}" if done else ""
     if not world.kill():
-        return f"SIGTERM{after}; it finished teardown within {delay:.3f}s, before the SIGKILL"
-    return f"SIGKILL {delay:.3f}s after SIGTERM{after}"
+        return f"SIGTERM{after}; it finished teardown within {delay:.3f}s of {sign}, before the SIGKILL"
+    return f"SIGKILL {delay:.3f}s after {sign}{after}"
 
+
+HARNESS_ERRORS: Final = (RuntimeError, OSError, NetlinkError, subprocess.SubprocessError)
 
 KILLERS: Final[dict[str, Callable[[World, random.Random], str]]] = {
     "startup/any": _startup_any,
@@ -619,23 +672,30 @@ KILLERS: Final[dict[str, Callable[[World, random.Random], str]]] = {
 }
 
 
-def run_iteration(seed: int, kind: str, prefix: str = "vcr") -> Result:
-    """One kill of kind at the moment seed decides, then `vswitch down` and the checks."""
+def run_iteration(seed: int, kind: str, prefix: str = "vcr", user: User | None = None) -> Result:
+    """One kill of kind at the moment seed decides, then `vswitch down` and the checks; beside user's
+    world (made for this iteration alone when None)."""
     if kind not in KILLERS:
         raise ValueError(f"unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    if user is None:
+        try:
+            with User.made(prefix) as own:
+                return run_iteration(seed, kind, prefix, own)
+        except HARNESS_ERRORS as exc:
+            return Result(seed, kind, problems=[f"harness: the user's world: {exc}"])
     result = Result(seed, kind)
     started = time.monotonic()
     rng = random.Random(f"{seed}/{kind}")
     try:
-        with World.made(prefix) as world:
+        with World.made(prefix, user) as world:
             try:
                 result.moment = KILLERS[kind](world, rng)
-            except (RuntimeError, ControlError, OSError, NetlinkError) as exc:
+            except (*HARNESS_ERRORS, ControlError) as exc:
                 result.problems.append(f"harness: {exc}")
                 world.kill()
             if world.up is not None:
                 world.finish(result)
-    except (RuntimeError, OSError, NetlinkError, subprocess.SubprocessError) as exc:  # the harness's own
+    except HARNESS_ERRORS as exc:
         result.problems.append(f"harness: {exc}")
     result.seconds = time.monotonic() - started
     return result
@@ -668,14 +728,20 @@ def run(
     prefix: str = "vcr",
     report: Callable[[str], None] | None = None,
 ) -> list[Result]:
-    """Up to iterations iterations and at most minutes of them (the last one started finishes)."""
+    """Up to iterations iterations and at most minutes of them (the last one started finishes), beside
+    one user's world, made anew after a failure (which may have touched it)."""
     deadline = time.monotonic() + minutes * 60
     results: list[Result] = []
-    for index, (iteration_seed, kind) in enumerate(seeds_and_kinds(seed, kinds), 1):
-        if index > iterations or time.monotonic() >= deadline:
-            break
-        result = run_iteration(iteration_seed, kind, prefix)
-        results.append(result)
-        if report is not None:
-            report(line(index, iterations, result))
+    schedule = seeds_and_kinds(seed, kinds)
+    index = 0
+    while index < iterations and time.monotonic() < deadline:
+        with User.made(prefix, lifetime=minutes * 60 + 600) as user:
+            for iteration_seed, kind in schedule:
+                index += 1
+                result = run_iteration(iteration_seed, kind, prefix, user)
+                results.append(result)
+                if report is not None:
+                    report(line(index, iterations, result))
+                if not result.ok or index >= iterations or time.monotonic() >= deadline:
+                    break
     return results
