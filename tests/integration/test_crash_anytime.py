@@ -121,3 +121,11 @@ def test_lo_brought_up_in_a_bare_namespace_is_put_back_exactly(env: Env) -> None
     assert snapshot(name) == before
     assert kernel.set_lo_down(name, kernel.netns_cookie(name), bare=True), "twice (down after a kill): same"
     assert snapshot(name) == before
+
+
+def test_the_users_world_goes_with_the_harness() -> None:
+    with User.made("vcr") as made:
+        assert made.sleeper is not None and made.sleeper.poll() is None
+        assert made.namespace in namespaces(made.tag) and made.touched() == []
+    assert made.sleeper.poll() is not None, "the attached process is killed, not left sleeping"
+    assert namespaces(made.tag) == set()

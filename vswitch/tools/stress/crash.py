@@ -354,6 +354,10 @@ class User:
         return found
 
     def dispose(self) -> None:
+        """The process killed (and reaped), the user's namespace removed."""
+        if self.sleeper is not None and self.sleeper.poll() is None:
+            self.sleeper.kill()
+            self.sleeper.wait(EXIT_TIMEOUT)
         for name in named_namespaces(self.tag) | netns_mounts(self.tag):
             with contextlib.suppress(OSError):
                 kernel.remove_netns_named(name)
