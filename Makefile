@@ -26,7 +26,7 @@ help:
 	@echo "make bench-micro - per-packet cost of the core (pytest-benchmark)"
 	@echo "make bench-emulation - network emulation against its settings and the kernel's tbf (~6 min)"
 	@echo "make fuzz    - long hypothesis run over the datapath with malformed frames"
-	@echo "make stress-crash - SIGKILL vswitch up at 50 random moments, then down: nothing left (~2 min)"
+	@echo "make stress-crash - SIGKILL vswitch up at 50 random moments, then down: nothing left (1-2 min)"
 
 # Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have),
 # checked again when the Makefile (and so perhaps the list) changes; dpkg -s makes that cheap.
@@ -81,7 +81,7 @@ bench-micro: venv
 bench-emulation: venv
 	$(BIN)/python bench/emulation.py
 
-# Not part of `make test` (a short version is): root, real namespaces, about 2.5 s an iteration.
+# Not part of `make test` (a short version is): root, real namespaces, 1.2-2.5 s an iteration.
 stress-crash: venv
 	$(BIN)/python bench/stress/crash.py --iterations 50
 
