@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iputils-ping iputils-tracepath traceroute curl iperf3 i
 POLICY_RC_D := /usr/sbin/policy-rc.d
 PORTS ?= ns1,ns2,ns3
 
-.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation stress-floods stress-noisy clean system venv
+.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation stress stress-crash stress-floods stress-noisy clean system venv
 
 help:
 	@echo "make up      - install, then run a 3-namespace switch (PORTS=$(PORTS)) until Ctrl-C"
@@ -26,6 +26,8 @@ help:
 	@echo "make bench-micro - per-packet cost of the core (pytest-benchmark)"
 	@echo "make bench-emulation - network emulation against its settings and the kernel's tbf (~6 min)"
 	@echo "make fuzz    - long hypothesis run over the datapath with malformed frames"
+	@echo "make stress  - crash at any moment, floods, noisy neighbour: figures, JSON and PNG (~5 min)"
+	@echo "make stress-crash - SIGKILL vswitch up at 50 random moments, then down: nothing left (1-2 min)"
 	@echo "make stress-floods - 8 floods against vswitch, victims' TCP and ping before/during (~2 min)"
 	@echo "make stress-noisy  - one port overloading, the others' TCP unloaded vs loaded (~1 min)"
 
@@ -81,6 +83,13 @@ bench-micro: venv
 # Not part of `make test`: root, real namespaces, ping and iperf3, about 6 minutes (bench/README.md).
 bench-emulation: venv
 	$(BIN)/python bench/emulation.py
+
+# The reliability figures (README "Reliability"): each part can run alone.
+stress: stress-crash stress-floods stress-noisy
+
+# Not part of `make test` (a short version is): root, real namespaces, 1.2-2.5 s an iteration.
+stress-crash: venv
+	$(BIN)/python bench/stress/crash.py --iterations 50
 
 # Not part of `make test` either: root, real namespaces, raw-socket floods, iperf3 and ping; each
 # prints a table and writes bench/results/stress-{floods,noisy}-STAMP.json and .png.

@@ -42,7 +42,7 @@ from . import kernel, services
 from .control import CommandError, ControlServer, ControlTable
 from .kernel import STOP_SIGNALS, KernelError
 from .loop import EMULATION_CLOCK, Shell
-from .state import Ledger, lease_path, socket_path, state_path
+from .state import Ledger, lease_path, socket_path, state_path, stray_files
 from .tap import Tap, TapError, open_tap, set_carrier
 from .underlay import UnderlaySockets, open_sender, open_underlay
 
@@ -280,15 +280,24 @@ class Instance:
                 )
         if namespace is not None and not spec.attached:
             if kernel.netns_inode(namespace) is None:
-                inode, cookie = kernel.create_netns(namespace)
-                self.ledger.record("netns", name=namespace, inode=inode, cookie=cookie)
+
+                def record_netns(inode: int, cookie: int | None) -> None:
+                    """Before the namespace has its name: a kill from here on leaves it recorded."""
+                    self.ledger.record("netns", name=namespace, inode=inode, cookie=cookie)
+
+                kernel.create_netns(namespace, record_netns)
                 self.made_namespaces.add(namespace)
                 kernel.set_lo_up(namespace)
                 text = services.resolv_conf_text(self._nameservers(segments), self._search_domain())
                 services.write_resolv_conf(namespace, text, self.ledger.record)
-            elif kernel.set_lo_up(namespace):
-                # Someone else's namespace, lo down: we bring it up, and put it back when we go.
-                self.ledger.record("lo-up", namespace=namespace, cookie=kernel.netns_cookie(namespace))
+            else:
+                lo = kernel.lo_state(namespace)
+                if lo is not None and not lo.up:
+                    # Someone else's namespace, lo down: we bring it up, and put it back when we go,
+                    # recorded first (and whether it had 127.0.0.1, which lo coming up adds).
+                    cookie = kernel.netns_cookie(namespace)
+                    self.ledger.record("lo-up", namespace=namespace, cookie=cookie, bare=lo.bare)
+                    kernel.set_lo_up(namespace)
         if namespace is not None:
             tap = open_tap(_tap_name(self.topology.name), offloads)
         else:  # the host port keeps its name: IFF_TUN_EXCL refuses a clash
@@ -835,6 +844,8 @@ class Instance:
         control = ControlServer(
             self, socket_path(self.topology.name), self.control, events=self.datapath.counters.events
         )
+        # Recorded before it is bound: a kill in between leaves the ledger naming a file not there yet.
+        self.ledger.record("socket", path=str(control.path))
         try:
             await control.start()
         except OSError as exc:
@@ -842,7 +853,6 @@ class Instance:
             raise StartError(
                 f"cannot open the control socket {control.path}: {exc.strerror or exc}"
             ) from None
-        self.ledger.record("socket", path=str(control.path))
         metrics: asyncio.AbstractServer | None = None
         if self.metrics is not None:
             from .metrics import start_metrics
@@ -1282,7 +1292,10 @@ def undo(ledger: Ledger, done: list[str] | None = None) -> list[str]:
     for entry in ledger.newest_first():
         kind = entry["kind"]
         try:
-            if kind == "netns":
+            if kind == "netns" and kernel.remove_netns_placeholder(entry["name"]):
+                if done is not None:  # a kill came between the mount point and the bind mount
+                    done.append(f"removed {kernel.netns_path(entry['name'])}: a mount point never mounted")
+            elif kind == "netns":
                 cookie = entry.get("cookie")
                 removed = kernel.remove_netns(entry["name"], int(entry["inode"]), cookie)
                 if done is not None:
@@ -1299,7 +1312,8 @@ def undo(ledger: Ledger, done: list[str] | None = None) -> list[str]:
                 if done is not None:
                     done.append(f"removed {describe(entry)}")
             elif kind == "lo-up":
-                put_back = kernel.set_lo_down(entry["namespace"], entry.get("cookie"))
+                bare = bool(entry.get("bare", False))
+                put_back = kernel.set_lo_down(entry["namespace"], entry.get("cookie"), bare)
                 if done is not None and put_back:
                     done.append(f"put lo back down in namespace {entry['namespace']}")
             elif kind == "resolv-conf":
@@ -1325,7 +1339,7 @@ def down(instance: str, timeout: float = 10.0) -> list[str]:
     except OSError as exc:
         raise StartError(f"{exc}; if no vswitch {instance} is running, remove that file") from None
     if ledger is None:
-        return []
+        return _remove_stray_files(instance, [])
     if ledger.owner_alive():
         stopped = ledger.pid
         os.kill(ledger.pid, signal.SIGTERM)
@@ -1336,9 +1350,20 @@ def down(instance: str, timeout: float = 10.0) -> list[str]:
             raise StartError(f"instance {instance} (pid {ledger.pid}) did not stop within {timeout:.0f}s")
         ledger = Ledger.load(instance)
         if ledger is None:
-            return [f"stopped instance {instance} (pid {stopped}); it removed what it had made"]
+            said = [f"stopped instance {instance} (pid {stopped}); it removed what it had made"]
+            return _remove_stray_files(instance, said)
     done: list[str] = []
     problems = undo(ledger, done)
     if problems:
         raise StartError("could not remove: " + "; ".join(problems))
+    return _remove_stray_files(instance, done)
+
+
+def _remove_stray_files(instance: str, done: list[str]) -> list[str]:
+    """The instance's half-written files a kill left in the run folder (state.stray_files), removed;
+    done with a line for each."""
+    for path in stray_files(instance):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            done.append(f"removed {path}: left half-written by a kill")
     return done

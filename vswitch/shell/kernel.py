@@ -12,8 +12,10 @@ import errno
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TypeVar
 
@@ -152,16 +154,82 @@ def route_mtu(namespace: str | None, destination: IPv4Address) -> int:
         raise KernelError(f"namespace {namespace} does not exist") from None
 
 
-def create_netns(name: str) -> tuple[int, int | None]:
-    """Make namespace name; return its inode and cookie (the cookie proves it is ours later)."""
-    try:
-        netns.create(name)
-    except OSError as exc:
-        raise KernelError(f"cannot create namespace {name}: {exc.strerror or exc}") from None
-    inode = netns_inode(name)
-    if inode is None:
-        raise KernelError(f"namespace {name} vanished right after it was created")
-    return inode, netns_cookie(name)
+MS_BIND = 0x1000  # include/uapi/linux/mount.h
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 0x2  # include/linux/fs.h (umount2)
+
+
+def _libc_call(result: int, what: str) -> None:
+    """Raise OSError with errno for a libc call that returned non-zero."""
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _share_netns_dir(libc: ctypes.CDLL) -> None:
+    """/run/netns as iproute2 makes it: a mount of its own, shared, so a namespace bound under it is
+    seen from every mount namespace (and `ip netns` finds ours)."""
+    os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    directory = NETNS_DIR.encode()
+    if libc.mount(b"", directory, b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    # EINVAL: not a mount point yet; bind it on itself, then share it
+    _libc_call(libc.mount(directory, directory, b"none", MS_BIND | MS_REC, None), f"binding {NETNS_DIR}")
+    _libc_call(libc.mount(b"", directory, b"none", MS_SHARED | MS_REC, None), f"sharing {NETNS_DIR}")
+
+
+def _own_cookie() -> int:
+    """The cookie of the calling thread's network namespace."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def create_netns(
+    name: str, on_created: Callable[[int, int | None], None] | None = None
+) -> tuple[int, int | None]:
+    """Make namespace name; return its inode and cookie (the cookie proves it is ours later).
+
+    The namespace is made on a thread of ours (unshare), not in a forked helper as pyroute2 does: a
+    SIGKILL while such a helper works leaves it to finish and name a namespace nobody recorded.
+    on_created(inode, cookie) runs once the namespace exists and before it has a name (only this
+    thread holds it until then): the caller's ledger records it there, so a kill at any instant
+    leaves either a namespace that dies with the thread, or one the ledger names. A kill between the
+    mount point's creation and the bind mount leaves an empty file at /run/netns/NAME, which
+    remove_netns_placeholder removes.
+    """
+    path = netns_path(name)
+    made: list[tuple[int, int | None]] = []
+    failure: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _libc_call(libc.unshare(CLONE_NEWNET), "unshare")
+            own = "/proc/thread-self/ns/net"
+            inode, cookie = os.stat(own).st_ino, _own_cookie()
+            if on_created is not None:
+                on_created(inode, cookie)
+            made.append((inode, cookie))
+            _share_netns_dir(libc)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+            try:
+                _libc_call(libc.mount(own.encode(), path.encode(), b"none", MS_BIND, None), "bind mount")
+            except OSError:
+                os.unlink(path)
+                raise
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            failure.append(exc)
+
+    thread = threading.Thread(target=make, name=f"netns-create-{name}")
+    thread.start()
+    thread.join()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, OSError):
+            raise KernelError(f"cannot create namespace {name}: {exc.strerror or exc}") from None
+        raise exc
+    return made[0]
 
 
 def remove_netns(name: str, inode: int, cookie: int | None = None) -> bool:
@@ -178,6 +246,23 @@ def remove_netns(name: str, inode: int, cookie: int | None = None) -> bool:
     return True
 
 
+def remove_netns_placeholder(name: str) -> bool:
+    """Remove /run/netns/NAME if it is an empty file with nothing mounted on it: the mount point
+    create_netns made before a kill stopped it short of the bind mount. Only for a name the ledger
+    records (a namespace mounted there is another's, and stays). True when one was removed."""
+    path = netns_path(name)
+    try:
+        info = os.lstat(path)
+        directory = os.stat(NETNS_DIR)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_size != 0 or info.st_dev != directory.st_dev:
+        return False  # a bound namespace is on nsfs: another st_dev
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
+
+
 def remove_netns_named(name: str) -> None:
     """Remove a namespace the caller made itself (the bench, tests), tolerating only 'already gone'."""
     try:
@@ -188,12 +273,12 @@ def remove_netns_named(name: str) -> None:
 
 
 def _ipr(namespace: str | None) -> IPRoute:
-    """Netlink in namespace. A path (an attached namespace: /proc/PID/ns/net, a bind mount) is opened
-    as it is, never made (flags=0): if its process exited meanwhile, this fails instead of leaving a
-    namespace vswitch made where it must make none."""
-    if namespace is None:
-        return IPRoute()
-    return IPRoute(netns=namespace, flags=0) if namespace.startswith("/") else IPRoute(netns=namespace)
+    """Netlink in namespace, which must exist (flags=0: opened as it is, never made). A path (an
+    attached namespace: /proc/PID/ns/net, a bind mount) whose process exited meanwhile fails instead
+    of leaving a namespace vswitch made where it must make none; and a name is reached by a helper
+    process pyroute2 forks, which outlives a SIGKILL of ours: allowed to make the namespace, it could
+    bring one back after `vswitch down` removed it."""
+    return IPRoute() if namespace is None else IPRoute(netns=namespace, flags=0)
 
 
 def open_existing_namespace(namespace: str | None) -> IPRoute:
@@ -215,6 +300,28 @@ def link_exists(namespace: str | None, ifname: str) -> bool:
         return link_index(ipr, ifname) is not None
 
 
+LOOPBACK = IPv4Interface("127.0.0.1/8")  # what the kernel gives lo when it comes up (inetdev_event)
+
+
+@dataclass(frozen=True)
+class LoState:
+    up: bool
+    bare: bool  # no 127.0.0.1: bringing lo up adds it, putting lo back down must take it off
+
+
+def lo_state(namespace: str) -> LoState | None:
+    """Whether lo is up in namespace, and bare: asked before set_lo_up, so the ledger can say what
+    to put back before anything changed. None: the namespace has no lo."""
+    with _ipr(namespace) as ipr:
+        index = link_index(ipr, "lo")
+        if index is None:
+            return None
+        up = bool(ipr.get_links(index)[0]["flags"] & IFF_UP)
+        ours = [a for a in ipr.get_addr(family=socket.AF_INET, index=index)
+                if a.get_attr("IFA_LOCAL") == str(LOOPBACK.ip)]  # fmt: skip
+        return LoState(up, not ours)
+
+
 def set_lo_up(namespace: str) -> bool:
     """Bring lo up in namespace; True when it was down (so it is ours to put back)."""
     with _ipr(namespace) as ipr:
@@ -227,9 +334,11 @@ def set_lo_up(namespace: str) -> bool:
         return bool(was_down)
 
 
-def set_lo_down(namespace: str, cookie: int | None) -> bool:
+def set_lo_down(namespace: str, cookie: int | None, bare: bool = False) -> bool:
     """Put lo back down in a namespace vswitch did not make but brought lo up in, if that namespace
-    is still the same one (its cookie); True when it was put down."""
+    is still the same one (its cookie); True when it was put down. bare: lo had no 127.0.0.1 before,
+    and the kernel added it when lo came up; it goes too (IPv6's ::1 goes with the link going down),
+    so the namespace is as it was."""
     if cookie is None or netns_cookie(namespace) != cookie:
         return False
     with open_existing_namespace(namespace) as ipr:
@@ -237,6 +346,12 @@ def set_lo_down(namespace: str, cookie: int | None) -> bool:
         if index is None:
             return False
         ipr.link("set", index=index, state="down")
+        if bare:
+            try:
+                ipr.addr("del", index=index, address=str(LOOPBACK.ip), prefixlen=LOOPBACK.network.prefixlen)
+            except NetlinkError as exc:
+                if exc.code != errno.EADDRNOTAVAIL:  # never added: a kill before lo came up
+                    raise
     return True
 
 

@@ -41,6 +41,25 @@ def lease_path(instance: str) -> Path:
     return run_dir() / f"{instance}.leases.json"
 
 
+def stray_files(instance: str) -> list[Path]:
+    """What a kill mid-write leaves of instance's in the run folder, once no instance of that name
+    runs: the ledger's next version (NAME.tmp) and the lease file's (NAME.leases.tmp), written only
+    while a state file exists, and NAME.PID.claim of a start-up whose PID is gone (Ledger.claim).
+    Instance names have no dots, so another instance's files never match."""
+    directory = run_dir()
+    found: list[Path] = []
+    if not state_path(instance).exists():
+        halves = (state_path(instance).with_suffix(".tmp"), lease_path(instance).with_suffix(".tmp"))
+        found += [path for path in halves if path.exists()]
+    with contextlib.suppress(FileNotFoundError):
+        for path in directory.iterdir():
+            parts = path.name.split(".")
+            claim = len(parts) == 3 and parts[0] == instance and parts[1].isdigit() and parts[2] == "claim"
+            if claim and not pid_alive(int(parts[1])):
+                found.append(path)
+    return sorted(found)
+
+
 def process_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None when
     there is no such process, or only its zombie (it has exited; its parent has not reaped it yet)."""
