@@ -114,6 +114,8 @@ class Drop(StrEnum):
     IMPAIR_RATE = "impair-rate"  # would wait longer than the shaper's latency for tokens (--rate)
     IMPAIR_LIMIT = "impair-limit"  # the impaired link's queue is full (--limit)
     PARTITIONED = "partitioned"  # from a port on one side of a partition to one on the other
+    # Port mirroring (--mirror): a SPAN port only receives copies
+    MIRROR_PORT = "mirror-port"  # sent by a mirror (SPAN) port: it never sends into a segment
 
 
 class Event(StrEnum):

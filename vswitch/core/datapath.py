@@ -96,6 +96,7 @@ class Datapath:
         self.untagged_only: set[int] = set()  # ports of segments on a trunk: tagged in is a drop
         # Segments on a trunk: a frame there may be tagged, and is popped for the router and a tunnel.
         self.trunked_segments: set[int] = set()
+        self.mirrors: set[int] = set()  # mirror (SPAN) ports: on no segment, never given a frame
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
@@ -113,6 +114,17 @@ class Datapath:
         seg.ports.append(port)
         self.port_switch.append(seg.switch)
         self.port_segment.append(segment)
+        return port
+
+    def add_mirror(self, name: str) -> int:
+        """A mirror (SPAN) port: an id and counters of its own (the copies written to it; what it
+        sends, dropped as mirror-port by the shell), on no segment: no switch knows it, so it is never
+        flooded to and never learned. Its port_switch entry only keeps the ids aligned: the shell never
+        hands its frames to the core."""
+        port = self.counters.add_port(name)
+        self.port_switch.append(self.segments[0].switch)
+        self.port_segment.append(0)
+        self.mirrors.add(port)
         return port
 
     def remove_port(self, port: int) -> set[bytes]:
