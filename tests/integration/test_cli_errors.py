@@ -30,6 +30,21 @@ CASES: dict[str, Case] = {
     "ageing-not-a-number": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--ageing", "soon"],
     "fdb-max-zero": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--fdb-max", "0"],
     "bad-instance-name": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--name", "Has Space"],
+    "mirror-without-port": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--mirror", ns("a")],
+    "mirror-bad-direction": lambda ns: [
+        "--ports",
+        f"{ns('a')},{ns('b')}",
+        "--mirror",
+        f"{ns('a')}={ns('m')},up",
+    ],
+    "mirror-of-no-port": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--mirror", f"{ns('z')}={ns('m')}"],
+    "mirror-onto-a-port": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--mirror", f"{ns('a')}={ns('b')}"],
+    "mirror-with-address": lambda ns: [
+        "--ports",
+        f"{ns('a')},{ns('b')}",
+        "--mirror",
+        f"{ns('a')}={ns('m')}=10.0.0.9/24",
+    ],
 }
 
 

@@ -1113,7 +1113,8 @@ def _check_mirrors(topology: Topology) -> None:
         if kind != "port":
             raise ConfigError(f"{what}: {mirror.source} is a {kind}; mirror a namespace's port")
         if mirror.port.label in kinds:
-            raise ConfigError(f"{what}: {mirror.port.label} is a port already; a mirror port is a new one")
+            kind = kinds[mirror.port.label]
+            raise ConfigError(f"{what}: {mirror.port.label} is a {kind} already; a mirror port is a new one")
         if mirror.port.label in taken:
             raise ConfigError(f"{what}: mirror port {mirror.port.label} is given twice")
         taken.add(mirror.port.label)
