@@ -86,13 +86,14 @@ def capture(env: Env, ns: str, count: int) -> subprocess.Popen[str]:
 
 def ping_until_captured(proc: subprocess.Popen[str], ns: str, address: str) -> None:
     """Ping (one at a time) until the capture has printed a packet: from then on it is running."""
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert stdout is not None
 
     def printed() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"tshark exited {proc.returncode}: {proc.communicate()[1].strip()}")
         netns_exec(ns, ["ping", "-n", "-c", "1", "-W", "1", address], check=False)
-        return bool(select.select([proc.stdout], [], [], 0.5)[0])
+        return bool(select.select([stdout], [], [], 0.5)[0])
 
     wait_for(printed, 30, "tshark in the mirror namespace to see a ping")
 
