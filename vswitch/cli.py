@@ -499,8 +499,9 @@ def serving(instance: Instance, as_json: bool) -> None:
 
 def print_ports(instance: Instance, as_json: bool) -> None:
     rows = [p.describe() for p in instance.ports]
+    mirrors = [m.describe(instance.datapath.counters) for m in instance.mirrors]
     if as_json:
-        print(json.dumps({"instance": instance.topology.name, "ports": rows}), flush=True)
+        print(json.dumps({"instance": instance.topology.name, "ports": rows, "mirrors": mirrors}), flush=True)
         return
     table(
         f"vswitch {instance.topology.name}: forwarding (Ctrl-C to stop)",
@@ -516,6 +517,9 @@ def print_ports(instance: Instance, as_json: bool) -> None:
             for r in rows
         ],
     )
+    for m in mirrors:
+        print(f"mirror {m['source']} -> {m['port']} ({m['direction']}): {m['namespace']} {m['interface']}")
+    sys.stdout.flush()
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
