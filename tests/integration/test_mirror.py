@@ -126,6 +126,8 @@ def test_mirror_sees_both_directions_of_a_ping_and_not_the_other_ports(env: Env)
     status = sw.env.vswitch("status", "--name", sw.name)
     assert f"mirror {a} -> {m} (both)" in status.stdout, status.stdout
     assert sw.query("status")["mirrors"][0]["copies"] >= 6
+    refused = sw.env.vswitch("port", "del", a, "--name", sw.name)
+    assert refused.returncode != 0 and f"port {a} is mirrored to {m}" in refused.stderr, refused.stderr
 
     assert sw.stop() == 0
     assert namespaces(env.prefix) == set(), "the mirror's namespace (and the ports') outlived vswitch"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 from conftest import drain_wire, frame, mac, make_readable, socketpair_ports
 
+from vswitch.api import Switch
 from vswitch.cli import parse, topology_from_args
 from vswitch.config.topology import (
     DEFAULT_IFNAME,
@@ -116,6 +117,7 @@ def test_the_command_line_and_the_toml_file_take_mirrors() -> None:
     assert req.mirrors == [parse_mirror("a=m,in")]
     with pytest.raises(ConfigError, match="mirror must be a list of strings"):
         request_from_toml('ports = ["a", "b"]\nmirror = [1]\n')
+    assert Switch(ports=["a", "b"], mirrors=["b=m,in"]).topology.mirrors == [parse_mirror("b=m,in")]
 
 
 # --- the shell's copies ----------------------------------------------------------------------------
