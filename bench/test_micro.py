@@ -476,13 +476,15 @@ def datagram_pair() -> tuple[socket.socket, socket.socket]:
 
 
 @pytest.mark.parametrize("wakeup", list(FRAMES_PER_WAKEUP))
-@pytest.mark.parametrize("forwarder", ["floor", "shell", "shell-impaired-beside"])
+@pytest.mark.parametrize("forwarder", ["floor", "shell", "shell-impaired-beside", "shell-mirror-beside"])
 def test_wakeup(benchmark: Any, forwarder: str, wakeup: str) -> None:
     """One readable port's turn, per frame: python-floor's pump (read, write) or the Shell's (read,
     Datapath.forward, write, counters, timer check), over socketpairs instead of taps, with 1 or 64
     frames waiting. The shell's figure less the floor's is what vswitch adds to the IO per frame.
     shell-impaired-beside: the same two ports while a third has a delay (network emulation): the
-    writes go through Shell._send, what an unimpaired port pays for an impaired one beside it."""
+    writes go through Shell._send, what an unimpaired port pays for an impaired one beside it.
+    shell-mirror-beside: the same while a third port is mirrored (--mirror): what a port that is not
+    mirrored pays for a mirror beside it."""
     frames = FRAMES_PER_WAKEUP[wakeup]
     frame = OFFLOADED + udp(HOST_A, HOST_B, "10.0.0.1", "10.0.0.2")[VNET_HDR_LEN:]
     dp, a, b = l2_datapath(2)
@@ -492,6 +494,12 @@ def test_wakeup(benchmark: Any, forwarder: str, wakeup: str) -> None:
         c = dp.add_port("c", 0)
         shell.emulator.set(c, "c", ("out",), Impairment(delay=0.01), None, 0.0)
         shell._divert = True  # what emulation_changed sets (it would also arm the timer on the loop)
+    mirror_ends: tuple[socket.socket, socket.socket] | None = None
+    if forwarder == "shell-mirror-beside":
+        c, m = dp.add_port("c", 0), dp.add_mirror("m")
+        mirror_ends = datagram_pair()
+        shell.attach_sender(m, mirror_ends[0].fileno())
+        shell.mirror(c, m, ("in", "out"))
     wire_in, shell_in = datagram_pair()
     shell_out, wire_out = datagram_pair()
     shell.attach(a, shell_in.fileno())  # the loop never runs: the test calls the reader itself
@@ -518,6 +526,6 @@ def test_wakeup(benchmark: Any, forwarder: str, wakeup: str) -> None:
     finally:
         shell.detach_all()
         loop.close()
-        for end in (wire_in, shell_in, shell_out, wire_out):
+        for end in (wire_in, shell_in, shell_out, wire_out, *(mirror_ends or ())):
             end.close()
     per_second(benchmark, frames)

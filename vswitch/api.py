@@ -65,6 +65,7 @@ class Switch:
         subnet6: str | None = None,
         vxlan: dict[str, str] | None = None,
         trunks: Sequence[str] = (),
+        mirrors: Sequence[str] = (),
         name: str | None = None,
         start_timeout: float = 15.0,
         dhcp: bool = True,
@@ -76,10 +77,11 @@ class Switch:
         """forwards: ["tcp:8080=ns3:80", ...], as --forward takes them (DNAT from the uplink's address to
         a port; needs uplink); vxlan: {segment: "VNI,local=ADDR,netns=NS,remote=ADDR..."}, as --vxlan
         takes it after the '=';
-        trunks: ["NS=SEGMENT:VID,...[,native=SEGMENT]", ...], as --trunk takes them; subnet6: as
-        --subnet6 (routed: a /48-/60, a /64 per segment, the hosts by SLAAC); dhcp, dns, dns_upstream,
-        lease_time (seconds, or "1h"), dhcp_hosts (["MAC=ADDR[,NAME]", ...]): the router's services,
-        as --no-dhcp, --no-dns, --dns-upstream, --lease-time and --dhcp-host."""
+        trunks: ["NS=SEGMENT:VID,...[,native=SEGMENT]", ...], as --trunk takes them; mirrors:
+        ["SRC=DST[,in|out|both]", ...], as --mirror takes them (a SPAN port DST with SRC's frames);
+        subnet6: as --subnet6 (routed: a /48-/60, a /64 per segment, the hosts by SLAAC); dhcp, dns,
+        dns_upstream, lease_time (seconds, or "1h"), dhcp_hosts (["MAC=ADDR[,NAME]", ...]): the router's
+        services, as --no-dhcp, --no-dns, --dns-upstream, --lease-time and --dhcp-host."""
         req = topology.Request()
         req.name = name or f"api{secrets.token_hex(3)}"
         if ports:
@@ -94,6 +96,7 @@ class Switch:
             req.uplink = topology.parse_uplink(uplink)
         req.forwards = [topology.parse_forward(text) for text in forwards]
         req.trunks = [topology.parse_trunk(text) for text in trunks]
+        req.mirrors = [topology.parse_mirror(text) for text in mirrors]
         for seg_name, spec in (vxlan or {}).items():
             req.vxlan[seg_name] = topology.parse_vxlan(f"{seg_name}={spec}")[1]
         req.services.dhcp, req.services.dns = dhcp, dns

@@ -214,6 +214,14 @@ def build_parser() -> Parser:
         help="an 802.1Q trunk port in NS carrying those segments tagged (repeatable)",
     )
     up.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="SRC=DST[,in|out|both]",
+        help="copy port SRC's frames to a new port DST (a namespace, made if missing, on no segment: "
+        "a SPAN port for tcpdump or an IDS); in: what SRC sends, out: what it is sent (default both)",
+    )
+    up.add_argument(
         "--vxlan-fdb",
         action="append",
         default=[],
@@ -444,6 +452,7 @@ def topology_from_args(args: argparse.Namespace) -> Topology:
         req.vxlan[segment] = spec
     req.vxlan_fdb.extend(topology.parse_vxlan_fdb(text) for text in args.vxlan_fdb)
     req.trunks.extend(topology.parse_trunk(text) for text in args.trunk)
+    req.mirrors.extend(topology.parse_mirror(text) for text in args.mirror)
     _services_from_args(req.services, args)
     return topology.build(req)
 
@@ -533,8 +542,9 @@ def serving(instance: Instance, as_json: bool) -> None:
 
 def print_ports(instance: Instance, as_json: bool) -> None:
     rows = [p.describe() for p in instance.ports]
+    mirrors = [m.describe(instance.datapath.counters) for m in instance.mirrors]
     if as_json:
-        print(json.dumps({"instance": instance.topology.name, "ports": rows}), flush=True)
+        print(json.dumps({"instance": instance.topology.name, "ports": rows, "mirrors": mirrors}), flush=True)
         return
     table(
         f"vswitch {instance.topology.name}: forwarding (Ctrl-C to stop)",
@@ -550,6 +560,9 @@ def print_ports(instance: Instance, as_json: bool) -> None:
             for r in rows
         ],
     )
+    for m in mirrors:
+        print(f"mirror {m['source']} -> {m['port']} ({m['direction']}): {m['namespace']} {m['interface']}")
+    sys.stdout.flush()
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -658,6 +671,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if services["dns"]:
             dns = f"DNS for .{services['domain']}, upstream {services['dns_upstream'] or 'none (REFUSED)'}"
         print(f"services: {dhcp}; {dns}")
+    for m in result.get("mirrors") or []:
+        print(
+            f"mirror {m['source']} -> {m['port']} ({m['direction']}): {m['namespace']} {m['interface']} "
+            f"{m['mac']}, {m['copies']} copies, {m['dropped']} sent by it dropped"
+        )
     emulation = result.get("emulation")
     if emulation:
         print("emulation: " + emulation_summary(emulation) + " (vswitch link)")

@@ -37,6 +37,21 @@ CASES: dict[str, Case] = {
     "loop-guard-hold-zero": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--loop-guard-hold", "0"],
     "port-security-unknown": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--port-security", ns("c")],
     "port-security-empty": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--port-security", f"{ns('a')},"],
+    "mirror-without-port": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--mirror", ns("a")],
+    "mirror-bad-direction": lambda ns: [
+        "--ports",
+        f"{ns('a')},{ns('b')}",
+        "--mirror",
+        f"{ns('a')}={ns('m')},up",
+    ],
+    "mirror-of-no-port": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--mirror", f"{ns('z')}={ns('m')}"],
+    "mirror-onto-a-port": lambda ns: ["--ports", f"{ns('a')},{ns('b')}", "--mirror", f"{ns('a')}={ns('b')}"],
+    "mirror-with-address": lambda ns: [
+        "--ports",
+        f"{ns('a')},{ns('b')}",
+        "--mirror",
+        f"{ns('a')}={ns('m')}=10.0.0.9/24",
+    ],
 }
 
 

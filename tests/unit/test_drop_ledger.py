@@ -1030,6 +1030,7 @@ EXEMPT: dict[Drop, str] = {
     Drop.HOOK: f"the packet hook returned None or raised: {_SHELL}",
     Drop.RX_ERROR: f"a read failed: {_SHELL}",
     Drop.INTERNAL_ERROR: f"receive (or an observer) raised: {_SHELL}",
+    Drop.MIRROR_PORT: f"read from a mirror (SPAN) port, never handed to the core: {_SHELL} (test_mirror.py)",
 }
 
 

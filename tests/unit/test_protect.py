@@ -219,3 +219,34 @@ def test_a_secured_ports_frames_are_checked_before_learning_and_others_are_not()
     )
     dp.secure(ports["a"], None)
     assert dp.receive(ports["a"], spoofed, 0.0) == (ports["b"],)
+
+
+def test_a_block_forgets_where_the_loop_carried_other_hosts() -> None:
+    """B's MAC was carried onto x by the loop before y was blocked: left there, frames to B would go
+    into the loop's remains for ever. The block flushes what was learned; B is found again by a flood."""
+    dp, ports = lan("a", "b", "x", "y")
+    dp.protect(storm_limit=0, loop_moves=3)
+    dp.receive(ports["b"], frame(Ether(src=B, dst=BROADCAST) / IP() / UDP()), 1.0)
+    dp.receive(ports["x"], frame(Ether(src=B, dst=BROADCAST) / IP() / UDP()), 1.0)  # B's frame, looped
+    bcast = frame(Ether(src=A, dst=BROADCAST) / IP() / UDP())
+    dp.receive(ports["a"], bcast, 1.0)
+    for step in range(4):
+        dp.receive(ports["x" if step % 2 == 0 else "y"], bcast, 1.0)
+    assert list(dp.blocked_ports(1.0)) == ["y"]
+    to_b = frame(Ether(src=C, dst=B) / IP() / UDP())
+    assert dp.receive(ports["a"], to_b, 1.1) == (ports["b"], ports["x"])  # flooded, not sent into x alone
+
+
+def test_the_loops_port_is_blocked_not_the_hosts_own() -> None:
+    """A's own frames keep coming from a while its looped copies flap between x and y: the move that
+    crosses the threshold may be A's own, back onto a; the port blocked is still a loop port, and a
+    keeps forwarding."""
+    dp, ports = lan("a", "b", "x", "y")
+    dp.protect(storm_limit=0, loop_moves=5)
+    bcast = frame(Ether(src=A, dst=BROADCAST) / IP() / UDP())
+    order = ["a", "x", "y", "x", "y", "x", "a"]  # the sixth move (> 5) is A's own frame, back on a
+    verdicts = [dp.receive(ports[name], bcast, 1.0) for name in order]
+    assert list(dp.blocked_ports(1.0)) == ["x"]  # onto x three times, y twice, a once
+    assert verdicts[-1] == (ports["b"], ports["y"])  # A's own frame passed, flooded past the blocked x
+    assert drops(dp, ports["a"]) == {}
+    assert dp.port_switch[ports["a"]].fdb.lookup(mac(A)) is None  # the block flushed what was learned

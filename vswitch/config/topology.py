@@ -161,6 +161,24 @@ class TrunkSpec:
         return [s for s, _ in self.vlans] + ([self.native] if self.native else [])
 
 
+MIRROR_DIRECTIONS: Final = ("in", "out", "both")
+
+
+@dataclass(frozen=True)
+class MirrorSpec:
+    """Port mirroring (a SPAN port): copies of source's frames go to port, a namespace's port that
+    belongs to no segment (no address, never flooded to or learned, what it sends is dropped).
+    directions: "in" (what source sends into the switch), "out" (what the switch writes to source)."""
+
+    source: str  # a port's label
+    port: PortSpec  # the mirror port: made like a --ports port, without an address
+    directions: tuple[str, ...] = ("in", "out")
+
+    @property
+    def direction(self) -> str:
+        return "both" if len(self.directions) == 2 else self.directions[0]
+
+
 @dataclass
 class SegmentSpec:
     name: str
@@ -236,6 +254,7 @@ class Topology:
     services: ServicesSpec = field(default_factory=ServicesSpec)  # DHCP and DNS on the routed segments
     links: list[LinkSetting] = field(default_factory=list)  # impairments set at start ([link.PORT])
     protect: ProtectSpec = field(default_factory=ProtectSpec)  # MAC limits, storm control, loop guard
+    mirrors: list[MirrorSpec] = field(default_factory=list)  # SPAN ports (--mirror)
 
     @property
     def ports(self) -> list[PortSpec]:
@@ -669,6 +688,27 @@ def parse_vxlan_fdb(text: str) -> tuple[str, bytes, IPv4Address]:
     return name.strip(), mac, _unicast(addr, f"--vxlan-fdb {name.strip()}: remote address")
 
 
+def parse_mirror(text: str, what: str = "--mirror") -> MirrorSpec:
+    """`SRC=DST[,in|out|both]`: copies of port SRC's frames to a new port DST, in the port grammar
+    without an address (`NS[:IFNAME]`, `NAME=pid:PID[:IFNAME]`, `NAME=/PATH[:IFNAME]`). That SRC is a
+    port and DST is not is checked against the whole topology (validate)."""
+    usage = "expected SRC=DST[,in|out|both], e.g. ns1=span or ns1=span,in"
+    source, eq, rest = text.strip().partition("=")
+    body, comma, direction = rest.partition(",")
+    if not eq or not source.strip() or not body.strip() or (comma and not direction.strip()):
+        raise ConfigError(f"{what} {text!r}: {usage}")
+    direction = direction.strip() or "both"
+    if direction not in MIRROR_DIRECTIONS:
+        raise ConfigError(f"{what} {text!r}: direction {direction!r} is none of in, out, both")
+    port = parse_port(body)
+    if port.namespace is None or port.address is not None or port.dhcp:
+        raise ConfigError(
+            f"{what} {text!r}: the mirror port is a namespace's port with no address (a SPAN port has none)"
+        )
+    directions = ("in", "out") if direction == "both" else (direction,)
+    return MirrorSpec(source.strip(), port, directions)
+
+
 # --- building the whole picture --------------------------------------------------------------------
 @dataclass
 class Request:
@@ -701,6 +741,7 @@ class Request:
     services: ServicesSpec = field(default_factory=ServicesSpec)
     links: list[LinkSetting] = field(default_factory=list)  # [link.PORT] tables
     protect: ProtectSpec = field(default_factory=ProtectSpec)
+    mirrors: list[MirrorSpec] = field(default_factory=list)  # --mirror, [[mirror]]
 
     def add_segment(
         self, name: str, ports: list[PortSpec], subnet: IPv4Network | None, subnet6: IPv6Network | None = None
@@ -802,6 +843,7 @@ def build(request: Request) -> Topology:
         services=request.services,
         links=list(request.links),
         protect=request.protect,
+        mirrors=list(request.mirrors),
     )
     topology = validate(topology)
     services.check(request.services, topology)
@@ -985,11 +1027,13 @@ def validate(topology: Topology) -> Topology:
     if topology.uplink is not None:
         namespaces.append(topology.uplink.namespace)
     namespaces.extend(t.namespace for t in topology.trunks)
+    namespaces.extend(m.port.namespace for m in topology.mirrors if m.port.namespace is not None)
     names = {s.name for s in topology.segments}
     for trunk in topology.trunks:
         for member in trunk.segments:
             if member not in names:
                 raise ConfigError(f"--trunk {trunk.label}: there is no segment {member!r}")
+    _check_mirrors(topology)
     seen: set[str] = set()
     for namespace in namespaces:
         if namespace in seen:
@@ -1061,6 +1105,26 @@ def validate(topology: Topology) -> Topology:
     return topology
 
 
+def _check_mirrors(topology: Topology) -> None:
+    """A mirror's source is a tap port of ours (a namespace's, the host's, the uplink); its port is
+    none of them, and two mirrors do not share one (a namespace named twice is refused above)."""
+    kinds = _link_ports(topology)
+    taken: set[str] = set()
+    for mirror in topology.mirrors:
+        what = f"--mirror {mirror.source}={mirror.port.label}"
+        kind = kinds.get(mirror.source)
+        if kind is None:
+            raise ConfigError(f"{what}: there is no port {mirror.source!r} to mirror")
+        if kind != "port":
+            raise ConfigError(f"{what}: {mirror.source} is a {kind}; mirror a namespace's port")
+        if mirror.port.label in kinds:
+            kind = kinds[mirror.port.label]
+            raise ConfigError(f"{what}: {mirror.port.label} is a {kind} already; a mirror port is a new one")
+        if mirror.port.label in taken:
+            raise ConfigError(f"{what}: mirror port {mirror.port.label} is given twice")
+        taken.add(mirror.port.label)
+
+
 def _link_ports(topology: Topology) -> dict[str, str]:
     """What a [link.PORT] may name, by kind: a tap of ours (a namespace's port, the host port, the
     uplink) is a "port"; trunks and tunnels are named to be refused with a reason."""
@@ -1111,6 +1175,7 @@ TOML_KEYS = (
         "mtu",
         "trunk",
         "link",
+        "mirror",
     }
 )
 
@@ -1198,6 +1263,7 @@ def request_from_toml(text: str) -> Request:
     if "mtu" in data:
         req.mtu = check_mtu(data["mtu"], "mtu")
     req.services = services.from_toml(data)
+    req.mirrors = [parse_mirror(text, "mirror") for text in _list(data, "mirror")]
     if "link" in data:
         req.links = link_settings_from_toml(data["link"])
     req.protect = protect.from_toml(data)

@@ -125,6 +125,8 @@ class Drop(StrEnum):
     SPOOFED_IPV4 = "spoofed-ipv4"  # --port-security: an IPv4 source that is not one of the port's
     SPOOFED_ARP = "spoofed-arp"  # --port-security: an ARP sender (MAC or address) not the port's
     SPOOFED_IPV6 = "spoofed-ipv6"  # --port-security: an IPv6 source or ND target not the port's
+    # Port mirroring (--mirror): a SPAN port only receives copies
+    MIRROR_PORT = "mirror-port"  # sent by a mirror (SPAN) port: it never sends into a segment
 
 
 class Event(StrEnum):

@@ -103,6 +103,7 @@ class Datapath:
         self.loop_hold = DEFAULT_LOOP_HOLD
         self.security: dict[int, PortSecurity] = {}  # ports under --port-security
         self.notices: list[str] = []  # what the shell should log (loop guard's blocks and recoveries)
+        self.mirrors: set[int] = set()  # mirror (SPAN) ports: on no segment, never given a frame
 
     # --- building ----------------------------------------------------------------------------------
     def add_segment(self, name: str) -> int:
@@ -171,6 +172,17 @@ class Datapath:
             switch.new_blocks.clear()
         notices, self.notices = self.notices, []
         return notices
+
+    def add_mirror(self, name: str) -> int:
+        """A mirror (SPAN) port: an id and counters of its own (the copies written to it; what it
+        sends, dropped as mirror-port by the shell), on no segment: no switch knows it, so it is never
+        flooded to and never learned. Its port_switch entry only keeps the ids aligned: the shell never
+        hands its frames to the core."""
+        port = self.counters.add_port(name)
+        self.port_switch.append(self.segments[0].switch)
+        self.port_segment.append(0)
+        self.mirrors.add(port)
+        return port
 
     def remove_port(self, port: int) -> set[bytes]:
         """A port leaves (`vswitch port del`): no frame goes to it again, and what was learned through

@@ -9,8 +9,9 @@ Two protections live here, where learning happens. A port may learn at most its 
 (``port_limits``: Cisco's port-security maximum, the kernel's per-port ``max_learned``), so one port
 cannot fill the segment's table and stop everyone else's learning. And a MAC that moves between ports
 more than ``loop_moves`` times in a second is flapping, which is what a forwarding loop outside the
-switch looks like (two ports of one segment joined: every broadcast comes back on the other port); the
-caller (l2.Switch) blocks the port it moved to.
+switch looks like (two ports of one segment joined: every broadcast comes back on the other port). The
+port it moved onto most often in that second is the loop's (its own host's port sees it only when the
+host speaks): ``loop_port`` names it for the caller (l2.Switch), which blocks it.
 
 ``on_change`` is called whenever an existing entry moves or goes (a flow cache that remembered where a
 MAC was must forget it); learning a new MAC changes no decision already made, so it is not reported.
@@ -65,7 +66,8 @@ class Fdb:
         self.port_limits: dict[int, int] = {}  # port -> most MACs it may learn (absent: no limit)
         self.port_counts: Counter[int] = Counter()  # port -> learned entries on it now
         self.loop_moves = DEFAULT_LOOP_MOVES  # moves of one MAC within a second that mean a loop; 0: off
-        self._moves: dict[bytes, int] = {}  # moves per MAC in the current second (cleared each second)
+        self._moves: dict[bytes, dict[int, int]] = {}  # MAC -> port -> moves onto it, this second
+        self.loop_port: int | None = None  # a loop's port, found by learn(), for the caller to block
         self._moves_since = 0.0
         self.on_change: Callable[[], None] | None = None
         self.journal: Journal | None = None  # while a frame is traced (journal.py)
@@ -107,8 +109,12 @@ class Fdb:
                 limit = self.port_limits.get(port)
                 if limit is not None and self.port_counts[port] >= limit:
                     return Drop.PORT_MAC_LIMIT
-                if self.loop_moves and self._flapping(mac, now):
-                    return Drop.LOOP_BLOCKED
+                if self.loop_moves:
+                    culprit = self._flapping(mac, port, now)
+                    if culprit is not None:
+                        self.loop_port = culprit
+                        if culprit == port:
+                            return Drop.LOOP_BLOCKED
                 self.port_counts[entry.port] -= 1
                 self.port_counts[port] += 1
                 entry.port = port
@@ -130,15 +136,22 @@ class Fdb:
             self._next_pass = now + self.ageing
         return None
 
-    def _flapping(self, mac: bytes, now: float) -> bool:
-        """Count one move of mac; True once it has moved more than loop_moves times this second. The
-        count is per one-second window (bounded: at most the MACs that moved in it)."""
+    def _flapping(self, mac: bytes, port: int, now: float) -> int | None:
+        """Count one move of mac onto port; once it has moved more than loop_moves times this second,
+        the port it moved onto most (the loop's; the later one on a tie). Counted per one-second window:
+        bounded by the MACs that moved in it, each with the few ports it moved onto."""
         if now - self._moves_since >= 1.0 or now < self._moves_since:
             self._moves.clear()
             self._moves_since = now
-        moves = self._moves.get(mac, 0) + 1
-        self._moves[mac] = moves
-        return moves > self.loop_moves
+        onto = self._moves.get(mac)
+        if onto is None:
+            onto = self._moves[mac] = {}
+        onto[port] = onto.get(port, 0) + 1
+        if sum(onto.values()) <= self.loop_moves:
+            return None
+        del self._moves[mac]  # counted afresh: a loop still there is found again at once
+        most = max(onto.values())
+        return [p for p, n in onto.items() if n == most][-1]
 
     def forget_port(self, port: int) -> None:
         """Flush what was learned on a port that went away (as the kernel does on port removal)."""
@@ -149,6 +162,18 @@ class Fdb:
             self._learned -= 1
         self.port_counts.pop(port, None)
         if gone:
+            self._changed()
+
+    def flush_learned(self) -> None:
+        """Forget every learned entry (a topology change: as STP's, so hosts are learned again where
+        they are now, not where a loop last carried their frames). Static entries stay."""
+        keep(self.journal, self)
+        learned = [m for m, e in self.entries.items() if not e.static]
+        for mac in learned:
+            del self.entries[mac]
+        self._learned = 0
+        self.port_counts.clear()
+        if learned:
             self._changed()
 
     def next_deadline(self) -> float | None:

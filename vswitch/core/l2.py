@@ -150,19 +150,23 @@ class Switch:
         if self.blocked and in_port in self.blocked:
             return Drop.LOOP_BLOCKED
         refused = self.fdb.learn(src, in_port, now)
-        if refused is Drop.LOOP_BLOCKED:
-            self.block(in_port, now, src)
+        culprit = self.fdb.loop_port
+        if culprit is not None:  # a MAC flapped: block the loop's port (perhaps not this one)
+            self.fdb.loop_port = None
+            self.block(culprit, now, src)
         return refused
 
     def block(self, port: int, now: float, mac: bytes = ZERO_MAC) -> None:
-        """Loop guard: take port out of the segment until now + loop_hold (what it taught the FDB goes,
-        so replies find its hosts again elsewhere, or by a flood once it is back)."""
+        """Loop guard: take port out of the segment until now + loop_hold. The segment's learned
+        entries all go (a topology change, as STP flushes): while the loop ran, any host's MAC may have
+        been carried onto the loop's other port, and would stay there, a black hole, until that host
+        spoke again. Until each is learned anew its frames flood, to every port but the blocked one."""
         if port == self.router_port:
             return
         self.blocked[port] = now + self.loop_hold
         self.new_blocks.append((port, mac))
         self.fdb.events[Event.LOOP_DETECTED] += 1
-        self.fdb.forget_port(port)
+        self.fdb.flush_learned()
         self._rebuild_flood_sets()
 
     def unblock_due(self, now: float) -> list[int]:

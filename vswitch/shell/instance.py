@@ -25,6 +25,7 @@ from ..config.topology import (
     DEFAULT_IFNAME,
     UPLINK_SEGMENT,
     ConfigError,
+    MirrorSpec,
     PortSpec,
     SegmentSpec,
     Topology,
@@ -56,6 +57,9 @@ SLAAC_CONF: Final = {"accept_ra": 1, "dad_transmits": 0, "router_solicitation_de
 HOST_CONF: Final = {"accept_ra": 0, "addr_gen_mode": 1}
 # The outside namespace: a static address and routes, as an upstream router has; nothing learned.
 OUTSIDE_CONF: Final = {"accept_ra": 0, "dad_transmits": 0}
+# A mirror (SPAN) port's interface: no IPv6 (no link-local address, no solicitations, no MLD): it
+# sends nothing by itself, and a packet socket there (tcpdump) still sees every frame it is given.
+MIRROR_CONF: Final = {"disable_ipv6": 1}
 SLAAC_WAIT: Final = 5.0
 SLAAC_POLL: Final = 0.05
 # A state folder that cannot be written is logged at most this often (each failure is counted).
@@ -119,6 +123,30 @@ class LiveTrunk:
         }
 
 
+@dataclass
+class LiveMirror:
+    """A mirror as it runs: what was asked, its port (id, MAC, name there, tap) and its source's id."""
+
+    spec: MirrorSpec
+    id: int
+    source: int
+    ifname: str
+    mac: str
+    tap: Tap
+
+    def describe(self, counters: Any) -> dict[str, Any]:
+        return {
+            "source": self.spec.source,
+            "port": self.spec.port.label,
+            "direction": self.spec.direction,
+            "namespace": self.spec.port.namespace,
+            "interface": self.ifname,
+            "mac": self.mac,
+            "copies": counters.tx_packets[self.id],
+            "dropped": counters.drops[self.id].get("mirror-port", 0),
+        }
+
+
 def random_mac() -> bytes:
     """A random unicast, locally administered MAC (IEEE 802 section 8.2: I/G bit 0, U/L bit 1)."""
     raw = bytearray(secrets.token_bytes(6))
@@ -163,6 +191,7 @@ class Instance:
         self.underlays: list[tuple[Vtep, UnderlaySockets]] = []
         self.netns_of: dict[int, str | None] = {}  # id(vtep) -> the underlay's namespace
         self.trunks: list[LiveTrunk] = []
+        self.mirrors: list[LiveMirror] = []
         self.made_namespaces: set[str] = set()
         self._state_log_at = 0.0  # monotonic time before which a state write failure is not logged
         self._state_unlogged = 0
@@ -194,6 +223,7 @@ class Instance:
                 spec = PortSpec(uplink.namespace, uplink.ifname, outside, outside6)
                 conf = None if outside6 is None else OUTSIDE_CONF
                 self._add_port(spec, seg_index, UPLINK_SEGMENT, self.topology.uplink_mtu, True, conf)
+            self._add_mirrors()
             if self.topology.routed:
                 self._add_router()
                 self._add_namespace_routes()
@@ -338,6 +368,16 @@ class Instance:
             native = index[spec.native] if spec.native is not None else None
             self.datapath.add_trunk(trunk, [(index[name], vid) for name, vid in spec.vlans], native)
             self.trunks.append(LiveTrunk(trunk, spec, mac, tap))
+
+    def _add_mirrors(self) -> None:
+        """Each mirror's port: a tap made as a --ports port's (its namespace made if missing, lo up,
+        recorded), at its source's MTU, but with no address and no IPv6, on no segment."""
+        for spec in self.topology.mirrors:
+            source = next(p for p in self.ports if p.label == spec.source)
+            mtu = next((s.mtu for s in self.topology.segments if s.name == source.segment), None)
+            tap, mac, ifname = self._make_tap(spec.port, mtu or self.topology.uplink_mtu, True, MIRROR_CONF)
+            port_id = self.datapath.add_mirror(spec.port.label)
+            self.mirrors.append(LiveMirror(spec, port_id, source.id, ifname, mac, tap))
 
     def _size_tunnels(self) -> None:
         """A tunnel segment's MTU: the underlay's toward its remotes minus 50, or the user's if it fits.
@@ -662,6 +702,11 @@ class Instance:
         """The port's tap goes (and with it the interface in its namespace); what the switch learned
         through it goes too (Datapath.remove_port, Router.forget_addresses)."""
         live = self._live(label)
+        mirrored = [m.spec.port.label for m in self.mirrors if m.source == live.id]
+        if mirrored:
+            raise CommandError(
+                f"port {label} is mirrored to {', '.join(mirrored)}: it stays while vswitch runs"
+            )
         if self.shell is not None:
             self.shell.detach(live.id)
             self.shell.emulator.forget_port(live.id)
@@ -833,6 +878,9 @@ class Instance:
             shell.attach_trunk(live.trunk, live.tap.fd)
             mtus = [s.mtu for s in self.topology.segments if s.name in live.spec.segments]
             shell.set_port_mtu(live.trunk.port, max(mtus))  # the tap's own MTU (_add_trunks)
+        for mirror in self.mirrors:
+            shell.attach_mirror(mirror.id, mirror.tap.fd)
+            shell.mirror(mirror.source, mirror.id, mirror.spec.directions)
         shell.on_carrier = self._carrier
         for link in self.topology.links:  # [link.PORT] tables, checked against the ports at load
             try:
@@ -1042,6 +1090,7 @@ class Instance:
             },
             "tunnels": self.tunnels(),
             "trunks": [t.describe(self.datapath.counters.names) for t in self.trunks],
+            "mirrors": [m.describe(self.datapath.counters) for m in self.mirrors],
             "fdb_entries": sum(len(s.switch.fdb) for s in self.datapath.segments),
             "ageing": self.topology.ageing,
             "fdb_max": self.topology.fdb_max,

@@ -290,6 +290,70 @@ class Shell:
             self._write = self._write_plain
         self.emulation_changed()
 
+    # --- port mirroring (--mirror): copies to a SPAN port, which sends nothing into a segment -----
+    def attach_mirror(self, port: int, fd: int) -> None:
+        """A mirror (SPAN) port's tap: written by mirror()'s copies only, and read only to drop what
+        its namespace sends (mirror-port): it never sends into a segment."""
+        self.attach_sender(port, fd)
+        reader = io.FileIO(fd, "rb", closefd=False)
+        self._reader_of[port] = reader
+        drain = self._mirror_drainer(port, reader)
+        self._drain_of[port] = drain
+        self._drains = list(self._drain_of.values())
+        self.fds[port] = fd
+        self.loop.add_reader(fd, self._on_readable, port, drain)
+
+    def mirror(self, source: int, target: int, directions: Sequence[str]) -> Observer:
+        """Copy source's frames to target, each unchanged (virtio-net header and all) and after the
+        original. "in": every frame read off source, as read: before the hook, an impaired link's in
+        stage and the datapath, so also the ones dropped later (a real switch's SPAN copies ingress
+        frames as received). "out": every frame written to source, as written (tagged, impaired),
+        once the kernel took it. The copy is an observer of source, so a port that is not mirrored
+        pays nothing (_divert, set while any port is observed, costs a dict lookup per unicast); a
+        copy target's full queue costs the copy only (tx-queue-full on target)."""
+        wanted = frozenset("rx" if d == "in" else "tx" for d in directions)
+        shell = self
+
+        def copy(what: str, frame: bytes) -> None:
+            if what in wanted:
+                shell._write(target, frame)
+
+        self.observe(source, copy)
+        return copy
+
+    def _mirror_drainer(self, port: int, reader: io.FileIO) -> Callable[[], int]:
+        """The drain of a mirror port: up to BATCH frames read (received, as a NIC counts them) and
+        dropped as mirror-port; a capture on the port still sees them (rx)."""
+        shell = self
+        read = reader.read
+        counters = self.datapath.counters
+
+        def drain() -> int:
+            observers = shell._observers.get(port) if shell._observers else None
+            count = nbytes = failed = charged = 0
+            for count in range(1, BATCH + 1):
+                try:
+                    pkt = read(READ_SIZE)
+                except OSError as exc:
+                    if shell._read_failed(port, exc):
+                        count -= 1
+                        break
+                    failed += 1
+                    continue
+                if pkt is None:
+                    count -= 1
+                    break
+                nbytes += len(pkt)
+                if observers is not None and not shell._observe_rx(port, observers, pkt):
+                    charged += 1  # an observer raised: an internal-error drop already
+            received = count - failed
+            if received:
+                counters.received(port, received, max(0, nbytes - VNET_HDR_LEN * received))
+                counters.drops[port][Drop.MIRROR_PORT] += received - charged
+            return count
+
+        return drain
+
     # --- the hot path ------------------------------------------------------------------------------
     def _on_readable(self, port: int, drain: Callable[[], int]) -> None:
         count = drain()
@@ -416,7 +480,7 @@ class Shell:
                 else:
                     shell._write_all(port, pkt, verdict)  # a flood, or the router's several frames
                     continue
-                if divert and (observed or out in outs or (blocked and (port, out) in blocked)):
+                if divert and (out in observed or out in outs or (blocked and (port, out) in blocked)):
                     run_out = out
                     shell._send(port, out, data, now)
                     continue
