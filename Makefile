@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iputils-ping iputils-tracepath traceroute curl iperf3 i
 POLICY_RC_D := /usr/sbin/policy-rc.d
 PORTS ?= ns1,ns2,ns3
 
-.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation clean system venv
+.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation soak clean system venv
 
 help:
 	@echo "make up      - install, then run a 3-namespace switch (PORTS=$(PORTS)) until Ctrl-C"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-micro - per-packet cost of the core (pytest-benchmark)"
 	@echo "make bench-emulation - network emulation against its settings and the kernel's tbf (~6 min)"
 	@echo "make fuzz    - long hypothesis run over the datapath with malformed frames"
+	@echo "make soak    - 10 minutes of mixed traffic through a NAT router, sampled; PASS/FAIL (MINUTES=10)"
 
 # Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have),
 # checked again when the Makefile (and so perhaps the list) changes; dpkg -s makes that cheap.
@@ -79,6 +80,11 @@ bench-micro: venv
 # Not part of `make test`: root, real namespaces, ping and iperf3, about 6 minutes (bench/README.md).
 bench-emulation: venv
 	$(BIN)/python bench/emulation.py
+
+# Not part of `make test`: root, real namespaces, iperf3 and ping, MINUTES minutes (default 10).
+MINUTES ?= 10
+soak: venv
+	$(BIN)/python bench/stress/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -8,6 +8,7 @@ from typing import Any, Final
 from ..config.topology import ConfigError
 from ..core.emulation import DIRECTIONS, Direction, Impairment
 from ..core.nat import FRAGMENT_MAX, HELD_DATAGRAMS_MAX
+from ..services.dhcp import LEASES_MAX
 from .control import CommandError, ControlTable
 from .instance import Instance
 
@@ -73,6 +74,10 @@ def _bounds(instance: Instance) -> dict[str, Any]:
             bounds["nat_mappings"] = router.nat.conntrack.max_flows  # a mapping has at least one flow
             bounds["nat_fragments"] = FRAGMENT_MAX
             bounds["nat_held"] = HELD_DATAGRAMS_MAX
+        if router.dhcp is not None:
+            bounds["leases"] = LEASES_MAX * len(router.dhcp.scopes)
+        if router.dns is not None:
+            bounds["dns_cache"] = router.dns.cache_max
     if datapath.flows is not None:
         bounds["flow_cache"] = datapath.flows.max_entries * datapath.flows.table_count
     return bounds

@@ -16,7 +16,8 @@ REPORT: Final = 0.2  # seconds between a load's counter lines
 # the rate holds on average whatever the sleep's granularity.
 UDP_SENDER: Final = """
 import json, socket, struct, sys, time
-host, port, pps, seconds, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+host, port, pps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seconds, size = float(sys.argv[4]), int(sys.argv[5])
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 pad = bytes(max(0, size - 8))
 start = time.monotonic()
@@ -188,7 +189,8 @@ while True:
     due = int((now - start) * rate) + 1
     while sent + errors < due:
         seq = sent + errors
-        frame = dst + b"\\x02\\x5a" + struct.pack("!I", seq) + b"\\x88\\xb5" + struct.pack("!Q", seq) + bytes(38)
+        src = b"\\x02\\x5a" + struct.pack("!I", seq)
+        frame = dst + src + b"\\x88\\xb5" + struct.pack("!Q", seq) + bytes(38)
         try:
             sock.send(frame)
             sent += 1
@@ -233,10 +235,12 @@ while time.monotonic() - start < seconds:
     now = time.monotonic()
     if now >= next_report:
         socket_drops += struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
-        print(json.dumps({"received": received, "duplicates": duplicates, "socket_drops": socket_drops}), flush=True)
+        counts = {"received": received, "duplicates": duplicates, "socket_drops": socket_drops}
+        print(json.dumps(counts), flush=True)
         next_report = now + %(report)s
 socket_drops += struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
-print(json.dumps({"received": received, "duplicates": duplicates, "socket_drops": socket_drops, "done": True}), flush=True)
+counts = {"received": received, "duplicates": duplicates, "socket_drops": socket_drops, "done": True}
+print(json.dumps(counts), flush=True)
 """
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import re
@@ -72,9 +73,7 @@ UPLINK: Final = "out"
 WARMUP_SHARE: Final = 0.2
 WARMUP_MIN: Final = 60.0
 GROWTH_LIMIT: Final = 0.05
-IPERF_RE: Final = re.compile(
-    r"\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s+([\d.]+) KBytes\s+([\d.]+) Kbits/sec(?:\s+(\d+))?(.*)$"
-)
+IPERF_RE: Final = re.compile(r"\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s+\S+ \S*Bytes\s+([\d.]+) Kbits/sec")
 PING_REPLY_RE: Final = re.compile(r"icmp_seq=(\d+) ttl=")
 PING_NO_ANSWER_RE: Final = re.compile(r"no answer yet for icmp_seq=(\d+)")
 PING_SUMMARY_RE: Final = re.compile(r"(\d+) packets transmitted, (\d+) received")
@@ -158,22 +157,30 @@ def _json_line(state: dict[str, Any], line: str) -> None:
         state.update(json.loads(line))
 
 
-def _iperf_line(state: dict[str, Any], line: str) -> None:
-    """iperf3's text (-f k): interval lines add their bytes; the summary lines are kept as they are."""
+def _iperf_server_line(state: dict[str, Any], line: str) -> None:
+    """iperf3 -s's text: each interval line adds its bytes, from its bitrate (5 significant figures, where
+    the transfer column has 3) times its length; the summary line after the dashes is not added."""
     if "listening" in line:
         state["ready"] = True
+    if line.startswith("- - -"):
+        state["summary"] = True
     match = IPERF_RE.search(line)
-    if match is None:
+    if match is None or state.get("summary"):
         return
-    kbytes, retr, tail = float(match[3]), match[5], match[6]
-    if "sender" in tail:
-        state["final_sent_bytes"] = int(kbytes * 1024)
-        state["retransmits"] = int(retr or 0)
-    elif "receiver" in tail:
-        state["final_received_bytes"] = int(kbytes * 1024)
-    else:
-        state["bytes"] = state.get("bytes", 0) + int(kbytes * 1024)
-        state["retransmits_so_far"] = state.get("retransmits_so_far", 0) + int(retr or 0)
+    seconds = float(match[2]) - float(match[1])
+    state["bytes"] = state.get("bytes", 0) + round(float(match[3]) * 1000 / 8 * seconds)
+
+
+def _iperf_client_line(state: dict[str, Any], line: str) -> None:
+    """iperf3 -c -J: one JSON document at the end; its totals are exact (bytes, retransmits)."""
+    state.setdefault("text", []).append(line)
+    if line.rstrip() == "}":
+        with contextlib.suppress(ValueError):
+            end = json.loads("".join(state["text"]))["end"]
+            state["final_sent_bytes"] = int(end["sum_sent"]["bytes"])
+            state["final_received_bytes"] = int(end["sum_received"]["bytes"])
+            state["retransmits"] = int(end["sum_sent"].get("retransmits", 0))
+        state["text"] = []
 
 
 def _ping_line(state: dict[str, Any], line: str) -> None:
@@ -250,10 +257,9 @@ class Soak:
         start("nat-rx", UPLINK, script(loads.TCP_LISTENER, OUTSIDE, NAT_PORT, listen)).wait_ready()
         start("macs-rx", "macr", script(loads.MAC_RECEIVER, "eth0", listen)).wait_ready()
         iperf_s = ["iperf3", "-s", "-1", "-B", OUTSIDE, "-p", str(IPERF_PORT), "--forceflush", "-f", "k"]
-        start("tcp-rx", UPLINK, [*iperf_s, "-i", f"{plan.interval:g}"], _iperf_line).wait_ready()
+        start("tcp-rx", UPLINK, [*iperf_s, "-i", "1"], _iperf_server_line).wait_ready()
         iperf_c = ["iperf3", "-c", OUTSIDE, "-p", str(IPERF_PORT), "-t", f"{plan.seconds:.0f}", "-b"]
-        iperf_c += [plan.tcp_rate, "--forceflush", "-f", "k", "-i", f"{plan.interval:g}"]
-        start("tcp", "tcp", iperf_c, _iperf_line)
+        start("tcp", "tcp", [*iperf_c, plan.tcp_rate, "-J"], _iperf_client_line)
         start(
             "udp", "udp", script(loads.UDP_SENDER, OUTSIDE, UDP_PORT, plan.udp_pps, seconds, plan.udp_payload)
         )
@@ -265,19 +271,20 @@ class Soak:
 
     # --- sampling ----------------------------------------------------------------------------------
     def sample(self, elapsed: float) -> dict[str, Any]:
+        rss, fds = _rss_kib(self.pid), len(os.listdir(f"/proc/{self.pid}/fd"))  # before our request's fd
         stats = request(self.socket, "stats")
         return {
             "t": round(elapsed, 2),
             "streams": self.streams(),
             "vswitch": {
-                "rss_kib": _rss_kib(self.pid),
-                "fds": len(os.listdir(f"/proc/{self.pid}/fd")),
+                "rss_kib": rss,
+                "fds": fds,
                 "ports": {
                     name: {k: v for k, v in port.items() if k != "rx_bytes" and k != "tx_bytes"}
                     for name, port in stats["ports"].items()
                 },
                 "drops": stats["drops"],
-                "events": stats["events"],
+                "events": {**stats["events"], **stats.get("router", {}).get("events", {})},
                 "tables": stats["tables"],
                 "bounds": stats["bounds"],
                 "loop_lag": stats.get("loop_lag", {}),
@@ -287,10 +294,13 @@ class Soak:
 
     def streams(self) -> dict[str, Any]:
         s = {name: dict(load.state) for name, load in self.loads.items()}
-        get = lambda name, key: s.get(name, {}).get(key, 0)  # noqa: E731
+
+        def get(name: str, key: str) -> Any:
+            return s.get(name, {}).get(key, 0)
+
         return {
-            "tcp": {"sent_bytes": get("tcp", "bytes"), "received_bytes": get("tcp-rx", "bytes"),
-                    "retransmits": get("tcp", "retransmits_so_far")},
+            # iperf3's totals come at the end (-J); a sample has the server's count so far
+            "tcp": {"sent_bytes": None, "received_bytes": get("tcp-rx", "bytes"), "retransmits": None},
             "udp": {"sent": get("udp", "sent"), "received": get("udp-rx", "received"),
                     "send_errors": get("udp", "errors"), "duplicates": get("udp-rx", "duplicates"),
                     "reordered": get("udp-rx", "reordered"), "socket_drops": get("udp-rx", "socket_drops")},
@@ -385,7 +395,7 @@ def _snmp_udp(namespace: str) -> dict[str, int]:
     argv = ["ip", "netns", "exec", namespace, "cat", "/proc/net/snmp"]
     text = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=True).stdout
     lines = [line.split() for line in text.splitlines()]
-    head, values = [pair for pair in zip(lines, lines[1:], strict=False) if pair[0][0] == "Udp:"][0]
+    head, values = next(pair for pair in itertools.pairwise(lines) if pair[0][0] == "Udp:")
     return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
 
 
@@ -475,8 +485,10 @@ def table_violations(samples: list[dict[str, Any]]) -> list[str]:
         tables, bounds = sample["vswitch"]["tables"], sample["vswitch"]["bounds"]
         for name, size in tables.items():
             bound = bounds.get(name)
-            pairs = [(f"{name}.{k}", v, bound.get(k)) for k, v in size.items()] if isinstance(size, dict) else [
-                (name, size, bound)]  # fmt: skip
+            if isinstance(size, dict):  # per segment
+                pairs = [(f"{name}.{k}", v, bound.get(k) if bound else None) for k, v in size.items()]
+            else:
+                pairs = [(name, size, bound)]
             for label, value, limit in pairs:
                 if limit is not None and value > limit:
                     found.append(f"t={sample['t']}: {label} {value} > {limit}")
@@ -541,11 +553,10 @@ def run(plan: Plan, out_dir: Path, say: Any = print) -> tuple[dict[str, Any], Pa
             sample = soak.sample(time.monotonic() - t0)
             doc["samples"].append(sample)
             v = sample["vswitch"]
-            say(
-                f"t={sample['t']:.0f}s rss={v['rss_kib']} KiB fds={v['fds']} conntrack="
-                f"{v['tables'].get('conntrack')} fdb={v['tables'].get('fdb')} lag_max10s="
-                f"{v['loop_lag'].get('recent_max', 0) * 1000:.1f} ms udp={sample['streams']['udp']['received']}"
-            )
+            lag = v["loop_lag"].get("recent_max", 0) * 1000
+            say(f"t={sample['t']:.0f}s rss={v['rss_kib']} KiB fds={v['fds']} conntrack="
+                f"{v['tables'].get('conntrack')} fdb={v['tables'].get('fdb')} lag_max10s={lag:.1f} ms "
+                f"udp={sample['streams']['udp']['received']}")  # fmt: skip
             n += 1
         doc["drain_s"] = round(soak.drain(), 2)
         end = soak.sample(time.monotonic() - t0)
@@ -606,15 +617,18 @@ def report(doc: dict[str, Any]) -> list[str]:
         lines.append("stream  sent        received    lost  vswitch drops (its port)  kernel drops  adds up")
         for name in ("udp", "macs"):
             a = doc["accounting"][name]
+            ours, kernel = sum(a["vswitch_drops"].values()), sum(a["kernel_drops"].values())
             lines.append(f"{name:<7} {a['sent']:<11} {a['received']:<11} {a['lost']:<5} "
-                         f"{sum(a['vswitch_drops'].values()):<25} {sum(a['kernel_drops'].values()):<13} {a['adds_up']}")  # fmt: skip
+                         f"{ours:<25} {kernel:<13} {a['adds_up']}")  # fmt: skip
         for name in ("ping", "nat"):
             a = doc["accounting"][name]
             lines.append(f"{name:<7} {a['sent']:<11} {a['received']:<11} {a['lost']:<5} "
                          f"{a['drops_on_its_ports']:<25} {'-':<13} {a['adds_up']}")  # fmt: skip
         t = doc["accounting"]["tcp"]
-        lines.append(f"tcp     {t['sent_bytes']} B sent, {t['received_bytes']} B received, "
-                     f"{t['retransmits']} retransmits, {t['drops_on_its_ports']} drops on its port")  # fmt: skip
+        lines.append(
+            f"tcp     {t['sent_bytes']} B sent, {t['received_bytes']} B received, "
+            f"{t['retransmits']} retransmits, {t['drops_on_its_ports']} drops on its port"
+        )
         lines.append(f"vswitch drops by port and reason: {doc['drops'] or 'none'}")
         lines.append(f"events: {doc['events']}")
         lag = doc.get("loop_lag", {})
@@ -681,5 +695,5 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
 def _rates(samples: list[dict[str, Any]], value: Any) -> list[float]:
     return [
         (value(b) - value(a)) / (b["t"] - a["t"]) if b["t"] > a["t"] else 0.0
-        for a, b in zip(samples, samples[1:], strict=False)
+        for a, b in itertools.pairwise(samples)
     ]
