@@ -32,7 +32,7 @@ def test_stop_ends_the_timer() -> None:
         lag.start()
         await asyncio.sleep(0.03)
         lag.stop()
-        count = lag.snapshot()["count"]
+        count: int = lag.snapshot()["count"]
         await asyncio.sleep(0.03)
         assert lag.snapshot()["count"] == count
         return count
