@@ -63,11 +63,13 @@ STOP_TIMEOUT: Final = 15.0
 COMMAND_TIMEOUT: Final = 15.0
 DRAIN_MAX: Final = 10.0  # seconds the receivers may take to stop counting after the senders stop
 DRAIN_STEADY: Final = 1.0  # ... and how long their counts must stay unchanged
+LINK_COUNTERS: Final = ("rx_packets", "tx_packets", "rx_dropped", "tx_dropped")
 UDP_PORT: Final = 9000
 NAT_PORT: Final = 8080
 IPERF_PORT: Final = 5201
 UNKNOWN_MAC: Final = "025b00000001"  # the churn frames' destination: nobody has it, so it floods
 LAN: Final = ("tcp", "udp", "ping", "macs", "macr")
+FLOODED: Final = ("tcp", "udp", "ping")  # the lan ports that get the churn frames and no handler for them
 DMZ: Final = ("nat",)
 UPLINK: Final = "out"
 WARMUP_SHARE: Final = 0.2
@@ -320,9 +322,13 @@ class Soak:
             with IPRoute(netns=self.ns(tag)) as ipr:
                 link = ipr.get_links(ipr.link_lookup(ifname="eth0")[0])[0]
                 stats = link.get("IFLA_STATS64") or link.get("stats64")
-                links[tag] = {
-                    k: int(stats[k]) for k in ("rx_packets", "tx_packets", "rx_dropped", "tx_dropped")
-                }
+                links[tag] = {k: int(stats[k]) for k in LINK_COUNTERS}
+                # The qdisc's drops, for the record: an enqueue drop also reaches the sending UDP socket
+                # as ENOBUFS, counted as SndbufErrors, so the accounting counts it there, once.
+                links[tag]["qdisc_drops"] = sum(
+                    int(q.get_attr("TCA_STATS")["drop"]) for q in ipr.get_qdiscs(index=link["index"])
+                    if q.get_attr("TCA_STATS") is not None
+                )  # fmt: skip
         return {
             "links": links,
             "udp_sender_ns": _snmp_udp(self.ns("udp")),
@@ -469,6 +475,37 @@ def accounting(
     return result
 
 
+def kernel_drops(start: dict[str, Any], end: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The kernel's non-zero drop counters of each namespace's eth0 over the run, each with what
+    explains it (None: nothing does)."""
+    macs_sent = end["streams"]["macs"]["sent"]
+    found: dict[str, dict[str, Any]] = {}
+    for tag, counters in end["kernel"]["links"].items():
+        for key in ("rx_dropped", "tx_dropped", "qdisc_drops"):
+            count = counters.get(key, 0) - start["kernel"]["links"][tag].get(key, 0)
+            if not count:
+                continue
+            why = None
+            if key == "rx_dropped" and tag in FLOODED and count == macs_sent:
+                why = (
+                    "every MAC churn frame, flooded to this lan port: nothing in this namespace takes "
+                    "ethertype 0x88b5 (in macr a packet socket does)"
+                )
+            found[f"{tag}.{key}"] = {"count": count, "explained": why}
+    return found
+
+
+def in_flight(soak: Soak, start: dict[str, Any], samples: list[dict[str, Any]]) -> list[list[float]]:
+    """[t, sent - received - vswitch's drops on the udp port] at each sample: what was on its way then
+    (the loads report every loads.REPORT s, so up to that much of the rate, plus the queues)."""
+    rows = []
+    for sample in samples[1:]:
+        udp = sample["streams"]["udp"]
+        drops = sum(diff_drops(start, sample).get(soak.ns("udp"), {}).values())
+        rows.append([sample["t"], udp["sent"] - udp["received"] - drops])
+    return rows
+
+
 def growth(samples: list[dict[str, Any]], warmup: float, key: str) -> dict[str, Any]:
     """The value at the end of the warm-up against the largest after it."""
     after = [s for s in samples if s["t"] >= warmup]
@@ -514,8 +551,10 @@ def checks(doc: dict[str, Any], plan: Plan) -> dict[str, dict[str, Any]]:
     for per_port in doc["drops"].values():
         reasons.update(per_port)
     unexplained = sorted(r for r in reasons if r not in EXPLAINED)
+    unexplained += sorted(k for k, v in doc["kernel_drops"].items() if v["explained"] is None)
     result["drops_explained"] = {"pass": not unexplained, "non_zero": dict(reasons),
                                  "explained": {r: EXPLAINED[r] for r in reasons if r in EXPLAINED},
+                                 "kernel": doc["kernel_drops"],
                                  "unexplained": unexplained}  # fmt: skip
     return result
 
@@ -572,6 +611,8 @@ def run(plan: Plan, out_dir: Path, say: Any = print) -> tuple[dict[str, Any], Pa
         sndbuf = snmp_end["SndbufErrors"] - snmp_start["SndbufErrors"]
         doc["accounting"] = accounting(soak, start, end, {"sndbuf_errors": sndbuf})
         doc["drops"] = diff_drops(start, end)
+        doc["udp_in_flight"] = in_flight(soak, start, doc["samples"])
+        doc["kernel_drops"] = kernel_drops(start, end)
         doc["events"] = {
             k: v - start["vswitch"]["events"].get(k, 0)
             for k, v in end["vswitch"]["events"].items()
@@ -630,13 +671,17 @@ def report(doc: dict[str, Any]) -> list[str]:
             f"{t['retransmits']} retransmits, {t['drops_on_its_ports']} drops on its port"
         )
         lines.append(f"vswitch drops by port and reason: {doc['drops'] or 'none'}")
+        for name, drop in doc["kernel_drops"].items():
+            lines.append(f"kernel drops {name}: {drop['count']} ({drop['explained'] or 'UNEXPLAINED'})")
+        worst = max((row[1] for row in doc["udp_in_flight"]), default=0)
+        lines.append(f"udp in flight at a sample (sent - received - drops): at most {worst}")
         lines.append(f"events: {doc['events']}")
         lag = doc.get("loop_lag", {})
         lines.append(
             f"loop lag: mean {lag.get('mean', 0) * 1000:.2f} ms, max {lag.get('max', 0) * 1000:.1f} ms"
         )
     for name, check in doc.get("checks", {}).items():
-        detail = {k: v for k, v in check.items() if k != "pass"}
+        detail = {k: v for k, v in check.items() if k not in ("pass", "kernel")}  # kernel's: above
         lines.append(f"{'PASS' if check['pass'] else 'FAIL'} {name}: {json.dumps(detail)}")
     lines.extend(f"ERROR {e}" for e in doc["errors"])
     return lines
