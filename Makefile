@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iputils-ping iputils-tracepath traceroute curl iperf3 i
 POLICY_RC_D := /usr/sbin/policy-rc.d
 PORTS ?= ns1,ns2,ns3
 
-.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation stress stress-crash stress-floods stress-noisy clean system venv
+.PHONY: help up test test-unit test-integration lint fuzz bench bench-quick bench-micro bench-emulation stress stress-crash stress-floods stress-noisy soak clean system venv
 
 help:
 	@echo "make up      - install, then run a 3-namespace switch (PORTS=$(PORTS)) until Ctrl-C"
@@ -30,6 +30,7 @@ help:
 	@echo "make stress-crash - SIGKILL vswitch up at 50 random moments, then down: nothing left (1-2 min)"
 	@echo "make stress-floods - 8 floods against vswitch, victims' TCP and ping before/during (~2 min)"
 	@echo "make stress-noisy  - one port overloading, the others' TCP unloaded vs loaded (~1 min)"
+	@echo "make soak    - 10 minutes of mixed traffic through a NAT router, sampled; PASS/FAIL (MINUTES=10)"
 
 # Debian packages, once per machine (the stamp lives in the venv, which a fresh clone does not have),
 # checked again when the Makefile (and so perhaps the list) changes; dpkg -s makes that cheap.
@@ -98,6 +99,11 @@ stress-floods: venv
 
 stress-noisy: venv
 	$(BIN)/python bench/stress/noisy.py
+
+# Not part of `make test`: root, real namespaces, iperf3 and ping, MINUTES minutes (default 10).
+MINUTES ?= 10
+soak: venv
+	$(BIN)/python bench/stress/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -79,6 +79,11 @@ class Fdb:
     def __len__(self) -> int:
         return len(self.entries)
 
+    @property
+    def statics(self) -> int:
+        """Entries that do not count against max_entries (the switch's own MACs, configured ones)."""
+        return len(self.entries) - self._learned
+
     def lookup(self, mac: bytes) -> int | None:
         entry = self.entries.get(mac)
         return None if entry is None else entry.port

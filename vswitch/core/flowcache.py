@@ -198,6 +198,11 @@ class FlowCache:
     def __len__(self) -> int:
         return sum(len(table) for table in self._every_table())
 
+    @property
+    def table_count(self) -> int:
+        """How many tables of at most max_entries each it keeps (per segment: by family, echo apart)."""
+        return len(self._every_table())
+
     # --- invalidation ------------------------------------------------------------------------------
     def flush(self) -> None:
         """A route, neighbour or FDB entry changed: every entry may be void."""

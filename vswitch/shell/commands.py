@@ -7,6 +7,8 @@ from typing import Any, Final
 
 from ..config.topology import ConfigError
 from ..core.emulation import DIRECTIONS, Direction, Impairment
+from ..core.nat import FRAGMENT_MAX, HELD_DATAGRAMS_MAX
+from ..services.dhcp import LEASES_MAX
 from .control import CommandError, ControlTable
 from .instance import Instance
 
@@ -44,10 +46,45 @@ def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
         }
     if datapath.flows is not None:
         tables["flow_cache"] = len(datapath.flows)
+    if router is not None:
+        tables["arp_pending"] = len(router.arp.pending)
+        if router.nat is not None:
+            tables["nat_mappings"] = len(router.nat.mappings)
+            tables["nat_fragments"] = len(router.nat.fragments)
+            tables["nat_held"] = len(router.nat.held)
     snapshot["tables"] = tables
+    snapshot["bounds"] = _bounds(instance)
+    if instance.loop_lag is not None:
+        snapshot["loop_lag"] = instance.loop_lag.snapshot()
     if instance.shell is not None and instance.shell.emulator.configured:
         snapshot["emulation"] = instance.links()
     return snapshot
+
+
+def _bounds(instance: Instance) -> dict[str, Any]:
+    """The most each table in `tables` may hold (README "Limits and bounds"), for a soak to check."""
+    datapath, router = instance.datapath, instance.router
+    bounds: dict[str, Any] = {
+        # the learned entries are bounded; the router's own (static) MACs come on top
+        "fdb": {seg.name: seg.switch.fdb.max_entries + seg.switch.fdb.statics for seg in datapath.segments}
+    }
+    if router is not None:
+        bounds["arp"] = router.arp.cache_max
+        bounds["arp_pending"] = router.arp.pending_max
+        if router.v6 is not None:
+            bounds["nd"] = router.v6.nd.cache_max
+        if router.nat is not None:
+            bounds["conntrack"] = router.nat.conntrack.max_flows
+            bounds["nat_mappings"] = router.nat.conntrack.max_flows  # a mapping has at least one flow
+            bounds["nat_fragments"] = FRAGMENT_MAX
+            bounds["nat_held"] = HELD_DATAGRAMS_MAX
+        if router.dhcp is not None:
+            bounds["leases"] = LEASES_MAX * len(router.dhcp.scopes)
+        if router.dns is not None:
+            bounds["dns_cache"] = router.dns.cache_max
+    if datapath.flows is not None:
+        bounds["flow_cache"] = datapath.flows.max_entries * datapath.flows.table_count
+    return bounds
 
 
 def _router(instance: Instance) -> Any:

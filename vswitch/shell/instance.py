@@ -43,6 +43,7 @@ from . import kernel, services
 from .control import CommandError, ControlServer, ControlTable
 from .kernel import STOP_SIGNALS, KernelError
 from .loop import EMULATION_CLOCK, Shell
+from .looplag import LoopLag
 from .state import Ledger, lease_path, socket_path, state_path, stray_files
 from .tap import Tap, TapError, open_tap, set_carrier
 from .underlay import UnderlaySockets, open_sender, open_underlay
@@ -195,6 +196,7 @@ class Instance:
         self.made_namespaces: set[str] = set()
         self._state_log_at = 0.0  # monotonic time before which a state write failure is not logged
         self._state_unlogged = 0
+        self.loop_lag: LoopLag | None = None  # while serving: how late the loop runs its timers
 
     # --- start-up ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -889,6 +891,7 @@ class Instance:
                 shell.detach_all()
                 raise StartError(str(exc)) from None
         shell.start_timer()
+        loop_lag = self.loop_lag = LoopLag(loop)  # started once serving, stopped in the finally below
         control = ControlServer(
             self, socket_path(self.topology.name), self.control, events=self.datapath.counters.events
         )
@@ -906,7 +909,9 @@ class Instance:
             from .metrics import start_metrics
 
             try:
-                metrics = await start_metrics(self.datapath, *self.metrics, emulator=shell.emulator)
+                metrics = await start_metrics(
+                    self.datapath, *self.metrics, emulator=shell.emulator, loop_lag=loop_lag
+                )
             except OSError as exc:
                 shell.detach_all()
                 await control.close()
@@ -922,6 +927,7 @@ class Instance:
             for sig in stop_signals:
                 loop.add_signal_handler(sig, self._stop.set)
         upstream, lease_file = self._start_services(loop, shell)
+        loop_lag.start()
         try:
             await self._await_slaac()
             self._refresh_names()  # with the addresses SLAAC gave
@@ -940,6 +946,7 @@ class Instance:
                     loop.add_signal_handler(sig, _ignore_signal)
             if metrics is not None:
                 metrics.close()
+            loop_lag.stop()
             shell.detach_all()
             await control.close()
 

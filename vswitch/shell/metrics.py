@@ -34,6 +34,7 @@ from ..core.counters import Event
 from ..core.datapath import Datapath
 from ..core.emulation import WHAT, Emulator
 from ..core.router import Router
+from .looplag import LoopLag
 
 # The text format generate_latest writes (prometheus-client's CONTENT_TYPE_PLAIN_0_0_4; older
 # releases, which pyproject allows, call it CONTENT_TYPE_LATEST, newer ones use that name for 1.0.0).
@@ -74,9 +75,12 @@ class DatapathCollector:
     they have always been. Call `collect` on the loop's thread only (see the module docstring).
     """
 
-    def __init__(self, datapath: Datapath, emulator: Emulator | None = None) -> None:
+    def __init__(
+        self, datapath: Datapath, emulator: Emulator | None = None, loop_lag: LoopLag | None = None
+    ) -> None:
         self.datapath = datapath
         self.emulator = emulator
+        self.loop_lag = loop_lag
 
     def collect(self) -> Iterator[Metric]:
         datapath = self.datapath
@@ -118,6 +122,16 @@ class DatapathCollector:
             yield from self._router_tables(datapath.router)
         if self.emulator is not None and self.emulator.configured:
             yield from _emulation(self.emulator, names)
+        if self.loop_lag is not None:
+            lag = GaugeMetricFamily(
+                "vswitch_loop_lag_seconds",
+                "how late the event loop ran a periodic timer: last, largest of the last 10 s, largest",
+                labels=["stat"],
+            )
+            snapshot = self.loop_lag.snapshot()
+            for stat in ("last", "recent_max", "max"):
+                lag.add_metric([stat], snapshot[stat])
+            yield lag
 
     @staticmethod
     def _router_tables(router: Router) -> Iterator[Metric]:
@@ -141,11 +155,14 @@ class DatapathCollector:
 
 
 def make_registry(
-    datapath: Datapath, process: bool = True, emulator: Emulator | None = None
+    datapath: Datapath,
+    process: bool = True,
+    emulator: Emulator | None = None,
+    loop_lag: LoopLag | None = None,
 ) -> CollectorRegistry:
     """A private registry with the datapath's collector and, if process, the process collector."""
     registry = CollectorRegistry()
-    registry.register(DatapathCollector(datapath, emulator))
+    registry.register(DatapathCollector(datapath, emulator, loop_lag))
     if process:
         ProcessCollector(registry=registry)
     return registry
@@ -157,9 +174,13 @@ def render(datapath: Datapath, process: bool = False, emulator: Emulator | None 
 
 
 async def start_metrics(
-    datapath: Datapath, host: str, port: int, emulator: Emulator | None = None
+    datapath: Datapath,
+    host: str,
+    port: int,
+    emulator: Emulator | None = None,
+    loop_lag: LoopLag | None = None,
 ) -> asyncio.AbstractServer:
-    registry = make_registry(datapath, emulator=emulator)
+    registry = make_registry(datapath, emulator=emulator, loop_lag=loop_lag)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
