@@ -47,7 +47,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -64,9 +63,9 @@ from pyroute2 import IPRoute
 from vswitch.core.emulation import Impairment
 from vswitch.shell.control import ControlError, request
 from vswitch.shell.kernel import remove_netns_named
-from vswitch.shell.state import RUN_DIR_ENV, socket_path, state_path
+from vswitch.shell.state import RUN_DIR_ENV, socket_path
 from vswitch.tools.bench.measure import cpu_seconds
-from vswitch.tools.bench.process import terminate
+from vswitch.tools.bench.process import checkout_state, stop_instance, terminate
 from vswitch.tools.bench.report import markdown, ratio_text
 from vswitch.tools.bench.run import Signals, machine_info
 from vswitch.tools.bench.topologies import namespaces_with, new_namespace
@@ -291,25 +290,7 @@ class Bench:
         return problems
 
     def _stop_vswitch(self, proc: subprocess.Popen[bytes]) -> list[str]:
-        problems: list[str] = []
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                problems.append(f"vswitch {self.instance} ignored SIGTERM; killed")
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        if state_path(self.instance).exists():
-            down = subprocess.run(
-                [sys.executable, "-m", "vswitch", "down", "--name", self.instance],
-                capture_output=True,
-                text=True,
-                timeout=COMMAND_TIMEOUT + STOP_TIMEOUT,
-            )
-            if down.returncode != 0:
-                problems.append(f"vswitch down --name {self.instance}: {down.stderr.strip()}")
-        return problems
+        return stop_instance(proc, self.instance, STOP_TIMEOUT, COMMAND_TIMEOUT)
 
 
 # --- the loads -------------------------------------------------------------------------------------
@@ -808,25 +789,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds is not None and not 1 <= args.rounds <= 20:
         parser.error("--rounds: 1 to 20")
     return args
-
-
-def checkout_state(checkout: Path) -> dict[str, Any]:
-    """The commit the figures were measured on, and whether vswitch/ had uncommitted changes then."""
-
-    def git(*argv: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", str(checkout), *argv], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--", "vswitch")
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "vswitch_uncommitted": bool(status) if status is not None else None,
-    }
 
 
 def preflight() -> None:

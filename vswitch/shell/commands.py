@@ -32,10 +32,6 @@ def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
             tables["nd"] = len(router.v6.nd.entries)
         if router.nat is not None:
             tables["conntrack"] = len(router.nat.conntrack)
-            # NAT's fragment memory: first fragments' rewrites kept for their datagrams' later ones, and
-            # the datagrams whose later fragments wait for their first (bounded: limits in the README).
-            tables["nat_fragments"] = len(router.nat.fragments)
-            tables["nat_fragments_held"] = len(router.nat.held)
         if router.dhcp is not None:
             tables["leases"] = len(router.dhcp.leases)
         if router.dns is not None:
@@ -50,6 +46,8 @@ def _stats(instance: Instance, _req: dict[str, Any]) -> Any:
         tables["arp_pending"] = len(router.arp.pending)
         if router.nat is not None:
             tables["nat_mappings"] = len(router.nat.mappings)
+            # NAT's fragment memory: first fragments' rewrites kept for their datagrams' later ones, and
+            # the datagrams whose later fragments wait for their first (bounded: limits in the README).
             tables["nat_fragments"] = len(router.nat.fragments)
             tables["nat_held"] = len(router.nat.held)
     snapshot["tables"] = tables

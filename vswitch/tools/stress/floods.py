@@ -57,6 +57,7 @@ from typing import Any, Final
 
 from ...shell.control import ControlError
 from ..bench.measure import cpu_seconds
+from ..bench.process import checkout_state
 from ..bench.report import markdown
 from ..bench.run import Signals, machine_info
 from .lab import (
@@ -434,25 +435,6 @@ def write_chart(doc: dict[str, Any], path: Path) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------------
-def checkout_state(checkout: Path) -> dict[str, Any]:
-    """The commit the figures were measured on, and whether vswitch/ had uncommitted changes then."""
-
-    def git(*argv: str) -> str | None:
-        try:
-            proc = subprocess.run(
-                ["git", "-C", str(checkout), *argv], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--", "vswitch")
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "vswitch_uncommitted": bool(status) if status is not None else None,
-    }
-
-
 def preflight() -> None:
     if os.geteuid() != 0:
         raise StressError("needs root (namespaces, taps, raw sockets)")

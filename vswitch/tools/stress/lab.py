@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,9 @@ from pyroute2 import IPRoute
 
 from ...shell.control import ControlError, request
 from ...shell.kernel import remove_netns_named
-from ...shell.state import socket_path, state_path
+from ...shell.state import socket_path
 from ..bench.measure import percentile
-from ..bench.process import terminate
+from ..bench.process import stop_instance, terminate
 from ..bench.topologies import namespaces_with, new_namespace
 
 START_TIMEOUT: Final = 20.0
@@ -322,23 +321,7 @@ class Lab:
             problems.extend(terminate(proc, " ".join(map(str, proc.args[:6])), 5))
         self.programs.clear()
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    problems.append(f"vswitch {self.instance} ignored SIGTERM; killed")
-                    self.proc.kill()
-                    self.proc.wait(STOP_TIMEOUT)
-            if state_path(self.instance).exists():
-                down = subprocess.run(
-                    [sys.executable, "-m", "vswitch", "down", "--name", self.instance],
-                    capture_output=True,
-                    text=True,
-                    timeout=COMMAND_TIMEOUT + STOP_TIMEOUT,
-                )
-                if down.returncode != 0:
-                    problems.append(f"vswitch down --name {self.instance}: {down.stderr.strip()}")
+            problems.extend(stop_instance(self.proc, self.instance, STOP_TIMEOUT, COMMAND_TIMEOUT))
             self.proc = None
         for name in reversed(self.namespaces):
             try:
