@@ -65,8 +65,15 @@ from vswitch.shell.control import ControlError, request
 from vswitch.shell.kernel import remove_netns_named
 from vswitch.shell.state import RUN_DIR_ENV, socket_path
 from vswitch.tools.bench.measure import cpu_seconds
-from vswitch.tools.bench.process import checkout_state, stop_instance, terminate
-from vswitch.tools.bench.report import markdown, ratio_text
+from vswitch.tools.bench.process import (
+    NotReady,
+    checkout_state,
+    spawn_vswitch,
+    stop_instance,
+    terminate,
+    wait_port_table,
+)
+from vswitch.tools.bench.report import print_grids, ratio_text
 from vswitch.tools.bench.run import Signals, machine_info
 from vswitch.tools.bench.topologies import namespaces_with, new_namespace
 
@@ -174,17 +181,11 @@ class Bench:
     def build_vswitch(self) -> None:
         argv = [sys.executable, "-m", "vswitch", "up", "--name", self.instance, "--json", "--ports"]
         argv.append(",".join(self.ns(tag) for tag in ("a", "b", "c")))
-        out_path, err_path = self.work / "vswitch.out", self.work / "vswitch.err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            self.vswitch = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not out_path.read_bytes().strip():  # its port table: the namespaces and taps are up
-            if self.vswitch.poll() is not None:
-                why = err_path.read_text(errors="replace").strip()
-                raise EmulationBenchError(f"vswitch up exited {self.vswitch.returncode}: {why}")
-            if time.monotonic() > deadline:
-                raise EmulationBenchError(f"vswitch up was not ready within {START_TIMEOUT:g}s")
-            time.sleep(0.05)
+        self.vswitch, out_path = spawn_vswitch(argv, self.work, "vswitch")
+        try:
+            wait_port_table(self.vswitch, out_path, START_TIMEOUT)
+        except NotReady as exc:
+            raise EmulationBenchError(str(exc)) from None
         ports = json.loads(out_path.read_text())["ports"]
         found = {p["port"]: p["address"] for p in ports}
         if found.get(self.ns("b")) != f"{SERVER}/24":
@@ -741,29 +742,7 @@ def headline(doc: dict[str, Any]) -> str:
 
 
 def print_report(doc: dict[str, Any]) -> None:
-    tables = grids(doc)
-    notes = [f"error: {e}" for e in doc["errors"]]
-    if not sys.stdout.isatty():
-        print(headline(doc) + "\n")
-        print("\n\n".join(markdown(*grid) for grid in tables))
-        for note in notes:
-            print(f"\n{note}")
-        return
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console()
-    console.print(headline(doc), highlight=False)
-    for title, header, rows in tables:
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for i, column in enumerate(header):
-            table.add_column(column, justify="right" if i else "left")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-    for note in notes:
-        console.print(f"[red]{escape(note)}[/red]", highlight=False)
+    print_grids(headline(doc), grids(doc), doc["errors"])
 
 
 # --- the run ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,32 @@ def terminate(proc: subprocess.Popen[Any], program: str, timeout: float) -> list
         proc.wait(timeout)
         return [f"{program} ignored SIGTERM for {timeout:g}s; killed"]
     return []
+
+
+class NotReady(Exception):
+    """`vswitch up` exited, or did not print its port table in time; str() is the sentence."""
+
+
+def spawn_vswitch(argv: list[str], work: Path, stem: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """argv (a `vswitch up ... --json`) in a session of its own, its stdout in work/STEM.out and its
+    stderr in work/STEM.err; returned at once, so the caller holds it (to stop) before any wait."""
+    out_path = work / f"{stem}.out"
+    with open(out_path, "wb") as out, open(work / f"{stem}.err", "wb") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
+    return proc, out_path
+
+
+def wait_port_table(proc: subprocess.Popen[bytes], out_path: Path, timeout: float) -> None:
+    """Poll until the `vswitch up --json` spawn_vswitch started has printed its port table (its
+    namespaces, taps and routes are up); NotReady, with its stderr, if it exits first or takes longer."""
+    deadline = time.monotonic() + timeout
+    while not out_path.read_bytes().strip():
+        if proc.poll() is not None:
+            why = out_path.with_suffix(".err").read_text(errors="replace").strip()
+            raise NotReady(f"vswitch up exited {proc.returncode}: {why}")
+        if time.monotonic() > deadline:
+            raise NotReady(f"vswitch up was not ready within {timeout:g}s")
+        time.sleep(0.05)
 
 
 def stop_instance(

@@ -201,6 +201,33 @@ def print_table(doc: dict[str, Any]) -> None:
         console.print(f"[dim]{escape(note)}[/dim]", highlight=False)
 
 
+def print_grids(headline: str, grids: list[Grid], errors: list[str]) -> None:
+    """A run's headline and tables, rich on a terminal, markdown into a pipe or a file; then its errors
+    (bench/emulation.py, the stress tools)."""
+    notes = [f"error: {e}" for e in errors]
+    if not sys.stdout.isatty():
+        print(headline + "\n")
+        print("\n\n".join(markdown(*grid) for grid in grids))
+        for note in notes:
+            print(f"\n{note}")
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    console.print(headline, highlight=False)
+    for title, header, rows in grids:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for i, column in enumerate(header):
+            table.add_column(column, justify="right" if i else "left")
+        for cells in rows:
+            table.add_row(*(escape(c) for c in cells))
+        console.print(table)
+    for note in notes:
+        console.print(f"[red]{escape(note)}[/red]", highlight=False)
+
+
 def markdown(title: str, header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured markdown table under its title: text columns left, figures right."""
     numeric = [i >= 1 and column != "unit" for i, column in enumerate(header)]

@@ -58,7 +58,7 @@ from typing import Any, Final
 from ...shell.control import ControlError
 from ..bench.measure import cpu_seconds
 from ..bench.process import checkout_state
-from ..bench.report import markdown
+from ..bench.report import print_grids
 from ..bench.run import Signals, machine_info
 from .lab import (
     SINK_IF,
@@ -371,32 +371,6 @@ def headline(doc: dict[str, Any]) -> str:
             f"start {load}")  # fmt: skip
 
 
-def print_grids(doc: dict[str, Any], grids: list[tuple[str, list[str], list[list[str]]]]) -> None:
-    """rich tables on a terminal, markdown into a pipe or a file; then the errors."""
-    notes = [f"error: {e}" for e in doc["errors"]]
-    if not sys.stdout.isatty():
-        print(headline(doc) + "\n")
-        print("\n\n".join(markdown(*grid) for grid in grids))
-        for note in notes:
-            print(f"\n{note}")
-        return
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console()
-    console.print(headline(doc), highlight=False)
-    for title, header, rows in grids:
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for i, column in enumerate(header):
-            table.add_column(column, justify="right" if i else "left")
-        for cells in rows:
-            table.add_row(*(escape(c) for c in cells))
-        console.print(table)
-    for note in notes:
-        console.print(f"[red]{escape(note)}[/red]", highlight=False)
-
-
 def write_chart(doc: dict[str, Any], path: Path) -> None:
     """Victim TCP before and during each flood; ping p99 before and during."""
     import matplotlib
@@ -491,7 +465,7 @@ class Run:
         json_path = self.out_dir / f"stress-{self.name}-{stamp}.json"
         png_path = json_path.with_suffix(".png")
         json_path.write_text(json.dumps(self.doc, indent=1) + "\n")
-        print_grids(self.doc, grids)
+        print_grids(headline(self.doc), grids, self.doc["errors"])
         try:
             chart(self.doc, png_path)
         except Exception as exc:  # the figures are in the JSON already; the picture is not worth a failure

@@ -27,7 +27,7 @@ from ...shell.control import ControlError, request
 from ...shell.kernel import remove_netns_named
 from ...shell.state import socket_path
 from ..bench.measure import percentile
-from ..bench.process import stop_instance, terminate
+from ..bench.process import NotReady, spawn_vswitch, stop_instance, terminate, wait_port_table
 from ..bench.topologies import namespaces_with, new_namespace
 
 START_TIMEOUT: Final = 20.0
@@ -135,17 +135,11 @@ class Lab:
         """Start `vswitch up TOPOLOGY --name INSTANCE --json` in a session of its own; ready when it printed
         its port table."""
         argv = [sys.executable, "-m", "vswitch", "up", *topology, "--name", self.instance, "--json"]
-        out_path, err_path = self.work / f"{self.instance}.out", self.work / f"{self.instance}.err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not out_path.read_bytes().strip():
-            if self.proc.poll() is not None:
-                why = err_path.read_text(errors="replace").strip()
-                raise StressError(f"vswitch up exited {self.proc.returncode}: {why}")
-            if time.monotonic() > deadline:
-                raise StressError(f"vswitch up was not ready within {START_TIMEOUT:g}s")
-            time.sleep(0.05)
+        self.proc, out_path = spawn_vswitch(argv, self.work, self.instance)
+        try:
+            wait_port_table(self.proc, out_path, START_TIMEOUT)
+        except NotReady as exc:
+            raise StressError(str(exc)) from None
         self.table = json.loads(out_path.read_text().splitlines()[0])
 
     @property

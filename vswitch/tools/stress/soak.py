@@ -52,7 +52,7 @@ from pyroute2 import IPRoute
 from ...shell.control import ControlError, request
 from ...shell.kernel import remove_netns_named
 from ...shell.state import RUN_DIR_ENV, socket_path
-from ..bench.process import stop_instance, terminate
+from ..bench.process import NotReady, spawn_vswitch, stop_instance, terminate, wait_port_table
 from ..bench.run import Signals, machine_info
 from ..bench.topologies import namespaces_with
 from . import loads
@@ -223,17 +223,11 @@ class Soak:
         argv += ["--segment", "lan=" + ",".join(self.ns(t) for t in LAN)]
         argv += ["--segment", "dmz=" + ",".join(self.ns(t) for t in DMZ), "--uplink", self.ns(UPLINK)]
         argv += ["--ageing", f"{plan.ageing:g}", "--fdb-max", str(plan.fdb_max)]
-        out_path, err_path = self.work / "vswitch.out", self.work / "vswitch.err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            self.vswitch = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not out_path.read_bytes().strip():  # its port table: namespaces, taps, routes are up
-            if self.vswitch.poll() is not None:
-                why = err_path.read_text(errors="replace").strip()
-                raise SoakError(f"vswitch up exited {self.vswitch.returncode}: {why}")
-            if time.monotonic() > deadline:
-                raise SoakError(f"vswitch up was not ready within {START_TIMEOUT:g}s")
-            time.sleep(0.05)
+        self.vswitch, out_path = spawn_vswitch(argv, self.work, "vswitch")
+        try:
+            wait_port_table(self.vswitch, out_path, START_TIMEOUT)
+        except NotReady as exc:
+            raise SoakError(str(exc)) from None
         self.pid = int(request(self.socket, "status")["pid"])
         for tag in (*LAN, *DMZ):
             self._wait_reachable(self.ns(tag))
