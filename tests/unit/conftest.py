@@ -6,8 +6,12 @@ Every buffer is ``[virtio_net_hdr (10 bytes)][Ethernet frame]``. The helpers are
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import pytest
 from scapy.compat import raw
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
@@ -132,3 +136,46 @@ def drain_wire(wire: socket.socket) -> list[bytes]:
             frames.append(wire.recv(65536))
         except BlockingIOError:
             return frames
+
+
+# --- three hosts, one behind each port of a shell (test_shell.py, test_runtime_faults.py) -------------
+H = [mac(i) for i in range(3)]  # host i lives behind port i of the bench
+
+
+@dataclass
+class Bench:
+    shell: Shell
+    datapath: Datapath
+    wires: list[socket.socket]  # the far end of each port
+    inner: list[socket.socket]  # the ends the shell reads and writes
+
+    def readable(self, port: int) -> None:
+        make_readable(self.shell, port)
+
+    def received(self, port: int) -> list[bytes]:
+        """Every frame the shell wrote to port so far."""
+        return drain_wire(self.wires[port])
+
+
+@pytest.fixture
+def bench() -> Iterator[Bench]:
+    loop = asyncio.new_event_loop()
+    datapath = Datapath()
+    shell = Shell(datapath, loop)
+    wires, inner = socketpair_ports(datapath, shell, 3)
+    try:
+        yield Bench(shell, datapath, wires, inner)
+    finally:
+        shell.detach_all()
+        loop.close()
+        for end in wires + inner:
+            end.close()
+
+
+def learn(bench: Bench) -> None:
+    """Every host says something once, so the FDB knows where each lives; then forget the copies."""
+    for port, host in enumerate(H):
+        bench.wires[port].send(frame(host, H[(port + 1) % 3]))
+        bench.readable(port)
+    for port in range(3):
+        bench.received(port)

@@ -14,15 +14,12 @@ import errno
 import json
 import logging
 import os
-import socket
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import drain_wire, frame, mac, make_readable, socketpair_ports, vnet_header
+from conftest import Bench, H, drain_wire, frame, learn, make_readable, vnet_header
 
 import vswitch.shell.control as control
 from vswitch.core.counters import Drop, Event
@@ -32,41 +29,8 @@ from vswitch.shell.control import ControlError, ControlServer, ControlTable, Lin
 from vswitch.shell.loop import MTU_OVERHEAD, READ_SIZE, Shell
 from vswitch.shell.state import Ledger, process_start
 
-H = [mac(i) for i in range(3)]  # host i lives behind port i
 MTU = 200
 DEADLINE = 5.0
-
-
-@dataclass
-class Bench:
-    loop: asyncio.AbstractEventLoop
-    shell: Shell
-    datapath: Datapath
-    wires: list[socket.socket]
-
-
-@pytest.fixture
-def bench() -> Iterator[Bench]:
-    loop = asyncio.new_event_loop()
-    datapath = Datapath()
-    shell = Shell(datapath, loop)
-    wires, inner = socketpair_ports(datapath, shell, 3)
-    try:
-        yield Bench(loop, shell, datapath, wires)
-    finally:
-        shell.detach_all()
-        loop.close()
-        for end in wires + inner:
-            end.close()
-
-
-def learn(bench: Bench) -> None:
-    """Every host says something once, so the FDB knows where each lives; then forget the copies."""
-    for port, host in enumerate(H):
-        bench.wires[port].send(frame(host, H[(port + 1) % 3]))
-        make_readable(bench.shell, port)
-    for port in range(3):
-        drain_wire(bench.wires[port])
 
 
 # --- a port's MTU raised inside its namespace -----------------------------------------------------------

@@ -10,57 +10,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-import pytest
-from conftest import drain_wire, frame, mac, make_readable, socketpair_ports
+from conftest import Bench, H, frame, learn, make_readable, socketpair_ports
 
 from vswitch.core.counters import Drop
 from vswitch.core.datapath import Datapath
 from vswitch.core.wire import VNET_HDR_LEN, Frame, Gather
 from vswitch.shell.loop import BATCH, PEER_BACKOFF, Shell
-
-H = [mac(i) for i in range(3)]  # host i lives behind port i
-
-
-@dataclass
-class Bench:
-    shell: Shell
-    datapath: Datapath
-    wires: list[socket.socket]  # the far end of each port
-    inner: list[socket.socket]  # the ends the shell reads and writes
-
-    def readable(self, port: int) -> None:
-        make_readable(self.shell, port)
-
-    def received(self, port: int) -> list[bytes]:
-        """Every frame the shell wrote to port so far."""
-        return drain_wire(self.wires[port])
-
-
-@pytest.fixture
-def bench() -> Iterator[Bench]:
-    loop = asyncio.new_event_loop()
-    datapath = Datapath()
-    shell = Shell(datapath, loop)
-    wires, inner = socketpair_ports(datapath, shell, 3)
-    try:
-        yield Bench(shell, datapath, wires, inner)
-    finally:
-        shell.detach_all()
-        loop.close()
-        for end in wires + inner:
-            end.close()
-
-
-def learn(bench: Bench) -> None:
-    """Every host says something once, so the FDB knows where each lives; then forget the copies."""
-    for port, host in enumerate(H):
-        bench.wires[port].send(frame(host, H[(port + 1) % 3]))
-        bench.readable(port)
-    for port in range(3):
-        bench.received(port)
 
 
 def test_unicast_is_written_and_counted(bench: Bench) -> None:
