@@ -291,23 +291,20 @@ class Datapath:
         counters.rx_packets[in_port] += 1
         if len(pkt) > VNET_HDR_LEN:  # a runt shorter than the vnet header must not count negative bytes
             counters.rx_bytes[in_port] += len(pkt) - VNET_HDR_LEN
-        if self.security and in_port in self.security:
-            refused = self.security[in_port].check(pkt)
-            if refused is not None:
-                self._count_l2(in_port, refused)
-                return None
+        if self.security and in_port in self.security and self._spoofed(in_port, pkt):
+            return None
         if self.egress:
             return self.forward_egress(in_port, pkt, now)
         return self.forward(in_port, pkt, now)
 
-    def forward_secured(self, in_port: int, pkt: bytes, now: float) -> PortVerdict:
-        """A port under port security: its frame is checked against what the port may claim (protect.py)
-        before anything learns from it, then forwarded as any other."""
+    def _spoofed(self, in_port: int, pkt: bytes) -> bool:
+        """Port security (protect.py): True, and the drop counted, when pkt claims what in_port may not;
+        checked before anything learns from the frame."""
         refused = self.security[in_port].check(pkt)
-        if refused is not None:
-            self._count_l2(in_port, refused)
-            return None
-        return self._unsecured_forwarder(in_port)(in_port, pkt, now)
+        if refused is None:
+            return False
+        self._count_l2(in_port, refused)
+        return True
 
     def receive_underlay(
         self, vtep: Vtep, payload: bytes, source: str, now: float
@@ -410,12 +407,18 @@ class Datapath:
         on a segment without the router while nothing traces, the switch's decision itself: its
         verdict is final there, and one Python call less per frame is ~20% of the decision's cost. Its
         drops come back as a Drop, for the caller to count (`count_drop`). A port under port security
-        takes `forward_secured` first."""
-        if in_port in self.security:
-            return self.forward_secured
-        return self._unsecured_forwarder(in_port)
+        has that forwarder behind its check, chosen here once for the batch, not again per frame."""
+        plain = self._plain_forwarder(in_port)
+        if in_port not in self.security:
+            return plain
+        spoofed = self._spoofed
 
-    def _unsecured_forwarder(self, in_port: int) -> Forwarder:
+        def secured(port: int, pkt: bytes, now: float) -> PortVerdict:
+            return None if spoofed(port, pkt) else plain(port, pkt, now)
+
+        return secured
+
+    def _plain_forwarder(self, in_port: int) -> Forwarder:
         switch = self.port_switch[in_port]
         if self.egress and (
             switch.router_port is not None or self.port_segment[in_port] in self.egress_segments
